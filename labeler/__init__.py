@@ -1,0 +1,1 @@
+"""Model backends that turn decoded images into semantic and instance maps (see docs/LABELERS.md)."""

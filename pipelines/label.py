@@ -1,0 +1,98 @@
+"""The labeling job: input tree -> plan -> shards on Ray -> manifest -> validation.
+
+`main` only wires the stages: plan (pipelines.plan), distribute (pipelines.distributor),
+per-shard work (pipelines.worker), dataset files (shards.manifest), check (shards.validate).
+Run it as `c2f label …` or, on a cluster, `ray job submit --working-dir . -- python -m pipelines.label …`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .flags import add_flags, from_args, opt
+
+
+@dataclass
+class LabelConfig:
+    input: str = opt(positional=True, help="image tree: ImageNet-style <wnid>/<file> dirs or any folder")
+    output: str = opt(positional=True, help="output directory for shards and manifest")
+    preset: str = opt("empty", help="labeler preset (see docs/LABELERS.md)")
+    samples_per_shard: int = opt(1000, help="images per shard; part of the plan")
+    prefix: str = opt("c2f", help="shard name prefix: {prefix}-{index:06d}.tar")
+    address: str = opt("local", help="Ray address: 'local' starts one here, 'auto' joins a running cluster")
+    batch_size: int = opt(16, help="images per labeler call")
+    max_retries: int = opt(3, help="times a failed shard is retried before the job reports it missing")
+    overwrite: bool = opt(False, help="discard shards of a different plan in OUTPUT")
+    validate: bool = opt(True, help="run `c2f validate` on the result")
+
+
+def run(cfg: LabelConfig) -> int:
+    from labeler.registry import PRESETS
+    from shards.manifest import read_done, write_dataset_files
+    from shards.validate import format_table, validate
+
+    from .distributor import run_shards
+    from .plan import PlanError, check_or_write_plan, make_plan
+
+    if cfg.preset not in PRESETS:
+        print(f"error: unknown preset {cfg.preset!r}; choose from {', '.join(sorted(PRESETS))}", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    out = Path(cfg.output)
+    try:
+        plan = make_plan(cfg.input, cfg.samples_per_shard, cfg.prefix)
+        out.mkdir(parents=True, exist_ok=True)
+        check_or_write_plan(out, plan, cfg.overwrite)
+    except PlanError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    done = read_done(out)
+    todo = [i for i in range(plan.num_shards) if i not in done]
+    print(f"plan: {len(plan.items)} images -> {plan.num_shards} shards; {len(done)} already done, {len(todo)} to do")
+    result = run_shards(plan, todo, str(out), cfg)
+    done = read_done(out)
+    missing = [plan.shard_name(i) for i in range(plan.num_shards) if i not in done]
+
+    header = {
+        "label_space": result.label_space,
+        "labeler": result.labeler,
+        "plan": plan.header(),
+        "config": dataclasses.asdict(cfg),
+    }
+    manifest = write_dataset_files(out, header, list(done.values()))
+    secs = time.perf_counter() - t0
+    tot = manifest["totals"]
+    print(
+        f"done: {tot['samples']} images in {tot['shards']} shards, {tot['quarantined']} quarantined "
+        f"({out / 'quarantine.jsonl'}), {secs:.1f}s, {len(plan.items) / secs:.1f} images/s"
+    )
+    if result.labeler.get("empty_labels"):
+        print("note: preset 'empty' packs empty masks (all ignore, no instances): no labels were computed")
+    if missing:
+        print(f"error: {len(missing)} shard(s) still missing after retries: {', '.join(missing[:10])}", file=sys.stderr)
+        for err in result.errors[:10]:
+            print(f"  {err}", file=sys.stderr)
+        return 1
+    if cfg.validate:
+        t1 = time.perf_counter()
+        report = validate([str(out)], workers=2, progress=False)
+        print(format_table(report, time.perf_counter() - t1))
+        if not report.ok:
+            return 1
+    print(f"manifest: {out / 'manifest.json'}; look at samples with: c2f inspect {out} --out grid.png")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.label", description=__doc__.splitlines()[0])
+    add_flags(parser, LabelConfig)
+    return run(from_args(LabelConfig, parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Listing and plan: an input tree -> a deterministic list of shards.
+
+The plan is the sorted list of inputs cut into shards of `samples_per_shard`; shard *i* always
+holds the same images, so any shard can be (re)done on its own. Its hash is stored in
+`plan.json` and the manifest, and a rerun against a different input or shard size is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shards import format as fmt
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+_WNID = re.compile(r"^n\d{8}$")
+
+
+class PlanError(Exception):
+    """A plan that cannot be made or does not match the output directory; the message says why."""
+
+
+@dataclass(frozen=True)
+class Item:
+    key: str
+    source: str  # path relative to the input root, POSIX separators
+    class_index: int | None = None
+    synset: str | None = None
+
+
+@dataclass
+class Plan:
+    root: str
+    imagenet: bool  # ImageNet layout: `<root>/<wnid>/<file>`, class index = sorted synset order
+    classes: list[str]  # synsets in class-index order; empty when the input has no classes
+    samples_per_shard: int
+    prefix: str
+    items: list[Item] = field(repr=False)
+
+    @property
+    def num_shards(self) -> int:
+        return -(-len(self.items) // self.samples_per_shard)
+
+    def shard_items(self, index: int) -> list[Item]:
+        n = self.samples_per_shard
+        return self.items[index * n : (index + 1) * n]
+
+    def shard_name(self, index: int) -> str:
+        return fmt.shard_name(self.prefix, index)
+
+    @property
+    def listing_sha256(self) -> str:
+        h = hashlib.sha256()
+        for it in self.items:
+            h.update(f"{it.key}\t{it.source}\t{it.class_index}\n".encode())
+        return h.hexdigest()
+
+    def header(self) -> dict[str, Any]:
+        """What the manifest records of the plan (not the item list itself: the shards hold it)."""
+        return {
+            "root": self.root,
+            "imagenet": self.imagenet,
+            "classes": self.classes,
+            "samples_per_shard": self.samples_per_shard,
+            "prefix": self.prefix,
+            "num_inputs": len(self.items),
+            "num_shards": self.num_shards,
+            "listing_sha256": self.listing_sha256,
+            "shard_sizes": [len(self.shard_items(i)) for i in range(self.num_shards)],
+        }
+
+
+def _scan(root: Path) -> list[str]:
+    """Relative POSIX paths of every image-suffixed file under root (os.scandir: no stat per file)."""
+    out: list[str] = []
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        with os.scandir(root / rel if rel else root) as it:
+            for e in it:
+                r = f"{rel}/{e.name}" if rel else e.name
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(r)
+                elif os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES:
+                    out.append(r)
+    return out
+
+
+def make_plan(root: str | os.PathLike, samples_per_shard: int, prefix: str = "c2f") -> Plan:
+    root = Path(root)
+    if samples_per_shard < 1:
+        raise PlanError(f"--samples-per-shard must be >= 1, got {samples_per_shard}")
+    if not root.is_dir():
+        raise PlanError(f"input {str(root)!r} is not a directory")
+    if "." in prefix or "/" in prefix or not prefix:
+        raise PlanError(f"invalid shard prefix {prefix!r}")
+    rels = _scan(root)
+    if not rels:
+        raise PlanError(f"no images (by suffix: {', '.join(sorted(IMAGE_SUFFIXES))}) under {root}")
+    top = {r.split("/", 1)[0] for r in rels}
+    imagenet = all("/" in r and r.count("/") == 1 for r in rels) and all(_WNID.match(t) for t in top)
+    classes = sorted(top) if imagenet else []
+    class_of = {s: i for i, s in enumerate(classes)}
+    items = []
+    for r in rels:
+        syn = r.split("/", 1)[0] if imagenet else None
+        items.append(Item(fmt.sample_key(r, imagenet), r, class_of.get(syn), syn))
+    items.sort(key=lambda it: it.key)
+    for a, b in zip(items, items[1:]):
+        if a.key == b.key:
+            raise PlanError(f"two inputs map to the same sample key {a.key!r}: {a.source} and {b.source}")
+    return Plan(str(root.resolve()), imagenet, classes, samples_per_shard, prefix, items)
+
+
+PLAN_FILE = "plan.json"
+
+
+def check_or_write_plan(out_dir: Path, plan: Plan, overwrite: bool) -> None:
+    """Refuse to mix two plans in one output directory; record the plan on first use."""
+    path = out_dir / PLAN_FILE
+    want = plan.header()
+    if path.exists() and not overwrite:
+        have = json.loads(path.read_text())
+        diff = [k for k in ("listing_sha256", "samples_per_shard", "prefix") if have.get(k) != want[k]]
+        if diff:
+            raise PlanError(
+                f"{out_dir} holds shards of another plan (differs in: {', '.join(diff)}); "
+                "use a new output directory, or --overwrite to discard the old shards"
+            )
+        return
+    if overwrite:
+        for p in out_dir.iterdir():
+            if p.is_file() and (fmt.parse_shard_name(p.name) or p.name.endswith(fmt.STATS_SUFFIX)):
+                p.unlink()
+    from shards.writer import atomic_write_json
+
+    atomic_write_json(path, want)
+
+
+def items_to_json(items: list[Item]) -> list[dict]:
+    return [asdict(it) for it in items]

@@ -1,0 +1,97 @@
+"""Shard format v1: names, member extensions and the label-map conventions.
+
+Everything that names a file or a key lives here, so that the writer, the reader,
+the validator and the pipeline can never disagree. See docs/FORMAT.md.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePosixPath
+
+FORMAT_VERSION = 1
+
+# Member extensions of one sample, in the order they are written into the tar.
+JPG = "jpg"
+SEM = "sem.png"
+INST = "inst.png"
+CLS = "cls"
+META = "json"
+REQUIRED_MEMBERS = (JPG, SEM, INST, META)  # `.cls` only where the input has classes
+ALL_MEMBERS = (CLS, INST, JPG, META, SEM)  # sorted: members within a sample go in this order
+
+# Every tar member gets this mtime, so the same input gives byte-identical shards.
+FIXED_MTIME = 946684800  # 2000-01-01T00:00:00Z
+
+MANIFEST = "manifest.json"
+QUARANTINE = "quarantine.jsonl"
+STATS_SUFFIX = ".stats.json"
+
+_SHARD_RE = re.compile(r"^(?P<prefix>.+)-(?P<index>\d{6})\.tar$")
+_KEY_BAD_CHARS = re.compile(r"[^A-Za-z0-9_\-]")
+
+
+def shard_name(prefix: str, index: int) -> str:
+    """`{prefix}-{index:06d}.tar`: the one place shard file names are made."""
+    if index < 0:
+        raise ValueError(f"shard index must be >= 0, got {index}")
+    return f"{prefix}-{index:06d}.tar"
+
+
+def parse_shard_name(name: str) -> tuple[str, int] | None:
+    """Inverse of `shard_name`; None when `name` is not a shard name."""
+    m = _SHARD_RE.match(PurePosixPath(name).name)
+    return (m["prefix"], int(m["index"])) if m else None
+
+
+def stats_name(shard: str) -> str:
+    """The per-shard done-marker, written only after the tar is in place."""
+    return shard + STATS_SUFFIX
+
+
+def wids_index_name(prefix: str) -> str:
+    return f"{prefix}.wids.json"
+
+
+def sample_key(relpath: str, imagenet: bool) -> str:
+    """The sample key for an input file, given its path relative to the input root.
+
+    ImageNet keys are the file stem (`n01440764_10026`), which the dataset already makes
+    unique. Elsewhere the key is the relative path without its suffix, with `/` turned into
+    `__` so that `a/x.jpg` and `b/x.jpg` stay distinct. Dots and any other character that
+    WebDataset or a shell would trip over become `_` (a dot would split the key).
+    """
+    p = PurePosixPath(relpath)
+    stem = p.stem if imagenet else str(p.with_suffix("")).replace("/", "__")
+    key = _KEY_BAD_CHARS.sub("_", stem)
+    if not key:
+        raise ValueError(f"cannot make a sample key from {relpath!r}")
+    return key
+
+
+def split_member(name: str) -> tuple[str, str]:
+    """`dir/n01_1.sem.png` -> (`dir/n01_1`, `sem.png`): the key is everything before the first
+    dot of the base name, as webdataset groups members."""
+    head, _, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    key = f"{head}/{stem}" if head else stem
+    return key, ext if dot else ""
+
+
+def unsafe_member_name(name: str) -> str | None:
+    """Why a tar member name is unsafe to extract (absolute, `..`), or None when it is fine."""
+    if name.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", name):
+        return "absolute path"
+    if ".." in PurePosixPath(name.replace("\\", "/")).parts:
+        return "path contains '..'"
+    return None
+
+
+def semantic_dtype(num_classes: int) -> str:
+    """uint8 while class ids and the ignore value fit in a byte, else uint16."""
+    return "uint8" if num_classes <= 255 else "uint16"
+
+
+def semantic_ignore(num_classes: int) -> int:
+    """The ignore value of the semantic map: the dtype's largest value (255 or 65535)."""
+    return 255 if num_classes <= 255 else 65535

@@ -1,0 +1,397 @@
+"""`c2f validate`: check shards against the v1 format and the manifest. Never imports torch.
+
+Stages, each small and testable alone (webdataset's tariterators style):
+    open_shard -> tar_members -> group_samples -> check_sample      (per shard, in a worker)
+    check_dataset                                                   (cross-shard, in the parent)
+Every problem becomes a `Finding(shard, key, code, message)`; nothing is raised to the user.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import random
+import tarfile
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from . import format as fmt
+
+# Finding codes (docs/FORMAT.md lists them with their meaning).
+NOT_A_TAR = "not-a-tar"
+TRUNCATED = "truncated"
+EMPTY_SHARD = "empty-shard"
+UNSAFE_NAME = "unsafe-member-name"
+BAD_MEMBER = "bad-member"
+MISSING_MEMBER = "missing-member"
+BAD_JPEG = "bad-jpeg"
+BAD_PNG = "bad-png"
+BAD_JSON = "bad-json"
+MASK_SIZE = "mask-size"
+CLASS_RANGE = "class-out-of-range"
+INSTANCE_MISMATCH = "instance-mismatch"
+DUPLICATE_KEY = "duplicate-key"
+CHECKSUM = "checksum"
+COUNT = "count"
+MISSING_SHARD = "missing-shard"
+UNLISTED_SHARD = "unlisted-shard"
+PLAN = "plan"
+MANIFEST = "manifest"
+
+
+@dataclass
+class Finding:
+    shard: str
+    key: str | None
+    code: str
+    message: str
+
+
+@dataclass
+class Expect:
+    """What the manifest says about one shard and the label space; None where unknown."""
+
+    samples: int | None = None
+    bytes: int | None = None
+    sha256: str | None = None
+    num_classes: int | None = None  # semantic label space size; ids 0..n-1 and the ignore value are valid
+    has_classes: bool = False  # every sample must carry `.cls`
+
+
+@dataclass
+class ShardReport:
+    shard: str
+    samples: int = 0
+    bytes: int = 0
+    keys: list[str] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+
+
+class _HashingReader(io.RawIOBase):
+    def __init__(self, f):
+        self._f = f
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        n = self._f.readinto(b)
+        if n:
+            self.sha256.update(memoryview(b)[:n])
+            self.size += n
+        return n or 0
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+
+class _TarError(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def tar_members(stream) -> Iterator[tuple[str, bytes | None, str | None]]:
+    """(name, data, problem) for every member, in tar order. `data` is None for non-files.
+    Raises `_TarError` for a file that is not a tar or ends early."""
+    try:
+        tf = tarfile.open(fileobj=stream, mode="r|")
+    except tarfile.ReadError as e:
+        raise _TarError(NOT_A_TAR, f"not a tar archive ({e})") from None
+    try:
+        for ti in tf:
+            if not ti.isfile():
+                yield ti.name, None, f"member is not a regular file (type {ti.type!r})"
+                continue
+            f = tf.extractfile(ti)
+            yield ti.name, f.read() if f else b"", None
+    except (tarfile.ReadError, EOFError, OSError) as e:
+        raise _TarError(TRUNCATED, f"truncated or corrupt tar ({e})") from None
+
+
+def group_samples(
+    members: Iterator[tuple[str, bytes | None, str | None]], findings: list[Finding], shard: str
+) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Group consecutive members by key; report unsafe names, non-files and split keys."""
+    seen: set[str] = set()
+    key: str | None = None
+    sample: dict[str, bytes] = {}
+    for name, data, problem in members:
+        unsafe = fmt.unsafe_member_name(name)
+        if unsafe:
+            findings.append(Finding(shard, None, UNSAFE_NAME, f"member {name!r}: {unsafe}"))
+            continue
+        k, ext = fmt.split_member(name)
+        if problem:
+            findings.append(Finding(shard, k, BAD_MEMBER, f"{name}: {problem}"))
+            continue
+        if k != key:
+            if key is not None:
+                yield key, sample
+            if k in seen:
+                findings.append(Finding(shard, k, DUPLICATE_KEY, f"key {k!r} appears twice in this shard"))
+            seen.add(k)
+            key, sample = k, {}
+        if ext in sample:
+            findings.append(Finding(shard, k, DUPLICATE_KEY, f"member {name!r} appears twice"))
+        sample[ext] = data
+    if key is not None:
+        yield key, sample
+
+
+def _decode(data: bytes, what: str) -> Image.Image:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        im = Image.open(io.BytesIO(data))
+        im.load()
+    if what == "jpeg" and im.format != "JPEG":
+        raise ValueError(f"is {im.format}, not JPEG")
+    if what == "png" and im.format != "PNG":
+        raise ValueError(f"is {im.format}, not PNG")
+    return im
+
+
+def check_sample(shard: str, key: str, s: dict[str, bytes], expect: Expect, deep: bool) -> list[Finding]:
+    """Members present; with `deep`, everything decodes and agrees with everything else."""
+    out: list[Finding] = []
+    required = fmt.REQUIRED_MEMBERS + ((fmt.CLS,) if expect.has_classes else ())
+    missing = [e for e in required if e not in s]
+    if missing:
+        out.append(Finding(shard, key, MISSING_MEMBER, f"missing {', '.join('.' + m for m in missing)}"))
+        return out
+    if not deep:
+        return out
+    try:
+        meta = json.loads(s[fmt.META])
+        ids = [int(i["id"]) for i in meta["instances"]]
+    except (ValueError, KeyError, TypeError) as e:
+        return out + [Finding(shard, key, BAD_JSON, f".json is not a valid sample record ({e})")]
+    try:
+        im = _decode(s[fmt.JPG], "jpeg")
+    except Exception as e:  # noqa: BLE001 - any decoder failure is the finding
+        out.append(Finding(shard, key, BAD_JPEG, f".jpg does not decode: {e}"))
+        im = None
+    maps = {}
+    for ext in (fmt.SEM, fmt.INST):
+        try:
+            m = _decode(s[ext], "png")
+            if m.mode not in ("L", "I;16", "I;16B", "I"):
+                raise ValueError(f"mode {m.mode}, expected a single-channel map")
+            maps[ext] = np.asarray(m)
+        except Exception as e:  # noqa: BLE001
+            out.append(Finding(shard, key, BAD_PNG, f".{ext} does not decode: {e}"))
+    if im is not None:
+        for ext, m in maps.items():
+            if m.shape != (im.height, im.width):
+                out.append(
+                    Finding(shard, key, MASK_SIZE, f".{ext} is {m.shape[1]}x{m.shape[0]}, image is {im.width}x{im.height}")
+                )
+        if (meta.get("width"), meta.get("height")) != (im.width, im.height):
+            out.append(Finding(shard, key, BAD_JSON, f".json says {meta.get('width')}x{meta.get('height')}, image is {im.width}x{im.height}"))
+    if fmt.SEM in maps and expect.num_classes is not None:
+        sem = maps[fmt.SEM]
+        ignore = fmt.semantic_ignore(expect.num_classes)
+        vals = np.unique(sem)
+        bad = vals[(vals >= expect.num_classes) & (vals != ignore)]
+        if bad.size:
+            out.append(
+                Finding(shard, key, CLASS_RANGE,
+                        f"class ids {bad[:5].tolist()} outside the label space (0..{expect.num_classes - 1}, ignore {ignore})")
+            )
+    if fmt.INST in maps:
+        present = set(np.unique(maps[fmt.INST]).tolist()) - {0}
+        if present != set(ids) or len(ids) != len(set(ids)):
+            out.append(
+                Finding(shard, key, INSTANCE_MISMATCH,
+                        f"instance ids in .inst.png {sorted(present)[:8]} do not match the .json list {sorted(ids)[:8]}")
+            )
+    if fmt.CLS in s:
+        cls = meta.get("class") or {}
+        try:
+            if int(s[fmt.CLS]) != cls.get("index"):
+                out.append(Finding(shard, key, BAD_JSON, f".cls {int(s[fmt.CLS])} differs from .json class {cls.get('index')}"))
+        except ValueError:
+            out.append(Finding(shard, key, BAD_JSON, ".cls is not an integer"))
+    return out
+
+
+def check_shard(url: str, expect: Expect, sample: int | None = None, seed: int = 0) -> ShardReport:
+    """Every check that needs only this shard. `sample`: decode-check only that many random samples."""
+    name = url.rstrip("/").rsplit("/", 1)[-1]
+    rep = ShardReport(name)
+    try:
+        import fsspec
+
+        f = fsspec.open(url, "rb").open()
+    except Exception as e:  # noqa: BLE001 - missing file, bad URL, no permission
+        rep.findings.append(Finding(name, None, MISSING_SHARD, f"cannot open: {e}"))
+        return rep
+    with f:
+        stream = _HashingReader(f)
+        samples: list[tuple[str, dict[str, bytes]]] = []
+        try:
+            buffered = io.BufferedReader(stream, 1 << 20)
+            for key, s in group_samples(tar_members(buffered), rep.findings, name):
+                samples.append((key, s))
+            buffered.read()
+        except _TarError as e:
+            rep.findings.append(Finding(name, None, e.code, str(e)))
+        stream.drain()
+    rep.bytes, sha = stream.size, stream.sha256.hexdigest()
+    rep.samples = len(samples)
+    rep.keys = [k for k, _ in samples]
+    if rep.samples == 0 and not any(f.code in (NOT_A_TAR, TRUNCATED) for f in rep.findings):
+        rep.findings.append(Finding(name, None, EMPTY_SHARD, "shard holds no samples"))
+    deep_keys = {k for k, _ in samples}
+    if sample is not None and sample < len(samples):
+        deep_keys = set(random.Random(f"{seed}:{name}").sample(sorted(deep_keys), sample))
+    for key, s in samples:
+        rep.findings.extend(check_sample(name, key, s, expect, key in deep_keys))
+    if expect.bytes is not None and rep.bytes != expect.bytes:
+        rep.findings.append(Finding(name, None, CHECKSUM, f"size {rep.bytes} bytes, manifest says {expect.bytes}"))
+    if expect.sha256 is not None and sha != expect.sha256:
+        rep.findings.append(Finding(name, None, CHECKSUM, f"sha256 {sha[:16]}… differs from the manifest's {expect.sha256[:16]}…"))
+    if expect.samples is not None and rep.samples != expect.samples:
+        rep.findings.append(Finding(name, None, COUNT, f"{rep.samples} samples, manifest says {expect.samples}"))
+    return rep
+
+
+@dataclass
+class Report:
+    shards: list[ShardReport]
+    findings: list[Finding]
+    manifest: bool  # whether manifest and plan checks ran
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "manifest_checked": self.manifest,
+            "shards": len(self.shards),
+            "samples": sum(r.samples for r in self.shards),
+            "bytes": sum(r.bytes for r in self.shards),
+            "findings": [asdict(f) for f in self.findings],
+        }
+
+
+def plan_targets(path: str) -> tuple[list[tuple[str, Expect]], dict[str, Any] | None, list[Finding]]:
+    """The shards to check, what to expect of each, and findings about the directory itself."""
+    p = Path(path)
+    if not p.is_dir():
+        return [(path, Expect())], None, []
+    findings: list[Finding] = []
+    on_disk = sorted(q.name for q in p.iterdir() if fmt.parse_shard_name(q.name))
+    mpath = p / fmt.MANIFEST
+    if not mpath.exists():
+        return [(str(p / n), Expect()) for n in on_disk], None, findings
+    try:
+        manifest = json.loads(mpath.read_text())
+        listed = {s["name"]: s for s in manifest["shards"]}
+        num_classes = len(manifest["label_space"]["semantic"])
+        has_classes = bool(manifest["plan"]["classes"])
+    except (ValueError, KeyError, TypeError) as e:
+        return [(str(p / n), Expect()) for n in on_disk], None, [Finding(fmt.MANIFEST, None, MANIFEST, f"unreadable manifest: {e}")]
+    for n in on_disk:
+        if n not in listed:
+            findings.append(Finding(n, None, UNLISTED_SHARD, "tar is not listed in the manifest"))
+    targets = []
+    for n, s in sorted(listed.items()):
+        if n not in on_disk:
+            findings.append(Finding(n, None, MISSING_SHARD, "listed in the manifest but missing on disk"))
+            continue
+        targets.append((str(p / n), Expect(s["samples"], s["bytes"], s["sha256"], num_classes, has_classes)))
+    return targets, manifest, findings
+
+
+def check_plan(manifest: dict[str, Any], out_dir: Path) -> list[Finding]:
+    """Samples + quarantined per shard must add up to the plan's shard sizes."""
+    findings = []
+    plan = manifest["plan"]
+    prefix = plan["prefix"]
+    quarantined: Counter[str] = Counter()
+    qpath = out_dir / fmt.QUARANTINE
+    if qpath.exists():
+        for line in qpath.read_text().splitlines():
+            if line.strip():
+                quarantined[json.loads(line)["shard"]] += 1
+    samples = {s["name"]: s["samples"] for s in manifest["shards"]}
+    for i, size in enumerate(plan["shard_sizes"]):
+        name = fmt.shard_name(prefix, i)
+        got = samples.get(name, 0) + quarantined[name]
+        if got != size:
+            findings.append(
+                Finding(name, None, PLAN,
+                        f"plan has {size} inputs, found {samples.get(name, 0)} samples + {quarantined[name]} quarantined")
+            )
+    return findings
+
+
+def validate(paths: list[str], workers: int = 2, sample: int | None = None, seed: int = 0, progress: bool = True) -> Report:
+    targets: list[tuple[str, Expect]] = []
+    findings: list[Finding] = []
+    manifest_checked = False
+    for path in paths:
+        t, manifest, f = plan_targets(path)
+        targets += t
+        findings += f
+        if manifest is not None:
+            manifest_checked = True
+            findings += check_plan(manifest, Path(path))
+    reports: list[ShardReport] = []
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(targets), unit="shard", desc="validate", disable=not progress)
+    if workers <= 1 or len(targets) <= 1:
+        for url, exp in targets:
+            reports.append(check_shard(url, exp, sample, seed))
+            bar.update()
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            futs = [pool.submit(check_shard, url, exp, sample, seed) for url, exp in targets]
+            for fut in as_completed(futs):
+                reports.append(fut.result())
+                bar.update()
+    bar.close()
+    reports.sort(key=lambda r: r.shard)
+    owner: dict[str, str] = {}
+    for r in reports:
+        findings += r.findings
+        for k in r.keys:
+            if k in owner and owner[k] != r.shard:
+                findings.append(Finding(r.shard, k, DUPLICATE_KEY, f"key also in {owner[k]}"))
+            owner.setdefault(k, r.shard)
+    return Report(reports, findings, manifest_checked)
+
+
+def format_table(report: Report, seconds: float) -> str:
+    lines = []
+    if report.findings:
+        w = max(len(f.shard) for f in report.findings)
+        lines.append(f"{'SHARD':<{w}}  {'KEY':<24}  {'PROBLEM':<20}  DETAIL")
+        for f in report.findings:
+            lines.append(f"{f.shard:<{w}}  {(f.key or '-'):<24}  {f.code:<20}  {f.message}")
+        lines.append("")
+    n = sum(r.samples for r in report.shards)
+    nbytes = sum(r.bytes for r in report.shards)
+    status = "OK" if report.ok else f"FAILED: {len(report.findings)} problem(s)"
+    note = "" if report.manifest else " (no manifest: checksum, count and plan checks skipped)"
+    lines.append(
+        f"{status}: {len(report.shards)} shards, {n} samples, {nbytes / 1e6:.1f} MB in {seconds:.1f}s "
+        f"({nbytes / 1e6 / max(seconds, 1e-9):.1f} MB/s){note}"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,133 @@
+"""Write stage: samples -> one reproducible, atomically published tar shard.
+
+A shard is written to a temporary name beside its final one, fsynced and renamed, so a crash
+at any instant leaves either no `.tar` or a complete one under the final name. Members carry a
+fixed mtime, uid/gid 0 and no user names, and samples must come in strictly increasing key order:
+the same input gives byte-identical shards and a shard can never hold a key twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from . import format as fmt
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` via a temp file + fsync + rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+
+class _HashingFile(io.RawIOBase):
+    """A write-only file that hashes and counts what passes through it."""
+
+    def __init__(self, f):
+        self._f = f
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        self._f.write(b)
+        self.sha256.update(b)
+        self.size += len(b)
+        return len(b)
+
+    def tell(self) -> int:
+        return self.size
+
+
+@dataclass
+class ShardInfo:
+    """What the manifest and the stats JSON record of a finished shard."""
+
+    name: str
+    samples: int
+    bytes: int
+    sha256: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ShardWriter:
+    """`with ShardWriter(path) as w: w.write(key, members)`; the tar appears only on a clean exit.
+
+    Zero samples produce no file at all (an empty tar is a finding, not a shard): `close()`
+    returns a `ShardInfo` with `samples == 0` and the caller records the shard as empty.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self._file = open(self._tmp, "wb")
+        self._hashing = _HashingFile(self._file)
+        self._tar = tarfile.open(fileobj=self._hashing, mode="w", format=tarfile.PAX_FORMAT)
+        self._last_key: str | None = None
+        self.samples = 0
+
+    def write(self, key: str, members: dict[str, bytes]) -> None:
+        if "." in key or "/" in key or not key:
+            raise ValueError(f"invalid sample key {key!r}: keys have no dots or slashes")
+        if self._last_key is not None and key <= self._last_key:
+            raise ValueError(f"keys must be strictly increasing: {key!r} after {self._last_key!r}")
+        missing = [ext for ext in fmt.REQUIRED_MEMBERS if ext not in members]
+        if missing:
+            raise ValueError(f"{key}: missing members {missing}")
+        for ext in sorted(members):
+            data = members[ext]
+            ti = tarfile.TarInfo(f"{key}.{ext}")
+            ti.size = len(data)
+            ti.mtime = fmt.FIXED_MTIME
+            ti.mode = 0o444
+            ti.uid = ti.gid = 0
+            ti.uname = ti.gname = ""
+            self._tar.addfile(ti, io.BytesIO(data))
+        self._last_key = key
+        self.samples += 1
+
+    def close(self) -> ShardInfo:
+        self._tar.close()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        info = ShardInfo(self.path.name, self.samples, self._hashing.size, self._hashing.sha256.hexdigest())
+        if self.samples == 0:
+            self._tmp.unlink()
+            return ShardInfo(self.path.name, 0, 0, "")
+        os.replace(self._tmp, self.path)
+        return info
+
+    def abort(self) -> None:
+        try:
+            self._file.close()
+        finally:
+            self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.info = self.close()
+        else:
+            self.abort()
