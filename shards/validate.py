@@ -105,7 +105,8 @@ class _TarError(Exception):
 
 def tar_members(stream) -> Iterator[tuple[str, bytes | None, str | None]]:
     """(name, data, problem) for every member, in tar order. `data` is None for non-files.
-    Raises `_TarError` for a file that is not a tar or ends early."""
+    Raises `_TarError` for a file that is not a tar, ends inside a member, or lacks the
+    end-of-archive marker (a copy cut off exactly at a member boundary)."""
     try:
         tf = tarfile.open(fileobj=stream, mode="r|")
     except tarfile.ReadError as e:
@@ -116,9 +117,18 @@ def tar_members(stream) -> Iterator[tuple[str, bytes | None, str | None]]:
                 yield ti.name, None, f"member is not a regular file (type {ti.type!r})"
                 continue
             f = tf.extractfile(ti)
-            yield ti.name, f.read() if f else b"", None
+            data = f.read() if f else b""
+            if len(data) != ti.size:
+                raise _TarError(TRUNCATED, f"truncated tar: {ti.name} has {len(data)} of {ti.size} bytes")
+            yield ti.name, data, None
+        # The iteration stopped on a zero block (the marker's first half: read, so the position is
+        # one block past the offset) or on end of file (position == offset); the second half follows.
+        saw_zero_block = tf.fileobj.tell() == tf.offset + tarfile.BLOCKSIZE
+        second = tf.fileobj.read(tarfile.BLOCKSIZE)
     except (tarfile.ReadError, EOFError, OSError) as e:
         raise _TarError(TRUNCATED, f"truncated or corrupt tar ({e})") from None
+    if not saw_zero_block or len(second) != tarfile.BLOCKSIZE or second.strip(b"\0"):
+        raise _TarError(TRUNCATED, f"truncated tar: no end-of-archive marker after byte {tf.offset}")
 
 
 def group_samples(

@@ -1,0 +1,147 @@
+"""`c2f inspect`: a PNG grid (RGB | semantic overlay + legend | instance overlay + contours) and
+a stats summary, so people can look at their labels. PIL and numpy only: no torch."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from . import format as fmt
+from .pack import decode_png
+from .validate import _HashingReader, _TarError, group_samples, tar_members
+
+TILE = 256  # longest side of each tile in the grid
+ALPHA = 0.5
+
+
+class InspectError(Exception):
+    pass
+
+
+def palette(n: int) -> np.ndarray:
+    """A fixed colour per id (the same in every run and every dataset): [n, 3] uint8."""
+    rng = np.random.default_rng(12345)
+    pal = rng.integers(40, 256, (max(n, 1), 3)).astype(np.uint8)
+    return pal
+
+
+def _shards(path: Path) -> tuple[list[Path], dict]:
+    if path.is_dir():
+        shards = sorted(p for p in path.iterdir() if fmt.parse_shard_name(p.name))
+        mpath = path / fmt.MANIFEST
+    else:
+        shards, mpath = [path], path.parent / fmt.MANIFEST
+    if not shards or not all(p.exists() for p in shards):
+        raise InspectError(f"no shards at {path}")
+    manifest = json.loads(mpath.read_text()) if mpath.exists() else {}
+    return shards, manifest
+
+
+def _read(shard: Path):
+    findings: list = []
+    with open(shard, "rb") as f:
+        try:
+            yield from group_samples(tar_members(io.BufferedReader(_HashingReader(f))), findings, shard.name)
+        except _TarError as e:
+            raise InspectError(f"{shard.name}: {e}") from None
+
+
+def _overlay(rgb: np.ndarray, ids: np.ndarray, pal: np.ndarray, skip: int | None) -> np.ndarray:
+    colour = pal[np.minimum(ids, len(pal) - 1)].astype(np.float32)
+    blend = (1 - ALPHA) * rgb + ALPHA * colour
+    keep = ids == skip if skip is not None else np.zeros(ids.shape, bool)
+    return np.where(keep[..., None], rgb, blend).astype(np.uint8)
+
+
+def _contours(ids: np.ndarray) -> np.ndarray:
+    edge = np.zeros(ids.shape, bool)
+    edge[:-1] |= ids[:-1] != ids[1:]
+    edge[:, :-1] |= ids[:, :-1] != ids[:, 1:]
+    return edge & (ids > 0)
+
+
+def _tile(arr: np.ndarray) -> Image.Image:
+    im = Image.fromarray(arr)
+    im.thumbnail((TILE, TILE), Image.Resampling.NEAREST)
+    return im
+
+
+def inspect(path: str, out: str, samples: int = 8, seed: int = 0) -> str:
+    shards, manifest = _shards(Path(path))
+    names = manifest.get("label_space", {}).get("semantic", {})
+    num_classes = len(names)
+    ignore = fmt.semantic_ignore(num_classes)
+    chosen = []
+    n_samples = n_bytes = 0
+    class_pixels: Counter[int] = Counter()
+    inst_counts: list[int] = []
+    reencoded = 0
+    for shard in shards:
+        n_bytes += shard.stat().st_size
+        for key, s in _read(shard):
+            n_samples += 1
+            try:
+                sem = decode_png(s[fmt.SEM])
+                meta = json.loads(s[fmt.META])
+            except (KeyError, ValueError, OSError) as e:
+                raise InspectError(f"{shard.name} {key}: unreadable sample ({e}); run `c2f validate`") from None
+            ids, counts = np.unique(sem, return_counts=True)
+            class_pixels.update(dict(zip(ids.tolist(), counts.tolist())))
+            inst_counts.append(len(meta.get("instances", [])))
+            reencoded += bool(meta.get("reencoded"))
+            if seed == 0 and len(chosen) < samples:
+                chosen.append((key, s))
+            elif seed:
+                chosen.append((key, None))  # reservoir of keys, second pass below
+    if seed:
+        pick = set(random.Random(seed).sample([k for k, _ in chosen], min(samples, len(chosen))))
+        chosen = [(k, s) for shard in shards for k, s in _read(shard) if k in pick]
+    pal = palette(max(num_classes, int(max(class_pixels, default=0)) + 1))
+    rows = []
+    for key, s in chosen:
+        rgb = np.asarray(Image.open(io.BytesIO(s[fmt.JPG])).convert("RGB"))
+        sem, inst = decode_png(s[fmt.SEM]), decode_png(s[fmt.INST])
+        sem_ov = _overlay(rgb, sem, pal, ignore)
+        inst_pal = np.random.default_rng(int(inst.max()) + 7).integers(40, 256, (int(inst.max()) + 1, 3)).astype(np.uint8)
+        inst_ov = _overlay(rgb, inst.astype(np.int64), inst_pal, 0)
+        inst_ov[_contours(inst)] = 255
+        rows.append((key, [_tile(rgb), _tile(sem_ov), _tile(inst_ov)], np.unique(sem).tolist()))
+    if not rows:
+        raise InspectError(f"no samples in {path}")
+    legend_w = 220
+    row_h = max(t.height for _, tiles, _ in rows for t in tiles) + 16
+    grid = Image.new("RGB", (3 * (TILE + 4) + legend_w, row_h * len(rows)), (24, 24, 24))
+    draw = ImageDraw.Draw(grid)
+    for r, (key, tiles, classes) in enumerate(rows):
+        y = r * row_h
+        draw.text((4, y + 1), key, fill=(230, 230, 230))
+        for c, t in enumerate(tiles):
+            grid.paste(t, (c * (TILE + 4), y + 14))
+        ly = y + 14
+        for cid in [c for c in classes if c != ignore][:12]:
+            draw.rectangle((3 * (TILE + 4) + 4, ly, 3 * (TILE + 4) + 14, ly + 10), fill=tuple(int(v) for v in pal[cid]))
+            draw.text((3 * (TILE + 4) + 20, ly), f"{cid} {names.get(str(cid), '?')}", fill=(230, 230, 230))
+            ly += 13
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    grid.save(out)
+
+    total_px = sum(class_pixels.values()) or 1
+    top = sorted(class_pixels.items(), key=lambda kv: -kv[1])[:10]
+    lines = [
+        f"{len(shards)} shards, {n_samples} samples, {n_bytes / 1e6:.1f} MB, {reencoded} re-encoded",
+        f"instances per image: mean {np.mean(inst_counts):.1f}, min {min(inst_counts)}, max {max(inst_counts)}",
+        "semantic classes by pixel share:",
+        *(f"  {cid:>5} {('ignore' if cid == ignore else names.get(str(cid), '?')):<20} {100 * n / total_px:5.1f}%"
+          for cid, n in top),
+    ]
+    labeler = manifest.get("labeler", {})
+    if labeler.get("random_labels") or labeler.get("empty_labels"):
+        lines.append(f"note: preset {labeler.get('preset')!r}: these labels are not from a trained model")
+    lines.append(f"grid: {out} ({len(rows)} samples: RGB | semantic | instances)")
+    return "\n".join(lines)
