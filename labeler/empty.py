@@ -17,10 +17,7 @@ from shards.pack import Labels
 class EmptyLabeler:
     def label(self, images: list[np.ndarray]) -> list[Labels]:
         ignore = fmt.semantic_ignore(0)
-        return [
-            Labels(np.full(im.shape[:2], ignore, np.uint8), np.zeros(im.shape[:2], np.uint16), [])
-            for im in images
-        ]
+        return [Labels(np.full(im.shape[:2], ignore, np.uint8), np.zeros(im.shape[:2], np.uint16), []) for im in images]
 
     def label_space(self) -> dict[str, Any]:
         return {"semantic": {}, "instance": "class-agnostic"}

@@ -44,21 +44,38 @@ def init_ray(address: str) -> None:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     if address == "local":
         # A private single-node cluster on loopback: nothing listens on the machine's network address.
-        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
-                 log_to_driver=False, configure_logging=False)
+        ray.init(
+            address="local",
+            _node_ip_address="127.0.0.1",
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
     else:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
 
 
 def run_shards(plan, todo: list[int], out_dir: str, cfg) -> RunResult:
     import ray
-    from tqdm import tqdm
 
     labeler = _labeler(cfg.preset)  # the driver's copy gives the manifest its label space and settings
     result = RunResult(labeler.label_space(), labeler.describe())
     if not todo:
         return result
+    started = not ray.is_initialized()
     init_ray(cfg.address)
+    try:
+        _run(plan, todo, out_dir, cfg, result)
+    finally:
+        if started:
+            ray.shutdown()  # the job owns the local cluster (or connection) it started
+    return result
+
+
+def _run(plan, todo: list[int], out_dir: str, cfg, result: RunResult) -> None:
+    import ray
+    from tqdm import tqdm
+
     task = ray.remote(num_cpus=1, max_retries=2)(_shard_task)
     max_in_flight = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
     attempts = {i: 0 for i in todo}
@@ -69,7 +86,9 @@ def run_shards(plan, todo: list[int], out_dir: str, cfg) -> RunResult:
         while queue and len(running) < max_in_flight:
             i = queue.pop(0)
             attempts[i] += 1
-            ref = task.remote(i, plan.shard_name(i), plan.shard_items(i), plan.root, out_dir, cfg.preset, cfg.batch_size)
+            ref = task.remote(
+                i, plan.shard_name(i), plan.shard_items(i), plan.root, out_dir, cfg.preset, cfg.batch_size
+            )
             running[ref] = i
         ready, _ = ray.wait(list(running), num_returns=1)
         i = running.pop(ready[0])
@@ -83,4 +102,3 @@ def run_shards(plan, todo: list[int], out_dir: str, cfg) -> RunResult:
             if attempts[i] <= cfg.max_retries:
                 queue.append(i)
     bar.close()
-    return result

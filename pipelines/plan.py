@@ -111,7 +111,7 @@ def make_plan(root: str | os.PathLike, samples_per_shard: int, prefix: str = "c2
         syn = r.split("/", 1)[0] if imagenet else None
         items.append(Item(fmt.sample_key(r, imagenet), r, class_of.get(syn), syn))
     items.sort(key=lambda it: it.key)
-    for a, b in zip(items, items[1:]):
+    for a, b in zip(items, items[1:], strict=False):
         if a.key == b.key:
             raise PlanError(f"two inputs map to the same sample key {a.key!r}: {a.source} and {b.source}")
     return Plan(str(root.resolve()), imagenet, classes, samples_per_shard, prefix, items)

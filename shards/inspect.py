@@ -92,7 +92,7 @@ def inspect(path: str, out: str, samples: int = 8, seed: int = 0) -> str:
             except (KeyError, ValueError, OSError) as e:
                 raise InspectError(f"{shard.name} {key}: unreadable sample ({e}); run `c2f validate`") from None
             ids, counts = np.unique(sem, return_counts=True)
-            class_pixels.update(dict(zip(ids.tolist(), counts.tolist())))
+            class_pixels.update(dict(zip(ids.tolist(), counts.tolist(), strict=True)))
             inst_counts.append(len(meta.get("instances", [])))
             reencoded += bool(meta.get("reencoded"))
             if seed == 0 and len(chosen) < samples:
@@ -108,7 +108,9 @@ def inspect(path: str, out: str, samples: int = 8, seed: int = 0) -> str:
         rgb = np.asarray(Image.open(io.BytesIO(s[fmt.JPG])).convert("RGB"))
         sem, inst = decode_png(s[fmt.SEM]), decode_png(s[fmt.INST])
         sem_ov = _overlay(rgb, sem, pal, ignore)
-        inst_pal = np.random.default_rng(int(inst.max()) + 7).integers(40, 256, (int(inst.max()) + 1, 3)).astype(np.uint8)
+        inst_pal = (
+            np.random.default_rng(int(inst.max()) + 7).integers(40, 256, (int(inst.max()) + 1, 3)).astype(np.uint8)
+        )
         inst_ov = _overlay(rgb, inst.astype(np.int64), inst_pal, 0)
         inst_ov[_contours(inst)] = 255
         rows.append((key, [_tile(rgb), _tile(sem_ov), _tile(inst_ov)], np.unique(sem).tolist()))
@@ -137,8 +139,10 @@ def inspect(path: str, out: str, samples: int = 8, seed: int = 0) -> str:
         f"{len(shards)} shards, {n_samples} samples, {n_bytes / 1e6:.1f} MB, {reencoded} re-encoded",
         f"instances per image: mean {np.mean(inst_counts):.1f}, min {min(inst_counts)}, max {max(inst_counts)}",
         "semantic classes by pixel share:",
-        *(f"  {cid:>5} {('ignore' if cid == ignore else names.get(str(cid), '?')):<20} {100 * n / total_px:5.1f}%"
-          for cid, n in top),
+        *(
+            f"  {cid:>5} {('ignore' if cid == ignore else names.get(str(cid), '?')):<20} {100 * n / total_px:5.1f}%"
+            for cid, n in top
+        ),
     ]
     labeler = manifest.get("labeler", {})
     if labeler.get("random_labels") or labeler.get("empty_labels"):

@@ -28,8 +28,13 @@ class Instance:
     bbox: list[int]  # [x, y, w, h], COCO convention
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "category": self.category, "score": round(float(self.score), 4),
-                "area": self.area, "bbox": self.bbox}
+        return {
+            "id": self.id,
+            "category": self.category,
+            "score": round(float(self.score), 4),
+            "area": self.area,
+            "bbox": self.bbox,
+        }
 
 
 @dataclass
@@ -72,9 +77,7 @@ def pack_sample(
     """Check the labels against the image and encode the five members of a sample."""
     hw = (image.height, image.width)
     if labels.semantic.shape != hw or labels.instance.shape != hw:
-        raise ValueError(
-            f"{key}: label maps {labels.semantic.shape}/{labels.instance.shape} differ from image {hw}"
-        )
+        raise ValueError(f"{key}: label maps {labels.semantic.shape}/{labels.instance.shape} differ from image {hw}")
     meta: dict[str, Any] = {
         "key": key,
         "source": source,

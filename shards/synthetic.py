@@ -104,15 +104,31 @@ def write_synthetic_dataset(
                 key = f"scene_{j:08d}"
                 w.write(key, pack_sample(key, image, Labels(sem, inst, instances), f"synthetic/{key}", cls, None))
         info = w.info
-        stats = {"index": index, "shard": shard, "planned": n, "samples": info.samples, "bytes": info.bytes,
-                 "sha256": info.sha256, "quarantined": [], "seconds": 0.0}
+        stats = {
+            "index": index,
+            "shard": shard,
+            "planned": n,
+            "samples": info.samples,
+            "bytes": info.bytes,
+            "sha256": info.sha256,
+            "quarantined": [],
+            "seconds": 0.0,
+        }
         write_stats(out, stats)
         all_stats.append(stats)
     header = {
         "label_space": {"semantic": {str(i): c for i, c in enumerate(CLASS_NAMES)}, "instance": "class-agnostic"},
         "labeler": {"preset": "synthetic", "models": [], "seed": seed},
-        "plan": {"root": "synthetic", "imagenet": False, "classes": [str(i) for i in range(num_classes_label)],
-                 "samples_per_shard": samples_per_shard, "prefix": prefix, "num_inputs": num_samples,
-                 "num_shards": len(shard_sizes), "listing_sha256": "", "shard_sizes": shard_sizes},
+        "plan": {
+            "root": "synthetic",
+            "imagenet": False,
+            "classes": [str(i) for i in range(num_classes_label)],
+            "samples_per_shard": samples_per_shard,
+            "prefix": prefix,
+            "num_inputs": num_samples,
+            "num_shards": len(shard_sizes),
+            "listing_sha256": "",
+            "shard_sizes": shard_sizes,
+        },
     }
     return write_dataset_files(out, header, all_stats)

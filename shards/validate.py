@@ -206,10 +206,19 @@ def check_sample(shard: str, key: str, s: dict[str, bytes], expect: Expect, deep
         for ext, m in maps.items():
             if m.shape != (im.height, im.width):
                 out.append(
-                    Finding(shard, key, MASK_SIZE, f".{ext} is {m.shape[1]}x{m.shape[0]}, image is {im.width}x{im.height}")
+                    Finding(
+                        shard, key, MASK_SIZE, f".{ext} is {m.shape[1]}x{m.shape[0]}, image is {im.width}x{im.height}"
+                    )
                 )
         if (meta.get("width"), meta.get("height")) != (im.width, im.height):
-            out.append(Finding(shard, key, BAD_JSON, f".json says {meta.get('width')}x{meta.get('height')}, image is {im.width}x{im.height}"))
+            out.append(
+                Finding(
+                    shard,
+                    key,
+                    BAD_JSON,
+                    f".json says {meta.get('width')}x{meta.get('height')}, image is {im.width}x{im.height}",
+                )
+            )
     if fmt.SEM in maps and expect.num_classes is not None:
         sem = maps[fmt.SEM]
         ignore = fmt.semantic_ignore(expect.num_classes)
@@ -217,21 +226,32 @@ def check_sample(shard: str, key: str, s: dict[str, bytes], expect: Expect, deep
         bad = vals[(vals >= expect.num_classes) & (vals != ignore)]
         if bad.size:
             out.append(
-                Finding(shard, key, CLASS_RANGE,
-                        f"class ids {bad[:5].tolist()} outside the label space (0..{expect.num_classes - 1}, ignore {ignore})")
+                Finding(
+                    shard,
+                    key,
+                    CLASS_RANGE,
+                    f"class ids {bad[:5].tolist()} outside the label space "
+                    f"(0..{expect.num_classes - 1}, ignore {ignore})",
+                )
             )
     if fmt.INST in maps:
         present = set(np.unique(maps[fmt.INST]).tolist()) - {0}
         if present != set(ids) or len(ids) != len(set(ids)):
             out.append(
-                Finding(shard, key, INSTANCE_MISMATCH,
-                        f"instance ids in .inst.png {sorted(present)[:8]} do not match the .json list {sorted(ids)[:8]}")
+                Finding(
+                    shard,
+                    key,
+                    INSTANCE_MISMATCH,
+                    f"instance ids in .inst.png {sorted(present)[:8]} do not match the .json list {sorted(ids)[:8]}",
+                )
             )
     if fmt.CLS in s:
         cls = meta.get("class") or {}
         try:
             if int(s[fmt.CLS]) != cls.get("index"):
-                out.append(Finding(shard, key, BAD_JSON, f".cls {int(s[fmt.CLS])} differs from .json class {cls.get('index')}"))
+                out.append(
+                    Finding(shard, key, BAD_JSON, f".cls {int(s[fmt.CLS])} differs from .json class {cls.get('index')}")
+                )
         except ValueError:
             out.append(Finding(shard, key, BAD_JSON, ".cls is not an integer"))
     return out
@@ -272,7 +292,9 @@ def check_shard(url: str, expect: Expect, sample: int | None = None, seed: int =
     if expect.bytes is not None and rep.bytes != expect.bytes:
         rep.findings.append(Finding(name, None, CHECKSUM, f"size {rep.bytes} bytes, manifest says {expect.bytes}"))
     if expect.sha256 is not None and sha != expect.sha256:
-        rep.findings.append(Finding(name, None, CHECKSUM, f"sha256 {sha[:16]}… differs from the manifest's {expect.sha256[:16]}…"))
+        rep.findings.append(
+            Finding(name, None, CHECKSUM, f"sha256 {sha[:16]}… differs from the manifest's {expect.sha256[:16]}…")
+        )
     if expect.samples is not None and rep.samples != expect.samples:
         rep.findings.append(Finding(name, None, COUNT, f"{rep.samples} samples, manifest says {expect.samples}"))
     return rep
@@ -315,7 +337,11 @@ def plan_targets(path: str) -> tuple[list[tuple[str, Expect]], dict[str, Any] | 
         num_classes = len(manifest["label_space"]["semantic"])
         has_classes = bool(manifest["plan"]["classes"])
     except (ValueError, KeyError, TypeError) as e:
-        return [(str(p / n), Expect()) for n in on_disk], None, [Finding(fmt.MANIFEST, None, MANIFEST, f"unreadable manifest: {e}")]
+        return (
+            [(str(p / n), Expect()) for n in on_disk],
+            None,
+            [Finding(fmt.MANIFEST, None, MANIFEST, f"unreadable manifest: {e}")],
+        )
     for n in on_disk:
         if n not in listed:
             findings.append(Finding(n, None, UNLISTED_SHARD, "tar is not listed in the manifest"))
@@ -345,13 +371,19 @@ def check_plan(manifest: dict[str, Any], out_dir: Path) -> list[Finding]:
         got = samples.get(name, 0) + quarantined[name]
         if got != size:
             findings.append(
-                Finding(name, None, PLAN,
-                        f"plan has {size} inputs, found {samples.get(name, 0)} samples + {quarantined[name]} quarantined")
+                Finding(
+                    name,
+                    None,
+                    PLAN,
+                    f"plan has {size} inputs, found {samples.get(name, 0)} samples + {quarantined[name]} quarantined",
+                )
             )
     return findings
 
 
-def validate(paths: list[str], workers: int = 2, sample: int | None = None, seed: int = 0, progress: bool = True) -> Report:
+def validate(
+    paths: list[str], workers: int = 2, sample: int | None = None, seed: int = 0, progress: bool = True
+) -> Report:
     targets: list[tuple[str, Expect]] = []
     findings: list[Finding] = []
     manifest_checked = False

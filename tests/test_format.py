@@ -31,8 +31,17 @@ def test_split_member():
     assert fmt.split_member("d/n01_1.jpg") == ("d/n01_1", "jpg")
 
 
-@pytest.mark.parametrize("name, bad", [("/etc/passwd", True), ("../x.jpg", True), ("a/../../x", True),
-                                       ("C:\\x.jpg", True), ("k.jpg", False), ("a..b.jpg", False)])
+@pytest.mark.parametrize(
+    "name, bad",
+    [
+        ("/etc/passwd", True),
+        ("../x.jpg", True),
+        ("a/../../x", True),
+        ("C:\\x.jpg", True),
+        ("k.jpg", False),
+        ("a..b.jpg", False),
+    ],
+)
 def test_unsafe_member_name(name, bad):
     assert (fmt.unsafe_member_name(name) is not None) == bad
 

@@ -16,7 +16,9 @@ def test_inspect_renders_grid_and_stats(synthetic_ds, tmp_path, capsys):
 
 def test_inspect_one_shard_seeded(synthetic_ds, tmp_path, capsys):
     out = tmp_path / "g.png"
-    assert main(["inspect", str(synthetic_ds / "syn-000002.tar"), "--out", str(out), "--seed", "3", "--samples", "2"]) == 0
+    assert (
+        main(["inspect", str(synthetic_ds / "syn-000002.tar"), "--out", str(out), "--seed", "3", "--samples", "2"]) == 0
+    )
     assert "1 shards, 4 samples" in capsys.readouterr().out and out.exists()
 
 

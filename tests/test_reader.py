@@ -107,7 +107,7 @@ def test_joint_transform_keeps_masks_aligned(tmp_path):
 
 def test_collate_stacks(synthetic_ds):
     ds = make_dataset(str(synthetic_ds), transform=JointTransform(64), shuffle=0)
-    batch = collate([s for _, s in zip(range(4), ds)])
+    batch = collate([s for _, s in zip(range(4), ds, strict=False)])
     assert batch["image"].shape == (4, 3, 64, 64) and batch["instance"].shape == (4, 64, 64)
 
 
@@ -126,7 +126,8 @@ def test_webdataset_reads(synthetic_ds):
     import webdataset as wds
 
     ds = wds.WebDataset(str(synthetic_ds / "syn-{000000..000002}.tar"), shardshuffle=False).decode(
-        wds.handle_extension("sem.png", decode_png), wds.handle_extension("inst.png", decode_png), "rgb8")
+        wds.handle_extension("sem.png", decode_png), wds.handle_extension("inst.png", decode_png), "rgb8"
+    )
     got = list(ds)
     assert len(got) == 12 and got[0]["jpg"].shape[2] == 3 and got[0]["inst.png"].dtype == np.uint16
 
@@ -134,8 +135,9 @@ def test_webdataset_reads(synthetic_ds):
 def test_wids_reads(synthetic_ds):
     import wids
 
-    ds = wids.ShardListDataset(str(synthetic_ds / "syn.wids.json"), cache_dir=str(synthetic_ds / "_cache"),
-                              transformations=[])  # raw members: our own decoders
+    ds = wids.ShardListDataset(
+        str(synthetic_ds / "syn.wids.json"), cache_dir=str(synthetic_ds / "_cache"), transformations=[]
+    )  # raw members: our own decoders
     assert len(ds) == 12
     s = ds[5]
     assert s["__key__"].endswith("scene_00000005")
@@ -146,8 +148,14 @@ def test_wids_reads(synthetic_ds):
 def test_ray_data_reads(synthetic_ds):
     import ray
 
-    ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=1,
-             log_to_driver=False, configure_logging=False)
+    ray.init(
+        address="local",
+        _node_ip_address="127.0.0.1",
+        include_dashboard=False,
+        num_cpus=1,
+        log_to_driver=False,
+        configure_logging=False,
+    )
     try:
         ds = ray.data.read_webdataset(str(synthetic_ds), decoder=None, file_extensions=["tar"])
         rows = ds.take_all()

@@ -195,7 +195,9 @@ def test_sha256_differs_from_manifest(synthetic_ds, capsys):
     assert (synthetic_ds / SHARD0).stat().st_size == size
     code, report = run_validate(capsys, synthetic_ds)
     (f,) = findings(report, "checksum")
-    assert code == 1 and f["shard"] == SHARD0 and "sha256" in f["message"] and "differs from the manifest" in f["message"]
+    assert (
+        code == 1 and f["shard"] == SHARD0 and "sha256" in f["message"] and "differs from the manifest" in f["message"]
+    )
 
 
 def test_bytes_differ_from_manifest(synthetic_ds, capsys):

@@ -7,7 +7,6 @@ import tarfile
 import numpy as np
 import pytest
 
-from shards import format as fmt
 from shards.image import prepare_image
 from shards.pack import Instance, Labels, decode_png, encode_png, pack_sample
 from shards.synthetic import encode_jpeg, make_scene, write_synthetic_dataset
@@ -91,7 +90,12 @@ def test_sample_json_contents():
 
 def test_instance_record_json():
     assert Instance(1, None, 0.91234, 10, [0, 1, 2, 3]).to_json() == {
-        "id": 1, "category": None, "score": 0.9123, "area": 10, "bbox": [0, 1, 2, 3]}
+        "id": 1,
+        "category": None,
+        "score": 0.9123,
+        "area": 10,
+        "bbox": [0, 1, 2, 3],
+    }
 
 
 def test_gnu_tar_reads_shards(synthetic_ds, tmp_path):

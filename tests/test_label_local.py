@@ -1,0 +1,120 @@
+"""The labeling job on a local Ray with the `empty` preset: accounting, resume, plan checks."""
+
+import io
+import json
+import shutil
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines.label import main as label_main
+from pipelines.plan import PlanError, make_plan
+
+
+@pytest.fixture
+def gauntlet(sample_tree, tmp_path):
+    """The bundled samples plus one of every kind of bad input, in an ImageNet-style tree."""
+    root = tmp_path / "in"
+    shutil.copytree(sample_tree, root)
+    bad = root / "n09999999"
+    bad.mkdir()
+    photo = np.asarray(Image.open(next(sample_tree.glob("*/*.JPEG"))).convert("RGB"))
+    good_jpeg = (next(sample_tree.glob("n02123045/*.JPEG"))).read_bytes()
+
+    def save(name, im, **kw):
+        buf = io.BytesIO()
+        im.save(buf, **kw)
+        (bad / name).write_bytes(buf.getvalue())
+
+    (bad / "n09999999_zero.JPEG").write_bytes(b"")
+    (bad / "n09999999_truncated.JPEG").write_bytes(good_jpeg[: len(good_jpeg) // 3])
+    (bad / "n09999999_garbage.JPEG").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg" * 10)
+    save("n09999999_cmyk.JPEG", Image.fromarray(photo).convert("CMYK"), format="JPEG")
+    save("n09999999_gray.JPEG", Image.fromarray(photo).convert("L"), format="JPEG")
+    save("n09999999_png.JPEG", Image.fromarray(photo), format="PNG")
+    save("n09999999_rgba.JPEG", Image.fromarray(photo).convert("RGBA"), format="PNG")
+    return root
+
+
+def _tar_members(out):
+    members = {}
+    for shard in sorted(out.glob("*.tar")):
+        with tarfile.open(shard) as tf:
+            for ti in tf:
+                members[ti.name] = tf.extractfile(ti).read()
+    return members
+
+
+def test_label_gauntlet_resume_and_plan_checks(gauntlet, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = [str(gauntlet), str(out), "--samples-per-shard", "3", "--preset", "empty"]
+    assert label_main(args) == 0
+    text = capsys.readouterr().out
+    assert "OK:" in text and "11 images in 4 shards, 3 quarantined" in text
+
+    plan = make_plan(gauntlet, 3)
+    members = _tar_members(out)
+    keys = {n.split(".", 1)[0] for n in members}
+    quarantine = [json.loads(line) for line in (out / "quarantine.jsonl").read_text().splitlines()]
+    qkeys = {q["key"] for q in quarantine}
+    # every input exactly once: in a shard or in the quarantine, never both
+    assert keys | qkeys == {it.key for it in plan.items} and not keys & qkeys
+    assert len(keys) + len(quarantine) == len(plan.items) == 14
+    reasons = {q["key"]: q["reason"] for q in quarantine}
+    assert reasons["n09999999_zero"].startswith("empty file")
+    assert reasons["n09999999_truncated"].startswith("decode failed")
+    assert reasons["n09999999_garbage"].startswith(("not a decodable image", "decode failed"))
+    # good JPEGs byte-identical, grayscale kept, converted inputs marked
+    for it in plan.items:
+        if it.key in keys and it.synset != "n09999999":
+            assert members[f"{it.key}.jpg"] == (gauntlet / it.source).read_bytes()
+    metas = {k: json.loads(members[f"{k}.json"]) for k in keys}
+    assert not metas["n09999999_gray"]["reencoded"]
+    assert metas["n09999999_cmyk"]["reencode_reason"] == "mode CMYK"
+    assert metas["n09999999_png"]["reencode_reason"] == "format PNG"
+    assert metas["n09999999_rgba"]["reencode_reason"] == "format PNG, mode RGBA"
+
+    # a rerun resumes: nothing to do, shards untouched
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")}
+    assert label_main(args) == 0
+    assert "0 to do" in capsys.readouterr().out
+    assert before == {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")}
+
+    # a lost shard is redone, byte-identical
+    lost = sorted(out.glob("*.tar"))[1]
+    data = lost.read_bytes()
+    lost.unlink()
+    assert label_main(args) == 0
+    assert "1 to do" in capsys.readouterr().out and lost.read_bytes() == data
+
+    # another plan in the same output directory is refused with a clear message and exit 2
+    assert label_main([str(gauntlet), str(out), "--samples-per-shard", "5"]) == 2
+    assert "differs in: samples_per_shard" in capsys.readouterr().err
+    assert label_main([str(gauntlet), str(out), "--samples-per-shard", "5", "--overwrite"]) == 0
+    assert len(list(out.glob("*.tar"))) == 3
+
+
+def test_bad_flags_and_inputs_exit_2(tmp_path, capsys):
+    assert label_main([str(tmp_path / "missing"), str(tmp_path / "o")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert label_main([str(tmp_path / "empty"), str(tmp_path / "o")]) == 2
+    assert "no images" in capsys.readouterr().err
+    assert label_main([str(tmp_path), str(tmp_path / "o"), "--preset", "nope"]) == 2
+    with pytest.raises(SystemExit) as e:
+        label_main(["--samples-per-shard", "x"])
+    assert e.value.code == 2
+
+
+def test_plan_is_deterministic_and_keys_unique(tmp_path):
+    for rel in ["a/x.jpg", "b/x.jpg", "b/y.png", "c.jpg"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    p = make_plan(tmp_path, 2)
+    assert [it.key for it in p.items] == ["a__x", "b__x", "b__y", "c"] and not p.imagenet
+    assert p.num_shards == 2 and p.listing_sha256 == make_plan(tmp_path, 2).listing_sha256
+    (tmp_path / "a" / "x.png").write_bytes(b"")
+    with pytest.raises(PlanError, match="same sample key 'a__x'"):
+        make_plan(tmp_path, 2)
