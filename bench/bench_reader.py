@@ -38,6 +38,30 @@ def run(ds, n):
     return n / dt
 
 
+def breakdown_ms(raw: list[dict]) -> dict[str, float]:
+    """Median per-sample cost of each step on samples already in memory."""
+    from shards.reader import _decode_mask, decode_sample
+
+    joint, rgb_only = JointTransform(224), RgbOnly()
+    decoded = [decode_sample(s, as_tensors=False) for s in raw]
+    steps = {
+        "jpeg decode": lambda i: _decode_rgb(raw[i]["jpg"]),
+        "rgb-only transform": lambda i: rgb_only._t(decoded[i]["image"]),
+        "2 mask PNG decodes": lambda i: (_decode_mask(raw[i]["sem.png"]), _decode_mask(raw[i]["inst.png"])),
+        "joint transform": lambda i: joint(decoded[i]),
+    }
+    out = {}
+    for name, fn in steps.items():
+        runs = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for i in range(len(raw)):
+                fn(i)
+            runs.append((time.perf_counter() - t0) / len(raw) * 1e3)
+        out[name] = statistics.median(runs)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--samples", type=int, default=400)
@@ -57,10 +81,13 @@ def main():
         for _ in range(args.repeats):
             b.append(run(base, args.samples))
             a.append(run(full, args.samples))
+        raw = list(wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples()))
+        breakdown = breakdown_ms(raw)
     fa, fb = statistics.median(a), statistics.median(b)
     print(f"reader, RGB + sem + inst, joint transform: {fa:7.1f} samples/s")
     print(f"baseline, RGB only, same transform:        {fb:7.1f} samples/s")
     print(f"ratio (masks / baseline): {fa / fb:.2f}   (target >= 0.80; 375x500 images -> 224, 1 thread)")
+    print("per-sample breakdown, in memory (ms): " + ", ".join(f"{k} {v:.3f}" for k, v in breakdown.items()))
 
 
 if __name__ == "__main__":

@@ -137,14 +137,20 @@ def expand_urls(source: str | list[str]) -> list[str]:
     return list(braceexpand.braceexpand(source))
 
 
-def _fsspec_opener(urls):
-    """webdataset stage: open each url with fsspec (local paths, file://, s3://, gs://, …)."""
+def open_url(url: str):
+    """A binary stream for a shard: built-in `open` for local paths and `file://` (fsspec's local
+    wrapper delegates every small tarfile read through Python), fsspec for everything else."""
+    if "://" not in url or url.startswith("file://"):
+        return open(url.removeprefix("file://"), "rb")
     import fsspec
 
+    return fsspec.open(url, "rb").open()
+
+
+def _opener(urls):
+    """webdataset stage: {url} -> {url, stream} (local paths, file://, s3://, gs://, …)."""
     for sample in urls:
-        url = sample["url"]
-        stream = fsspec.open(url, "rb").open()
-        yield {**sample, "stream": stream}
+        yield {**sample, "stream": open_url(sample["url"])}
 
 
 def make_dataset(
@@ -176,7 +182,7 @@ def make_dataset(
         if shuffle:
             stages.append(filters.shuffle(len(urls), initial=len(urls), seed=seed))
     stages += [
-        filters.pipelinefilter(_fsspec_opener)(),
+        _opener,
         functools.partial(tariterators.tar_file_expander, handler=handler),
         functools.partial(tariterators.group_by_keys, handler=handler),
     ]
