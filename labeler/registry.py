@@ -1,26 +1,198 @@
-"""Presets by name -> a labeler builder. Builders import their heavy dependencies themselves."""
+"""Presets by name -> a `Labeler`. Builders import their heavy dependencies themselves.
+
+| preset        | semantic map                 | instance map                          |
+|---------------|------------------------------|---------------------------------------|
+| `empty`       | all ignore                   | none                                  |
+| `sam`         | `--semantic-model` (ADE20K)  | SAM automatic masks, class-agnostic   |
+| `panoptic`    | one panoptic model, one pass (`--panoptic-model`): stuff + things -> both maps |
+| `tiny-random` | tiny random SegFormer        | tiny random SAM (tests, demo, CI)     |
+| `tiny-random-panoptic` | tiny random Mask2Former, one pass                            |
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shards.pack import Labels
 
 from .base import Labeler
+from .config import LabelerConfig, PanopticConfig, SamConfig
 
 
-def _empty() -> Labeler:
+@dataclass
+class Settings:
+    """Everything a preset may read; picklable, so Ray ships it to each worker."""
+
+    labeler: LabelerConfig = field(default_factory=LabelerConfig)
+    sam: SamConfig = field(default_factory=SamConfig)
+    panoptic: PanopticConfig = field(default_factory=PanopticConfig)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def label_each(fn: Callable[[list[np.ndarray]], list[Labels]], images: list[np.ndarray]) -> list[Labels | Exception]:
+    """Run a batch; if it fails, run the images one by one so one bad image costs only itself."""
+    try:
+        return list(fn(images))
+    except Exception:  # noqa: BLE001 - isolated below, every failure is reported per image
+        if len(images) == 1:
+            import sys
+
+            return [sys.exc_info()[1]]  # type: ignore[list-item]
+        return [label_each(fn, [im])[0] for im in images]
+
+
+class SemanticPlusInstances:
+    """A semantic model for the scene map and SAM for class-agnostic instances."""
+
+    def __init__(self, semantic, instances, describe: dict[str, Any]):
+        self.semantic, self.instances, self._describe = semantic, instances, describe
+
+    def _run(self, images: list[np.ndarray]) -> list[Labels]:
+        sems = self.semantic(images)
+        out = []
+        for im, sem in zip(images, sems, strict=True):
+            inst, records = self.instances(im)
+            out.append(Labels(sem, inst, records))
+        return out
+
+    def label(self, images: list[np.ndarray]) -> list[Labels | Exception]:
+        return label_each(self._run, images)
+
+    def label_space(self) -> dict[str, Any]:
+        names = self.semantic.seg.id2label
+        return {"semantic": {str(k): v for k, v in sorted(names.items())}, "instance": "class-agnostic"}
+
+    def describe(self) -> dict[str, Any]:
+        return self._describe
+
+
+class OnePassPanoptic:
+    def __init__(self, panoptic, describe: dict[str, Any]):
+        self.panoptic, self._describe = panoptic, describe
+
+    def label(self, images: list[np.ndarray]) -> list[Labels | Exception]:
+        return label_each(self.panoptic.label, images)
+
+    def label_space(self) -> dict[str, Any]:
+        return self.panoptic.label_space()
+
+    def describe(self) -> dict[str, Any]:
+        return self._describe
+
+
+def _empty(s: Settings) -> Labeler:
     from .empty import EmptyLabeler
 
     return EmptyLabeler()
 
 
-PRESETS: dict[str, Callable[[], Labeler]] = {
+def _sam(
+    s: Settings,
+    semantic_model: str | None = None,
+    sam_type: str | None = None,
+    sam_ckpt: str | None = None,
+    extra: dict | None = None,
+    names: tuple[str, str] | None = None,
+) -> Labeler:
+    from .hf import SemanticSegmenter, load_segmenter
+    from .sam import SamInstances, load_sam
+
+    semantic_model = semantic_model or s.labeler.semantic_model
+    sam_type, sam_ckpt = sam_type or s.sam.sam_model_type, sam_ckpt or s.sam.sam_checkpoint
+    seg = load_segmenter(semantic_model, s.labeler.device, s.labeler.compile)
+    sam = SamInstances(load_sam(sam_type, sam_ckpt, s.labeler.device), s.sam)
+    describe = {
+        "preset": s.labeler.preset,
+        "models": [
+            {"role": "semantic", "id": (names or (semantic_model,))[0], "type": seg.model_type},
+            {"role": "instance", "id": (names or (None, sam_ckpt))[1], "type": f"sam_{sam_type}"},
+        ],
+        "settings": s.to_json(),
+        **(extra or {}),
+    }
+    return SemanticPlusInstances(SemanticSegmenter(seg), sam, describe)
+
+
+def _panoptic(s: Settings, model: str | None = None, extra: dict | None = None, name: str | None = None) -> Labeler:
+    from .hf import PanopticLabeler, load_segmenter
+
+    model = model or s.labeler.panoptic_model
+    seg = load_segmenter(model, s.labeler.device, s.labeler.compile)
+    p = s.panoptic
+    pan = PanopticLabeler(seg, p.panoptic_threshold, p.mask_threshold, p.overlap_mask_area_threshold, p.thing_ids)
+    describe = {
+        "preset": s.labeler.preset,
+        "models": [{"role": "panoptic", "id": name or model, "type": seg.model_type}],
+        "settings": s.to_json(),
+        **(extra or {}),
+    }
+    return OnePassPanoptic(pan, describe)
+
+
+RANDOM_NOTE = {"random_labels": True, "note": "tiny randomly initialised models: the labels carry no meaning"}
+
+
+def _tiny_dir() -> Path:
+    # Each worker process writes its own copy: no races between Ray workers on one node.
+    return Path(tempfile.mkdtemp(prefix="c2f-tiny-"))
+
+
+def _tiny_random(s: Settings) -> Labeler:
+    from .tiny import build_segformer_tiny, save_hf, save_sam_tiny
+
+    d = _tiny_dir()
+    seg_dir = save_hf(*build_segformer_tiny(seed=0), d / "segformer")
+    ckpt = save_sam_tiny(d / "sam_vit_tiny.pth", seed=0)
+    # Random SAM masks are whole-image blobs: keep every prompt's masks (no IoU, stability or box-NMS
+    # filtering) so the overlap resolution has several instances to work with.
+    s = dataclasses.replace(
+        s,
+        sam=dataclasses.replace(
+            s.sam, points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0
+        ),
+    )
+    return _sam(
+        s, str(seg_dir), "vit_tiny", str(ckpt), RANDOM_NOTE, ("tiny-random:segformer", "tiny-random:sam_vit_tiny")
+    )
+
+
+def _tiny_random_panoptic(s: Settings) -> Labeler:
+    from .tiny import TINY_THINGS, build_mask2former_tiny, save_hf
+
+    model = save_hf(*build_mask2former_tiny(seed=0), _tiny_dir() / "mask2former")
+    s = dataclasses.replace(
+        s,
+        panoptic=dataclasses.replace(
+            s.panoptic, panoptic_threshold=0.05, overlap_mask_area_threshold=0.3, thing_ids=TINY_THINGS
+        ),
+    )
+    return _panoptic(s, str(model), RANDOM_NOTE, "tiny-random:mask2former")
+
+
+PRESETS: dict[str, Callable[[Settings], Labeler]] = {
     "empty": _empty,
+    "sam": _sam,
+    "panoptic": _panoptic,
+    "tiny-random": _tiny_random,
+    "tiny-random-panoptic": _tiny_random_panoptic,
 }
 
 
-def build_labeler(preset: str) -> Labeler:
+def build_labeler(settings: Settings | str) -> Labeler:
+    if isinstance(settings, str):
+        settings = Settings(LabelerConfig(preset=settings))
+    preset = settings.labeler.preset
     try:
         builder = PRESETS[preset]
     except KeyError:
         raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(sorted(PRESETS))}") from None
-    return builder()
+    return builder(settings)

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 
 from .flags import add_flags, from_args, opt
-from .label import LabelConfig
+from .label import add_label_flags
 
 
 @dataclass
@@ -56,28 +56,31 @@ def cmd_inspect(cfg: InspectConfig) -> int:
     return 0
 
 
-def cmd_label(cfg: LabelConfig) -> int:
-    from .label import run
+def cmd_label(ns: argparse.Namespace) -> int:
+    from .label import configs_from_args, run
 
-    return run(cfg)
+    return run(*configs_from_args(ns))
 
 
+# name -> (flags, run, help). `flags` is a config dataclass (run gets an instance) or a function that
+# adds the flags of several dataclasses itself (run gets the namespace).
 COMMANDS = {
     "validate": (ValidateConfig, cmd_validate, "check shards against the format and the manifest"),
     "inspect": (InspectConfig, cmd_inspect, "render a grid of samples with their masks, and stats"),
-    "label": (LabelConfig, cmd_label, "label an image collection into shards with Ray"),
+    "label": (add_label_flags, cmd_label, "label an image collection into shards with Ray"),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="c2f", description="multi-granular pretraining datasets and C2FMAE")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (cls, _, help_) in COMMANDS.items():
-        add_flags(sub.add_parser(name, help=help_, description=help_), cls)
+    for name, (flags, _, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        flags(p) if callable(flags) and not isinstance(flags, type) else add_flags(p, flags)
     ns = parser.parse_args(argv)
-    cls, fn, _ = COMMANDS[ns.command]
+    flags, fn, _ = COMMANDS[ns.command]
     try:
-        return fn(from_args(cls, ns))
+        return fn(from_args(flags, ns) if isinstance(flags, type) else ns)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

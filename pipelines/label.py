@@ -14,6 +14,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from labeler.config import LabelerConfig, PanopticConfig, SamConfig
+from labeler.registry import Settings
+
 from .flags import add_flags, from_args, opt
 
 
@@ -21,7 +24,6 @@ from .flags import add_flags, from_args, opt
 class LabelConfig:
     input: str = opt(positional=True, help="image tree: ImageNet-style <wnid>/<file> dirs or any folder")
     output: str = opt(positional=True, help="output directory for shards and manifest")
-    preset: str = opt("empty", help="labeler preset (see docs/LABELERS.md)")
     samples_per_shard: int = opt(1000, help="images per shard; part of the plan")
     prefix: str = opt("c2f", help="shard name prefix: {prefix}-{index:06d}.tar")
     address: str = opt("local", help="Ray address: 'local' starts one here, 'auto' joins a running cluster")
@@ -31,16 +33,18 @@ class LabelConfig:
     validate: bool = opt(True, help="run `c2f validate` on the result")
 
 
-def run(cfg: LabelConfig) -> int:
+def run(cfg: LabelConfig, settings: Settings | None = None) -> int:
     from labeler.registry import PRESETS
     from shards.manifest import read_done, write_dataset_files
     from shards.validate import format_table, validate
 
-    from .distributor import run_shards
-    from .plan import PlanError, check_or_write_plan, make_plan
+    from .distributor import LabelerSetupError, run_shards
+    from .plan import PlanError, check_or_write_plan, check_or_write_settings, make_plan
 
-    if cfg.preset not in PRESETS:
-        print(f"error: unknown preset {cfg.preset!r}; choose from {', '.join(sorted(PRESETS))}", file=sys.stderr)
+    settings = settings or Settings()
+    preset = settings.labeler.preset
+    if preset not in PRESETS:
+        print(f"error: unknown preset {preset!r}; choose from {', '.join(sorted(PRESETS))}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
     out = Path(cfg.output)
@@ -48,19 +52,23 @@ def run(cfg: LabelConfig) -> int:
         plan = make_plan(cfg.input, cfg.samples_per_shard, cfg.prefix)
         out.mkdir(parents=True, exist_ok=True)
         check_or_write_plan(out, plan, cfg.overwrite)
+        check_or_write_settings(out, settings.to_json(), cfg.overwrite)
     except PlanError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     done = read_done(out)
     todo = [i for i in range(plan.num_shards) if i not in done]
     print(f"plan: {len(plan.items)} images -> {plan.num_shards} shards; {len(done)} already done, {len(todo)} to do")
-    result = run_shards(plan, todo, str(out), cfg)
+    try:
+        result = run_shards(plan, todo, str(out), cfg, settings)
+    except LabelerSetupError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     done = read_done(out)
     missing = [plan.shard_name(i) for i in range(plan.num_shards) if i not in done]
 
     header = {
-        "label_space": result.label_space,
-        "labeler": result.labeler,
+        **result.labeler_info,
         "plan": plan.header(),
         "config": dataclasses.asdict(cfg),
     }
@@ -71,8 +79,11 @@ def run(cfg: LabelConfig) -> int:
         f"done: {tot['samples']} images in {tot['shards']} shards, {tot['quarantined']} quarantined "
         f"({out / 'quarantine.jsonl'}), {secs:.1f}s, {len(plan.items) / secs:.1f} images/s"
     )
-    if result.labeler.get("empty_labels"):
+    labeler = result.labeler_info.get("labeler", {})
+    if labeler.get("empty_labels"):
         print("note: preset 'empty' packs empty masks (all ignore, no instances): no labels were computed")
+    if labeler.get("random_labels"):
+        print(f"note: preset {preset!r} uses tiny randomly initialised models: the labels are random")
     if missing:
         print(f"error: {len(missing)} shard(s) still missing after retries: {', '.join(missing[:10])}", file=sys.stderr)
         for err in result.errors[:10]:
@@ -88,10 +99,23 @@ def run(cfg: LabelConfig) -> int:
     return 0
 
 
+CONFIGS = (LabelConfig, LabelerConfig, SamConfig, PanopticConfig)
+
+
+def add_label_flags(parser: argparse.ArgumentParser) -> None:
+    for cls in CONFIGS:
+        add_flags(parser, cls)
+
+
+def configs_from_args(ns: argparse.Namespace) -> tuple[LabelConfig, Settings]:
+    cfg, lab, sam, pan = (from_args(cls, ns) for cls in CONFIGS)
+    return cfg, Settings(lab, sam, pan)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.label", description=__doc__.splitlines()[0])
-    add_flags(parser, LabelConfig)
-    return run(from_args(LabelConfig, parser.parse_args(argv)))
+    add_label_flags(parser)
+    return run(*configs_from_args(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

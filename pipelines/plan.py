@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -142,5 +142,26 @@ def check_or_write_plan(out_dir: Path, plan: Plan, overwrite: bool) -> None:
     atomic_write_json(path, want)
 
 
-def items_to_json(items: list[Item]) -> list[dict]:
-    return [asdict(it) for it in items]
+SETTINGS_FILE = "labeler_settings.json"
+
+
+def check_or_write_settings(out_dir: Path, settings: dict, overwrite: bool) -> None:
+    """One dataset, one labeler: a rerun with other labeler settings is refused."""
+    from shards.writer import atomic_write_json
+
+    path = out_dir / SETTINGS_FILE
+    if path.exists() and not overwrite:
+        have = json.loads(path.read_text())
+        if have != settings:
+            diff = sorted(
+                f"{group}.{k}"
+                for group in settings
+                for k in settings[group]
+                if have.get(group, {}).get(k) != settings[group][k]
+            )
+            raise PlanError(
+                f"{out_dir} was labeled with other labeler settings (differs in: {', '.join(diff)}); "
+                "use a new output directory, or --overwrite to discard the old shards"
+            )
+        return
+    atomic_write_json(path, settings)

@@ -1,0 +1,149 @@
+"""Tiny, randomly initialised models of the production architectures.
+
+For tests, the demo and CI only: same classes (SegFormer, Mask2Former, SAM) at a few thousand
+parameters, built from configs with a fixed seed, saved like real checkpoints and loaded back
+through the production loaders. Their labels are random; every manifest built with them says so.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+TINY_CLASSES = 12
+TINY_THINGS = "6-11"  # the tiny panoptic model's "thing" classes; 0-5 are "stuff"
+SAM_TINY_IMG = 256
+
+
+def _id2label(n: int) -> dict[int, str]:
+    return {i: f"random_{i}" for i in range(n)}
+
+
+def build_segformer_tiny(seed: int = 0, num_labels: int = TINY_CLASSES):
+    import torch
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
+
+    torch.manual_seed(seed)
+    id2label = _id2label(num_labels)
+    cfg = SegformerConfig(
+        num_encoder_blocks=2,
+        depths=[1, 1],
+        sr_ratios=[2, 1],
+        hidden_sizes=[16, 32],
+        num_attention_heads=[1, 2],
+        patch_sizes=[7, 3],
+        strides=[4, 2],
+        mlp_ratios=[2, 2],
+        decoder_hidden_size=32,
+        num_labels=num_labels,
+        id2label=id2label,
+        label2id={v: k for k, v in id2label.items()},
+    )
+    return SegformerForSemanticSegmentation(cfg).eval(), SegformerImageProcessor(size={"height": 128, "width": 128})
+
+
+def build_mask2former_tiny(seed: int = 0, num_labels: int = TINY_CLASSES):
+    import torch
+    from transformers import (
+        Mask2FormerConfig,
+        Mask2FormerForUniversalSegmentation,
+        Mask2FormerImageProcessor,
+        SwinConfig,
+    )
+
+    torch.manual_seed(seed)
+    id2label = _id2label(num_labels)
+    backbone = SwinConfig(
+        embed_dim=16,
+        depths=[1, 1, 1, 1],
+        num_heads=[1, 1, 2, 2],
+        window_size=4,
+        image_size=64,
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+    )
+    cfg = Mask2FormerConfig(
+        backbone_config=backbone,
+        num_labels=num_labels,
+        id2label=id2label,
+        label2id={v: k for k, v in id2label.items()},
+        hidden_dim=32,
+        num_queries=16,
+        encoder_layers=1,
+        decoder_layers=2,
+        dim_feedforward=64,
+        encoder_feedforward_dim=64,
+        mask_feature_size=32,
+        feature_size=32,
+        num_attention_heads=2,
+        common_stride=4,
+        init_std=0.5,  # at the default 0.02 random queries all predict "no object"; 0.5 gives several segments
+    )
+    processor = Mask2FormerImageProcessor(size={"height": 128, "width": 128})
+    return Mask2FormerForUniversalSegmentation(cfg).eval(), processor
+
+
+def build_sam_tiny(seed: int | None = None):
+    """SAM's three modules at toy size (1 encoder block, 32 channels, 256-pixel input)."""
+    import torch
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    patch, dim = 16, 32
+    emb = SAM_TINY_IMG // patch
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            depth=1,
+            embed_dim=dim,
+            img_size=SAM_TINY_IMG,
+            mlp_ratio=2,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=2,
+            patch_size=patch,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=[0],
+            window_size=4,
+            out_chans=dim,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=dim,
+            image_embedding_size=(emb, emb),
+            input_image_size=(SAM_TINY_IMG, SAM_TINY_IMG),
+            mask_in_chans=4,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=1, embedding_dim=dim, mlp_dim=64, num_heads=2),
+            transformer_dim=dim,
+            iou_head_depth=2,
+            iou_head_hidden_dim=32,
+        ),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    ).eval()
+
+
+def save_hf(model, processor, directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
+def save_sam_tiny(path: Path, seed: int = 0) -> Path:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(build_sam_tiny(seed).state_dict(), path)
+    return path
+
+
+def write_tiny_models(root: Path, seed: int = 0) -> dict[str, Path]:
+    """Save every tiny model under `root`, as a user would lay out real ones."""
+    root = Path(root)
+    return {
+        "segformer": save_hf(*build_segformer_tiny(seed), root / "segformer"),
+        "mask2former": save_hf(*build_mask2former_tiny(seed), root / "mask2former"),
+        "sam": save_sam_tiny(root / "sam_vit_tiny.pth", seed),
+    }
