@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 $(VENV)/bin/c2f label samples/train $(DEMO_OUT) --samples-per-shard 4
+	RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 $(VENV)/bin/c2f label samples/train $(DEMO_OUT) --samples-per-shard 4 --preset tiny-random
 	$(VENV)/bin/c2f inspect $(DEMO_OUT) --out $(DEMO_OUT)/grid.png
 
 test: $(STAMP)

@@ -9,7 +9,9 @@ from pipelines.flags import opt
 
 @dataclass
 class LabelerConfig:
-    preset: str = opt("empty", help="labeler preset: empty | sam | panoptic | tiny-random | tiny-random-panoptic (docs/LABELERS.md)")
+    preset: str = opt(
+        "panoptic", help="labeler preset: panoptic | sam | tiny-random | tiny-random-panoptic | empty (docs/LABELERS.md)"
+    )
     semantic_model: str = opt(
         "nvidia/segformer-b5-finetuned-ade-640-640",
         help="semantic model for the `sam` preset: Hugging Face id or local directory",

@@ -90,10 +90,22 @@ def test_label_gauntlet_resume_and_plan_checks(gauntlet, tmp_path, capsys):
     assert "1 to do" in capsys.readouterr().out and lost.read_bytes() == data
 
     # another plan in the same output directory is refused with a clear message and exit 2
-    assert label_main([str(gauntlet), str(out), "--samples-per-shard", "5"]) == 2
+    assert label_main([*args[:2], "--samples-per-shard", "5", "--preset", "empty"]) == 2
     assert "differs in: samples_per_shard" in capsys.readouterr().err
-    assert label_main([str(gauntlet), str(out), "--samples-per-shard", "5", "--overwrite"]) == 0
+    # and so are other labeler settings: one dataset, one labeler
+    assert label_main([*args, "--min-instance-area", "5"]) == 2
+    assert "other labeler settings (differs in: sam.min_instance_area)" in capsys.readouterr().err
+    assert label_main([*args[:2], "--samples-per-shard", "5", "--preset", "empty", "--overwrite"]) == 0
     assert len(list(out.glob("*.tar"))) == 3
+
+
+def test_unloadable_model_stops_the_job_with_exit_2(sample_tree, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # Ray workers inherit it
+    code = label_main([str(sample_tree), str(tmp_path / "o"), "--preset", "panoptic",
+                       "--panoptic-model", "c2f-test/no-such-model"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "cannot load segmentation model 'c2f-test/no-such-model'" in err and "Traceback" not in err
 
 
 def test_bad_flags_and_inputs_exit_2(tmp_path, capsys):
