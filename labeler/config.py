@@ -10,7 +10,8 @@ from pipelines.flags import opt
 @dataclass
 class LabelerConfig:
     preset: str = opt(
-        "panoptic", help="labeler preset: panoptic | sam | tiny-random | tiny-random-panoptic | empty (docs/LABELERS.md)"
+        "panoptic",
+        help="labeler preset: panoptic | sam | tiny-random | tiny-random-panoptic | empty (docs/LABELERS.md)",
     )
     semantic_model: str = opt(
         "nvidia/segformer-b5-finetuned-ade-640-640",

@@ -1,51 +1,76 @@
-"""Distribute shard work units over Ray (core tasks), with bounded in-flight work and retries.
+"""Distribute the plan over Ray: labeling actors hold the models, shard tasks do everything else.
 
-Each task processes one whole shard (pipelines.worker.process_shard) and returns its stats and
-the labeler's description; a task that raises or whose worker dies is resubmitted up to
-`max_retries` times, then reported. At most `2 x cluster CPUs` shards are in flight, so memory
-stays bounded whatever the dataset size. The labeler is built once per worker process and
-reused by every shard that process runs. A labeler that cannot even be built (a missing
-checkpoint, an unknown model id) stops the job at once: retrying cannot fix configuration.
+    shard task (CPU, `cpus_per_shard`)            labeling actor pool (`actors` x `gpus_per_actor`)
+    read + decode batch k+1  ── images ──►  LabelActor.label(batch k)   (model loaded once per actor)
+    pack + write batch k     ◄── labels ──
+    temp tar → rename → stats JSON
+
+Shard tasks are assigned to actors round-robin. At most `2 x actors + CPUs` shards are in flight,
+so memory stays bounded whatever the dataset size. An actor whose process dies is restarted up to
+`actor_restarts` times and its in-flight calls are retried on the new process; a shard task that
+fails is resubmitted up to `max_retries` times, then reported. A labeler that cannot be built (a
+missing checkpoint, an unknown model id) stops the job at once: retrying cannot fix configuration.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
-
-_LABELERS: dict[str, Any] = {}  # per worker process: settings -> labeler (models load once)
 
 
 class LabelerSetupError(Exception):
     """The labeler could not be built; the message is the loader's explanation."""
 
 
-def _labeler(settings):
-    key = repr(settings)
-    if key not in _LABELERS:
-        from labeler.registry import build_labeler
-
-        _LABELERS.clear()  # one labeler per process: models are large
-        _LABELERS[key] = build_labeler(settings)
-    return _LABELERS[key]
-
-
 def labeler_info(labeler) -> dict[str, Any]:
     return {"label_space": labeler.label_space(), "labeler": labeler.describe()}
 
 
-def _shard_task(index: int, shard: str, items, root: str, out_dir: str, settings, batch_size: int):
-    from labeler.hf import LabelerLoadError
+class LabelActor:
+    """Holds one labeler (its models on this actor's GPU, if any) and labels batches."""
 
+    def __init__(self, settings, threads: int):
+        import torch
+
+        from labeler.registry import build_labeler
+
+        torch.set_num_threads(max(1, threads))
+        self.labeler = build_labeler(settings)
+
+    def info(self) -> dict[str, Any]:
+        return labeler_info(self.labeler)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def label(self, images):
+        return self.labeler.label(images)
+
+
+class RemoteLabeler:
+    """The worker-side view of an actor: `submit` returns at once, `collect` waits."""
+
+    def __init__(self, actor):
+        self.actor = actor
+
+    def submit(self, images):
+        return self.actor.label.remote(images)
+
+    def collect(self, ref):
+        import ray
+
+        return ray.get(ref)
+
+    def label(self, images):
+        return self.collect(self.submit(images))
+
+
+def _shard_task(index: int, shard: str, items, root: str, out_dir: str, actor, batch_size: int):
     from .worker import process_shard
 
-    try:
-        labeler = _labeler(settings)
-    except (LabelerLoadError, ValueError) as e:
-        return {"setup_error": str(e)}
-    stats = process_shard(index, shard, items, root, out_dir, labeler, batch_size)
-    return {"stats": stats, "info": labeler_info(labeler)}
+    return process_shard(index, shard, items, root, out_dir, RemoteLabeler(actor), batch_size)
 
 
 @dataclass
@@ -73,6 +98,39 @@ def init_ray(address: str) -> None:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
 
 
+def _pool_shape(cfg) -> tuple[int, float]:
+    """(actors, gpus per actor) from the config and the cluster's resources."""
+    import ray
+
+    gpus = ray.cluster_resources().get("GPU", 0)
+    per = cfg.gpus_per_actor if cfg.gpus_per_actor >= 0 else (1.0 if gpus else 0.0)
+    n = cfg.actors or (max(1, int(gpus // per)) if per else 1)
+    return n, per
+
+
+def start_actors(cfg, settings) -> tuple[list, dict[str, Any]]:
+    """Create the actor pool and wait until every actor has its labeler (or one failed to build it)."""
+    import ray
+
+    n, gpus = _pool_shape(cfg)
+    cls = ray.remote(LabelActor).options(
+        num_cpus=cfg.cpus_per_actor, num_gpus=gpus, max_restarts=cfg.actor_restarts, max_task_retries=cfg.actor_restarts
+    )
+    actors = [cls.remote(settings, int(max(1, cfg.cpus_per_actor))) for _ in range(n)]
+    try:
+        infos = ray.get([a.info.remote() for a in actors])
+    except Exception as e:  # noqa: BLE001 - the constructor's exception, wrapped by Ray
+        text = str(e)
+        for marker in ("LabelerLoadError: ", "ValueError: "):
+            if marker in text:
+                text = text[text.rindex(marker) + len(marker) :]
+                break
+        for a in actors:
+            ray.kill(a)
+        raise LabelerSetupError(text.strip()) from None
+    return actors, infos[0]
+
+
 def run_shards(plan, todo: list[int], out_dir: str, cfg, settings) -> RunResult:
     import ray
 
@@ -81,8 +139,6 @@ def run_shards(plan, todo: list[int], out_dir: str, cfg, settings) -> RunResult:
     info_path = os.path.join(out_dir, "labeler.json")
     result = RunResult()
     if os.path.exists(info_path):
-        import json
-
         with open(info_path) as f:
             result.labeler_info = json.load(f)
     if not todo:
@@ -90,21 +146,23 @@ def run_shards(plan, todo: list[int], out_dir: str, cfg, settings) -> RunResult:
     started = not ray.is_initialized()
     init_ray(cfg.address)
     try:
-        _run(plan, todo, out_dir, cfg, settings, result)
+        actors, info = start_actors(cfg, settings)
+        result.labeler_info = result.labeler_info or info
+        if not os.path.exists(info_path):
+            atomic_write_json(info_path, result.labeler_info)
+        _run(plan, todo, out_dir, cfg, actors, result)
     finally:
         if started:
             ray.shutdown()  # the job owns the local cluster (or connection) it started
-    if result.labeler_info and not os.path.exists(info_path):
-        atomic_write_json(info_path, result.labeler_info)
     return result
 
 
-def _run(plan, todo: list[int], out_dir: str, cfg, settings, result: RunResult) -> None:
+def _run(plan, todo: list[int], out_dir: str, cfg, actors: list, result: RunResult) -> None:
     import ray
     from tqdm import tqdm
 
-    task = ray.remote(num_cpus=1, max_retries=2)(_shard_task)
-    max_in_flight = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+    task = ray.remote(num_cpus=cfg.cpus_per_shard, max_retries=2)(_shard_task)
+    max_in_flight = 2 * len(actors) + int(ray.cluster_resources().get("CPU", 1))
     attempts = {i: 0 for i in todo}
     queue = list(todo)
     running: dict[Any, int] = {}
@@ -114,14 +172,13 @@ def _run(plan, todo: list[int], out_dir: str, cfg, settings, result: RunResult) 
             while queue and len(running) < max_in_flight:
                 i = queue.pop(0)
                 attempts[i] += 1
-                ref = task.remote(
-                    i, plan.shard_name(i), plan.shard_items(i), plan.root, out_dir, settings, cfg.batch_size
-                )
+                actor = actors[i % len(actors)]
+                ref = task.remote(i, plan.shard_name(i), plan.shard_items(i), plan.root, out_dir, actor, cfg.batch_size)
                 running[ref] = i
             ready, _ = ray.wait(list(running), num_returns=1)
             i = running.pop(ready[0])
             try:
-                out = ray.get(ready[0])
+                stats = ray.get(ready[0])
             except Exception as e:  # noqa: BLE001 - a failed unit of work is retried, then reported
                 cause = getattr(e, "cause", None) or e  # RayTaskError wraps the task's own exception
                 msg = f"{plan.shard_name(i)} attempt {attempts[i]}: {type(cause).__name__}: {cause}"[:500]
@@ -129,11 +186,6 @@ def _run(plan, todo: list[int], out_dir: str, cfg, settings, result: RunResult) 
                 if attempts[i] <= cfg.max_retries:
                     queue.append(i)
                 continue
-            if "setup_error" in out:
-                for ref in running:
-                    ray.cancel(ref, force=True)
-                raise LabelerSetupError(out["setup_error"])
-            result.labeler_info = result.labeler_info or out["info"]
-            bar.update(out["stats"]["planned"])
+            bar.update(stats["planned"])
     finally:
         bar.close()

@@ -28,6 +28,15 @@ class LabelConfig:
     prefix: str = opt("c2f", help="shard name prefix: {prefix}-{index:06d}.tar")
     address: str = opt("local", help="Ray address: 'local' starts one here, 'auto' joins a running cluster")
     batch_size: int = opt(16, help="images per labeler call")
+    actors: int = opt(0, help="labeling actors (each loads the models once); 0: one per GPU, or 1 without GPUs")
+    gpus_per_actor: float = opt(-1.0, help="GPUs per labeling actor; -1: 1 when the cluster has GPUs, else 0")
+    cpus_per_actor: float = opt(1.0, help="CPUs reserved per labeling actor (also its torch threads)")
+    cpus_per_shard: float = opt(
+        0.5,
+        help="CPUs per shard task (read, decode, pack, write); fractional so "
+        "read tasks are not starved by actors on small nodes",
+    )
+    actor_restarts: int = opt(3, help="times a dead labeling actor is restarted (its calls are retried)")
     max_retries: int = opt(3, help="times a failed shard is retried before the job reports it missing")
     overwrite: bool = opt(False, help="discard shards of a different plan in OUTPUT")
     validate: bool = opt(True, help="run `c2f validate` on the result")
