@@ -60,11 +60,13 @@ def run(cfg: LabelConfig, settings: Settings | None = None) -> int:
     try:
         plan = make_plan(cfg.input, cfg.samples_per_shard, cfg.prefix)
         out.mkdir(parents=True, exist_ok=True)
+        lock_output(out)  # held until this process exits, however it exits
         check_or_write_plan(out, plan, cfg.overwrite)
         check_or_write_settings(out, settings.to_json(), cfg.overwrite)
     except PlanError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    remove_stale_temp_files(out)
     done = read_done(out)
     todo = [i for i in range(plan.num_shards) if i not in done]
     print(f"plan: {len(plan.items)} images -> {plan.num_shards} shards; {len(done)} already done, {len(todo)} to do")
@@ -106,6 +108,33 @@ def run(cfg: LabelConfig, settings: Settings | None = None) -> int:
             return 1
     print(f"manifest: {out / 'manifest.json'}; look at samples with: c2f inspect {out} --out grid.png")
     return 0
+
+
+_LOCKS: dict[str, object] = {}  # output dir -> open lock file (closing it would release the lock)
+
+
+def lock_output(out: Path) -> None:
+    """One job per output directory: a second driver on the same directory stops at once."""
+    import fcntl
+
+    from .plan import PlanError
+
+    old = _LOCKS.pop(str(out), None)  # this process ran a job here before (tests, notebooks)
+    if old:
+        old.close()
+    f = open(out / ".c2f-label.lock", "w")  # noqa: SIM115 - kept open for the job's lifetime
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise PlanError(f"another `c2f label` is writing to {out}") from None
+    _LOCKS[str(out)] = f
+
+
+def remove_stale_temp_files(out: Path) -> None:
+    """Temp files of a run that was killed (`.{name}.tmp-{pid}`); safe under the output lock."""
+    for p in out.glob(".*.tmp-*"):
+        p.unlink(missing_ok=True)
 
 
 CONFIGS = (LabelConfig, LabelerConfig, SamConfig, PanopticConfig)

@@ -91,19 +91,63 @@ def _scan(root: Path) -> list[str]:
     return out
 
 
-def make_plan(root: str | os.PathLike, samples_per_shard: int, prefix: str = "c2f") -> Plan:
-    root = Path(root)
+def _scan_url(root: str) -> list[str]:
+    """The same for an fsspec URL (s3://bucket/train, gs://…, file://…): one recursive listing."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(root)
+    path = path.rstrip("/")
+    return [
+        p[len(path) + 1 :]
+        for p in fs.find(path)
+        if os.path.splitext(p)[1].lower() in IMAGE_SUFFIXES
+    ]
+
+
+def _read_list(list_file: Path) -> tuple[str, list[str]]:
+    """A file list: one path per line (absolute, or relative to the list's folder); '#' comments.
+    Returns the common root and the paths relative to it."""
+    base = list_file.parent.resolve()
+    paths = []
+    for line in list_file.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            paths.append(os.path.normpath(line if os.path.isabs(line) else base / line))
+    if not paths:
+        return str(base), []
+    root = os.path.commonpath([os.path.dirname(p) for p in paths])
+    return root, [os.path.relpath(p, root).replace(os.sep, "/") for p in paths]
+
+
+def list_inputs(source: str) -> tuple[str, list[str]]:
+    """(root, relative paths) for a directory, an fsspec URL, or a `.txt` file list."""
+    if "://" in source:
+        return source.rstrip("/"), _scan_url(source)
+    p = Path(source)
+    if p.is_dir():
+        return str(p.resolve()), _scan(p)
+    if p.is_file() and p.suffix in (".txt", ".lst"):
+        return _read_list(p)
+    raise PlanError(f"input {source!r} is not a directory, a URL, or a .txt file list")
+
+
+def make_plan(source: str | os.PathLike, samples_per_shard: int, prefix: str = "c2f") -> Plan:
     if samples_per_shard < 1:
         raise PlanError(f"--samples-per-shard must be >= 1, got {samples_per_shard}")
-    if not root.is_dir():
-        raise PlanError(f"input {str(root)!r} is not a directory")
     if "." in prefix or "/" in prefix or not prefix:
         raise PlanError(f"invalid shard prefix {prefix!r}")
-    rels = _scan(root)
+    try:
+        root, rels = list_inputs(str(source))
+    except (OSError, ValueError) as e:  # unreadable list, unreachable bucket
+        raise PlanError(f"cannot list input {str(source)!r}: {e}") from None
+    return plan_from_listing(root, rels, samples_per_shard, prefix)
+
+
+def plan_from_listing(root: str, rels: list[str], samples_per_shard: int, prefix: str) -> Plan:
     if not rels:
         raise PlanError(f"no images (by suffix: {', '.join(sorted(IMAGE_SUFFIXES))}) under {root}")
     top = {r.split("/", 1)[0] for r in rels}
-    imagenet = all("/" in r and r.count("/") == 1 for r in rels) and all(_WNID.match(t) for t in top)
+    imagenet = all(r.count("/") == 1 for r in rels) and all(_WNID.match(t) for t in top)
     classes = sorted(top) if imagenet else []
     class_of = {s: i for i, s in enumerate(classes)}
     items = []
@@ -114,7 +158,7 @@ def make_plan(root: str | os.PathLike, samples_per_shard: int, prefix: str = "c2
     for a, b in zip(items, items[1:], strict=False):
         if a.key == b.key:
             raise PlanError(f"two inputs map to the same sample key {a.key!r}: {a.source} and {b.source}")
-    return Plan(str(root.resolve()), imagenet, classes, samples_per_shard, prefix, items)
+    return Plan(root, imagenet, classes, samples_per_shard, prefix, items)
 
 
 PLAN_FILE = "plan.json"

@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 import shutil
 import tarfile
 
@@ -110,7 +111,7 @@ def test_unloadable_model_stops_the_job_with_exit_2(sample_tree, tmp_path, capsy
 
 def test_bad_flags_and_inputs_exit_2(tmp_path, capsys):
     assert label_main([str(tmp_path / "missing"), str(tmp_path / "o")]) == 2
-    assert "is not a directory" in capsys.readouterr().err
+    assert "is not a directory, a URL, or a .txt file list" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert label_main([str(tmp_path / "empty"), str(tmp_path / "o")]) == 2
     assert "no images" in capsys.readouterr().err
@@ -130,3 +131,14 @@ def test_plan_is_deterministic_and_keys_unique(tmp_path):
     (tmp_path / "a" / "x.png").write_bytes(b"")
     with pytest.raises(PlanError, match="same sample key 'a__x'"):
         make_plan(tmp_path, 2)
+
+
+def test_file_list_and_url_inputs_plan_the_same(sample_tree, tmp_path):
+    direct = make_plan(sample_tree, 3)
+    lst = tmp_path / "inputs.txt"
+    paths = sorted(str(p) for p in sample_tree.glob("*/*.JPEG"))
+    lst.write_text("# ImageNet-style list\n" + "\n".join(paths[:3] + [os.path.relpath(p, tmp_path) for p in paths[3:]]))
+    from_list = make_plan(lst, 3)
+    from_url = make_plan("file://" + str(sample_tree), 3)
+    assert from_list.listing_sha256 == direct.listing_sha256 == from_url.listing_sha256
+    assert from_list.imagenet and from_list.classes == direct.classes
