@@ -23,6 +23,7 @@ class LabelerConfig:
     )
     device: str = opt("auto", help="cpu, cuda, cuda:N, or auto (cuda when available)")
     compile: bool = opt(False, help="torch.compile the models (GPU runs with many images)")
+    fixed_cost_seconds: float = opt(0.05, help="`fixed-cost` preset only: seconds spent per image")
 
 
 @dataclass

@@ -7,6 +7,7 @@
 | `panoptic`    | one panoptic model, one pass (`--panoptic-model`): stuff + things -> both maps |
 | `tiny-random` | tiny random SegFormer        | tiny random SAM (tests, demo, CI)     |
 | `tiny-random-panoptic` | tiny random Mask2Former, one pass                            |
+| `fixed-cost`  | brightness bands, no model   | 4x4 grid; `--fixed-cost-seconds` per image (benchmarks) |
 """
 
 from __future__ import annotations
@@ -95,6 +96,12 @@ def _empty(s: Settings) -> Labeler:
     return EmptyLabeler()
 
 
+def _fixed_cost(s: Settings) -> Labeler:
+    from .fixed_cost import FixedCostLabeler
+
+    return FixedCostLabeler(s.labeler.fixed_cost_seconds)
+
+
 def _sam(
     s: Settings,
     semantic_model: str | None = None,
@@ -180,6 +187,7 @@ def _tiny_random_panoptic(s: Settings) -> Labeler:
 
 PRESETS: dict[str, Callable[[Settings], Labeler]] = {
     "empty": _empty,
+    "fixed-cost": _fixed_cost,
     "sam": _sam,
     "panoptic": _panoptic,
     "tiny-random": _tiny_random,

@@ -94,7 +94,7 @@ def run(cfg: LabelConfig, settings: Settings | None = None) -> int:
     if labeler.get("empty_labels"):
         print("note: preset 'empty' packs empty masks (all ignore, no instances): no labels were computed")
     if labeler.get("random_labels"):
-        print(f"note: preset {preset!r} uses tiny randomly initialised models: the labels are random")
+        print(f"note: preset {preset!r}: {labeler.get('note', 'the labels are random')}")
     if missing:
         print(f"error: {len(missing)} shard(s) still missing after retries: {', '.join(missing[:10])}", file=sys.stderr)
         for err in result.errors[:10]:

@@ -102,8 +102,9 @@ def test_label_gauntlet_resume_and_plan_checks(gauntlet, tmp_path, capsys):
 
 def test_unloadable_model_stops_the_job_with_exit_2(sample_tree, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # Ray workers inherit it
-    code = label_main([str(sample_tree), str(tmp_path / "o"), "--preset", "panoptic",
-                       "--panoptic-model", "c2f-test/no-such-model"])
+    code = label_main(
+        [str(sample_tree), str(tmp_path / "o"), "--preset", "panoptic", "--panoptic-model", "c2f-test/no-such-model"]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "cannot load segmentation model 'c2f-test/no-such-model'" in err and "Traceback" not in err

@@ -71,7 +71,7 @@ def test_panoptic_mask2former_one_pass(tiny_models):
         for r in lab.instances:  # instances are the thing segments: same class in both maps
             assert r.category in things
             assert set(np.unique(lab.semantic[lab.instance == r.id]).tolist()) == {r.category}
-        stuff_px = np.isin(lab.semantic, list(set(range(6)))) 
+        stuff_px = np.isin(lab.semantic, list(set(range(6))))
         assert not (lab.instance[stuff_px] > 0).any()  # stuff never gets an instance id
         n_inst += len(lab.instances)
     assert n_inst > 0
@@ -80,8 +80,9 @@ def test_panoptic_mask2former_one_pass(tiny_models):
 
 def test_sam_instances_through_loader(tiny_models):
     model = load_sam("vit_tiny", str(tiny_models["sam"]), device="cpu")
-    cfg = SamConfig(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0,
-                    min_instance_area=32)
+    cfg = SamConfig(
+        points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0, min_instance_area=32
+    )
     sam = SamInstances(model, cfg)
     for img in _photos()[:3]:
         masks, scores = sam.masks(img)
