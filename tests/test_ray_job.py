@@ -5,7 +5,6 @@ and prove that every input is in exactly one shard or once in the quarantine, wi
 import io
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
