@@ -143,3 +143,16 @@ def test_file_list_and_url_inputs_plan_the_same(sample_tree, tmp_path):
     from_url = make_plan("file://" + str(sample_tree), 3)
     assert from_list.listing_sha256 == direct.listing_sha256 == from_url.listing_sha256
     assert from_list.imagenet and from_list.classes == direct.classes
+
+
+def test_cluster_launcher_entry_script_runs_the_job(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    r = subprocess.run(
+        [sys.executable, str(REPO / "pipelines/submit_label.py"), str(tmp_path / "missing"), str(tmp_path / "o")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert r.returncode == 2 and "is not a directory, a URL, or a .txt file list" in r.stderr
