@@ -8,6 +8,9 @@ import sys
 import time
 from dataclasses import dataclass
 
+from c2fmae.probe import ProbeConfig
+from c2fmae.train import TrainConfig
+
 from .flags import add_flags, from_args, opt
 from .label import add_label_flags
 
@@ -64,10 +67,24 @@ def cmd_label(ns: argparse.Namespace) -> int:
 
 # name -> (flags, run, help). `flags` is a config dataclass (run gets an instance) or a function that
 # adds the flags of several dataclasses itself (run gets the namespace).
+def cmd_pretrain(cfg) -> int:
+    from c2fmae.train import run
+
+    return run(cfg)
+
+
+def cmd_probe(cfg) -> int:
+    from c2fmae.probe import run
+
+    return run(cfg)
+
+
 COMMANDS = {
     "validate": (ValidateConfig, cmd_validate, "check shards against the format and the manifest"),
     "inspect": (InspectConfig, cmd_inspect, "render a grid of samples with their masks, and stats"),
     "label": (add_label_flags, cmd_label, "label an image collection into shards with Ray"),
+    "pretrain": (TrainConfig, cmd_pretrain, "pretrain C2FMAE on shards (single process; torchrun for DDP)"),
+    "probe": (ProbeConfig, cmd_probe, "kNN and linear probes of a checkpoint's frozen features"),
 }
 
 

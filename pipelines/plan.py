@@ -97,11 +97,7 @@ def _scan_url(root: str) -> list[str]:
 
     fs, path = fsspec.core.url_to_fs(root)
     path = path.rstrip("/")
-    return [
-        p[len(path) + 1 :]
-        for p in fs.find(path)
-        if os.path.splitext(p)[1].lower() in IMAGE_SUFFIXES
-    ]
+    return [p[len(path) + 1 :] for p in fs.find(path) if os.path.splitext(p)[1].lower() in IMAGE_SUFFIXES]
 
 
 def _read_list(list_file: Path) -> tuple[str, list[str]]:

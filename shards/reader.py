@@ -153,6 +153,34 @@ def _opener(urls):
         yield {**sample, "stream": open_url(sample["url"])}
 
 
+class DisjointShards(torch.utils.data.IterableDataset):
+    """webdataset stage: this rank's and this worker's share of the shards (disjoint from every
+    other rank and worker), in a seeded order, once or forever (`repeat`, reshuffled each pass)."""
+
+    def __init__(self, urls: list[str], seed: int, shuffle: bool, repeat: bool):
+        self.urls, self.seed, self.shuffle, self.repeat = urls, seed, shuffle, repeat
+
+    def __iter__(self):
+        import itertools
+        import random
+
+        from webdataset.utils import pytorch_worker_info
+
+        rank, world, worker, workers = pytorch_worker_info()
+        mine = self.urls[rank * workers + worker :: world * workers]
+        if not mine and self.repeat:
+            raise ValueError(
+                f"{len(self.urls)} shards cannot be split over {world} ranks x {workers} workers: "
+                "use fewer DataLoader workers or a resampled stream"
+            )
+        for epoch in itertools.count() if self.repeat else range(1):
+            order = list(mine)
+            if self.shuffle:
+                random.Random(f"{self.seed}:{rank}:{worker}:{epoch}").shuffle(order)
+            for url in order:
+                yield {"url": url}
+
+
 def make_dataset(
     source: str | list[str],
     transform: Callable[[dict], dict] | None = None,
@@ -160,14 +188,15 @@ def make_dataset(
     resampled: bool = False,
     seed: int = 0,
     handler: Callable[[Exception], bool] | None = None,
+    repeat: bool = False,
 ):
     """An `IterableDataset` over the shards for `torch.utils.data.DataLoader`.
 
-    Without `resampled`, shards are split disjointly between DDP ranks (`split_by_node`) and
-    DataLoader workers (`split_by_worker`) and each sample is seen once per pass. With
-    `resampled`, each worker draws shards with replacement forever (an infinite stream; fix
-    the epoch length with `.with_epoch(n)`). `handler` decides what a bad sample does
-    (default: raise, naming the shard).
+    Without `resampled`, shards are split disjointly between DDP ranks and DataLoader workers
+    and each sample is seen once per pass; `repeat` makes that an infinite stream of passes,
+    reshuffled each time. With `resampled`, each worker draws shards with replacement forever.
+    Infinite streams get a fixed epoch length from the consumer (a step count). `handler`
+    decides what a bad sample does (default: raise, naming the shard).
     """
     import webdataset as wds
     from webdataset import filters, shardlists, tariterators
@@ -178,9 +207,7 @@ def make_dataset(
     if resampled:
         stages.append(shardlists.ResampledShards(urls, seed=seed, deterministic=True))
     else:
-        stages += [shardlists.SimpleShardList(urls), shardlists.split_by_node, shardlists.split_by_worker]
-        if shuffle:
-            stages.append(filters.shuffle(len(urls), initial=len(urls), seed=seed))
+        stages.append(DisjointShards(urls, seed, shuffle=bool(shuffle), repeat=repeat))
     stages += [
         _opener,
         functools.partial(tariterators.tar_file_expander, handler=handler),

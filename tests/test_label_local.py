@@ -153,6 +153,8 @@ def test_cluster_launcher_entry_script_runs_the_job(tmp_path):
 
     r = subprocess.run(
         [sys.executable, str(REPO / "pipelines/submit_label.py"), str(tmp_path / "missing"), str(tmp_path / "o")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert r.returncode == 2 and "is not a directory, a URL, or a .txt file list" in r.stderr

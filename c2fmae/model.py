@@ -1,0 +1,311 @@
+"""C2FMAE: a ViT masked autoencoder with a cascaded semantic -> instance -> pixel decoder.
+
+Modules and pure helpers only. Conventions:
+    imgs:  [N, 3, H, W] float, normalised          mask: [N, L], 0 = keep, 1 = removed
+    sem:   [N, H/c, W/c] long class ids (c = cell size, 4 px), ignore value = `ignore_index`
+    inst:  [N, 4, H/c, W/c] float {0, 1}: foreground, boundary, same-instance-as-right, -as-below
+L = (H/p)*(W/p) patches; each patch holds (p/c)^2 cells.
+
+With `stages=("pixel",)` and random masking the model is exactly MAE (He et al. 2021).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class ModelConfig:
+    img_size: int = 224  # input side, pixels
+    patch_size: int = 16  # ViT patch side, pixels
+    cell_size: int = 4  # semantic/instance targets are predicted per cell of cell_size^2 pixels
+    embed_dim: int = 192  # encoder width
+    depth: int = 12  # encoder blocks
+    num_heads: int = 3  # encoder heads
+    decoder_dim: int = 128  # decoder width (all stages)
+    decoder_depth: int = 2  # blocks per decoder stage
+    decoder_heads: int = 4
+    mlp_ratio: float = 4.0
+    num_classes: int = 150  # semantic label space of the shards (manifest)
+    ignore_index: int = 255  # semantic ignore value of the shards
+    stages: tuple[str, ...] = ("semantic", "instance", "pixel")  # decoder stages, coarse to fine
+    cascade: bool = True  # stage k sees stage k-1's features (False: parallel heads, the ablation)
+    multimodal_input: bool = False  # also embed visible patches' semantic/instance maps as tokens
+    norm_pix_loss: bool = True  # MAE: normalise each target patch by its mean and variance
+    loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # semantic, instance, pixel
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> ModelConfig:
+        d = dict(d)
+        d["stages"] = tuple(d["stages"])
+        d["loss_weights"] = tuple(d["loss_weights"])
+        return cls(**d)
+
+
+# --- pure helpers ---------------------------------------------------------------------------
+
+
+def sincos_pos_embed(dim: int, grid: int, cls_token: bool) -> torch.Tensor:
+    """Fixed 2-D sin-cos position embedding (MAE): [grid*grid (+1), dim]."""
+
+    def one_d(d: int, pos: np.ndarray) -> np.ndarray:
+        omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
+        out = np.einsum("m,d->md", pos.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    gw, gh = np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64))
+    emb = np.concatenate([one_d(dim // 2, gh), one_d(dim // 2, gw)], axis=1)
+    if cls_token:
+        emb = np.concatenate([np.zeros([1, dim]), emb], axis=0)
+    return torch.from_numpy(emb).float()
+
+
+def patchify(imgs: torch.Tensor, p: int) -> torch.Tensor:
+    """imgs: [N, C, H, W] -> [N, L, p*p*C] (row, column, channel order, as MAE)."""
+    n, c, h, w = imgs.shape
+    x = imgs.reshape(n, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)  # n h w p q c
+    return x.reshape(n, (h // p) * (w // p), p * p * c)
+
+
+def unpatchify(x: torch.Tensor, p: int, c: int = 3) -> torch.Tensor:
+    """[N, L, p*p*C] -> [N, C, H, W]."""
+    n, length, _ = x.shape
+    g = int(length**0.5)
+    x = x.reshape(n, g, g, p, p, c).permute(0, 5, 1, 3, 2, 4)  # n c h p w q
+    return x.reshape(n, c, g * p, g * p)
+
+
+def cellify(maps: torch.Tensor, cells_per_patch: int) -> torch.Tensor:
+    """Per-cell maps [N, K, Hc, Wc] -> per-patch [N, L, cells_per_patch^2 * K] (patchify on cells)."""
+    return patchify(maps, cells_per_patch)
+
+
+def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """x: [N, L, D], ids: [N, K] -> [N, K, D]."""
+    return torch.gather(x, 1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def mask_to_ids(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """mask [N, L] (exactly the same count of zeros per row) -> (ids_keep [N, K], ids_restore [N, L]).
+
+    Kept patches come first in their original order; ids_restore undoes the shuffle (MAE)."""
+    ids_shuffle = torch.argsort(mask.float() + torch.linspace(0, 0.5, mask.shape[1], device=mask.device), dim=1)
+    ids_restore = torch.argsort(ids_shuffle, dim=1)
+    keep = int((mask[0] == 0).sum())
+    return ids_shuffle[:, :keep], ids_restore
+
+
+# --- modules --------------------------------------------------------------------------------
+
+
+def _blocks(dim: int, depth: int, heads: int, mlp_ratio: float) -> nn.ModuleList:
+    from timm.models.vision_transformer import Block
+
+    return nn.ModuleList(Block(dim, heads, mlp_ratio, qkv_bias=True, norm_layer=nn.LayerNorm) for _ in range(depth))
+
+
+class MapEmbed(nn.Module):
+    """Visible patches' semantic / instance maps -> tokens (the multi-modal input, MultiMAE-style).
+
+    Semantic: per-patch class histogram over cells -> linear. Instance: per-patch instance target
+    channels (foreground, boundary, affinities) over cells -> linear."""
+
+    def __init__(self, num_classes: int, cells: int, dim: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.sem = nn.Linear(num_classes + 1, dim)
+        self.inst = nn.Linear(cells * cells * 4, dim)
+        self.modality = nn.Parameter(torch.zeros(2, dim))
+
+    def forward(self, sem: torch.Tensor, inst: torch.Tensor, cells: int) -> tuple[torch.Tensor, torch.Tensor]:
+        s = sem.clamp(max=self.num_classes)  # ignore -> the extra bin
+        onehot = F.one_hot(s, self.num_classes + 1).permute(0, 3, 1, 2).float()  # [N, C+1, Hc, Wc]
+        hist = cellify(onehot, cells).reshape(s.shape[0], -1, cells * cells, self.num_classes + 1).mean(2)
+        return self.sem(hist) + self.modality[0], self.inst(cellify(inst, cells)) + self.modality[1]
+
+
+class DecoderStage(nn.Module):
+    """Transformer blocks over the full patch sequence, then a linear head per patch."""
+
+    def __init__(self, dim: int, depth: int, heads: int, mlp_ratio: float, out_dim: int, conditioned: bool):
+        super().__init__()
+        # Cascade: the previous stage's features enter additively at every patch position
+        # (concatenation followed by a linear layer, folded into one projection).
+        self.condition = nn.Linear(dim, dim) if conditioned else None
+        self.blocks = _blocks(dim, depth, heads, mlp_ratio)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, out_dim)
+
+    def forward(self, x: torch.Tensor, prev: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: [N, 1+L, Dd] tokens (cls first); prev: [N, 1+L, Dd] or None -> (features, predictions [N, L, out])."""
+        if self.condition is not None and prev is not None:
+            x = x + self.condition(prev)
+        for blk in self.blocks:
+            x = blk(x)
+        x = self.norm(x)
+        return x, self.head(x[:, 1:])
+
+
+class C2FMAE(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        p, d = cfg.patch_size, cfg.embed_dim
+        self.grid = cfg.img_size // p
+        self.cells = p // cfg.cell_size  # cells per patch side
+        num_patches = self.grid**2
+        self.patch_embed = nn.Conv2d(3, d, kernel_size=p, stride=p)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.register_buffer("pos_embed", sincos_pos_embed(d, self.grid, True).unsqueeze(0), persistent=False)
+        self.map_embed = MapEmbed(cfg.num_classes, self.cells, d) if cfg.multimodal_input else None
+        self.blocks = _blocks(d, cfg.depth, cfg.num_heads, cfg.mlp_ratio)
+        self.norm = nn.LayerNorm(d)
+
+        dd = cfg.decoder_dim
+        self.decoder_embed = nn.Linear(d, dd)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dd))
+        self.register_buffer("decoder_pos_embed", sincos_pos_embed(dd, self.grid, True).unsqueeze(0), persistent=False)
+        out_dims = {"semantic": self.cells**2 * cfg.num_classes, "instance": self.cells**2 * 4, "pixel": p * p * 3}
+        self.stages = nn.ModuleDict(
+            {
+                name: DecoderStage(
+                    dd,
+                    cfg.decoder_depth,
+                    cfg.decoder_heads,
+                    cfg.mlp_ratio,
+                    out_dims[name],
+                    conditioned=cfg.cascade and k > 0,
+                )
+                for k, name in enumerate(cfg.stages)
+            }
+        )
+        self.num_patches = num_patches
+        self._init_weights()
+
+    def _init_weights(self):
+        w = self.patch_embed.weight.data
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.normal_(self.cls_token, std=0.02)
+        nn.init.normal_(self.mask_token, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    # --- the algorithm -----------------------------------------------------------------------
+
+    def forward_encoder(self, imgs, mask, sem=None, inst=None):
+        """imgs [N, 3, H, W], mask [N, L] -> (latent [N, 1+K(+2K), D], ids_restore [N, L])."""
+        x = self.patch_embed(imgs).flatten(2).transpose(1, 2) + self.pos_embed[:, 1:]
+        ids_keep, ids_restore = mask_to_ids(mask)
+        tokens = [gather_tokens(x, ids_keep)]
+        if self.map_embed is not None:
+            s_tok, i_tok = self.map_embed(sem, inst, self.cells)
+            pos = self.pos_embed[:, 1:]
+            tokens += [gather_tokens(s_tok + pos, ids_keep), gather_tokens(i_tok + pos, ids_keep)]
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, *tokens], dim=1)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x), ids_restore
+
+    def forward_decoder(self, latent, ids_restore):
+        """latent -> {stage: predictions [N, L, out]}; stages run coarse to fine, each conditioned on the last."""
+        x = self.decoder_embed(latent)
+        keep = (latent.shape[1] - 1) // (3 if self.map_embed is not None else 1)
+        visible = x[:, 1 : 1 + keep]  # RGB tokens of the visible patches (map tokens only inform the encoder)
+        masked = self.mask_token.expand(x.shape[0], ids_restore.shape[1] - keep, -1)
+        full = gather_tokens(torch.cat([visible, masked], dim=1), ids_restore)  # unshuffle
+        x = torch.cat([x[:, :1], full], dim=1) + self.decoder_pos_embed
+        preds, prev = {}, None
+        for name, stage in self.stages.items():
+            prev, preds[name] = stage(x, prev)
+        return preds
+
+    def targets(self, imgs, sem, inst):
+        """Per-patch targets: pixel [N, L, p*p*3], semantic [N, L, cells^2], instance [N, L, cells^2*4]."""
+        t = {}
+        if "pixel" in self.cfg.stages:
+            t["pixel"] = patchify(imgs, self.cfg.patch_size)
+        if "semantic" in self.cfg.stages:
+            t["semantic"] = cellify(sem.unsqueeze(1), self.cells)
+        if "instance" in self.cfg.stages:
+            t["instance"] = cellify(inst, self.cells)
+        return t
+
+    def forward_loss(self, preds, targets, mask):
+        """Each term averaged over removed patches only (mask == 1)."""
+        m = mask.float()
+        losses = {}
+        if "pixel" in preds:
+            target = targets["pixel"]
+            if self.cfg.norm_pix_loss:
+                mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
+                target = (target - mean) / (var + 1.0e-6) ** 0.5
+            per_patch = ((preds["pixel"] - target) ** 2).mean(-1)
+            losses["pixel"] = (per_patch * m).sum() / m.sum()
+        if "semantic" in preds:
+            n, length, _ = preds["semantic"].shape
+            logits = preds["semantic"].reshape(n, length, self.cells**2, self.cfg.num_classes)
+            tgt = targets["semantic"].masked_fill(m.unsqueeze(-1) == 0, self.cfg.ignore_index)
+            losses["semantic"] = F.cross_entropy(
+                logits.reshape(-1, self.cfg.num_classes), tgt.reshape(-1), ignore_index=self.cfg.ignore_index
+            )
+        if "instance" in preds:
+            bce = F.binary_cross_entropy_with_logits(preds["instance"], targets["instance"], reduction="none")
+            losses["instance"] = (bce.mean(-1) * m).sum() / m.sum()
+        weights = dict(zip(("semantic", "instance", "pixel"), self.cfg.loss_weights, strict=True))
+        losses["total"] = sum(weights[k] * v for k, v in losses.items())
+        return losses
+
+    def forward(self, imgs, mask, sem=None, inst=None):
+        latent, ids_restore = self.forward_encoder(imgs, mask, sem, inst)
+        preds = self.forward_decoder(latent, ids_restore)
+        return self.forward_loss(preds, self.targets(imgs, sem, inst), mask), preds
+
+    def features(self, imgs):
+        """Frozen features for probes: mean of the encoder's patch tokens, nothing masked. [N, D]."""
+        mask = torch.zeros(imgs.shape[0], self.num_patches, device=imgs.device)
+        latent, _ = self.forward_encoder(imgs, mask, *self._blank_maps(imgs))
+        return latent[:, 1 : 1 + self.num_patches].mean(1)
+
+    def _blank_maps(self, imgs):
+        if self.map_embed is None:
+            return None, None
+        n, hc = imgs.shape[0], imgs.shape[-1] // self.cfg.cell_size
+        return (
+            torch.full((n, hc, hc), self.cfg.ignore_index, dtype=torch.long, device=imgs.device),
+            torch.zeros(n, 4, hc, hc, device=imgs.device),
+        )
+
+
+# --- named builders (MAE's registry style) -------------------------------------------------------
+
+_ENCODERS = {
+    "tiny": dict(embed_dim=192, depth=12, num_heads=3),
+    "small": dict(embed_dim=384, depth=12, num_heads=6),
+    "base": dict(embed_dim=768, depth=12, num_heads=12),
+    "large": dict(embed_dim=1024, depth=24, num_heads=16),
+}
+MODELS = {f"c2fmae_vit_{k}": v for k, v in _ENCODERS.items()}
+MODELS["c2fmae_vit_micro"] = dict(
+    embed_dim=64, depth=2, num_heads=2, decoder_dim=64, decoder_depth=1, decoder_heads=2
+)  # tests and CPU smoke runs
+
+
+def model_config(name: str, **overrides) -> ModelConfig:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(sorted(MODELS))}")
+    return ModelConfig(**{**MODELS[name], **overrides})

@@ -1,0 +1,320 @@
+"""The C2FMAE trainer: masking, targets, the MAE reduction, schedule, overfit, resume, DDP, probe."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from c2fmae.data import instance_targets, patch_mode
+from c2fmae.engine import lr_at
+from c2fmae.masking import (
+    Curriculum,
+    MaskInputs,
+    curriculum_mask,
+    instance_mask,
+    num_removed,
+    random_mask,
+    semantic_mask,
+)
+from c2fmae.model import C2FMAE, model_config
+from c2fmae.train import load_checkpoint
+from pipelines.cli import main as c2f
+
+# --- masking ------------------------------------------------------------------------------------
+
+
+def _regions(n=6, side=14, seed=0):
+    """Patch-level labels with real structure: horizontal bands (semantic) and boxes (instances)."""
+    g = torch.Generator().manual_seed(seed)
+    sem = torch.zeros(n, side, side, dtype=torch.long)
+    inst = torch.zeros(n, side, side, dtype=torch.long)
+    for i in range(n):
+        cuts = sorted(torch.randint(2, side - 2, (2,), generator=g).tolist())
+        sem[i, cuts[0] :] = 1
+        sem[i, cuts[1] :] = 2
+        sem[i, :2, :3] = 255  # some ignore
+        for j in range(1, 5):
+            y, x = torch.randint(0, side - 4, (2,), generator=g).tolist()
+            h, w = torch.randint(1, 5, (2,), generator=g).tolist()
+            inst[i, y : y + h, x : x + w] = j
+            sem[i, y : y + h, x : x + w] = 3 + j % 3
+    return MaskInputs(side * side, n, sem.flatten(1), inst.flatten(1), 255)
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.4, 0.75, 0.9])
+@pytest.mark.parametrize("strategy", [random_mask, semantic_mask, instance_mask])
+def test_exact_ratio(strategy, ratio):
+    batch = _regions()
+    mask = strategy(batch, ratio, torch.Generator().manual_seed(1))
+    assert mask.shape == (6, 196) and set(mask.unique().tolist()) <= {0.0, 1.0}
+    assert (mask.sum(1) == num_removed(ratio, 196)).all()
+
+
+@pytest.mark.parametrize(
+    "strategy, labels, skip", [(semantic_mask, "sem_patch", 255), (instance_mask, "inst_patch", 0)]
+)
+@pytest.mark.parametrize("seed", range(5))
+def test_guided_masks_remove_whole_regions(strategy, labels, skip, seed):
+    """Greedy whole-region removal: after it, the random top-up is smaller than every region that
+    was not removed whole, so only regions that no longer fit can be cut."""
+    batch = _regions(seed=seed)
+    mask = strategy(batch, 0.5, torch.Generator().manual_seed(seed))
+    for m, r in zip(mask, getattr(batch, labels), strict=True):
+        whole, partial_sizes = 0, []
+        for rid in r.unique().tolist():
+            members = r == rid
+            removed = int(m[members].sum())
+            if rid != skip and removed == int(members.sum()):
+                whole += removed
+            elif rid != skip:
+                partial_sizes.append(int(members.sum()))
+        topup = int(m.sum()) - whole
+        assert whole > 0
+        assert all(topup < size for size in partial_sizes) or not partial_sizes
+
+
+def test_random_mask_is_uniform():
+    m = random_mask(MaskInputs(196, 4000), 0.75, torch.Generator().manual_seed(0))
+    freq = m.mean(0)
+    assert abs(float(freq.mean()) - 0.75) < 1e-6 and float((freq - 0.75).abs().max()) < 0.05
+
+
+def test_guided_masking_needs_labels():
+    with pytest.raises(ValueError, match="semantic labels"):
+        semantic_mask(MaskInputs(196, 2), 0.5, torch.Generator())
+
+
+def test_curriculum_schedule():
+    c = Curriculum()
+    start, mid, end = c.probs(0.0), c.probs(0.5), c.probs(1.0)
+    for p in (start, mid, end):
+        assert abs(sum(p) - 1) < 1e-9
+    assert start[0] == max(start) and mid[1] == max(mid) and end[2] == max(end)
+    steps = [c.probs(t / 1000) for t in range(1001)]
+    assert max(abs(a[i] - b[i]) for a, b in zip(steps, steps[1:], strict=False) for i in range(3)) < 0.01  # smooth
+    mask, names = curriculum_mask(_regions(), 0.75, torch.Generator().manual_seed(0), 0.0, c)
+    assert (mask.sum(1) == 147).all() and len(names) == 6
+
+
+# --- targets ------------------------------------------------------------------------------------
+
+
+def test_patch_mode_and_instance_targets_are_numbering_free():
+    cells = torch.tensor([[1, 1, 2, 2], [1, 3, 2, 2], [0, 0, 5, 5], [0, 0, 5, 4]])
+    assert patch_mode(cells, 2).tolist() == [1, 2, 0, 5]
+    inst = torch.zeros(16, 16, dtype=torch.long)
+    inst[0:8, 0:8] = 7
+    inst[8:16, 6:14] = 300
+    t = instance_targets(inst, 4)
+    relabeled = instance_targets(torch.where(inst == 7, 2, torch.where(inst == 300, 1, 0)), 4)
+    assert torch.equal(t, relabeled)  # only "same or different" matters
+    assert t.shape == (4, 4, 4) and t[0].sum() == 8  # foreground: cell centres inside a box
+    assert t[1, 2, 1] == 1 and t[1, 2, 3] == 1 and t[1, 2, 2] == 0 and t[1, 0, 0] == 0  # boundary: mixed cells
+    assert t[2, 0, 0] == 1 and t[2, 0, 1] == 0 and t[3, 0, 0] == 1 and t[3, 1, 0] == 0  # affinities
+
+
+# --- model --------------------------------------------------------------------------------------
+
+
+def test_pixel_only_random_masking_is_exactly_mae():
+    """Independent MAE loss: patchify with unfold, per-patch normalisation, mean over removed patches."""
+    torch.manual_seed(0)
+    model = C2FMAE(model_config("c2fmae_vit_micro", num_classes=4, stages=("pixel",))).eval()
+    imgs = torch.randn(3, 3, 224, 224)
+    mask = random_mask(MaskInputs(196, 3), 0.75, torch.Generator().manual_seed(0))
+    losses, preds = model(imgs, mask)
+    target = torch.nn.functional.unfold(imgs, 16, stride=16)  # [N, 3*16*16, L], channel-major
+    target = target.reshape(3, 3, 16, 16, 196).permute(0, 4, 2, 3, 1).reshape(3, 196, 768)  # (row, col, chan)
+    mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
+    target = (target - mean) / (var + 1e-6) ** 0.5
+    per_patch = ((preds["pixel"] - target) ** 2).mean(-1)
+    expected = (per_patch * mask).sum() / mask.sum()
+    assert set(losses) == {"pixel", "total"}
+    assert torch.allclose(losses["pixel"], expected, atol=1e-6) and torch.allclose(losses["total"], expected)
+
+
+def test_cascade_conditions_later_stages_and_parallel_does_not():
+    torch.manual_seed(0)
+    casc = C2FMAE(model_config("c2fmae_vit_micro", num_classes=4))
+    par = C2FMAE(model_config("c2fmae_vit_micro", num_classes=4, cascade=False))
+    assert casc.stages["semantic"].condition is None and casc.stages["pixel"].condition is not None
+    assert all(s.condition is None for s in par.stages.values())
+    imgs, sem = torch.randn(2, 3, 224, 224), torch.randint(0, 4, (2, 56, 56))
+    inst = torch.rand(2, 4, 56, 56).round()
+    mask = random_mask(MaskInputs(196, 2), 0.75, torch.Generator().manual_seed(0))
+    losses, _ = casc(imgs, mask, sem, inst)
+    losses["pixel"].backward()  # the pixel loss reaches the semantic stage only through the cascade
+    assert casc.stages["semantic"].blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+
+
+def test_lr_schedule_is_a_pure_function():
+    assert lr_at(0, 100, 10, 1.0, 0.0) == pytest.approx(0.1)
+    assert lr_at(9, 100, 10, 1.0, 0.0) == pytest.approx(1.0)
+    assert lr_at(55, 100, 10, 1.0, 0.1) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert lr_at(100, 100, 10, 1.0, 0.1) == pytest.approx(0.1)
+
+
+# --- training -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    from shards.synthetic import write_synthetic_dataset
+
+    small = tmp_path_factory.mktemp("scenes8")
+    write_synthetic_dataset(small, 8, 4, seed=0)
+    big = tmp_path_factory.mktemp("scenes48")
+    write_synthetic_dataset(big, 48, 8, seed=1)
+    return small, big
+
+
+MICRO = ["--model", "c2fmae_vit_micro", "--workers", "0", "--vis-every", "0", "--log-every", "1000"]
+
+
+def _metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_overfit_a_handful_of_shards(scenes, tmp_path, capsys):
+    small, _ = scenes
+    out = tmp_path / "overfit"
+    args = [
+        str(small),
+        "--output",
+        str(out),
+        "--steps",
+        "240",
+        "--batch-size",
+        "8",
+        "--blr",
+        "0.06",
+        "--warmup-steps",
+        "10",
+        "--no-augment",
+        "--masking",
+        "random",
+        *MICRO,
+    ]
+    assert c2f(["pretrain", *args]) == 0
+    m = _metrics(out)
+    assert len(m) == 240
+    for term in ("pixel", "semantic", "instance"):
+        first = sum(r[f"loss_{term}"] for r in m[:10]) / 10
+        last = sum(r[f"loss_{term}"] for r in m[-10:]) / 10
+        assert first / last > 2.0, (term, first, last)
+
+
+def test_resume_continues_exactly(scenes, tmp_path):
+    _, big = scenes
+    common = [
+        str(big),
+        "--steps",
+        "8",
+        "--steps-per-epoch",
+        "3",
+        "--batch-size",
+        "4",
+        "--masking",
+        "curriculum",
+        "--warmup-steps",
+        "2",
+        *MICRO,
+    ]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert c2f(["pretrain", *common, "--output", str(straight)]) == 0
+    assert c2f(["pretrain", *common, "--output", str(split), "--stop-after", "4"]) == 0  # stops mid-epoch 2
+    assert load_checkpoint(split / "checkpoint.pt")["step"] == 4
+    assert c2f(["pretrain", str(big), "--output", str(split), "--resume", "--workers", "0"]) == 0
+    a, b = load_checkpoint(straight / "checkpoint.pt"), load_checkpoint(split / "checkpoint.pt")
+    assert a["step"] == b["step"] == 8
+    for k in a["model"]:
+        assert torch.allclose(a["model"][k], b["model"][k], atol=1e-5), k
+    ma, mb = _metrics(straight), _metrics(split)
+    assert [r["step"] for r in mb] == list(range(8))
+    for ra, rb in zip(ma, mb, strict=True):
+        assert ra["loss_total"] == pytest.approx(rb["loss_total"], rel=1e-4) and ra["masking"] == rb["masking"]
+
+
+def test_resume_without_checkpoint_is_a_usage_error(scenes, tmp_path, capsys):
+    assert c2f(["pretrain", str(scenes[0]), "--output", str(tmp_path / "none"), "--resume"]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_processes_gloo(scenes, tmp_path):
+    _, big = scenes
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(_free_port()),
+            "-m",
+            "c2fmae.train",
+            str(big),
+            "--output",
+            str(out),
+            "--steps",
+            "3",
+            "--batch-size",
+            "4",
+            *MICRO,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "2 process(es), global batch 8" in r.stdout
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["step"] == 3 and len(state["mask_rng"]) == 2 and len(_metrics(out)) == 3
+
+
+def test_probe_and_visualisation(scenes, tmp_path, capsys):
+    _, big = scenes
+    out = tmp_path / "p"
+    assert (
+        c2f(
+            [
+                "pretrain",
+                str(big),
+                "--output",
+                str(out),
+                "--steps",
+                "2",
+                "--batch-size",
+                "4",
+                "--model",
+                "c2fmae_vit_micro",
+                "--workers",
+                "0",
+                "--vis-every",
+                "1",
+            ]
+        )
+        == 0
+    )
+    assert (out / "recon_0000000.png").exists() and (out / "recon_0000001.png").exists()
+    capsys.readouterr()
+    assert c2f(["probe", str(big), "--checkpoint", str(out / "checkpoint.pt"), "--json", "--batch-size", "16"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["samples"]["train"] + res["samples"]["val"] == 48 and 0.0 <= res["knn_top1"] <= 1.0
