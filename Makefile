@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 DEMO_OUT ?= out/demo
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo pretrain-demo test lint bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -21,6 +21,12 @@ demo: $(STAMP)
 	RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 $(VENV)/bin/c2f label samples/train $(DEMO_OUT) --samples-per-shard 4 --preset tiny-random
 	$(VENV)/bin/c2f inspect $(DEMO_OUT) --out $(DEMO_OUT)/grid.png
 
+# The whole path on CPU: label the samples, validate, pretrain a micro C2FMAE, probe it.
+pretrain-demo: demo
+	$(VENV)/bin/c2f pretrain $(DEMO_OUT) --output $(DEMO_OUT)-pretrain --model c2fmae_vit_micro --steps 300 \
+		--batch-size 8 --workers 1 --blr 1e-2 --log-every 50 --vis-every 100
+	$(VENV)/bin/c2f probe $(DEMO_OUT) --checkpoint $(DEMO_OUT)-pretrain/checkpoint.pt --batch-size 8
+
 test: $(STAMP)
 	RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 $(PY) -m pytest -q
 
@@ -30,6 +36,10 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/bench_reader.py
 	$(PY) bench/bench_validate.py
+	$(PY) bench/bench_labeler.py
+	$(PY) bench/bench_pipeline.py
+	$(PY) bench/bench_listing.py
+	$(PY) bench/bench_train.py
 
 clean:
 	rm -rf out .pytest_cache
