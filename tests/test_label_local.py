@@ -36,7 +36,23 @@ def gauntlet(sample_tree, tmp_path):
     save("n09999999_gray.JPEG", Image.fromarray(photo).convert("L"), format="JPEG")
     save("n09999999_png.JPEG", Image.fromarray(photo), format="PNG")
     save("n09999999_rgba.JPEG", Image.fromarray(photo).convert("RGBA"), format="PNG")
+    (bad / "n09999999_huge.JPEG").write_bytes(_huge_png(40000, 40000))
     return root
+
+
+def _huge_png(w: int, h: int) -> bytes:
+    """A valid PNG header claiming w x h pixels (a decompression bomb), a few hundred bytes long."""
+    import struct
+    import zlib
+
+    buf = io.BytesIO()
+    Image.new("L", (8, 8)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = bytearray(data[12:29])  # b"IHDR" + 13 bytes of header fields
+    ihdr[4:12] = struct.pack(">II", w, h)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    return bytes(data)
 
 
 def _tar_members(out):
@@ -53,7 +69,7 @@ def test_label_gauntlet_resume_and_plan_checks(gauntlet, tmp_path, capsys):
     args = [str(gauntlet), str(out), "--samples-per-shard", "3", "--preset", "empty"]
     assert label_main(args) == 0
     text = capsys.readouterr().out
-    assert "OK:" in text and "11 images in 4 shards, 3 quarantined" in text
+    assert "OK:" in text and "11 images in 5 shards, 4 quarantined" in text
 
     plan = make_plan(gauntlet, 3)
     members = _tar_members(out)
@@ -62,11 +78,12 @@ def test_label_gauntlet_resume_and_plan_checks(gauntlet, tmp_path, capsys):
     qkeys = {q["key"] for q in quarantine}
     # every input exactly once: in a shard or in the quarantine, never both
     assert keys | qkeys == {it.key for it in plan.items} and not keys & qkeys
-    assert len(keys) + len(quarantine) == len(plan.items) == 14
+    assert len(keys) + len(quarantine) == len(plan.items) == 15
     reasons = {q["key"]: q["reason"] for q in quarantine}
     assert reasons["n09999999_zero"].startswith("empty file")
     assert reasons["n09999999_truncated"].startswith("decode failed")
     assert reasons["n09999999_garbage"].startswith(("not a decodable image", "decode failed"))
+    assert reasons["n09999999_huge"].startswith("too large (decompression-bomb guard)")
     # good JPEGs byte-identical, grayscale kept, converted inputs marked
     for it in plan.items:
         if it.key in keys and it.synset != "n09999999":
