@@ -136,35 +136,31 @@ def test_mask_size_differs(synthetic_ds, capsys):
     assert code == 1 and f["key"] == KEY0 and f["message"] == ".sem.png is 20x10, image is 224x160"
 
 
-def test_class_out_of_range(synthetic_ds, capsys):
-    def bump(ms):
+def set_pixel(name, value):
+    """Tamper step: one pixel of a map member set to `value`."""
+
+    def edit(ms):
         out = []
         for n, d in ms:
-            if n == f"{KEY0}.sem.png":
-                sem = decode_png(d).copy()
-                sem[0, 0] = 77
-                d = encode_png(sem)
+            if n == name:
+                arr = decode_png(d).copy()
+                arr[0, 0] = value
+                d = encode_png(arr)
             out.append((n, d))
         return out
 
-    tamper(synthetic_ds, SHARD0, bump)
+    return edit
+
+
+def test_class_out_of_range(synthetic_ds, capsys):
+    tamper(synthetic_ds, SHARD0, set_pixel(f"{KEY0}.sem.png", 77))
     code, report = run_validate(capsys, synthetic_ds)
     (f,) = findings(report, "class-out-of-range")
     assert code == 1 and f["key"] == KEY0 and f["message"].startswith("class ids [77] outside the label space (0..5")
 
 
 def test_instance_ids_do_not_match_json(synthetic_ds, capsys):
-    def extra(ms):
-        out = []
-        for n, d in ms:
-            if n == f"{KEY0}.inst.png":
-                inst = decode_png(d).copy()
-                inst[0, 0] = 999
-                d = encode_png(inst)
-            out.append((n, d))
-        return out
-
-    tamper(synthetic_ds, SHARD0, extra)
+    tamper(synthetic_ds, SHARD0, set_pixel(f"{KEY0}.inst.png", 999))
     code, report = run_validate(capsys, synthetic_ds)
     (f,) = findings(report, "instance-mismatch")
     assert code == 1 and f["key"] == KEY0 and "999" in f["message"]
