@@ -50,7 +50,6 @@ def step_rate(model, data, masking: str, steps: int) -> float:
         curriculum_centers="0,0.5,1",
         curriculum_width=0.25,
         warmup_steps=1,
-        lr=1e-4,
         min_lr=0.0,
         grad_clip=0.0,
         masking=masking,
@@ -59,9 +58,10 @@ def step_rate(model, data, masking: str, steps: int) -> float:
     opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95))
     it = iter(data * (steps + 1))
     gen = torch.Generator().manual_seed(0)
-    train_steps(model, opt, it, 0, 1, cfg, steps + 1, gen, torch.device("cpu"), lambda *a: None)  # warm-up
+    cpu, noop = torch.device("cpu"), lambda *a: None
+    train_steps(model, model.cfg, opt, it, 0, 1, cfg, 1e-4, steps + 1, gen, cpu, noop)  # warm-up
     t0 = time.perf_counter()
-    train_steps(model, opt, it, 1, steps + 1, cfg, steps + 1, gen, torch.device("cpu"), lambda *a: None)
+    train_steps(model, model.cfg, opt, it, 1, steps + 1, cfg, 1e-4, steps + 1, gen, cpu, noop)
     return steps * data[0]["image"].shape[0] / (time.perf_counter() - t0)
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,19 +29,23 @@ class DataSpec:
     num_classes: int  # semantic label space size, from the manifest
     ignore_index: int  # semantic ignore value, from the manifest
     num_image_classes: int  # image-level classes (0 when the shards have none)
+    num_samples: int  # samples in the dataset (sets the default epoch length)
 
 
 def read_spec(source: str) -> DataSpec:
-    """Label spaces from `manifest.json` next to the shards."""
+    """Label spaces and size from `manifest.json` next to the shards (a local path or any URL)."""
     from shards import format as fmt
+    from shards.reader import open_url
 
     urls = expand_urls(source)
-    mpath = Path(urls[0].removeprefix("file://")).parent / fmt.MANIFEST
-    if not mpath.exists():
-        raise FileNotFoundError(f"no {fmt.MANIFEST} next to {urls[0]}: pretraining needs the label spaces")
-    m = json.loads(mpath.read_text())
+    murl = urls[0].rsplit("/", 1)[0] + "/" + fmt.MANIFEST if "/" in urls[0] else fmt.MANIFEST
+    try:
+        with open_url(murl) as f:
+            m = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no {fmt.MANIFEST} next to {urls[0]}: pretraining needs the label spaces") from None
     n = len(m["label_space"]["semantic"])
-    return DataSpec(n, fmt.semantic_ignore(n), len(m["plan"]["classes"]))
+    return DataSpec(n, fmt.semantic_ignore(n), len(m["plan"]["classes"]), int(m["totals"]["samples"]))
 
 
 def patch_mode(cells: torch.Tensor, cells_per_patch: int) -> torch.Tensor:

@@ -52,11 +52,13 @@ def make_mask(
 
 def train_steps(
     model: torch.nn.Module,
+    model_cfg,  # ModelConfig
     optimizer: torch.optim.Optimizer,
     batches: Iterator[dict[str, torch.Tensor]],
     start: int,
     stop: int,
     cfg,  # TrainConfig
+    peak_lr: float,
     total_steps: int,
     generator: torch.Generator,
     device: torch.device,
@@ -66,10 +68,9 @@ def train_steps(
     ddp = hasattr(model, "no_sync")
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.bf16 else nullcontext()
     curriculum = Curriculum(tuple(float(x) for x in cfg.curriculum_centers.split(",")), cfg.curriculum_width)
-    ignore = model.module.cfg.ignore_index if ddp else model.cfg.ignore_index
     for step in range(start, stop):
         t0 = time.perf_counter()
-        lr = lr_at(step, total_steps, cfg.warmup_steps, cfg.lr, cfg.min_lr)
+        lr = lr_at(step, total_steps, cfg.warmup_steps, peak_lr, cfg.min_lr)
         for g in optimizer.param_groups:
             g["lr"] = lr
         progress = step / max(1, total_steps - 1)
@@ -77,7 +78,9 @@ def train_steps(
         sums: dict[str, float] = {}
         for micro in range(cfg.accum_steps):
             batch = next(batches)
-            mask, used = make_mask(batch, cfg.masking, cfg.mask_ratio, progress, curriculum, generator, ignore)
+            mask, used = make_mask(
+                batch, cfg.masking, cfg.mask_ratio, progress, curriculum, generator, model_cfg.ignore_index
+            )
             mix += used
             b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             sync = nullcontext() if not ddp or micro == cfg.accum_steps - 1 else model.no_sync()

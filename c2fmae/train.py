@@ -57,10 +57,6 @@ class TrainConfig:
     resume: bool = opt(False, help="continue from OUTPUT/checkpoint.pt with its saved config")
     stop_after: int = opt(0, help="leave after this many steps in this process, with a checkpoint (0: run to the end)")
 
-    @property
-    def lr(self) -> float:
-        return self._lr  # set by main once the world size is known
-
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -149,13 +145,12 @@ def run(cfg: TrainConfig) -> int:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, spec).to(device)
     global_batch = cfg.batch_size * cfg.accum_steps * world
-    cfg._lr = cfg.blr * global_batch / 256
-    manifest_samples = _manifest_samples(cfg.shards)
-    spe = cfg.steps_per_epoch or max(1, manifest_samples // global_batch)
+    peak_lr = cfg.blr * global_batch / 256
+    spe = cfg.steps_per_epoch or max(1, spec.num_samples // global_batch)
     total = cfg.steps or cfg.epochs * spe
     if cfg.warmup_steps < 0:
         cfg.warmup_steps = max(1, total // 20)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=peak_lr, betas=(0.9, 0.95))
     generator = torch.Generator().manual_seed(cfg.seed * 7 + rank)  # masks
     start = 0
     if state is not None:
@@ -163,19 +158,18 @@ def run(cfg: TrainConfig) -> int:
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["mask_rng"][rank] if rank < len(state["mask_rng"]) else state["mask_rng"][0])
         start = state["step"]
-    if cfg.compile:
-        model = torch.compile(model)
-    train_model = (
-        torch.nn.parallel.DistributedDataParallel(model, device_ids=[local] if device.type == "cuda" else None)
-        if world > 1
-        else model
-    )
+    # `model` stays the plain module (state dicts, config, pictures); `train_model` is what steps.
+    train_model = torch.compile(model) if cfg.compile else model
+    if world > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            train_model, device_ids=[local] if device.type == "cuda" else None
+        )
 
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         print(
             f"c2fmae: {cfg.model}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, "
-            f"{world} process(es), global batch {global_batch}, lr {cfg.lr:.2e}, steps {start}->{total} "
+            f"{world} process(es), global batch {global_batch}, lr {peak_lr:.2e}, steps {start}->{total} "
             f"({spe}/epoch), masking {cfg.masking}, decoder {cfg.decoder}, device {device}"
         )
     metrics = open(out / "metrics.jsonl", "a") if rank == 0 else None  # noqa: SIM115
@@ -223,7 +217,9 @@ def run(cfg: TrainConfig) -> int:
         for _ in range((start % spe) * cfg.accum_steps):  # resume mid-epoch: replay the epoch's data order
             next(batches)
         stop = min(end, (epoch + 1) * spe)
-        train_steps(train_model, optimizer, batches, start, stop, cfg, total, generator, device, on_step)
+        train_steps(
+            train_model, model.cfg, optimizer, batches, start, stop, cfg, peak_lr, total, generator, device, on_step
+        )
         start, epoch = stop, epoch + 1
         del batches, loader
     if metrics:
@@ -253,15 +249,6 @@ def _state(model, optimizer, step, cfg, generator, world) -> dict[str, Any]:
         "mask_rng": states,
         "torch_rng": torch.get_rng_state(),
     }
-
-
-def _manifest_samples(shards: str) -> int:
-    from shards import format as fmt
-    from shards.reader import expand_urls
-
-    urls = expand_urls(shards)
-    m = json.loads((Path(urls[0].removeprefix("file://")).parent / fmt.MANIFEST).read_text())
-    return int(m["totals"]["samples"])
 
 
 def _tensorboard(out: Path):

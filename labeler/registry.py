@@ -43,12 +43,10 @@ def label_each(fn: Callable[[list[np.ndarray]], list[Labels]], images: list[np.n
     """Run a batch; if it fails, run the images one by one so one bad image costs only itself."""
     try:
         return list(fn(images))
-    except Exception:  # noqa: BLE001 - isolated below, every failure is reported per image
+    except Exception as e:  # noqa: BLE001 - isolated below, every failure is reported per image
         if len(images) == 1:
-            import sys
-
-            return [sys.exc_info()[1]]  # type: ignore[list-item]
-        return [label_each(fn, [im])[0] for im in images]
+            return [e]
+    return [label_each(fn, [im])[0] for im in images]
 
 
 class SemanticPlusInstances:

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 
 from . import format as fmt
 from .pack import decode_png
-from .validate import _HashingReader, _TarError, group_samples, tar_members
+from .validate import TarError, read_samples
 
 TILE = 256  # longest side of each tile in the grid
 ALPHA = 0.5
@@ -44,12 +44,10 @@ def _shards(path: Path) -> tuple[list[Path], dict]:
 
 
 def _read(shard: Path):
-    findings: list = []
-    with open(shard, "rb") as f:
-        try:
-            yield from group_samples(tar_members(io.BufferedReader(_HashingReader(f))), findings, shard.name)
-        except _TarError as e:
-            raise InspectError(f"{shard.name}: {e}") from None
+    try:
+        yield from read_samples(str(shard), [])
+    except TarError as e:
+        raise InspectError(f"{shard.name}: {e}") from None
 
 
 def _overlay(rgb: np.ndarray, ids: np.ndarray, pal: np.ndarray, skip: int | None) -> np.ndarray:

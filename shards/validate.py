@@ -97,7 +97,7 @@ class _HashingReader(io.RawIOBase):
             pass
 
 
-class _TarError(Exception):
+class TarError(Exception):
     def __init__(self, code: str, message: str):
         super().__init__(message)
         self.code = code
@@ -105,12 +105,12 @@ class _TarError(Exception):
 
 def tar_members(stream) -> Iterator[tuple[str, bytes | None, str | None]]:
     """(name, data, problem) for every member, in tar order. `data` is None for non-files.
-    Raises `_TarError` for a file that is not a tar, ends inside a member, or lacks the
+    Raises `TarError` for a file that is not a tar, ends inside a member, or lacks the
     end-of-archive marker (a copy cut off exactly at a member boundary)."""
     try:
         tf = tarfile.open(fileobj=stream, mode="r|")
     except tarfile.ReadError as e:
-        raise _TarError(NOT_A_TAR, f"not a tar archive ({e})") from None
+        raise TarError(NOT_A_TAR, f"not a tar archive ({e})") from None
     try:
         for ti in tf:
             if not ti.isfile():
@@ -119,16 +119,16 @@ def tar_members(stream) -> Iterator[tuple[str, bytes | None, str | None]]:
             f = tf.extractfile(ti)
             data = f.read() if f else b""
             if len(data) != ti.size:
-                raise _TarError(TRUNCATED, f"truncated tar: {ti.name} has {len(data)} of {ti.size} bytes")
+                raise TarError(TRUNCATED, f"truncated tar: {ti.name} has {len(data)} of {ti.size} bytes")
             yield ti.name, data, None
         # The iteration stopped on a zero block (the marker's first half: read, so the position is
         # one block past the offset) or on end of file (position == offset); the second half follows.
         saw_zero_block = tf.fileobj.tell() == tf.offset + tarfile.BLOCKSIZE
         second = tf.fileobj.read(tarfile.BLOCKSIZE)
     except (tarfile.ReadError, EOFError, OSError) as e:
-        raise _TarError(TRUNCATED, f"truncated or corrupt tar ({e})") from None
+        raise TarError(TRUNCATED, f"truncated or corrupt tar ({e})") from None
     if not saw_zero_block or len(second) != tarfile.BLOCKSIZE or second.strip(b"\0"):
-        raise _TarError(TRUNCATED, f"truncated tar: no end-of-archive marker after byte {tf.offset}")
+        raise TarError(TRUNCATED, f"truncated tar: no end-of-archive marker after byte {tf.offset}")
 
 
 def group_samples(
@@ -159,6 +159,14 @@ def group_samples(
         sample[ext] = data
     if key is not None:
         yield key, sample
+
+
+def read_samples(path: str, findings: list[Finding]) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {ext: bytes}) for every sample of a local shard; raises `TarError` if it is not a
+    readable tar. Problems with single members go to `findings`."""
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    with open(path, "rb") as f:
+        yield from group_samples(tar_members(io.BufferedReader(_HashingReader(f))), findings, name)
 
 
 def _decode(data: bytes, what: str) -> Image.Image:
@@ -276,7 +284,7 @@ def check_shard(url: str, expect: Expect, sample: int | None = None, seed: int =
             for key, s in group_samples(tar_members(buffered), rep.findings, name):
                 samples.append((key, s))
             buffered.read()
-        except _TarError as e:
+        except TarError as e:
             rep.findings.append(Finding(name, None, e.code, str(e)))
         stream.drain()
     rep.bytes, sha = stream.size, stream.sha256.hexdigest()
