@@ -31,8 +31,10 @@ def _unwrap(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
-def add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+def add_flags(parser: argparse.ArgumentParser, cls: type, group: str | None = None) -> None:
+    """One flag per field of `cls`; with `group`, listed under that heading in --help."""
     hints = typing.get_type_hints(cls)
+    target = parser.add_argument_group(group) if group else parser
     for f in dataclasses.fields(cls):
         tp, _ = _unwrap(hints[f.name])
         meta = f.metadata
@@ -45,18 +47,19 @@ def add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
             kw["choices"] = meta["choices"]
         if meta.get("positional"):
             if typing.get_origin(tp) is list:
-                parser.add_argument(f.name, nargs="+", type=typing.get_args(tp)[0], **kw)
+                target.add_argument(f.name, nargs="+", type=typing.get_args(tp)[0], **kw)
             else:
-                parser.add_argument(f.name, type=tp, **kw)
+                target.add_argument(f.name, type=tp, **kw)
         elif tp is bool:
             if default:
-                parser.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false", **kw)
+                target.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false", **kw)
             else:
-                parser.add_argument(flag, dest=f.name, action="store_true", **kw)
+                target.add_argument(flag, dest=f.name, action="store_true", **kw)
         else:
-            if default is not None:
+            if default not in (None, ""):
                 kw["help"] = f"{kw['help']} (default: {default})"
-            parser.add_argument(flag, dest=f.name, type=tp, default=default, metavar=f.name.upper(), **kw)
+            metavar = None if "choices" in kw else tp.__name__.upper()
+            target.add_argument(flag, dest=f.name, type=tp, default=default, metavar=metavar, **kw)
 
 
 def from_args(cls: type[T], ns: argparse.Namespace) -> T:

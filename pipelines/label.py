@@ -22,7 +22,10 @@ from .flags import add_flags, from_args, opt
 
 @dataclass
 class LabelConfig:
-    input: str = opt(positional=True, help="image tree: ImageNet-style <wnid>/<file> dirs or any folder")
+    input: str = opt(
+        positional=True,
+        help="images: an ImageNet-style tree (<wnid>/<file>), any folder, a .txt file list, or an fsspec URL",
+    )
     output: str = opt(positional=True, help="output directory for shards and manifest")
     samples_per_shard: int = opt(1000, help="images per shard; part of the plan")
     prefix: str = opt("c2f", help="shard name prefix: {prefix}-{index:06d}.tar")
@@ -141,8 +144,8 @@ CONFIGS = (LabelConfig, LabelerConfig, SamConfig, PanopticConfig)
 
 
 def add_label_flags(parser: argparse.ArgumentParser) -> None:
-    for cls in CONFIGS:
-        add_flags(parser, cls)
+    for cls, group in zip(CONFIGS, ("job", "labeler", "SAM (preset sam)", "panoptic (preset panoptic)"), strict=True):
+        add_flags(parser, cls, None if cls is LabelConfig else group)
 
 
 def configs_from_args(ns: argparse.Namespace) -> tuple[LabelConfig, Settings]:
