@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from . import format as fmt
+from .png import decode_mask_fast
 
 # torchvision 0.29 marks its decoders deprecated in favour of torchcodec; they remain the fastest
 # libjpeg-turbo path available with no extra dependency.
@@ -32,9 +33,13 @@ warnings.filterwarnings("ignore", message="The image decoding and encoding capab
 
 
 def _decode_mask(data: bytes) -> np.ndarray:
-    """PNG -> [H, W] uint8 or uint16, ids untouched (libpng through torchvision, ~1.4x PIL)."""
+    """PNG -> [H, W] uint8 or uint16, ids untouched: the zlib-ng fast path for maps c2f wrote
+    (shards.png), else libpng through torchvision (~1.4x PIL)."""
     from torchvision.io import decode_png
 
+    fast = decode_mask_fast(data)
+    if fast is not None:
+        return fast
     m = decode_png(torch.frombuffer(bytearray(data), dtype=torch.uint8))
     if m.shape[0] != 1:
         raise ValueError(f"mask PNG has {m.shape[0]} channels, expected 1")
@@ -51,11 +56,12 @@ class SampleError(ValueError):
     """A sample that does not decode; the message names its shard and key."""
 
 
-def decode_sample(sample: dict[str, Any], as_tensors: bool = True) -> dict[str, Any]:
+def decode_sample(sample: dict[str, Any], as_tensors: bool = True, masks: bool = True) -> dict[str, Any]:
     """Raw tar members (bytes by extension) -> decoded sample. Works on webdataset and wids samples.
 
     With `as_tensors=False` the masks stay numpy uint8/uint16 at full size, which is what
-    `JointTransform` wants (it converts only the crop); `masks_to_tensors` finishes the job."""
+    `JointTransform` wants (it converts only the crop); `masks_to_tensors` finishes the job.
+    With `masks=False` the maps are not decoded at all (RGB-only consumers: probes, baselines)."""
     import json
 
     try:
@@ -65,11 +71,12 @@ def decode_sample(sample: dict[str, Any], as_tensors: bool = True) -> dict[str, 
         out = {
             "__key__": sample.get("__key__"),
             "image": _decode_rgb(sample[fmt.JPG]),
-            "semantic": _decode_mask(sample[fmt.SEM]),
-            "instance": _decode_mask(sample[fmt.INST]),
             "cls": int(cls) if cls is not None else -1,
             "meta": meta,
         }
+        if masks:
+            out["semantic"] = _decode_mask(sample[fmt.SEM])
+            out["instance"] = _decode_mask(sample[fmt.INST])
     except Exception as e:  # noqa: BLE001 - re-raised with the sample's address
         where = f"{sample.get('__url__', '?')} key {sample.get('__key__', '?')}"
         raise SampleError(f"{where}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
@@ -78,6 +85,8 @@ def decode_sample(sample: dict[str, Any], as_tensors: bool = True) -> dict[str, 
 
 def masks_to_tensors(sample: dict[str, Any]) -> dict[str, Any]:
     """numpy uint8/uint16 masks -> int64 tensors (uint16 has no arithmetic in torch)."""
+    if "semantic" not in sample:
+        return sample
     return {
         **sample,
         "semantic": torch.from_numpy(sample["semantic"].astype(np.int64)),
@@ -112,6 +121,8 @@ class JointTransform:
         cols = left + np.minimum(((np.arange(self.size) + 0.5) * (w / self.size)).astype(np.int64), w - 1)
         if self.flip and torch.rand(1).item() < 0.5:
             img, cols = img.flip(-1), cols[::-1]
+        if "semantic" not in sample:  # an RGB-only stream
+            return {**sample, "image": img}
         sem, inst = np.asarray(sample["semantic"]), np.asarray(sample["instance"])
         if sem.shape != tuple(sample["image"].shape[1:]) or inst.shape != sem.shape:
             raise SampleError(f"{sample.get('__key__')}: masks {sem.shape}/{inst.shape} differ from image")
@@ -189,6 +200,7 @@ def make_dataset(
     seed: int = 0,
     handler: Callable[[Exception], bool] | None = None,
     repeat: bool = False,
+    masks: bool = True,
 ):
     """An `IterableDataset` over the shards for `torch.utils.data.DataLoader`.
 
@@ -196,7 +208,8 @@ def make_dataset(
     and each sample is seen once per pass; `repeat` makes that an infinite stream of passes,
     reshuffled each time. With `resampled`, each worker draws shards with replacement forever.
     Infinite streams get a fixed epoch length from the consumer (a step count). `handler`
-    decides what a bad sample does (default: raise, naming the shard).
+    decides what a bad sample does (default: raise, naming the shard). `masks=False` skips the
+    maps entirely (an RGB-only stream of the same shards).
     """
     import webdataset as wds
     from webdataset import filters, shardlists, tariterators
@@ -215,7 +228,7 @@ def make_dataset(
     ]
     if shuffle:
         stages.append(filters.shuffle(shuffle, initial=min(shuffle, 100), seed=seed))
-    stages.append(filters.map(functools.partial(decode_sample, as_tensors=False), handler=handler))
+    stages.append(filters.map(functools.partial(decode_sample, as_tensors=False, masks=masks), handler=handler))
     if transform is not None:
         stages.append(filters.map(transform, handler=handler))
     stages.append(filters.map(masks_to_tensors, handler=handler))
