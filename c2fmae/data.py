@@ -35,7 +35,7 @@ class DataSpec:
 def read_spec(source: str) -> DataSpec:
     """Label spaces and size from `manifest.json` next to the shards (a local path or any URL)."""
     from shards import format as fmt
-    from shards.reader import open_url
+    from shards.location import open_url
 
     urls = expand_urls(source)
     murl = urls[0].rsplit("/", 1)[0] + "/" + fmt.MANIFEST if "/" in urls[0] else fmt.MANIFEST

@@ -32,8 +32,11 @@ def encode_mask(arr: np.ndarray) -> bytes:
     rows = np.ascontiguousarray(arr, dtype=">u2" if depth == 16 else np.uint8).view(np.uint8).reshape(h, -1)
     raw = np.concatenate([np.zeros((h, 1), np.uint8), rows], axis=1)  # filter byte 0, then the row
     ihdr = struct.pack(">IIBBBBB", w, h, depth, 0, 0, 0, 0)  # grayscale, deflate, adaptive filters, no interlace
-    return SIGNATURE + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib_ng.compress(raw.tobytes(), LEVEL)) + _chunk(
-        b"IEND", b""
+    return (
+        SIGNATURE
+        + _chunk(b"IHDR", ihdr)
+        + _chunk(b"IDAT", zlib_ng.compress(raw.tobytes(), LEVEL))
+        + _chunk(b"IEND", b"")
     )
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import glob
-import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from . import format as fmt
+from .location import is_local, list_shards, local_path, open_url
 from .png import decode_mask_fast
 
 # torchvision 0.29 marks its decoders deprecated in favour of torchcodec; they remain the fastest
@@ -130,32 +130,20 @@ class JointTransform:
 
 
 def expand_urls(source: str | list[str]) -> list[str]:
-    """A shard directory, a glob, a brace pattern (`s3://b/c2f-{000000..000099}.tar`) or a list."""
+    """A shard directory (local or any fsspec URL), a local glob, a brace pattern
+    (`s3://b/c2f-{000000..000099}.tar`) or a list."""
     if isinstance(source, list):
         return source
-    if "://" not in source or source.startswith("file://"):
-        path = source[len("file://") :] if source.startswith("file://") else source
-        if os.path.isdir(path):
-            urls = sorted(glob.glob(os.path.join(path, "*.tar")))
-            urls = [u for u in urls if fmt.parse_shard_name(u)]
-            if not urls:
-                raise FileNotFoundError(f"no shards in {path}")
-            return ["file://" + os.path.abspath(u) for u in urls] if source.startswith("file://") else urls
-        if any(c in path for c in "*?["):
-            return sorted(glob.glob(path))
+    shards = list_shards(source)
+    if shards is not None:
+        if not shards:
+            raise FileNotFoundError(f"no shards in {source}")
+        return shards
+    if is_local(source) and any(c in source for c in "*?["):
+        return sorted(glob.glob(local_path(source)))
     import braceexpand
 
     return list(braceexpand.braceexpand(source))
-
-
-def open_url(url: str):
-    """A binary stream for a shard: built-in `open` for local paths and `file://` (fsspec's local
-    wrapper delegates every small tarfile read through Python), fsspec for everything else."""
-    if "://" not in url or url.startswith("file://"):
-        return open(url.removeprefix("file://"), "rb")
-    import fsspec
-
-    return fsspec.open(url, "rb").open()
 
 
 def _opener(urls):

@@ -18,13 +18,13 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from . import format as fmt
+from .location import join, list_shards, open_url, read_text
 
 # Finding codes (docs/FORMAT.md lists them with their meaning).
 NOT_A_TAR = "not-a-tar"
@@ -270,9 +270,7 @@ def check_shard(url: str, expect: Expect, sample: int | None = None, seed: int =
     name = url.rstrip("/").rsplit("/", 1)[-1]
     rep = ShardReport(name)
     try:
-        import fsspec
-
-        f = fsspec.open(url, "rb").open()
+        f = open_url(url)
     except Exception as e:  # noqa: BLE001 - missing file, bad URL, no permission
         rep.findings.append(Finding(name, None, MISSING_SHARD, f"cannot open: {e}"))
         return rep
@@ -330,49 +328,47 @@ class Report:
 
 
 def plan_targets(path: str) -> tuple[list[tuple[str, Expect]], dict[str, Any] | None, list[Finding]]:
-    """The shards to check, what to expect of each, and findings about the directory itself."""
-    p = Path(path)
-    if not p.is_dir():
+    """The shards to check, what to expect of each, and findings about the directory itself.
+    `path` is a shard or a directory, local or any fsspec URL."""
+    shards = list_shards(path)
+    if shards is None:
         return [(path, Expect())], None, []
-    findings: list[Finding] = []
-    on_disk = sorted(q.name for q in p.iterdir() if fmt.parse_shard_name(q.name))
-    mpath = p / fmt.MANIFEST
-    if not mpath.exists():
-        return [(str(p / n), Expect()) for n in on_disk], None, findings
+    on_disk = {u.rsplit("/", 1)[-1]: u for u in shards}
+    text = read_text(join(path, fmt.MANIFEST))
+    if text is None:
+        return [(u, Expect()) for u in shards], None, []
     try:
-        manifest = json.loads(mpath.read_text())
+        manifest = json.loads(text)
         listed = {s["name"]: s for s in manifest["shards"]}
         num_classes = len(manifest["label_space"]["semantic"])
         has_classes = bool(manifest["plan"]["classes"])
     except (ValueError, KeyError, TypeError) as e:
         return (
-            [(str(p / n), Expect()) for n in on_disk],
+            [(u, Expect()) for u in shards],
             None,
             [Finding(fmt.MANIFEST, None, MANIFEST, f"unreadable manifest: {e}")],
         )
-    for n in on_disk:
-        if n not in listed:
-            findings.append(Finding(n, None, UNLISTED_SHARD, "tar is not listed in the manifest"))
+    findings = [
+        Finding(n, None, UNLISTED_SHARD, "tar is not listed in the manifest") for n in on_disk if n not in listed
+    ]
     targets = []
     for n, s in sorted(listed.items()):
         if n not in on_disk:
             findings.append(Finding(n, None, MISSING_SHARD, "listed in the manifest but missing on disk"))
             continue
-        targets.append((str(p / n), Expect(s["samples"], s["bytes"], s["sha256"], num_classes, has_classes)))
+        targets.append((on_disk[n], Expect(s["samples"], s["bytes"], s["sha256"], num_classes, has_classes)))
     return targets, manifest, findings
 
 
-def check_plan(manifest: dict[str, Any], out_dir: Path) -> list[Finding]:
+def check_plan(manifest: dict[str, Any], out_dir: str) -> list[Finding]:
     """Samples + quarantined per shard must add up to the plan's shard sizes."""
     findings = []
     plan = manifest["plan"]
     prefix = plan["prefix"]
     quarantined: Counter[str] = Counter()
-    qpath = out_dir / fmt.QUARANTINE
-    if qpath.exists():
-        for line in qpath.read_text().splitlines():
-            if line.strip():
-                quarantined[json.loads(line)["shard"]] += 1
+    for line in (read_text(join(out_dir, fmt.QUARANTINE)) or "").splitlines():
+        if line.strip():
+            quarantined[json.loads(line)["shard"]] += 1
     samples = {s["name"]: s["samples"] for s in manifest["shards"]}
     for i, size in enumerate(plan["shard_sizes"]):
         name = fmt.shard_name(prefix, i)
@@ -401,7 +397,7 @@ def validate(
         findings += f
         if manifest is not None:
             manifest_checked = True
-            findings += check_plan(manifest, Path(path))
+            findings += check_plan(manifest, path)
     reports: list[ShardReport] = []
     from tqdm import tqdm
 

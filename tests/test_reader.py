@@ -164,3 +164,16 @@ def test_ray_data_reads(synthetic_ds):
     assert len(rows) == 12
     row = rows[0]
     assert decode_png(row["inst.png"]).ndim == 2 and bytes(row["jpg"][:2]) == b"\xff\xd8"
+
+
+def test_reader_lists_and_reads_an_fsspec_directory(synthetic_ds):
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    for p in synthetic_ds.glob("*.tar"):
+        fs.pipe(f"/remote-shards/{p.name}", p.read_bytes())
+    try:
+        keys = sorted(s["__key__"] for s in make_dataset("memory://remote-shards", shuffle=0))
+    finally:
+        fs.rm("/remote-shards", recursive=True)
+    assert keys == sorted(s["__key__"] for s in make_dataset(str(synthetic_ds), shuffle=0)) and len(keys) == 12

@@ -273,3 +273,22 @@ def test_validate_does_not_import_torch(synthetic_ds):
     )
     r = subprocess.run([sys.executable, "-c", code, str(synthetic_ds)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_remote_directory_through_fsspec(synthetic_ds, capsys):
+    """A dataset behind an fsspec URL (memory:// here, s3:// or gs:// in production): listing,
+    manifest, quarantine and checksums all go through fsspec."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    for p in synthetic_ds.iterdir():
+        fs.pipe(f"/remote-ds/{p.name}", p.read_bytes())
+    try:
+        code, report = run_validate(capsys, "memory://remote-ds")
+        assert code == 0 and report["manifest_checked"] and report["samples"] == 12
+        data = fs.cat("/remote-ds/syn-000001.tar")
+        fs.pipe("/remote-ds/syn-000001.tar", data[:-3000])
+        code, report = run_validate(capsys, "memory://remote-ds")
+        assert code == 1 and findings(report, "checksum")
+    finally:
+        fs.rm("/remote-ds", recursive=True)
