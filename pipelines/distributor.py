@@ -85,17 +85,21 @@ def init_ray(address: str) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    if address == "local":
-        # A private single-node cluster on loopback: nothing listens on the machine's network address.
-        ray.init(
-            address="local",
-            _node_ip_address="127.0.0.1",
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-        )
-    else:
-        ray.init(address=address, log_to_driver=False, configure_logging=False)
+    try:
+        if address == "local":
+            # A private single-node cluster on loopback: nothing listens on the machine's network address.
+            ray.init(
+                address="local",
+                _node_ip_address="127.0.0.1",
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+        else:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+    except Exception as e:  # noqa: BLE001 - no cluster there, refused, wrong auth token
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LabelerSetupError(f"cannot start or join Ray at --address {address!r}: {first}") from None
 
 
 def _pool_shape(cfg) -> tuple[int, float]:

@@ -175,3 +175,10 @@ def test_cluster_launcher_entry_script_runs_the_job(tmp_path):
         timeout=120,
     )
     assert r.returncode == 2 and "is not a directory, a URL, or a .txt file list" in r.stderr
+
+
+def test_no_ray_cluster_at_the_address_is_a_clear_error(sample_tree, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    code = label_main([str(sample_tree), str(tmp_path / "o"), "--preset", "empty", "--address", "auto"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot start or join Ray at --address 'auto'" in err and "Traceback" not in err
