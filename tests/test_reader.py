@@ -177,3 +177,27 @@ def test_reader_lists_and_reads_an_fsspec_directory(synthetic_ds):
     finally:
         fs.rm("/remote-shards", recursive=True)
     assert keys == sorted(s["__key__"] for s in make_dataset(str(synthetic_ds), shuffle=0)) and len(keys) == 12
+
+
+def test_ranks_and_workers_get_disjoint_shards_forever(monkeypatch):
+    """DisjointShards: each (rank, worker) owns a fixed, disjoint subset; `repeat` cycles it with a
+    new order each pass."""
+    from shards.reader import DisjointShards
+
+    urls = [f"s-{i:06d}.tar" for i in range(12)]
+    owned = []
+    for rank in range(2):
+        for worker in range(3):
+            monkeypatch.setenv("RANK", str(rank))
+            monkeypatch.setenv("WORLD_SIZE", "2")
+            monkeypatch.setenv("WORKER", str(worker))
+            monkeypatch.setenv("NUM_WORKERS", "3")
+            it = iter(DisjointShards(urls, seed=1, shuffle=True, repeat=True))
+            passes = [[next(it)["url"] for _ in range(2)] for _ in range(4)]
+            assert all(sorted(p) == sorted(passes[0]) for p in passes)  # same subset every pass
+            owned.append(set(passes[0]))
+    assert set().union(*owned) == set(urls) and sum(len(o) for o in owned) == 12
+    monkeypatch.setenv("WORLD_SIZE", "20")
+    monkeypatch.setenv("RANK", "19")  # 57 + worker: past the 12 shards
+    with pytest.raises(ValueError, match="cannot be split over 20 ranks x 3 workers"):
+        next(iter(DisjointShards(urls, seed=1, shuffle=True, repeat=True)))
