@@ -39,5 +39,10 @@ class FixedCostLabeler:
         return {"semantic": {"0": "dark", "1": "dim", "2": "bright", "3": "light"}, "instance": "class-agnostic"}
 
     def describe(self) -> dict[str, Any]:
-        return {"preset": "fixed-cost", "models": [], "seconds_per_image": self.seconds, "random_labels": True,
-                "note": "synthetic labels from pixel brightness and a grid, for benchmarks and tests"}
+        return {
+            "preset": "fixed-cost",
+            "models": [],
+            "seconds_per_image": self.seconds,
+            "random_labels": True,
+            "note": "synthetic labels from pixel brightness and a grid, for benchmarks and tests",
+        }

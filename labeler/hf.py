@@ -54,6 +54,7 @@ def load_segmenter(source: str, device: str = "auto", compile: bool = False) -> 
         AutoImageProcessor,
         AutoModelForSemanticSegmentation,
         AutoModelForUniversalSegmentation,
+        AutoProcessor,
     )
 
     local = os.path.isdir(source)
@@ -64,7 +65,9 @@ def load_segmenter(source: str, device: str = "auto", compile: bool = False) -> 
         config = AutoConfig.from_pretrained(source, local_files_only=local_only)
         auto = AutoModelForUniversalSegmentation if config.model_type in UNIVERSAL else AutoModelForSemanticSegmentation
         model = auto.from_pretrained(source, local_files_only=local_only)
-        processor = AutoImageProcessor.from_pretrained(source, local_files_only=local_only)
+        # OneFormer's processor also tokenizes the task text its queries are conditioned on.
+        proc_cls = AutoProcessor if config.model_type == "oneformer" else AutoImageProcessor
+        processor = proc_cls.from_pretrained(source, local_files_only=local_only)
         return config, model, processor
 
     from transformers.utils import logging as hf_logging
@@ -146,10 +149,10 @@ class PanopticLabeler:
     def _things(self, spec: str) -> set[int]:
         if spec != "auto":
             return parse_ids(spec)
-        cfg = self.seg.model.config
-        names = getattr(cfg, "metadata", None) or {}
-        if isinstance(names, dict) and "thing_ids" in names:  # OneFormer configs carry their class info
-            return {int(i) for i in names["thing_ids"]}
+        image_processor = getattr(self.seg.processor, "image_processor", self.seg.processor)
+        meta = getattr(image_processor, "metadata", None) or {}
+        if isinstance(meta, dict) and "thing_ids" in meta:  # OneFormer's processors carry their class info
+            return {int(i) for i in meta["thing_ids"]}
         return set(self.seg.id2label)
 
     def label(self, images: list[np.ndarray]) -> list[Labels]:

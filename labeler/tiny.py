@@ -1,6 +1,6 @@
 """Tiny, randomly initialised models of the production architectures.
 
-For tests, the demo and CI only: same classes (SegFormer, Mask2Former, SAM) at a few thousand
+For tests, the demo and CI only: same classes (SegFormer, Mask2Former, OneFormer, SAM) at a few thousand
 parameters, built from configs with a fixed seed, saved like real checkpoints and loaded back
 through the production loaders. Their labels are random; every manifest built with them says so.
 """
@@ -82,6 +82,84 @@ def build_mask2former_tiny(seed: int = 0, num_labels: int = TINY_CLASSES):
     return Mask2FormerForUniversalSegmentation(cfg).eval(), processor
 
 
+def save_oneformer_tiny(directory: Path, seed: int = 0, num_labels: int = TINY_CLASSES) -> Path:
+    """A tiny OneFormer with its full processor: image processor (class info with thing/stuff, as
+    OneFormer's metadata carries it) and a CLIP tokenizer over a toy vocabulary for the task text."""
+    import json
+
+    import torch
+    from transformers import (
+        CLIPTokenizer,
+        OneFormerConfig,
+        OneFormerForUniversalSegmentation,
+        OneFormerImageProcessor,
+        OneFormerProcessor,
+        SwinConfig,
+    )
+
+    directory.mkdir(parents=True, exist_ok=True)
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for tok in letters + [c + "</w>" for c in letters]:
+        vocab[tok] = len(vocab)
+    (directory / "vocab.json").write_text(json.dumps(vocab))
+    (directory / "merges.txt").write_text("#version: 0.2\n")
+    from .hf import parse_ids
+
+    things = parse_ids(TINY_THINGS)
+    info = {str(i): {"name": f"random_{i}", "isthing": int(i in things)} for i in range(num_labels)}
+    (directory / "class_info.json").write_text(json.dumps(info))
+    image_processor = OneFormerImageProcessor(
+        repo_path=str(directory),
+        class_info_file="class_info.json",
+        num_text=4,
+        size={"shortest_edge": 64, "longest_edge": 128},
+    )
+    tokenizer = CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"))
+    processor = OneFormerProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, max_seq_length=16, task_seq_length=16
+    )
+    torch.manual_seed(seed)
+    id2label = _id2label(num_labels)
+    backbone = SwinConfig(
+        embed_dim=16,
+        depths=[1, 1, 1, 1],
+        num_heads=[1, 1, 2, 2],
+        window_size=4,
+        image_size=64,
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+    )
+    cfg = OneFormerConfig(
+        backbone_config=backbone,
+        num_labels=num_labels,
+        id2label=id2label,
+        label2id={v: k for k, v in id2label.items()},
+        hidden_dim=32,
+        num_queries=16,
+        encoder_layers=1,
+        decoder_layers=2,
+        dim_feedforward=64,
+        encoder_feedforward_dim=64,
+        mask_dim=32,
+        conv_dim=32,
+        num_attention_heads=2,
+        text_encoder_width=32,
+        text_encoder_num_layers=1,
+        text_encoder_context_length=16,
+        text_encoder_vocab_size=len(vocab),
+        task_seq_len=16,
+        max_seq_len=16,
+        is_training=False,
+        text_encoder_proj_layers=1,
+        text_encoder_n_ctx=4,
+        init_std=0.5,
+    )
+    model = OneFormerForUniversalSegmentation(cfg).eval()
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
 def build_sam_tiny(seed: int | None = None):
     """SAM's three modules at toy size (1 encoder block, 32 channels, 256-pixel input)."""
     import torch
@@ -145,5 +223,6 @@ def write_tiny_models(root: Path, seed: int = 0) -> dict[str, Path]:
     return {
         "segformer": save_hf(*build_segformer_tiny(seed), root / "segformer"),
         "mask2former": save_hf(*build_mask2former_tiny(seed), root / "mask2former"),
+        "oneformer": save_oneformer_tiny(root / "oneformer", seed),
         "sam": save_sam_tiny(root / "sam_vit_tiny.pth", seed),
     }

@@ -171,3 +171,18 @@ def test_overlap_drops_small_remainders_and_repaints():
     assert inst[0, 0] == 2  # ... and its pixel goes back to the mask beneath it
     inst, recs = resolve_overlaps(_masks(4, 4), [], min_area=2)
     assert recs == [] and not inst.any()
+
+
+def test_oneformer_through_loader_semantic_and_panoptic(tiny_models):
+    """OneFormer needs its task text tokenized (`task_inputs`); its processor also says which
+    classes are things, which the panoptic backend reads with `thing_ids=auto`."""
+    seg = load_segmenter(str(tiny_models["oneformer"]), device="cpu")
+    assert seg.model_type == "oneformer" and type(seg.processor).__name__ == "OneFormerProcessor"
+    photos = _photos()[:3]
+    for img, m in zip(photos, SemanticSegmenter(seg)(photos), strict=True):
+        assert m.shape == img.shape[:2] and m.dtype == np.uint8 and m.max() < TINY_CLASSES
+    pan = PanopticLabeler(seg, threshold=0.05, mask_threshold=0.5, overlap=0.3, thing_ids="auto")
+    assert pan.things == set(range(6, 12))
+    for img, lab in zip(photos, pan.label(photos), strict=True):
+        _check_labels(img, lab, TINY_CLASSES)
+        assert all(r.category in pan.things for r in lab.instances)
