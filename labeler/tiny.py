@@ -19,6 +19,27 @@ def _id2label(n: int) -> dict[int, str]:
     return {i: f"random_{i}" for i in range(n)}
 
 
+def _universal_common(num_labels: int) -> dict:
+    """Config fields Mask2Former and OneFormer share: a 4-stage toy Swin backbone and the labels."""
+    from transformers import SwinConfig
+
+    id2label = _id2label(num_labels)
+    backbone = SwinConfig(
+        embed_dim=16,
+        depths=[1, 1, 1, 1],
+        num_heads=[1, 1, 2, 2],
+        window_size=4,
+        image_size=64,
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+    )
+    return {
+        "backbone_config": backbone,
+        "num_labels": num_labels,
+        "id2label": id2label,
+        "label2id": {v: k for k, v in id2label.items()},
+    }
+
+
 def build_segformer_tiny(seed: int = 0, num_labels: int = TINY_CLASSES):
     import torch
     from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
@@ -48,24 +69,11 @@ def build_mask2former_tiny(seed: int = 0, num_labels: int = TINY_CLASSES):
         Mask2FormerConfig,
         Mask2FormerForUniversalSegmentation,
         Mask2FormerImageProcessor,
-        SwinConfig,
     )
 
     torch.manual_seed(seed)
-    id2label = _id2label(num_labels)
-    backbone = SwinConfig(
-        embed_dim=16,
-        depths=[1, 1, 1, 1],
-        num_heads=[1, 1, 2, 2],
-        window_size=4,
-        image_size=64,
-        out_features=["stage1", "stage2", "stage3", "stage4"],
-    )
     cfg = Mask2FormerConfig(
-        backbone_config=backbone,
-        num_labels=num_labels,
-        id2label=id2label,
-        label2id={v: k for k, v in id2label.items()},
+        **_universal_common(num_labels),
         hidden_dim=32,
         num_queries=16,
         encoder_layers=1,
@@ -94,7 +102,6 @@ def save_oneformer_tiny(directory: Path, seed: int = 0, num_labels: int = TINY_C
         OneFormerForUniversalSegmentation,
         OneFormerImageProcessor,
         OneFormerProcessor,
-        SwinConfig,
     )
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -120,20 +127,8 @@ def save_oneformer_tiny(directory: Path, seed: int = 0, num_labels: int = TINY_C
         image_processor=image_processor, tokenizer=tokenizer, max_seq_length=16, task_seq_length=16
     )
     torch.manual_seed(seed)
-    id2label = _id2label(num_labels)
-    backbone = SwinConfig(
-        embed_dim=16,
-        depths=[1, 1, 1, 1],
-        num_heads=[1, 1, 2, 2],
-        window_size=4,
-        image_size=64,
-        out_features=["stage1", "stage2", "stage3", "stage4"],
-    )
     cfg = OneFormerConfig(
-        backbone_config=backbone,
-        num_labels=num_labels,
-        id2label=id2label,
-        label2id={v: k for k, v in id2label.items()},
+        **_universal_common(num_labels),
         hidden_dim=32,
         num_queries=16,
         encoder_layers=1,
