@@ -151,9 +151,10 @@ def run_shards(plan, todo: list[int], out_dir: str, cfg, settings) -> RunResult:
     init_ray(cfg.address)
     try:
         actors, info = start_actors(cfg, settings)
-        result.labeler_info = result.labeler_info or info
-        if not os.path.exists(info_path):
-            atomic_write_json(info_path, result.labeler_info)
+        # The labeler that labels this run's shards describes the dataset (settings are pinned per
+        # output directory, so this only differs from a stored labeler.json after --overwrite).
+        result.labeler_info = info
+        atomic_write_json(info_path, info)
         _run(plan, todo, out_dir, cfg, actors, result)
     finally:
         if started:

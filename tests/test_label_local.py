@@ -113,8 +113,10 @@ def test_label_gauntlet_resume_and_plan_checks(gauntlet, tmp_path, capsys):
     # and so are other labeler settings: one dataset, one labeler
     assert label_main([*args, "--min-instance-area", "5"]) == 2
     assert "other labeler settings (differs in: sam.min_instance_area)" in capsys.readouterr().err
-    assert label_main([*args[:2], "--samples-per-shard", "5", "--preset", "empty", "--overwrite"]) == 0
+    assert label_main([*args[:2], "--samples-per-shard", "5", "--preset", "fixed-cost", "--overwrite"]) == 0
     assert len(list(out.glob("*.tar"))) == 3
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["labeler"]["preset"] == "fixed-cost" and manifest["label_space"]["semantic"]["0"] == "dark"
 
 
 def test_unloadable_model_stops_the_job_with_exit_2(sample_tree, tmp_path, capsys, monkeypatch):
