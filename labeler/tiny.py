@@ -20,7 +20,8 @@ def _id2label(n: int) -> dict[int, str]:
 
 
 def _universal_common(num_labels: int) -> dict:
-    """Config fields Mask2Former and OneFormer share: a 4-stage toy Swin backbone and the labels."""
+    """Config fields Mask2Former and OneFormer share: a 4-stage toy Swin backbone, the labels, and
+    toy transformer sizes."""
     from transformers import SwinConfig
 
     id2label = _id2label(num_labels)
@@ -37,6 +38,14 @@ def _universal_common(num_labels: int) -> dict:
         "num_labels": num_labels,
         "id2label": id2label,
         "label2id": {v: k for k, v in id2label.items()},
+        "hidden_dim": 32,
+        "num_queries": 16,
+        "encoder_layers": 1,
+        "decoder_layers": 2,
+        "dim_feedforward": 64,
+        "encoder_feedforward_dim": 64,
+        "num_attention_heads": 2,
+        "init_std": 0.5,  # at the default 0.02 random queries all predict "no object"; 0.5 gives several segments
     }
 
 
@@ -74,17 +83,9 @@ def build_mask2former_tiny(seed: int = 0, num_labels: int = TINY_CLASSES):
     torch.manual_seed(seed)
     cfg = Mask2FormerConfig(
         **_universal_common(num_labels),
-        hidden_dim=32,
-        num_queries=16,
-        encoder_layers=1,
-        decoder_layers=2,
-        dim_feedforward=64,
-        encoder_feedforward_dim=64,
         mask_feature_size=32,
         feature_size=32,
-        num_attention_heads=2,
         common_stride=4,
-        init_std=0.5,  # at the default 0.02 random queries all predict "no object"; 0.5 gives several segments
     )
     processor = Mask2FormerImageProcessor(size={"height": 128, "width": 128})
     return Mask2FormerForUniversalSegmentation(cfg).eval(), processor
@@ -104,6 +105,8 @@ def save_oneformer_tiny(directory: Path, seed: int = 0, num_labels: int = TINY_C
         OneFormerProcessor,
     )
 
+    from .hf import parse_ids
+
     directory.mkdir(parents=True, exist_ok=True)
     letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
@@ -111,8 +114,6 @@ def save_oneformer_tiny(directory: Path, seed: int = 0, num_labels: int = TINY_C
         vocab[tok] = len(vocab)
     (directory / "vocab.json").write_text(json.dumps(vocab))
     (directory / "merges.txt").write_text("#version: 0.2\n")
-    from .hf import parse_ids
-
     things = parse_ids(TINY_THINGS)
     info = {str(i): {"name": f"random_{i}", "isthing": int(i in things)} for i in range(num_labels)}
     (directory / "class_info.json").write_text(json.dumps(info))
@@ -129,15 +130,8 @@ def save_oneformer_tiny(directory: Path, seed: int = 0, num_labels: int = TINY_C
     torch.manual_seed(seed)
     cfg = OneFormerConfig(
         **_universal_common(num_labels),
-        hidden_dim=32,
-        num_queries=16,
-        encoder_layers=1,
-        decoder_layers=2,
-        dim_feedforward=64,
-        encoder_feedforward_dim=64,
         mask_dim=32,
         conv_dim=32,
-        num_attention_heads=2,
         text_encoder_width=32,
         text_encoder_num_layers=1,
         text_encoder_context_length=16,
@@ -147,7 +141,6 @@ def save_oneformer_tiny(directory: Path, seed: int = 0, num_labels: int = TINY_C
         is_training=False,
         text_encoder_proj_layers=1,
         text_encoder_n_ctx=4,
-        init_std=0.5,
     )
     model = OneFormerForUniversalSegmentation(cfg).eval()
     model.save_pretrained(directory)
