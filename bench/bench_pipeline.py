@@ -79,8 +79,8 @@ def main():
         # 2. the whole job, on a Ray started beforehand (as on a cluster) and then once more with its start
         import ray
 
+        from c2f.cli import main as c2f_main
         from pipelines.distributor import init_ray
-        from pipelines.label import main as label_main
 
         job = [
             str(inp),
@@ -98,12 +98,12 @@ def main():
         init_ray("local")
         t0 = time.perf_counter()
         job[1] = str(out)
-        assert label_main(job) == 0
+        assert c2f_main(["label", *job]) == 0
         warm = time.perf_counter() - t0
         ray.shutdown()
         t0 = time.perf_counter()
         job[1] = str(out) + "-cold"
-        assert label_main(job) == 0
+        assert c2f_main(["label", *job]) == 0
         cold = time.perf_counter() - t0
         mon.stop.set()
         driver_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

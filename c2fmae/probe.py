@@ -7,25 +7,24 @@ tokens on the whole image (no masking, no augmentation beyond the resize to the 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import zlib
-from dataclasses import dataclass
-
-from pipelines.flags import add_flags, from_args, opt
+from dataclasses import dataclass, field
 
 
 @dataclass
 class ProbeConfig:
-    shards: str = opt(positional=True, help="shard directory (with manifest.json)")
-    checkpoint: str = opt("", help="checkpoint.pt written by `c2f pretrain` (empty: a random-init baseline)")
-    model: str = opt("c2fmae_vit_tiny", help="model name when --checkpoint is empty")
-    k: int = opt(10, help="neighbours for the kNN probe")
-    linear_epochs: int = opt(100, help="full-batch epochs of the linear probe")
-    batch_size: int = opt(64, help="images per forward pass")
-    max_samples: int = opt(20000, help="use at most this many samples")
-    json: bool = opt(False, help="print the result as JSON")
+    shards: str = field(metadata={"positional": True, "help": "shard directory (with manifest.json)"})
+    checkpoint: str = field(
+        default="", metadata={"help": "checkpoint.pt written by `c2f pretrain` (empty: a random-init baseline)"}
+    )
+    model: str = field(default="c2fmae_vit_tiny", metadata={"help": "model name when --checkpoint is empty"})
+    k: int = field(default=10, metadata={"help": "neighbours for the kNN probe"})
+    linear_epochs: int = field(default=100, metadata={"help": "full-batch epochs of the linear probe"})
+    batch_size: int = field(default=64, metadata={"help": "images per forward pass"})
+    max_samples: int = field(default=20000, metadata={"help": "use at most this many samples"})
+    json: bool = field(default=False, metadata={"help": "print the result as JSON"})
 
 
 def extract(model, source: str, batch_size: int, max_samples: int, device):
@@ -130,13 +129,3 @@ def run(cfg: ProbeConfig) -> int:
             f"kNN(k={cfg.k}) top-1 {100 * result['knn_top1']:.1f}%, linear top-1 {100 * result['linear_top1']:.1f}%"
         )
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="c2f probe", description=__doc__.splitlines()[0])
-    add_flags(parser, ProbeConfig)
-    return run(from_args(ProbeConfig, parser.parse_args(argv)))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""`c2f pretrain SHARDS --output DIR` or `torchrun --nproc-per-node N -m c2fmae.train SHARDS --output DIR`.
+"""`c2f pretrain SHARDS --output DIR` or `torchrun --nproc-per-node N -m c2f pretrain SHARDS --output DIR`.
 
 Wiring only: config -> data (c2fmae.data) -> model (c2fmae.model) -> loop (c2fmae.engine) ->
 logs, pictures, checkpoints. The config is saved in every checkpoint and rebuilt from it on
@@ -7,55 +7,73 @@ logs, pictures, checkpoints. The config is saved in every checkpoint and rebuilt
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from pipelines.flags import add_flags, from_args, opt
 
 
 @dataclass
 class TrainConfig:
-    shards: str = opt(positional=True, help="shard directory (with manifest.json), glob or brace pattern")
-    output: str = opt("out/pretrain", help="directory for checkpoints, metrics.jsonl and pictures")
-    model: str = opt("c2fmae_vit_tiny", help="c2fmae_vit_micro|tiny|small|base|large")
-    steps: int = opt(0, help="optimizer steps in total (0: use --epochs)")
-    epochs: int = opt(1, help="epochs of --steps-per-epoch steps, when --steps is 0")
-    steps_per_epoch: int = opt(0, help="steps per epoch (0: dataset samples / global batch)")
-    batch_size: int = opt(64, help="images per GPU per micro-batch")
-    accum_steps: int = opt(1, help="micro-batches accumulated per optimizer step")
-    blr: float = opt(1.5e-4, help="base learning rate; lr = blr x global batch / 256 (MAE)")
-    min_lr: float = opt(0.0, help="floor of the cosine schedule")
-    warmup_steps: int = opt(-1, help="linear warmup steps (-1: 5% of the steps)")
-    weight_decay: float = opt(0.05, help="AdamW weight decay (none on norms, biases, tokens)")
-    grad_clip: float = opt(0.0, help="clip the gradient norm (0: off)")
-    mask_ratio: float = opt(0.75, help="fraction of patches removed")
-    masking: str = opt(
-        "curriculum",
-        help="curriculum|random|semantic|instance",
-        choices=["curriculum", "random", "semantic", "instance"],
+    shards: str = field(
+        metadata={"positional": True, "help": "shard directory (with manifest.json), glob or brace pattern"}
     )
-    curriculum_centers: str = opt("0.0,0.5,1.0", help="training progress where semantic, instance, random peak")
-    curriculum_width: float = opt(0.25, help="width (std) of each curriculum phase, in progress units")
-    decoder: str = opt("cascaded", help="cascaded|parallel (the ablation)", choices=["cascaded", "parallel"])
-    stages: str = opt("semantic,instance,pixel", help="decoder stages, coarse to fine")
-    multimodal_input: bool = opt(False, help="embed visible patches' masks as extra encoder tokens")
-    loss_weights: str = opt("1,1,1", help="weights of the semantic, instance, pixel losses")
-    augment: bool = opt(True, help="RandomResizedCrop(0.2-1) + flip (off: whole image, for overfit checks)")
-    workers: int = opt(2, help="DataLoader workers per GPU")
-    seed: int = opt(0, help="seed for weights, data order, augmentation and masks")
-    bf16: bool = opt(True, help="bf16 autocast on CUDA")
-    compile: bool = opt(False, help="torch.compile the model")
-    log_every: int = opt(10, help="print every N steps (metrics.jsonl gets every step)")
-    vis_every: int = opt(100, help="write a PNG of inputs, masks and reconstructions every N steps (0: off)")
-    ckpt_every: int = opt(500, help="save a checkpoint every N steps (and at the end)")
-    resume: bool = opt(False, help="continue from OUTPUT/checkpoint.pt with its saved config")
-    stop_after: int = opt(0, help="leave after this many steps in this process, with a checkpoint (0: run to the end)")
+    output: str = field(
+        default="out/pretrain", metadata={"help": "directory for checkpoints, metrics.jsonl and pictures"}
+    )
+    model: str = field(default="c2fmae_vit_tiny", metadata={"help": "c2fmae_vit_micro|tiny|small|base|large"})
+    steps: int = field(default=0, metadata={"help": "optimizer steps in total (0: use --epochs)"})
+    epochs: int = field(default=1, metadata={"help": "epochs of --steps-per-epoch steps, when --steps is 0"})
+    steps_per_epoch: int = field(default=0, metadata={"help": "steps per epoch (0: dataset samples / global batch)"})
+    batch_size: int = field(default=64, metadata={"help": "images per GPU per micro-batch"})
+    accum_steps: int = field(default=1, metadata={"help": "micro-batches accumulated per optimizer step"})
+    blr: float = field(default=1.5e-4, metadata={"help": "base learning rate; lr = blr x global batch / 256 (MAE)"})
+    min_lr: float = field(default=0.0, metadata={"help": "floor of the cosine schedule"})
+    warmup_steps: int = field(default=-1, metadata={"help": "linear warmup steps (-1: 5% of the steps)"})
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (none on norms, biases, tokens)"})
+    grad_clip: float = field(default=0.0, metadata={"help": "clip the gradient norm (0: off)"})
+    mask_ratio: float = field(default=0.75, metadata={"help": "fraction of patches removed"})
+    masking: str = field(
+        default="curriculum",
+        metadata={
+            "help": "curriculum|random|semantic|instance",
+            "choices": ["curriculum", "random", "semantic", "instance"],
+        },
+    )
+    curriculum_centers: str = field(
+        default="0.0,0.5,1.0", metadata={"help": "training progress where semantic, instance, random peak"}
+    )
+    curriculum_width: float = field(
+        default=0.25, metadata={"help": "width (std) of each curriculum phase, in progress units"}
+    )
+    decoder: str = field(
+        default="cascaded", metadata={"help": "cascaded|parallel (the ablation)", "choices": ["cascaded", "parallel"]}
+    )
+    stages: str = field(default="semantic,instance,pixel", metadata={"help": "decoder stages, coarse to fine"})
+    multimodal_input: bool = field(
+        default=False, metadata={"help": "embed visible patches' masks as extra encoder tokens"}
+    )
+    loss_weights: str = field(default="1,1,1", metadata={"help": "weights of the semantic, instance, pixel losses"})
+    augment: bool = field(
+        default=True, metadata={"help": "RandomResizedCrop(0.2-1) + flip (off: whole image, for overfit checks)"}
+    )
+    workers: int = field(default=2, metadata={"help": "DataLoader workers per GPU"})
+    seed: int = field(default=0, metadata={"help": "seed for weights, data order, augmentation and masks"})
+    bf16: bool = field(default=True, metadata={"help": "bf16 autocast on CUDA"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    log_every: int = field(default=10, metadata={"help": "print every N steps (metrics.jsonl gets every step)"})
+    vis_every: int = field(
+        default=100, metadata={"help": "write a PNG of inputs, masks and reconstructions every N steps (0: off)"}
+    )
+    ckpt_every: int = field(default=500, metadata={"help": "save a checkpoint every N steps (and at the end)"})
+    resume: bool = field(default=False, metadata={"help": "continue from OUTPUT/checkpoint.pt with its saved config"})
+    stop_after: int = field(
+        default=0,
+        metadata={"help": "leave after this many steps in this process, with a checkpoint (0: run to the end)"},
+    )
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -92,12 +110,6 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     import torch
 
     return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="c2f pretrain", description=__doc__.splitlines()[0])
-    add_flags(parser, TrainConfig)
-    return run(from_args(TrainConfig, parser.parse_args(argv)))
 
 
 def run(cfg: TrainConfig) -> int:
@@ -257,7 +269,3 @@ def _tensorboard(out: Path):
     except ImportError:  # tensorboard is optional
         return None
     return SummaryWriter(str(out / "tb"))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

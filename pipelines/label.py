@@ -2,47 +2,59 @@
 
 `main` only wires the stages: plan (pipelines.plan), distribute (pipelines.distributor),
 per-shard work (pipelines.worker), dataset files (shards.manifest), check (shards.validate).
-Run it as `c2f label …` or, on a cluster, `ray job submit --working-dir . -- python -m pipelines.label …`.
+Run it as `c2f label …` or, on a cluster, `ray job submit --working-dir . -- python -m c2f label …`.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from labeler.config import LabelerConfig, PanopticConfig, SamConfig
 from labeler.registry import Settings
-
-from .flags import add_flags, from_args, opt
 
 
 @dataclass
 class LabelConfig:
-    input: str = opt(
-        positional=True,
-        help="images: an ImageNet-style tree (<wnid>/<file>), any folder, a .txt file list, or an fsspec URL",
+    input: str = field(
+        metadata={
+            "positional": True,
+            "help": "images: an ImageNet-style tree (<wnid>/<file>), any folder, a .txt file list, or an fsspec URL",
+        }
     )
-    output: str = opt(positional=True, help="output directory for shards and manifest")
-    samples_per_shard: int = opt(1000, help="images per shard; part of the plan")
-    prefix: str = opt("c2f", help="shard name prefix: {prefix}-{index:06d}.tar")
-    address: str = opt("local", help="Ray address: 'local' starts one here, 'auto' joins a running cluster")
-    batch_size: int = opt(16, help="images per labeler call")
-    actors: int = opt(0, help="labeling actors (each loads the models once); 0: one per GPU, or 1 without GPUs")
-    gpus_per_actor: float = opt(-1.0, help="GPUs per labeling actor; -1: 1 when the cluster has GPUs, else 0")
-    cpus_per_actor: float = opt(1.0, help="CPUs reserved per labeling actor (also its torch threads)")
-    cpus_per_shard: float = opt(
-        0.5,
-        help="CPUs per shard task (read, decode, pack, write); fractional so "
-        "read tasks are not starved by actors on small nodes",
+    output: str = field(metadata={"positional": True, "help": "output directory for shards and manifest"})
+    samples_per_shard: int = field(default=1000, metadata={"help": "images per shard; part of the plan"})
+    prefix: str = field(default="c2f", metadata={"help": "shard name prefix: {prefix}-{index:06d}.tar"})
+    address: str = field(
+        default="local", metadata={"help": "Ray address: 'local' starts one here, 'auto' joins a running cluster"}
     )
-    actor_restarts: int = opt(3, help="times a dead labeling actor is restarted (its calls are retried)")
-    max_retries: int = opt(3, help="times a failed shard is retried before the job reports it missing")
-    overwrite: bool = opt(False, help="discard shards of a different plan in OUTPUT")
-    validate: bool = opt(True, help="run `c2f validate` on the result")
+    batch_size: int = field(default=16, metadata={"help": "images per labeler call"})
+    actors: int = field(
+        default=0, metadata={"help": "labeling actors (each loads the models once); 0: one per GPU, or 1 without GPUs"}
+    )
+    gpus_per_actor: float = field(
+        default=-1.0, metadata={"help": "GPUs per labeling actor; -1: 1 when the cluster has GPUs, else 0"}
+    )
+    cpus_per_actor: float = field(
+        default=1.0, metadata={"help": "CPUs reserved per labeling actor (also its torch threads)"}
+    )
+    cpus_per_shard: float = field(
+        default=0.5,
+        metadata={
+            "help": "CPUs per shard task (read, decode, pack, write); fractional so "
+            "read tasks are not starved by actors on small nodes"
+        },
+    )
+    actor_restarts: int = field(
+        default=3, metadata={"help": "times a dead labeling actor is restarted (its calls are retried)"}
+    )
+    max_retries: int = field(
+        default=3, metadata={"help": "times a failed shard is retried before the job reports it missing"}
+    )
+    overwrite: bool = field(default=False, metadata={"help": "discard shards of a different plan in OUTPUT"})
+    validate: bool = field(default=True, metadata={"help": "run `c2f validate` on the result"})
 
 
 def run(cfg: LabelConfig, settings: Settings | None = None) -> int:
@@ -138,26 +150,3 @@ def remove_stale_temp_files(out: Path) -> None:
     """Temp files of a run that was killed (`.{name}.tmp-{pid}`); safe under the output lock."""
     for p in out.glob(".*.tmp-*"):
         p.unlink(missing_ok=True)
-
-
-CONFIGS = (LabelConfig, LabelerConfig, SamConfig, PanopticConfig)
-
-
-def add_label_flags(parser: argparse.ArgumentParser) -> None:
-    for cls, group in zip(CONFIGS, ("job", "labeler", "SAM (preset sam)", "panoptic (preset panoptic)"), strict=True):
-        add_flags(parser, cls, None if cls is LabelConfig else group)
-
-
-def configs_from_args(ns: argparse.Namespace) -> tuple[LabelConfig, Settings]:
-    cfg, lab, sam, pan = (from_args(cls, ns) for cls in CONFIGS)
-    return cfg, Settings(lab, sam, pan)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.label", description=__doc__.splitlines()[0])
-    add_label_flags(parser)
-    return run(*configs_from_args(parser.parse_args(argv)))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from shards import format as fmt
+from shards.errors import UsageError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 _WNID = re.compile(r"^n\d{8}$")
 
 
-class PlanError(Exception):
+class PlanError(UsageError):
     """A plan that cannot be made or does not match the output directory; the message says why."""
 
 

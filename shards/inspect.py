@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from . import format as fmt
+from .errors import DataError
 from .pack import decode_png
 from .validate import TarError, read_samples
 
@@ -20,8 +21,8 @@ TILE = 256  # longest side of each tile in the grid
 ALPHA = 0.5
 
 
-class InspectError(Exception):
-    pass
+class InspectError(DataError):
+    """Nothing to draw, or a sample that does not read; the message names the shard."""
 
 
 def palette(n: int) -> np.ndarray:

@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from c2f.cli import main as c2f
 from c2fmae.data import instance_targets, patch_mode
 from c2fmae.engine import lr_at
 from c2fmae.masking import (
@@ -22,7 +23,6 @@ from c2fmae.masking import (
 )
 from c2fmae.model import C2FMAE, model_config
 from c2fmae.train import load_checkpoint
-from pipelines.cli import main as c2f
 
 # --- masking ------------------------------------------------------------------------------------
 
@@ -268,7 +268,8 @@ def test_ddp_two_processes_gloo(scenes, tmp_path):
             "--master-port",
             str(_free_port()),
             "-m",
-            "c2fmae.train",
+            "c2f",
+            "pretrain",
             str(big),
             "--output",
             str(out),

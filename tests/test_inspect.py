@@ -1,7 +1,7 @@
 import numpy as np
 from PIL import Image
 
-from pipelines.cli import main
+from c2f.cli import main
 
 
 def test_inspect_renders_grid_and_stats(synthetic_ds, tmp_path, capsys):

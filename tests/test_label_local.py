@@ -10,8 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.label import main as label_main
+from c2f.cli import main as c2f_main
 from pipelines.plan import PlanError, make_plan
+
+
+def label_main(args):
+    return c2f_main(["label", *args])
 
 
 @pytest.fixture
@@ -171,7 +175,7 @@ def test_cluster_launcher_entry_script_runs_the_job(tmp_path):
     from conftest import REPO
 
     r = subprocess.run(
-        [sys.executable, str(REPO / "pipelines/submit_label.py"), str(tmp_path / "missing"), str(tmp_path / "o")],
+        [sys.executable, str(REPO / "c2f/submit_label.py"), str(tmp_path / "missing"), str(tmp_path / "o")],
         capture_output=True,
         text=True,
         timeout=120,

@@ -18,7 +18,7 @@ import psutil
 import pytest
 from PIL import Image
 
-from pipelines.cli import main as c2f_main
+from c2f.cli import main as c2f_main
 from pipelines.plan import make_plan
 
 pytestmark = pytest.mark.slow
@@ -89,7 +89,7 @@ def _inputs(root: Path, n_good: int) -> None:
 def _submit(env, address, args, wait: bool):
     cmd = [BIN / "ray", "job", "submit", "--address", address, "--working-dir", str(REPO)]
     cmd += [] if wait else ["--no-wait"]
-    cmd += ["--", "python", "-m", "pipelines.label", *args, "--address", "auto"]
+    cmd += ["--", "python", "-m", "c2f", "label", *args, "--address", "auto"]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -137,7 +137,7 @@ def test_job_survives_actor_and_driver_kills(cluster, tmp_path):
     actor.send_signal(signal.SIGKILL)  # Ray restarts it; its in-flight calls are retried
     killed_at = done()
     _wait_for(lambda: done() >= killed_at + 3, 180, "progress after the actor was killed")
-    (driver,) = _wait_for(lambda: [p for p in _procs("-m pipelines.label") if "python" in p.name()], 30, "the driver")
+    (driver,) = _wait_for(lambda: [p for p in _procs("-m c2f label") if "python" in p.name()], 30, "the driver")
     driver.send_signal(signal.SIGKILL)
     partial = done()
     assert partial < 21, "the job finished before the driver could be killed"

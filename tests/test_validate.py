@@ -10,7 +10,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from pipelines.cli import main
+from c2f.cli import main
 from shards.pack import decode_png, encode_png
 
 SHARD0 = "syn-000000.tar"
@@ -268,7 +268,7 @@ def test_nonexistent_path_is_a_finding(tmp_path, capsys):
 
 def test_validate_does_not_import_torch(synthetic_ds):
     code = (
-        "import sys; from pipelines.cli import main; rc = main(['validate', sys.argv[1], '--no-progress']);"
+        "import sys; from c2f.cli import main; rc = main(['validate', sys.argv[1], '--no-progress']);"
         "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)"
     )
     r = subprocess.run([sys.executable, "-c", code, str(synthetic_ds)], capture_output=True, text=True)

@@ -1,4 +1,4 @@
-"""Entry script for `ray submit pipelines/cluster.yaml pipelines/submit_label.py -- INPUT OUTPUT [flags]`.
+"""Entry script for `ray submit c2f/cluster.yaml c2f/submit_label.py -- INPUT OUTPUT [flags]`.
 
 The cluster launcher copies this file to the head node and runs it there; it joins the running
 cluster (`--address auto`) and runs the same job as `c2f label`.
@@ -6,10 +6,10 @@ cluster (`--address auto`) and runs the same job as `c2f label`.
 
 import sys
 
-from pipelines.label import main
+from c2f.cli import main
 
 if __name__ == "__main__":
     argv = sys.argv[1:]
     if "--address" not in argv:
         argv += ["--address", "auto"]
-    sys.exit(main(argv))
+    sys.exit(main(["label", *argv]))
