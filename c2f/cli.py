@@ -18,6 +18,7 @@ from typing import Any
 from c2fmae.probe import ProbeConfig
 from c2fmae.train import TrainConfig
 from labeler.config import LabelerConfig, PanopticConfig, SamConfig
+from pipelines.distributor import PoolSettings
 from pipelines.label import LabelConfig
 
 from .flags import add_flags, from_args
@@ -69,17 +70,20 @@ def cmd_inspect(cfg: InspectConfig) -> int:
 
 LABEL_GROUPS = {
     LabelConfig: None,
+    PoolSettings: "Ray cluster",
     LabelerConfig: "labeler",
     SamConfig: "SAM (preset sam)",
     PanopticConfig: "panoptic (preset panoptic)",
 }
 
 
-def cmd_label(job: LabelConfig, labeler: LabelerConfig, sam: SamConfig, panoptic: PanopticConfig) -> int:
-    from labeler.registry import Settings
+def cmd_label(
+    job: LabelConfig, pool: PoolSettings, labeler: LabelerConfig, sam: SamConfig, panoptic: PanopticConfig
+) -> int:
+    from labeler.config import Settings
     from pipelines.label import run
 
-    return run(job, Settings(labeler, sam, panoptic))
+    return run(job, pool, Settings(labeler, sam, panoptic))
 
 
 def cmd_pretrain(cfg: TrainConfig) -> int:

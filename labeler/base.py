@@ -1,23 +1,36 @@
-"""The one interface every labeling backend implements."""
+"""The interface every labeling backend implements, its errors, and the device helper."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from shards.errors import UsageError
 from shards.pack import Labels
 
 
+class LabelerLoadError(UsageError):
+    """A labeler that cannot be built (a missing checkpoint, an unknown model id or preset); the
+    message says what to pass instead. Retrying cannot fix it, so the job stops with exit 2."""
+
+
+@runtime_checkable
 class Labeler(Protocol):
     """Labels a batch of RGB images at their own resolutions.
 
     `label` returns one entry per input, in order: `Labels`, or the exception that image raised
     (a labeler never drops an image silently; the pipeline quarantines the failures).
+    `submit` starts a batch and `collect` waits for it: a remote labeler returns at once from
+    `submit`, so the caller decodes the next batch meanwhile; a local one labels in `submit`.
     """
 
     def label(self, images: list[np.ndarray]) -> list[Labels | Exception]:  # images: [H, W, 3] uint8
         ...
+
+    def submit(self, images: list[np.ndarray]) -> Any: ...
+
+    def collect(self, handle: Any) -> list[Labels | Exception]: ...
 
     def label_space(self) -> dict[str, Any]:
         """{"semantic": {id: name}, "instance": "class-agnostic" | {id: name}} for the manifest."""
@@ -26,3 +39,25 @@ class Labeler(Protocol):
     def describe(self) -> dict[str, Any]:
         """Model ids and settings for the manifest; `"random_labels": True` for test presets."""
         ...
+
+
+class LocalLabeler:
+    """Base of in-process labelers: `submit` labels at once and `collect` hands the result back."""
+
+    def label(self, images: list[np.ndarray]) -> list[Labels | Exception]:
+        raise NotImplementedError
+
+    def submit(self, images: list[np.ndarray]) -> list[Labels | Exception]:
+        return self.label(images)
+
+    def collect(self, handle: list[Labels | Exception]) -> list[Labels | Exception]:
+        return handle
+
+
+def resolve_device(device: str) -> str:
+    """`auto` -> `cuda` when a GPU is visible, else `cpu`; anything else as given."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -72,3 +74,15 @@ class PanopticConfig:
             "config's thing list where it has one, else every class is a thing"
         },
     )
+
+
+@dataclass
+class Settings:
+    """Everything a preset may read; picklable, so Ray ships it to each worker."""
+
+    labeler: LabelerConfig = field(default_factory=LabelerConfig)
+    sam: SamConfig = field(default_factory=SamConfig)
+    panoptic: PanopticConfig = field(default_factory=PanopticConfig)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

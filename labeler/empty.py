@@ -13,8 +13,10 @@ import numpy as np
 from shards import format as fmt
 from shards.pack import Labels
 
+from .base import LocalLabeler
 
-class EmptyLabeler:
+
+class EmptyLabeler(LocalLabeler):
     def label(self, images: list[np.ndarray]) -> list[Labels]:
         ignore = fmt.semantic_ignore(0)
         return [Labels(np.full(im.shape[:2], ignore, np.uint8), np.zeros(im.shape[:2], np.uint16), []) for im in images]

@@ -15,10 +15,11 @@ import numpy as np
 
 from shards.pack import Labels
 
+from .base import LocalLabeler
 from .overlap import instance_records
 
 
-class FixedCostLabeler:
+class FixedCostLabeler(LocalLabeler):
     def __init__(self, seconds_per_image: float):
         self.seconds = seconds_per_image
 

@@ -12,21 +12,10 @@ import numpy as np
 from shards import format as fmt
 from shards.pack import Labels
 
+from .base import LabelerLoadError, resolve_device
 from .overlap import instance_records
 
 UNIVERSAL = {"mask2former", "oneformer", "maskformer"}  # one model, semantic/instance/panoptic heads
-
-
-class LabelerLoadError(Exception):
-    """A model that cannot be loaded; the message says what to pass instead."""
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 @dataclass

@@ -15,77 +15,10 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-from shards.pack import Labels
-
-from .base import Labeler
-from .config import LabelerConfig, PanopticConfig, SamConfig
-
-
-@dataclass
-class Settings:
-    """Everything a preset may read; picklable, so Ray ships it to each worker."""
-
-    labeler: LabelerConfig = field(default_factory=LabelerConfig)
-    sam: SamConfig = field(default_factory=SamConfig)
-    panoptic: PanopticConfig = field(default_factory=PanopticConfig)
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def label_each(fn: Callable[[list[np.ndarray]], list[Labels]], images: list[np.ndarray]) -> list[Labels | Exception]:
-    """Run a batch; if it fails, run the images one by one so one bad image costs only itself."""
-    try:
-        return list(fn(images))
-    except Exception as e:  # noqa: BLE001 - isolated below, every failure is reported per image
-        if len(images) == 1:
-            return [e]
-    return [label_each(fn, [im])[0] for im in images]
-
-
-class SemanticPlusInstances:
-    """A semantic model for the scene map and SAM for class-agnostic instances."""
-
-    def __init__(self, semantic, instances, describe: dict[str, Any]):
-        self.semantic, self.instances, self._describe = semantic, instances, describe
-
-    def _run(self, images: list[np.ndarray]) -> list[Labels]:
-        sems = self.semantic(images)
-        out = []
-        for im, sem in zip(images, sems, strict=True):
-            inst, records = self.instances(im)
-            out.append(Labels(sem, inst, records))
-        return out
-
-    def label(self, images: list[np.ndarray]) -> list[Labels | Exception]:
-        return label_each(self._run, images)
-
-    def label_space(self) -> dict[str, Any]:
-        names = self.semantic.seg.id2label
-        return {"semantic": {str(k): v for k, v in sorted(names.items())}, "instance": "class-agnostic"}
-
-    def describe(self) -> dict[str, Any]:
-        return self._describe
-
-
-class OnePassPanoptic:
-    def __init__(self, panoptic, describe: dict[str, Any]):
-        self.panoptic, self._describe = panoptic, describe
-
-    def label(self, images: list[np.ndarray]) -> list[Labels | Exception]:
-        return label_each(self.panoptic.label, images)
-
-    def label_space(self) -> dict[str, Any]:
-        return self.panoptic.label_space()
-
-    def describe(self) -> dict[str, Any]:
-        return self._describe
+from .base import Labeler, LabelerLoadError
+from .config import LabelerConfig, Settings
 
 
 def _empty(s: Settings) -> Labeler:
@@ -108,6 +41,7 @@ def _sam(
     extra: dict | None = None,
     names: tuple[str, str] | None = None,
 ) -> Labeler:
+    from .composite import SemanticPlusInstances
     from .hf import SemanticSegmenter, load_segmenter
     from .sam import SamInstances, load_sam
 
@@ -128,6 +62,7 @@ def _sam(
 
 
 def _panoptic(s: Settings, model: str | None = None, extra: dict | None = None, name: str | None = None) -> Labeler:
+    from .composite import OnePassPanoptic
     from .hf import PanopticLabeler, load_segmenter
 
     model = model or s.labeler.panoptic_model
@@ -200,5 +135,5 @@ def build_labeler(settings: Settings | str) -> Labeler:
     try:
         builder = PRESETS[preset]
     except KeyError:
-        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(sorted(PRESETS))}") from None
+        raise LabelerLoadError(f"unknown preset {preset!r}; choose from {', '.join(sorted(PRESETS))}") from None
     return builder(settings)

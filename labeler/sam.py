@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from .base import LabelerLoadError, resolve_device
 from .config import SamConfig
-from .hf import LabelerLoadError, resolve_device
 from .overlap import resolve_overlaps
 
 

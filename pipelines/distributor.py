@@ -19,9 +19,48 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from labeler.base import LabelerLoadError
+from shards.errors import UsageError
+from shards.manifest import ShardStats
 
-class LabelerSetupError(Exception):
-    """The labeler could not be built; the message is the loader's explanation."""
+from .plan import Plan
+from .worker import ShardJob
+
+
+class RayUnavailable(UsageError):
+    """No Ray cluster at the address (none running, refused, wrong auth token)."""
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    """How the job uses the cluster (`c2f label` flags); the only settings the distributor reads."""
+
+    address: str = field(
+        default="local", metadata={"help": "Ray address: 'local' starts one here, 'auto' joins a running cluster"}
+    )
+    batch_size: int = field(default=16, metadata={"help": "images per labeler call"})
+    actors: int = field(
+        default=0, metadata={"help": "labeling actors (each loads the models once); 0: one per GPU, or 1 without GPUs"}
+    )
+    gpus_per_actor: float = field(
+        default=-1.0, metadata={"help": "GPUs per labeling actor; -1: 1 when the cluster has GPUs, else 0"}
+    )
+    cpus_per_actor: float = field(
+        default=1.0, metadata={"help": "CPUs reserved per labeling actor (also its torch threads)"}
+    )
+    cpus_per_shard: float = field(
+        default=0.5,
+        metadata={
+            "help": "CPUs per shard task (read, decode, pack, write); fractional so "
+            "read tasks are not starved by actors on small nodes"
+        },
+    )
+    actor_restarts: int = field(
+        default=3, metadata={"help": "times a dead labeling actor is restarted (its calls are retried)"}
+    )
+    max_retries: int = field(
+        default=3, metadata={"help": "times a failed shard is retried before the job reports it missing"}
+    )
 
 
 def labeler_info(labeler) -> dict[str, Any]:
@@ -29,7 +68,11 @@ def labeler_info(labeler) -> dict[str, Any]:
 
 
 class LabelActor:
-    """Holds one labeler (its models on this actor's GPU, if any) and labels batches."""
+    """Holds one labeler (its models on this actor's GPU, if any) and labels batches.
+
+    A labeler that cannot be built is kept as the actor's `error` and raised by `info()`: an
+    exception from a method crosses Ray as its own type (`RayTaskError.cause`), one from a
+    constructor only as text."""
 
     def __init__(self, settings, threads: int):
         import torch
@@ -37,9 +80,19 @@ class LabelActor:
         from labeler.registry import build_labeler
 
         torch.set_num_threads(max(1, threads))
-        self.labeler = build_labeler(settings)
+        self.labeler, self.error = None, None
+        try:
+            self.labeler = build_labeler(settings)
+        except LabelerLoadError as e:
+            self.error = e
+        except Exception as e:  # noqa: BLE001 - any build failure is a setup failure: retrying cannot fix it
+            self.error = LabelerLoadError(
+                f"cannot build the {settings.labeler.preset!r} labeler: {type(e).__name__}: {e}"
+            )
 
     def info(self) -> dict[str, Any]:
+        if self.error is not None:
+            raise self.error
         return labeler_info(self.labeler)
 
     def pid(self) -> int:
@@ -50,7 +103,7 @@ class LabelActor:
 
 
 class RemoteLabeler:
-    """The worker-side view of an actor: `submit` returns at once, `collect` waits."""
+    """The shard task's view of an actor: `submit` returns at once, `collect` waits."""
 
     def __init__(self, actor):
         self.actor = actor
@@ -67,10 +120,10 @@ class RemoteLabeler:
         return self.collect(self.submit(images))
 
 
-def _shard_task(index: int, shard: str, items, root: str, out_dir: str, actor, batch_size: int):
+def _shard_task(job: ShardJob, actor) -> ShardStats:
     from .worker import process_shard
 
-    return process_shard(index, shard, items, root, out_dir, RemoteLabeler(actor), batch_size)
+    return process_shard(job, RemoteLabeler(actor))
 
 
 @dataclass
@@ -99,10 +152,10 @@ def init_ray(address: str) -> None:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
     except Exception as e:  # noqa: BLE001 - no cluster there, refused, wrong auth token
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LabelerSetupError(f"cannot start or join Ray at --address {address!r}: {first}") from None
+        raise RayUnavailable(f"cannot start or join Ray at --address {address!r}: {first}") from None
 
 
-def _pool_shape(cfg) -> tuple[int, float]:
+def _pool_shape(cfg: PoolSettings) -> tuple[int, float]:
     """(actors, gpus per actor) from the config and the cluster's resources."""
     import ray
 
@@ -112,7 +165,7 @@ def _pool_shape(cfg) -> tuple[int, float]:
     return n, per
 
 
-def start_actors(cfg, settings) -> tuple[list, dict[str, Any]]:
+def start_actors(cfg: PoolSettings, settings) -> tuple[list, dict[str, Any]]:
     """Create the actor pool and wait until every actor has its labeler (or one failed to build it)."""
     import ray
 
@@ -123,19 +176,16 @@ def start_actors(cfg, settings) -> tuple[list, dict[str, Any]]:
     actors = [cls.remote(settings, int(max(1, cfg.cpus_per_actor))) for _ in range(n)]
     try:
         infos = ray.get([a.info.remote() for a in actors])
-    except Exception as e:  # noqa: BLE001 - the constructor's exception, wrapped by Ray
-        text = str(e)
-        for marker in ("LabelerLoadError: ", "ValueError: "):
-            if marker in text:
-                text = text[text.rindex(marker) + len(marker) :]
-                break
+    except ray.exceptions.RayTaskError as e:
         for a in actors:
             ray.kill(a)
-        raise LabelerSetupError(text.strip()) from None
+        if isinstance(e.cause, LabelerLoadError):
+            raise e.cause from None
+        raise
     return actors, infos[0]
 
 
-def run_shards(plan, todo: list[int], out_dir: str, cfg, settings) -> RunResult:
+def run_shards(plan: Plan, todo: list[int], out_dir: str, cfg: PoolSettings, settings) -> RunResult:
     import ray
 
     from shards.writer import atomic_write_json
@@ -162,7 +212,7 @@ def run_shards(plan, todo: list[int], out_dir: str, cfg, settings) -> RunResult:
     return result
 
 
-def _run(plan, todo: list[int], out_dir: str, cfg, actors: list, result: RunResult) -> None:
+def _run(plan: Plan, todo: list[int], out_dir: str, cfg: PoolSettings, actors: list, result: RunResult) -> None:
     import ray
     from tqdm import tqdm
 
@@ -178,7 +228,8 @@ def _run(plan, todo: list[int], out_dir: str, cfg, actors: list, result: RunResu
                 i = queue.pop(0)
                 attempts[i] += 1
                 actor = actors[i % len(actors)]
-                ref = task.remote(i, plan.shard_name(i), plan.shard_items(i), plan.root, out_dir, actor, cfg.batch_size)
+                job = ShardJob(i, plan.shard_name(i), plan.shard_items(i), plan.root, out_dir, cfg.batch_size)
+                ref = task.remote(job, actor)
                 running[ref] = i
             ready, _ = ray.wait(list(running), num_returns=1)
             i = running.pop(ready[0])
@@ -191,6 +242,6 @@ def _run(plan, todo: list[int], out_dir: str, cfg, actors: list, result: RunResu
                 if attempts[i] <= cfg.max_retries:
                     queue.append(i)
                 continue
-            bar.update(stats["planned"])
+            bar.update(stats.planned)
     finally:
         bar.close()

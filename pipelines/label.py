@@ -1,6 +1,6 @@
 """The labeling job: input tree -> plan -> shards on Ray -> manifest -> validation.
 
-`main` only wires the stages: plan (pipelines.plan), distribute (pipelines.distributor),
+`run` only wires the stages: plan (pipelines.plan), distribute (pipelines.distributor),
 per-shard work (pipelines.worker), dataset files (shards.manifest), check (shards.validate).
 Run it as `c2f label …` or, on a cluster, `ray job submit --working-dir . -- python -m c2f label …`.
 """
@@ -13,7 +13,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from labeler.registry import Settings
+from labeler.config import Settings
+
+from .distributor import PoolSettings
 
 
 @dataclass
@@ -27,85 +29,51 @@ class LabelConfig:
     output: str = field(metadata={"positional": True, "help": "output directory for shards and manifest"})
     samples_per_shard: int = field(default=1000, metadata={"help": "images per shard; part of the plan"})
     prefix: str = field(default="c2f", metadata={"help": "shard name prefix: {prefix}-{index:06d}.tar"})
-    address: str = field(
-        default="local", metadata={"help": "Ray address: 'local' starts one here, 'auto' joins a running cluster"}
-    )
-    batch_size: int = field(default=16, metadata={"help": "images per labeler call"})
-    actors: int = field(
-        default=0, metadata={"help": "labeling actors (each loads the models once); 0: one per GPU, or 1 without GPUs"}
-    )
-    gpus_per_actor: float = field(
-        default=-1.0, metadata={"help": "GPUs per labeling actor; -1: 1 when the cluster has GPUs, else 0"}
-    )
-    cpus_per_actor: float = field(
-        default=1.0, metadata={"help": "CPUs reserved per labeling actor (also its torch threads)"}
-    )
-    cpus_per_shard: float = field(
-        default=0.5,
-        metadata={
-            "help": "CPUs per shard task (read, decode, pack, write); fractional so "
-            "read tasks are not starved by actors on small nodes"
-        },
-    )
-    actor_restarts: int = field(
-        default=3, metadata={"help": "times a dead labeling actor is restarted (its calls are retried)"}
-    )
-    max_retries: int = field(
-        default=3, metadata={"help": "times a failed shard is retried before the job reports it missing"}
-    )
     overwrite: bool = field(default=False, metadata={"help": "discard shards of a different plan in OUTPUT"})
     validate: bool = field(default=True, metadata={"help": "run `c2f validate` on the result"})
 
 
-def run(cfg: LabelConfig, settings: Settings | None = None) -> int:
+def run(cfg: LabelConfig, pool: PoolSettings | None = None, settings: Settings | None = None) -> int:
+    """The whole job; returns the exit code. User errors raise `shards.errors.UsageError`."""
+    from labeler.base import LabelerLoadError
     from labeler.registry import PRESETS
     from shards.manifest import read_done, write_dataset_files
     from shards.validate import format_table, validate
 
-    from .distributor import LabelerSetupError, run_shards
-    from .plan import PlanError, check_or_write_plan, check_or_write_settings, make_plan
+    from .distributor import run_shards
+    from .plan import check_or_write_plan, check_or_write_settings, make_plan
 
-    settings = settings or Settings()
+    pool, settings = pool or PoolSettings(), settings or Settings()
     preset = settings.labeler.preset
     if preset not in PRESETS:
-        print(f"error: unknown preset {preset!r}; choose from {', '.join(sorted(PRESETS))}", file=sys.stderr)
-        return 2
+        raise LabelerLoadError(f"unknown preset {preset!r}; choose from {', '.join(sorted(PRESETS))}")
     t0 = time.perf_counter()
     out = Path(cfg.output)
-    try:
-        plan = make_plan(cfg.input, cfg.samples_per_shard, cfg.prefix)
-        out.mkdir(parents=True, exist_ok=True)
-        lock_output(out)  # held until this process exits, however it exits
-        check_or_write_plan(out, plan, cfg.overwrite)
-        check_or_write_settings(out, settings.to_json(), cfg.overwrite)
-    except PlanError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    plan = make_plan(cfg.input, cfg.samples_per_shard, cfg.prefix)
+    out.mkdir(parents=True, exist_ok=True)
+    lock_output(out)  # held until this process exits, however it exits
+    check_or_write_plan(out, plan, cfg.overwrite)
+    check_or_write_settings(out, settings.to_json(), cfg.overwrite)
     remove_stale_temp_files(out)
     done = read_done(out)
     todo = [i for i in range(plan.num_shards) if i not in done]
     print(f"plan: {len(plan.items)} images -> {plan.num_shards} shards; {len(done)} already done, {len(todo)} to do")
-    try:
-        result = run_shards(plan, todo, str(out), cfg, settings)
-    except LabelerSetupError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    result = run_shards(plan, todo, str(out), pool, settings)
     done = read_done(out)
     missing = [plan.shard_name(i) for i in range(plan.num_shards) if i not in done]
 
-    header = {
-        **result.labeler_info,
-        "plan": plan.header(),
-        "config": dataclasses.asdict(cfg),
-    }
-    manifest = write_dataset_files(out, header, list(done.values()))
+    info = result.labeler_info
+    config = {**dataclasses.asdict(cfg), **dataclasses.asdict(pool)}
+    manifest = write_dataset_files(
+        out, info.get("label_space", {}), info.get("labeler", {}), plan.header(), list(done.values()), config
+    )
     secs = time.perf_counter() - t0
-    tot = manifest["totals"]
+    tot = manifest.totals
     print(
-        f"done: {tot['samples']} images in {tot['shards']} shards, {tot['quarantined']} quarantined "
+        f"done: {tot.samples} images in {tot.shards} shards, {tot.quarantined} quarantined "
         f"({out / 'quarantine.jsonl'}), {secs:.1f}s, {len(plan.items) / secs:.1f} images/s"
     )
-    labeler = result.labeler_info.get("labeler", {})
+    labeler = manifest.labeler
     if labeler.get("empty_labels"):
         print("note: preset 'empty' packs empty masks (all ignore, no instances): no labels were computed")
     if labeler.get("random_labels"):
@@ -147,6 +115,9 @@ def lock_output(out: Path) -> None:
 
 
 def remove_stale_temp_files(out: Path) -> None:
-    """Temp files of a run that was killed (`.{name}.tmp-{pid}`); safe under the output lock."""
-    for p in out.glob(".*.tmp-*"):
-        p.unlink(missing_ok=True)
+    """Temp files of a run that was killed (`format.temp_name`); safe under the output lock."""
+    from shards import format as fmt
+
+    for p in out.iterdir():
+        if fmt.is_temp_name(p.name) and p.is_file():
+            p.unlink(missing_ok=True)

@@ -13,10 +13,10 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from shards import format as fmt
 from shards.errors import UsageError
+from shards.manifest import PlanHeader
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 _WNID = re.compile(r"^n\d{8}$")
@@ -61,19 +61,19 @@ class Plan:
             h.update(f"{it.key}\t{it.source}\t{it.class_index}\n".encode())
         return h.hexdigest()
 
-    def header(self) -> dict[str, Any]:
-        """What the manifest records of the plan (not the item list itself: the shards hold it)."""
-        return {
-            "root": self.root,
-            "imagenet": self.imagenet,
-            "classes": self.classes,
-            "samples_per_shard": self.samples_per_shard,
-            "prefix": self.prefix,
-            "num_inputs": len(self.items),
-            "num_shards": self.num_shards,
-            "listing_sha256": self.listing_sha256,
-            "shard_sizes": [len(self.shard_items(i)) for i in range(self.num_shards)],
-        }
+    def header(self) -> PlanHeader:
+        """What `plan.json` and the manifest record of the plan (not the items: the shards hold them)."""
+        return PlanHeader(
+            root=self.root,
+            imagenet=self.imagenet,
+            classes=self.classes,
+            samples_per_shard=self.samples_per_shard,
+            prefix=self.prefix,
+            num_inputs=len(self.items),
+            num_shards=self.num_shards,
+            listing_sha256=self.listing_sha256,
+            shard_sizes=[len(self.shard_items(i)) for i in range(self.num_shards)],
+        )
 
 
 def _scan(root: Path) -> list[str]:
@@ -164,7 +164,7 @@ PLAN_FILE = "plan.json"
 def check_or_write_plan(out_dir: Path, plan: Plan, overwrite: bool) -> None:
     """Refuse to mix two plans in one output directory; record the plan on first use."""
     path = out_dir / PLAN_FILE
-    want = plan.header()
+    want = plan.header().to_json()
     if path.exists() and not overwrite:
         have = json.loads(path.read_text())
         diff = [k for k in ("listing_sha256", "samples_per_shard", "prefix") if have.get(k) != want[k]]

@@ -1,28 +1,39 @@
 """One unit of work: shard *i* of the plan -> a finished tar + its stats JSON.
 
-read + decode (shards.image) -> label (labeler) -> pack (shards.pack) -> write (shards.writer).
-Every input of the shard ends up either in the tar or in the stats' `quarantined` list with a
-reason; nothing raises out of a bad image. The stats JSON is the done-marker, written last.
+read (bounded) -> decode (shards.image) -> label (labeler) -> pack (shards.pack) -> write (shards.writer)
+
+Every input of the shard ends up either in the tar or in the stats' `quarantined` list with the
+stage and the reason: a failure on one image, at any stage, costs only that image. Only failures of
+the shard itself (the output disk, the labeler's process) fail the task, which is then retried.
+The stats JSON is the done-marker, written last.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from labeler.base import Labeler
 from shards.image import BadImage, PreparedImage, prepare_image
-from shards.manifest import write_stats
-from shards.pack import pack_sample
+from shards.manifest import Quarantined, ShardStats, write_stats
+from shards.pack import Labels, pack_sample
 from shards.writer import ShardWriter
 
 from .plan import Item
 
 
-def quarantine_record(shard: str, item: Item, stage: str, reason: str) -> dict[str, Any]:
-    return {"shard": shard, "key": item.key, "source": item.source, "stage": stage, "reason": reason}
+@dataclass(frozen=True)
+class ShardJob:
+    """What a shard task needs besides the labeler; small and picklable (Ray ships it)."""
+
+    index: int
+    shard: str  # file name of the tar
+    items: list[Item]  # the plan's inputs for this shard, in key order
+    root: str  # input root: a local directory or an fsspec URL
+    out_dir: str
+    batch_size: int = 16  # images per labeler call
 
 
 def read_input(root: str, source: str) -> bytes:
@@ -35,65 +46,87 @@ def read_input(root: str, source: str) -> bytes:
     return (Path(root.removeprefix("file://")) / source).read_bytes()
 
 
-def decode_batches(
-    shard: str, items: list[Item], root: str, batch_size: int, quarantined: list[dict[str, Any]]
-) -> Iterator[list[tuple[Item, PreparedImage]]]:
-    """read -> decode, in batches; unreadable and undecodable inputs go to `quarantined`."""
-    for b in range(0, len(items), batch_size):
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+class Quarantine(list):
+    """The shard's quarantined inputs; `add` records one with its stage and reason."""
+
+    def __init__(self, shard: str):
+        super().__init__()
+        self.shard = shard
+
+    def add(self, item: Item, stage: str, reason: str) -> None:
+        self.append(Quarantined(self.shard, item.key, item.source, stage, reason))
+
+
+def decode_batches(job: ShardJob, quarantine: Quarantine) -> Iterator[list[tuple[Item, PreparedImage]]]:
+    """read -> decode, in batches; inputs that cannot be read or decoded go to `quarantine`."""
+    for b in range(0, len(job.items), job.batch_size):
         batch: list[tuple[Item, PreparedImage]] = []
-        for item in items[b : b + batch_size]:
+        for item in job.items[b : b + job.batch_size]:
             try:
-                batch.append((item, prepare_image(read_input(root, item.source))))
+                data = read_input(job.root, item.source)
+            except Exception as e:  # noqa: BLE001 - one unreadable input costs only itself
+                quarantine.add(item, "read", _first_line(e))
+                continue
+            try:
+                batch.append((item, prepare_image(data)))
             except BadImage as e:
-                quarantined.append(quarantine_record(shard, item, "decode", str(e)))
-            except OSError as e:
-                quarantined.append(quarantine_record(shard, item, "read", f"{type(e).__name__}: {e}"))
+                quarantine.add(item, "decode", str(e))
+            except Exception as e:  # noqa: BLE001 - any decoder failure (plugins raise anything, MemoryError)
+                quarantine.add(item, "decode", _first_line(e))
         yield batch
 
 
-def process_shard(
-    index: int,
-    shard: str,
-    items: list[Item],
-    root: str,
-    out_dir: str,
-    labeler: Labeler,
-    batch_size: int = 16,
-) -> dict[str, Any]:
-    """Label and write one shard. A labeler with `submit(images) -> handle` and `collect(handle)`
-    (a remote actor) gets the next batch decoded while it labels the current one."""
+def write_labeled(
+    writer: ShardWriter, batch: list[tuple[Item, PreparedImage]], results: list, quarantine: Quarantine
+) -> None:
+    """pack + write one labeled batch; a label or pack failure quarantines that image only."""
+    for (item, im), labels in zip(batch, results, strict=True):
+        if isinstance(labels, Exception):
+            quarantine.add(item, "label", _first_line(labels))
+            continue
+        if not isinstance(labels, Labels):
+            quarantine.add(item, "label", f"labeler returned {type(labels).__name__}, not Labels")
+            continue
+        try:
+            members = pack_sample(item.key, im, labels, item.source, item.class_index, item.synset)
+            writer.write(item.key, members)  # checks key and members before writing a byte
+        except (ValueError, TypeError, OverflowError) as e:
+            quarantine.add(item, "pack", _first_line(e))
+
+
+def process_shard(job: ShardJob, labeler: Labeler) -> ShardStats:
+    """Label and write one shard. The labeler's `submit` returns at once for a remote actor, so
+    the next batch is read and decoded while the current one is labeled."""
     t0 = time.perf_counter()
-    quarantined: list[dict[str, Any]] = []
-    submit = getattr(labeler, "submit", labeler.label)
-    collect = getattr(labeler, "collect", lambda handle: handle)
+    quarantine = Quarantine(job.shard)
+    with ShardWriter(Path(job.out_dir) / job.shard) as writer:
 
-    def write(writer: ShardWriter, batch: list[tuple[Item, PreparedImage]], handle) -> None:
-        results = collect(handle) if batch else []
-        for (item, im), labels in zip(batch, results, strict=True):
-            if isinstance(labels, Exception):
-                quarantined.append(quarantine_record(shard, item, "label", f"{type(labels).__name__}: {labels}"))
-                continue
-            writer.write(item.key, pack_sample(item.key, im, labels, item.source, item.class_index, item.synset))
+        def finish(batch: list[tuple[Item, PreparedImage]], handle) -> None:
+            write_labeled(writer, batch, labeler.collect(handle) if batch else [], quarantine)
 
-    with ShardWriter(Path(out_dir) / shard) as writer:
         pending = None
-        for batch in decode_batches(shard, items, root, batch_size, quarantined):
-            handle = submit([im.rgb for _, im in batch]) if batch else None
+        for batch in decode_batches(job, quarantine):
+            handle = labeler.submit([im.rgb for _, im in batch]) if batch else None
             if pending is not None:
-                write(writer, *pending)
+                finish(*pending)
             pending = (batch, handle)
         if pending is not None:
-            write(writer, *pending)
+            finish(*pending)
     info = writer.info
-    stats = {
-        "index": index,
-        "shard": shard,
-        "planned": len(items),
-        "samples": info.samples,
-        "bytes": info.bytes,
-        "sha256": info.sha256,
-        "quarantined": quarantined,
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
-    write_stats(out_dir, stats)
+    stats = ShardStats(
+        index=job.index,
+        shard=job.shard,
+        planned=len(job.items),
+        samples=info.samples,
+        bytes=info.bytes,
+        sha256=info.sha256,
+        quarantined=list(quarantine),
+        seconds=round(time.perf_counter() - t0, 3),
+    )
+    write_stats(job.out_dir, stats)
     return stats

@@ -49,6 +49,19 @@ def stats_name(shard: str) -> str:
     return shard + STATS_SUFFIX
 
 
+TEMP_MARK = ".tmp-"
+
+
+def temp_name(name: str, pid: int) -> str:
+    """`.{name}.tmp-{pid}`: where a file is written before it is renamed to `name` (hidden, so no
+    listing mistakes it for the real file; the pid keeps two writers apart)."""
+    return f".{name}{TEMP_MARK}{pid}"
+
+
+def is_temp_name(name: str) -> bool:
+    return name.startswith(".") and TEMP_MARK in name
+
+
 def wids_index_name(prefix: str) -> str:
     return f"{prefix}.wids.json"
 

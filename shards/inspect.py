@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 from . import format as fmt
 from .errors import DataError
 from .pack import decode_png
-from .validate import TarError, read_samples
+from .tar import TarError, read_samples
 
 TILE = 256  # longest side of each tile in the grid
 ALPHA = 0.5
@@ -46,7 +46,7 @@ def _shards(path: Path) -> tuple[list[Path], dict]:
 
 def _read(shard: Path):
     try:
-        yield from read_samples(str(shard), [])
+        yield from read_samples(str(shard))
     except TarError as e:
         raise InspectError(f"{shard.name}: {e}") from None
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from . import format as fmt
 from .image import prepare_image
-from .manifest import write_dataset_files, write_stats
+from .manifest import Manifest, PlanHeader, ShardStats, write_dataset_files, write_stats
 from .pack import Instance, Labels, pack_sample
 from .writer import ShardWriter
 
@@ -82,7 +81,7 @@ def write_synthetic_dataset(
     size: tuple[int, int] = (160, 224),
     prefix: str = "syn",
     num_classes_label: int = 10,
-) -> dict[str, Any]:
+) -> Manifest:
     """A complete v1 dataset (shards, stats, manifest, wids index) of synthetic scenes.
 
     Each scene also gets an image-level class (`.cls`): the class of its largest object, so that
@@ -104,31 +103,20 @@ def write_synthetic_dataset(
                 key = f"scene_{j:08d}"
                 w.write(key, pack_sample(key, image, Labels(sem, inst, instances), f"synthetic/{key}", cls, None))
         info = w.info
-        stats = {
-            "index": index,
-            "shard": shard,
-            "planned": n,
-            "samples": info.samples,
-            "bytes": info.bytes,
-            "sha256": info.sha256,
-            "quarantined": [],
-            "seconds": 0.0,
-        }
+        stats = ShardStats(index, shard, n, info.samples, info.bytes, info.sha256)
         write_stats(out, stats)
         all_stats.append(stats)
-    header = {
-        "label_space": {"semantic": {str(i): c for i, c in enumerate(CLASS_NAMES)}, "instance": "class-agnostic"},
-        "labeler": {"preset": "synthetic", "models": [], "seed": seed},
-        "plan": {
-            "root": "synthetic",
-            "imagenet": False,
-            "classes": [str(i) for i in range(num_classes_label)],
-            "samples_per_shard": samples_per_shard,
-            "prefix": prefix,
-            "num_inputs": num_samples,
-            "num_shards": len(shard_sizes),
-            "listing_sha256": "",
-            "shard_sizes": shard_sizes,
-        },
-    }
-    return write_dataset_files(out, header, all_stats)
+    plan = PlanHeader(
+        root="synthetic",
+        imagenet=False,
+        classes=[str(i) for i in range(num_classes_label)],
+        samples_per_shard=samples_per_shard,
+        prefix=prefix,
+        num_inputs=num_samples,
+        num_shards=len(shard_sizes),
+        listing_sha256="",
+        shard_sizes=shard_sizes,
+    )
+    label_space = {"semantic": {str(i): c for i, c in enumerate(CLASS_NAMES)}, "instance": "class-agnostic"}
+    labeler = {"preset": "synthetic", "models": [], "seed": seed}
+    return write_dataset_files(out, label_space, labeler, plan, all_stats)

@@ -1,21 +1,18 @@
 """`c2f validate`: check shards against the v1 format and the manifest. Never imports torch.
 
 Stages, each small and testable alone (webdataset's tariterators style):
-    open_shard -> tar_members -> group_samples -> check_sample      (per shard, in a worker)
+    open_url -> tar_members -> group_samples (shards.tar) -> check_sample      (per shard, in a worker)
     check_dataset                                                   (cross-shard, in the parent)
 Every problem becomes a `Finding(shard, key, code, message)`; nothing is raised to the user.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import random
-import tarfile
 import warnings
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -25,13 +22,21 @@ from PIL import Image
 
 from . import format as fmt
 from .location import join, list_shards, open_url, read_text
+from .manifest import Manifest, Quarantined
+from .tar import (  # noqa: F401 - the tar problem codes are finding codes too
+    BAD_MEMBER,
+    DUPLICATE_KEY,
+    NOT_A_TAR,
+    TRUNCATED,
+    UNSAFE_NAME,
+    HashingReader,
+    TarError,
+    group_samples,
+    tar_members,
+)
 
 # Finding codes (docs/FORMAT.md lists them with their meaning).
-NOT_A_TAR = "not-a-tar"
-TRUNCATED = "truncated"
 EMPTY_SHARD = "empty-shard"
-UNSAFE_NAME = "unsafe-member-name"
-BAD_MEMBER = "bad-member"
 MISSING_MEMBER = "missing-member"
 BAD_JPEG = "bad-jpeg"
 BAD_PNG = "bad-png"
@@ -39,7 +44,6 @@ BAD_JSON = "bad-json"
 MASK_SIZE = "mask-size"
 CLASS_RANGE = "class-out-of-range"
 INSTANCE_MISMATCH = "instance-mismatch"
-DUPLICATE_KEY = "duplicate-key"
 CHECKSUM = "checksum"
 COUNT = "count"
 MISSING_SHARD = "missing-shard"
@@ -74,99 +78,6 @@ class ShardReport:
     bytes: int = 0
     keys: list[str] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
-
-
-class _HashingReader(io.RawIOBase):
-    def __init__(self, f):
-        self._f = f
-        self.sha256 = hashlib.sha256()
-        self.size = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:
-        n = self._f.readinto(b)
-        if n:
-            self.sha256.update(memoryview(b)[:n])
-            self.size += n
-        return n or 0
-
-    def drain(self) -> None:
-        while self.read(1 << 20):
-            pass
-
-
-class TarError(Exception):
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-
-
-def tar_members(stream) -> Iterator[tuple[str, bytes | None, str | None]]:
-    """(name, data, problem) for every member, in tar order. `data` is None for non-files.
-    Raises `TarError` for a file that is not a tar, ends inside a member, or lacks the
-    end-of-archive marker (a copy cut off exactly at a member boundary)."""
-    try:
-        tf = tarfile.open(fileobj=stream, mode="r|")
-    except tarfile.ReadError as e:
-        raise TarError(NOT_A_TAR, f"not a tar archive ({e})") from None
-    try:
-        for ti in tf:
-            if not ti.isfile():
-                yield ti.name, None, f"member is not a regular file (type {ti.type!r})"
-                continue
-            f = tf.extractfile(ti)
-            data = f.read() if f else b""
-            if len(data) != ti.size:
-                raise TarError(TRUNCATED, f"truncated tar: {ti.name} has {len(data)} of {ti.size} bytes")
-            yield ti.name, data, None
-        # The iteration stopped on a zero block (the marker's first half: read, so the position is
-        # one block past the offset) or on end of file (position == offset); the second half follows.
-        saw_zero_block = tf.fileobj.tell() == tf.offset + tarfile.BLOCKSIZE
-        second = tf.fileobj.read(tarfile.BLOCKSIZE)
-    except (tarfile.ReadError, EOFError, OSError) as e:
-        raise TarError(TRUNCATED, f"truncated or corrupt tar ({e})") from None
-    if not saw_zero_block or len(second) != tarfile.BLOCKSIZE or second.strip(b"\0"):
-        raise TarError(TRUNCATED, f"truncated tar: no end-of-archive marker after byte {tf.offset}")
-
-
-def group_samples(
-    members: Iterator[tuple[str, bytes | None, str | None]], findings: list[Finding], shard: str
-) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Group consecutive members by key; report unsafe names, non-files and split keys."""
-    seen: set[str] = set()
-    key: str | None = None
-    sample: dict[str, bytes] = {}
-    for name, data, problem in members:
-        unsafe = fmt.unsafe_member_name(name)
-        if unsafe:
-            findings.append(Finding(shard, None, UNSAFE_NAME, f"member {name!r}: {unsafe}"))
-            continue
-        k, ext = fmt.split_member(name)
-        if problem:
-            findings.append(Finding(shard, k, BAD_MEMBER, f"{name}: {problem}"))
-            continue
-        if k != key:
-            if key is not None:
-                yield key, sample
-            if k in seen:
-                findings.append(Finding(shard, k, DUPLICATE_KEY, f"key {k!r} appears twice in this shard"))
-            seen.add(k)
-            key, sample = k, {}
-        if ext in sample:
-            findings.append(Finding(shard, k, DUPLICATE_KEY, f"member {name!r} appears twice"))
-        sample[ext] = data
-    if key is not None:
-        yield key, sample
-
-
-def read_samples(path: str, findings: list[Finding]) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {ext: bytes}) for every sample of a local shard; raises `TarError` if it is not a
-    readable tar. Problems with single members go to `findings`."""
-    name = path.rstrip("/").rsplit("/", 1)[-1]
-    with open(path, "rb") as f:
-        yield from group_samples(tar_members(io.BufferedReader(_HashingReader(f))), findings, name)
 
 
 def _decode(data: bytes, what: str) -> Image.Image:
@@ -275,11 +186,15 @@ def check_shard(url: str, expect: Expect, sample: int | None = None, seed: int =
         rep.findings.append(Finding(name, None, MISSING_SHARD, f"cannot open: {e}"))
         return rep
     with f:
-        stream = _HashingReader(f)
+        stream = HashingReader(f)
         samples: list[tuple[str, dict[str, bytes]]] = []
+
+        def report(key: str | None, code: str, message: str) -> None:
+            rep.findings.append(Finding(name, key, code, message))
+
         try:
             buffered = io.BufferedReader(stream, 1 << 20)
-            for key, s in group_samples(tar_members(buffered), rep.findings, name):
+            for key, s in group_samples(tar_members(buffered), report):
                 samples.append((key, s))
             buffered.read()
         except TarError as e:
@@ -327,7 +242,7 @@ class Report:
         }
 
 
-def plan_targets(path: str) -> tuple[list[tuple[str, Expect]], dict[str, Any] | None, list[Finding]]:
+def plan_targets(path: str) -> tuple[list[tuple[str, Expect]], Manifest | None, list[Finding]]:
     """The shards to check, what to expect of each, and findings about the directory itself.
     `path` is a shard or a directory, local or any fsspec URL."""
     shards = list_shards(path)
@@ -338,11 +253,11 @@ def plan_targets(path: str) -> tuple[list[tuple[str, Expect]], dict[str, Any] | 
     if text is None:
         return [(u, Expect()) for u in shards], None, []
     try:
-        manifest = json.loads(text)
-        listed = {s["name"]: s for s in manifest["shards"]}
-        num_classes = len(manifest["label_space"]["semantic"])
-        has_classes = bool(manifest["plan"]["classes"])
-    except (ValueError, KeyError, TypeError) as e:
+        manifest = Manifest.from_json(json.loads(text))
+        listed = {s.name: s for s in manifest.shards}
+        num_classes = len(manifest.semantic_names)
+        has_classes = bool(manifest.plan.classes)
+    except (ValueError, RecursionError) as e:
         return (
             [(u, Expect()) for u in shards],
             None,
@@ -356,22 +271,25 @@ def plan_targets(path: str) -> tuple[list[tuple[str, Expect]], dict[str, Any] | 
         if n not in on_disk:
             findings.append(Finding(n, None, MISSING_SHARD, "listed in the manifest but missing on disk"))
             continue
-        targets.append((on_disk[n], Expect(s["samples"], s["bytes"], s["sha256"], num_classes, has_classes)))
+        targets.append((on_disk[n], Expect(s.samples, s.bytes, s.sha256, num_classes, has_classes)))
     return targets, manifest, findings
 
 
-def check_plan(manifest: dict[str, Any], out_dir: str) -> list[Finding]:
+def check_plan(manifest: Manifest, out_dir: str) -> list[Finding]:
     """Samples + quarantined per shard must add up to the plan's shard sizes."""
     findings = []
-    plan = manifest["plan"]
-    prefix = plan["prefix"]
+    plan = manifest.plan
     quarantined: Counter[str] = Counter()
-    for line in (read_text(join(out_dir, fmt.QUARANTINE)) or "").splitlines():
-        if line.strip():
-            quarantined[json.loads(line)["shard"]] += 1
-    samples = {s["name"]: s["samples"] for s in manifest["shards"]}
-    for i, size in enumerate(plan["shard_sizes"]):
-        name = fmt.shard_name(prefix, i)
+    for n, line in enumerate((read_text(join(out_dir, fmt.QUARANTINE)) or "").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            quarantined[Quarantined.from_json(json.loads(line)).shard] += 1
+        except (ValueError, RecursionError) as e:
+            findings.append(Finding(fmt.QUARANTINE, None, MANIFEST, f"line {n} is not a quarantine record: {e}"))
+    samples = {s.name: s.samples for s in manifest.shards}
+    for i, size in enumerate(plan.shard_sizes):
+        name = fmt.shard_name(plan.prefix, i)
         got = samples.get(name, 0) + quarantined[name]
         if got != size:
             findings.append(

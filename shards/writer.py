@@ -8,7 +8,6 @@ the same input gives byte-identical shards and a shard can never hold a key twic
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -18,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from . import format as fmt
+from .tar import HashingWriter
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` via a temp file + fsync + rename."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(fmt.temp_name(path.name, os.getpid()))
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
@@ -33,27 +33,6 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
-
-
-class _HashingFile(io.RawIOBase):
-    """A write-only file that hashes and counts what passes through it."""
-
-    def __init__(self, f):
-        self._f = f
-        self.sha256 = hashlib.sha256()
-        self.size = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b) -> int:
-        self._f.write(b)
-        self.sha256.update(b)
-        self.size += len(b)
-        return len(b)
-
-    def tell(self) -> int:
-        return self.size
 
 
 @dataclass
@@ -78,9 +57,9 @@ class ShardWriter:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self._tmp = self.path.with_name(fmt.temp_name(self.path.name, os.getpid()))
         self._file = open(self._tmp, "wb")
-        self._hashing = _HashingFile(self._file)
+        self._hashing = HashingWriter(self._file)
         self._tar = tarfile.open(fileobj=self._hashing, mode="w", format=tarfile.PAX_FORMAT)
         self._last_key: str | None = None
         self.samples = 0

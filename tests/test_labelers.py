@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 from skimage import data as skdata
 
+from labeler.base import LabelerLoadError
+from labeler.composite import label_each
 from labeler.config import SamConfig
-from labeler.hf import LabelerLoadError, PanopticLabeler, SemanticSegmenter, load_segmenter
+from labeler.hf import PanopticLabeler, SemanticSegmenter, load_segmenter
 from labeler.overlap import resolve_overlaps
-from labeler.registry import build_labeler, label_each
+from labeler.registry import build_labeler
 from labeler.sam import SamInstances, load_sam
 from labeler.tiny import TINY_CLASSES, TINY_THINGS, write_tiny_models
 
