@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +25,10 @@ from shards.errors import UsageError
 from shards.manifest import ShardStats
 
 from .plan import Plan
+from .resources import Request, Waiter, check_possible, cluster_view, shortfall
 from .worker import ShardJob
+
+POLL_SECONDS = 1.0  # how often a waiting job looks at the cluster's free resources
 
 
 class RayUnavailable(UsageError):
@@ -60,6 +64,13 @@ class PoolSettings:
     )
     max_retries: int = field(
         default=3, metadata={"help": "times a failed shard is retried before the job reports it missing"}
+    )
+    wait_timeout: float | None = field(
+        default=None,
+        metadata={
+            "help": "seconds to wait for a busy cluster to free what the labeling pool needs, then exit 1 "
+            "(default: wait, printing what it waits for every minute)"
+        },
     )
 
 
@@ -132,12 +143,29 @@ class RunResult:
     errors: list[str] = field(default_factory=list)
 
 
+def _reachable(address: str, timeout: float = 5.0) -> str | None:
+    """Why nothing answers at an explicit `host:port` GCS address, or None. `ray.init` itself
+    retries an address where nothing listens for many minutes."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return None  # 'auto', or a ray:// client address: Ray resolves and reports these itself
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return None
+    except OSError as e:
+        return f"nothing answers at {host}:{port} ({e.strerror or type(e).__name__})"
+
+
 def init_ray(address: str) -> None:
     import ray
 
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if address != "local" and (why := _reachable(address)):
+        raise RayUnavailable(f"cannot start or join Ray at --address {address!r}: {why}")
     try:
         if address == "local":
             # A private single-node cluster on loopback: nothing listens on the machine's network address.
@@ -152,7 +180,10 @@ def init_ray(address: str) -> None:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
     except Exception as e:  # noqa: BLE001 - no cluster there, refused, wrong auth token
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RayUnavailable(f"cannot start or join Ray at --address {address!r}: {first}") from None
+        hint = ""
+        if address != "local" and os.environ.get("RAY_AUTH_MODE") != "token":
+            hint = " (a cluster with token authentication needs RAY_AUTH_MODE=token here: docs/RUNNING.md)"
+        raise RayUnavailable(f"cannot start or join Ray at --address {address!r}: {first}{hint}") from None
 
 
 def _pool_shape(cfg: PoolSettings) -> tuple[int, float]:
@@ -165,11 +196,25 @@ def _pool_shape(cfg: PoolSettings) -> tuple[int, float]:
     return n, per
 
 
+def wait_for_resources(req: Request, timeout: float | None, static: bool) -> None:
+    """Return once the cluster's free resources hold the pool and one shard task; refuse at once
+    what no node can hold; say what the job waits for meanwhile (docs/RUNNING.md)."""
+    view = cluster_view()
+    check_possible(req, view, static)
+    waiter = Waiter(timeout, say=lambda line: print(line, flush=True))
+    while (reason := shortfall(req, view)) is not None:
+        waiter.tick(reason, view)
+        time.sleep(waiter.remaining(POLL_SECONDS))
+        view = cluster_view()
+
+
 def start_actors(cfg: PoolSettings, settings) -> tuple[list, dict[str, Any]]:
     """Create the actor pool and wait until every actor has its labeler (or one failed to build it)."""
     import ray
 
     n, gpus = _pool_shape(cfg)
+    req = Request(n, cfg.cpus_per_actor, gpus, cfg.cpus_per_shard)
+    wait_for_resources(req, cfg.wait_timeout, static=cfg.address == "local")
     cls = ray.remote(LabelActor).options(
         num_cpus=cfg.cpus_per_actor, num_gpus=gpus, max_restarts=cfg.actor_restarts, max_task_retries=cfg.actor_restarts
     )

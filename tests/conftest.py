@@ -1,3 +1,5 @@
+import contextlib
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -6,6 +8,11 @@ import pytest
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("TQDM_DISABLE", "1")
+# Tests choose their Ray cluster explicitly; an address exported in the developer's shell must not
+# send them to another cluster.
+os.environ.pop("RAY_ADDRESS", None)
+# Ray's token authentication stays on; clients that join a cluster must say so to send the token.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,3 +37,73 @@ def synthetic_ds(_synthetic_master, tmp_path) -> Path:
 @pytest.fixture
 def sample_tree() -> Path:
     return REPO / "samples" / "train"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Cluster:
+    address: str  # GCS address, for `--address`
+    dashboard: str | None  # job server URL, for `ray job submit --address`
+    temp: str  # the cluster's own temp dir
+
+    def owns(self, proc) -> bool:
+        """Whether a process belongs to this cluster (it or an ancestor names the temp dir)."""
+        import psutil
+
+        try:
+            chain = [proc, *proc.parents()]
+            return any(self.temp in " ".join(p.cmdline()) for p in chain)
+        except psutil.Error:
+            return False
+
+
+@contextlib.contextmanager
+def ray_cluster(num_cpus: int, num_gpus: int = 0, dashboard: bool = False, env: dict | None = None):
+    """A Ray cluster of this test's own (`ray start --head` on loopback, its own temp dir). Teardown
+    kills this cluster's processes only: `ray stop` would stop every cluster on the machine."""
+    import subprocess
+    import sys
+    import tempfile
+
+    import psutil
+
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", **(env or {})}
+    temp = tempfile.mkdtemp(prefix="c2fray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    gcs, dash = free_port(), free_port()
+    cmd = [
+        str(bin_dir / "ray"),
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",
+        f"--port={gcs}",
+        f"--temp-dir={temp}",
+        f"--num-cpus={num_cpus}",
+        f"--num-gpus={num_gpus}",
+        f"--ray-client-server-port={free_port()}",
+        "--disable-usage-stats",
+    ]
+    cmd += ["--dashboard-host=127.0.0.1", f"--dashboard-port={dash}"] if dashboard else ["--include-dashboard=false"]
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=180)
+    try:
+        yield Cluster(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}" if dashboard else None, temp)
+    finally:
+        victims: set[psutil.Process] = set()
+        for p in psutil.process_iter(["cmdline"]):
+            cmdline = " ".join(p.info["cmdline"] or [])
+            if temp in cmdline or f"127.0.0.1:{gcs}" in cmdline:
+                victims.add(p)
+                with contextlib.suppress(psutil.Error):
+                    victims.update(p.children(recursive=True))
+        for p in victims:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(list(victims), timeout=30)
+        shutil.rmtree(temp, ignore_errors=True)

@@ -8,6 +8,7 @@ import tarfile
 
 import numpy as np
 import pytest
+from conftest import free_port
 from PIL import Image
 
 from c2f.cli import main as c2f_main
@@ -183,8 +184,9 @@ def test_cluster_launcher_entry_script_runs_the_job(tmp_path):
     assert r.returncode == 2 and "is not a directory, a URL, or a .txt file list" in r.stderr
 
 
-def test_no_ray_cluster_at_the_address_is_a_clear_error(sample_tree, tmp_path, capsys, monkeypatch):
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    code = label_main([str(sample_tree), str(tmp_path / "o"), "--preset", "empty", "--address", "auto"])
+def test_no_ray_cluster_at_the_address_is_a_clear_error(sample_tree, tmp_path, capsys):
+    # An explicit address where nothing listens (`auto` would rightly join any cluster on the machine).
+    address = f"127.0.0.1:{free_port()}"
+    code = label_main([str(sample_tree), str(tmp_path / "o"), "--preset", "empty", "--address", address])
     err = capsys.readouterr().err
-    assert code == 2 and "cannot start or join Ray at --address 'auto'" in err and "Traceback" not in err
+    assert code == 2 and f"cannot start or join Ray at --address '{address}'" in err and "Traceback" not in err

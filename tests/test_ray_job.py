@@ -6,7 +6,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+from conftest import ray_cluster
 from PIL import Image
 
 from c2f.cli import main as c2f_main
@@ -26,14 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def cluster(tmp_path):
+def cluster():
     env = {
         **os.environ,
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",  # the job's `python` is this environment's
@@ -41,28 +35,8 @@ def cluster(tmp_path):
         "RAY_AUTH_MODE": "token",
         "TQDM_DISABLE": "1",
     }
-    gcs, dash = _free_port(), _free_port()
-    subprocess.run(
-        [
-            BIN / "ray",
-            "start",
-            "--head",
-            "--node-ip-address=127.0.0.1",
-            f"--port={gcs}",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dash}",
-            "--num-cpus=2",
-            "--disable-usage-stats",
-        ],
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=180,
-    )
-    try:
-        yield env, f"http://127.0.0.1:{dash}"
-    finally:
-        subprocess.run([BIN / "ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
+    with ray_cluster(num_cpus=2, dashboard=True, env=env) as c:
+        yield env, c
 
 
 def _inputs(root: Path, n_good: int) -> None:
@@ -90,7 +64,12 @@ def _submit(env, address, args, wait: bool):
     cmd = [BIN / "ray", "job", "submit", "--address", address, "--working-dir", str(REPO)]
     cmd += [] if wait else ["--no-wait"]
     cmd += ["--", "python", "-m", "c2f", "label", *args, "--address", "auto"]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    deadline = time.time() + 120
+    while True:  # the job agent registers a little after `ray start` returns (longer on a loaded machine)
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        if "No available agent to submit job" not in r.stderr or time.time() > deadline:
+            return r
+        time.sleep(2)
 
 
 def _wait_for(pred, timeout, what):
@@ -103,17 +82,19 @@ def _wait_for(pred, timeout, what):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _procs(needle: str):
+def _procs(cluster, needle: str):
+    """This cluster's processes whose command line holds `needle` (other clusters may be running)."""
     out = []
     for p in psutil.process_iter(["cmdline"]):
         cmd = " ".join(p.info["cmdline"] or [])
-        if needle in cmd:
+        if needle in cmd and cluster.owns(p):
             out.append(p)
     return out
 
 
 def test_job_survives_actor_and_driver_kills(cluster, tmp_path):
-    env, address = cluster
+    env, c = cluster
+    address = c.dashboard
     inp, out = tmp_path / "in", tmp_path / "out"
     _inputs(inp, 60)
     args = [
@@ -133,11 +114,11 @@ def test_job_survives_actor_and_driver_kills(cluster, tmp_path):
     assert r.returncode == 0, r.stderr
     done = lambda: len(list(out.glob("*.stats.json")))  # noqa: E731
     _wait_for(lambda: done() >= 3, 180, "three shards")
-    (actor,) = _wait_for(lambda: _procs("ray::LabelActor"), 30, "the labeling actor")
+    (actor,) = _wait_for(lambda: _procs(c, "ray::LabelActor"), 30, "the labeling actor")
     actor.send_signal(signal.SIGKILL)  # Ray restarts it; its in-flight calls are retried
     killed_at = done()
     _wait_for(lambda: done() >= killed_at + 3, 180, "progress after the actor was killed")
-    (driver,) = _wait_for(lambda: [p for p in _procs("-m c2f label") if "python" in p.name()], 30, "the driver")
+    (driver,) = _wait_for(lambda: [p for p in _procs(c, "-m c2f label") if "python" in p.name()], 30, "the driver")
     driver.send_signal(signal.SIGKILL)
     partial = done()
     assert partial < 21, "the job finished before the driver could be killed"
