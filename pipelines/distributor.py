@@ -14,7 +14,6 @@ missing checkpoint, an unknown model id) stops the job at once: retrying cannot 
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -23,11 +22,13 @@ from typing import Any
 from labeler.base import LabelerLoadError
 from shards.errors import UsageError
 from shards.manifest import ShardStats
+from shards.store import Store
 
 from .plan import Plan
 from .resources import Request, Waiter, check_possible, cluster_view, shortfall
 from .worker import ShardJob
 
+LABELER_FILE = "labeler.json"  # what the labeler of this output directory says of itself
 POLL_SECONDS = 1.0  # how often a waiting job looks at the cluster's free resources
 
 
@@ -112,6 +113,11 @@ class LabelActor:
     def label(self, images):
         return self.labeler.label(images)
 
+    def timings(self) -> dict[str, float]:
+        """The labeler's own cumulative stage times (ms), when it keeps them."""
+        get = getattr(self.labeler, "timings", None)
+        return dict(get()) if callable(get) else {}
+
 
 class RemoteLabeler:
     """The shard task's view of an actor: `submit` returns at once, `collect` waits."""
@@ -141,6 +147,25 @@ def _shard_task(job: ShardJob, actor) -> ShardStats:
 class RunResult:
     labeler_info: dict[str, Any] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    images: int = 0  # inputs of the shards this run finished
+    timings: dict[str, float] = field(default_factory=dict)  # ms per stage, summed over those shards
+    labeler_timings: dict[str, float] = field(default_factory=dict)  # ms per stage inside the actors
+
+    def add(self, stats: ShardStats) -> None:
+        self.images += stats.planned
+        for k, v in stats.timings.items():
+            self.timings[k] = self.timings.get(k, 0.0) + v
+
+    def summary(self) -> str | None:
+        """Where this run's time went, per image: shard tasks' stages, then the labelers' own."""
+        if not self.images:
+            return None
+        parts = [f"{k} {v / self.images:.1f}" for k, v in self.timings.items()]
+        if self.labeler_timings:
+            parts.append(
+                "| labeler: " + ", ".join(f"{k} {v / self.images:.1f}" for k, v in self.labeler_timings.items())
+            )
+        return "time per image (ms): " + ", ".join(parts)
 
 
 def _reachable(address: str, timeout: float = 5.0) -> str | None:
@@ -230,16 +255,10 @@ def start_actors(cfg: PoolSettings, settings) -> tuple[list, dict[str, Any]]:
     return actors, infos[0]
 
 
-def run_shards(plan: Plan, todo: list[int], out_dir: str, cfg: PoolSettings, settings) -> RunResult:
+def run_shards(plan: Plan, todo: list[int], out: Store, cfg: PoolSettings, settings) -> RunResult:
     import ray
 
-    from shards.writer import atomic_write_json
-
-    info_path = os.path.join(out_dir, "labeler.json")
-    result = RunResult()
-    if os.path.exists(info_path):
-        with open(info_path) as f:
-            result.labeler_info = json.load(f)
+    result = RunResult(labeler_info=out.read_json(LABELER_FILE) or {})
     if not todo:
         return result
     started = not ray.is_initialized()
@@ -249,8 +268,8 @@ def run_shards(plan: Plan, todo: list[int], out_dir: str, cfg: PoolSettings, set
         # The labeler that labels this run's shards describes the dataset (settings are pinned per
         # output directory, so this only differs from a stored labeler.json after --overwrite).
         result.labeler_info = info
-        atomic_write_json(info_path, info)
-        _run(plan, todo, out_dir, cfg, actors, result)
+        out.write_json(LABELER_FILE, info)
+        _run(plan, todo, out.root, cfg, actors, result)
     finally:
         if started:
             ray.shutdown()  # the job owns the local cluster (or connection) it started
@@ -288,5 +307,9 @@ def _run(plan: Plan, todo: list[int], out_dir: str, cfg: PoolSettings, actors: l
                     queue.append(i)
                 continue
             bar.update(stats.planned)
+            result.add(stats)
     finally:
         bar.close()
+    for timings in ray.get([a.timings.remote() for a in actors]):
+        for k, v in timings.items():
+            result.labeler_timings[k] = result.labeler_timings.get(k, 0.0) + v

@@ -37,7 +37,9 @@ def run(cfg: LabelConfig, pool: PoolSettings | None = None, settings: Settings |
     """The whole job; returns the exit code. User errors raise `shards.errors.UsageError`."""
     from labeler.base import LabelerLoadError
     from labeler.registry import PRESETS
+    from shards import format as fmt
     from shards.manifest import read_done, write_dataset_files
+    from shards.store import Store
     from shards.validate import format_table, validate
 
     from .distributor import run_shards
@@ -48,17 +50,18 @@ def run(cfg: LabelConfig, pool: PoolSettings | None = None, settings: Settings |
     if preset not in PRESETS:
         raise LabelerLoadError(f"unknown preset {preset!r}; choose from {', '.join(sorted(PRESETS))}")
     t0 = time.perf_counter()
-    out = Path(cfg.output)
+    out = Store(cfg.output)
     plan = make_plan(cfg.input, cfg.samples_per_shard, cfg.prefix)
-    out.mkdir(parents=True, exist_ok=True)
-    lock_output(out)  # held until this process exits, however it exits
+    out.makedirs()
+    if out.local:
+        lock_output(Path(out.root))  # held until this process exits, however it exits
+        remove_stale_temp_files(Path(out.root))
     check_or_write_plan(out, plan, cfg.overwrite)
     check_or_write_settings(out, settings.to_json(), cfg.overwrite)
-    remove_stale_temp_files(out)
     done = read_done(out)
     todo = [i for i in range(plan.num_shards) if i not in done]
     print(f"plan: {len(plan.items)} images -> {plan.num_shards} shards; {len(done)} already done, {len(todo)} to do")
-    result = run_shards(plan, todo, str(out), pool, settings)
+    result = run_shards(plan, todo, out, pool, settings)
     done = read_done(out)
     missing = [plan.shard_name(i) for i in range(plan.num_shards) if i not in done]
 
@@ -71,8 +74,10 @@ def run(cfg: LabelConfig, pool: PoolSettings | None = None, settings: Settings |
     tot = manifest.totals
     print(
         f"done: {tot.samples} images in {tot.shards} shards, {tot.quarantined} quarantined "
-        f"({out / 'quarantine.jsonl'}), {secs:.1f}s, {len(plan.items) / secs:.1f} images/s"
+        f"({out.url(fmt.QUARANTINE)}), {secs:.1f}s, {len(plan.items) / secs:.1f} images/s"
     )
+    if summary := result.summary():
+        print(summary)
     labeler = manifest.labeler
     if labeler.get("empty_labels"):
         print("note: preset 'empty' packs empty masks (all ignore, no instances): no labels were computed")
@@ -85,11 +90,11 @@ def run(cfg: LabelConfig, pool: PoolSettings | None = None, settings: Settings |
         return 1
     if cfg.validate:
         t1 = time.perf_counter()
-        report = validate([str(out)], workers=2, progress=False)
+        report = validate([out.root], workers=2, progress=False)
         print(format_table(report, time.perf_counter() - t1))
         if not report.ok:
             return 1
-    print(f"manifest: {out / 'manifest.json'}; look at samples with: c2f inspect {out} --out grid.png")
+    print(f"manifest: {out.url(fmt.MANIFEST)}; look at samples with: c2f inspect {out} --out grid.png")
     return 0
 
 

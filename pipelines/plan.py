@@ -8,7 +8,6 @@ holds the same images, so any shard can be (re)done on its own. Its hash is stor
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from pathlib import Path
 from shards import format as fmt
 from shards.errors import UsageError
 from shards.manifest import PlanHeader
+from shards.store import Store
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 _WNID = re.compile(r"^n\d{8}$")
@@ -161,38 +161,32 @@ def plan_from_listing(root: str, rels: list[str], samples_per_shard: int, prefix
 PLAN_FILE = "plan.json"
 
 
-def check_or_write_plan(out_dir: Path, plan: Plan, overwrite: bool) -> None:
+def check_or_write_plan(out: Store, plan: Plan, overwrite: bool) -> None:
     """Refuse to mix two plans in one output directory; record the plan on first use."""
-    path = out_dir / PLAN_FILE
     want = plan.header().to_json()
-    if path.exists() and not overwrite:
-        have = json.loads(path.read_text())
+    have = out.read_json(PLAN_FILE)
+    if have is not None and not overwrite:
         diff = [k for k in ("listing_sha256", "samples_per_shard", "prefix") if have.get(k) != want[k]]
         if diff:
             raise PlanError(
-                f"{out_dir} holds shards of another plan (differs in: {', '.join(diff)}); "
+                f"{out} holds shards of another plan (differs in: {', '.join(diff)}); "
                 "use a new output directory, or --overwrite to discard the old shards"
             )
         return
     if overwrite:
-        for p in out_dir.iterdir():
-            if p.is_file() and (fmt.parse_shard_name(p.name) or p.name.endswith(fmt.STATS_SUFFIX)):
-                p.unlink()
-    from shards.writer import atomic_write_json
-
-    atomic_write_json(path, want)
+        for name in out.list():
+            if fmt.parse_shard_name(name) or name.endswith(fmt.STATS_SUFFIX):
+                out.remove(name)
+    out.write_json(PLAN_FILE, want)
 
 
 SETTINGS_FILE = "labeler_settings.json"
 
 
-def check_or_write_settings(out_dir: Path, settings: dict, overwrite: bool) -> None:
+def check_or_write_settings(out: Store, settings: dict, overwrite: bool) -> None:
     """One dataset, one labeler: a rerun with other labeler settings is refused."""
-    from shards.writer import atomic_write_json
-
-    path = out_dir / SETTINGS_FILE
-    if path.exists() and not overwrite:
-        have = json.loads(path.read_text())
+    have = out.read_json(SETTINGS_FILE)
+    if have is not None and not overwrite:
         if have != settings:
             diff = sorted(
                 f"{group}.{k}"
@@ -201,8 +195,8 @@ def check_or_write_settings(out_dir: Path, settings: dict, overwrite: bool) -> N
                 if have.get(group, {}).get(k) != settings[group][k]
             )
             raise PlanError(
-                f"{out_dir} was labeled with other labeler settings (differs in: {', '.join(diff)}); "
+                f"{out} was labeled with other labeler settings (differs in: {', '.join(diff)}); "
                 "use a new output directory, or --overwrite to discard the old shards"
             )
         return
-    atomic_write_json(path, settings)
+    out.write_json(SETTINGS_FILE, settings)

@@ -19,11 +19,10 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 from . import format as fmt
-from .writer import atomic_write_bytes, atomic_write_json
+from .store import Store
 
 T = TypeVar("T")
 
@@ -109,6 +108,7 @@ class ShardStats(Contract):
     sha256: str
     quarantined: list[Quarantined] = field(default_factory=list)
     seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)  # milliseconds spent per stage (read, decode, …)
 
 
 @dataclass
@@ -164,33 +164,40 @@ class Manifest(Contract):
         return names
 
 
-def write_stats(out_dir: str | os.PathLike, stats: ShardStats) -> None:
-    atomic_write_json(Path(out_dir) / fmt.stats_name(stats.shard), stats.to_json())
+def as_store(out: Store | str | os.PathLike) -> Store:
+    return out if isinstance(out, Store) else Store(out)
 
 
-def read_done(out_dir: str | os.PathLike) -> dict[int, ShardStats]:
-    """Stats of every finished shard, by shard index. A stats file whose tar is missing or whose
-    size differs is not "done" (someone deleted or replaced the tar): that shard is redone."""
+def write_stats(out: Store | str | os.PathLike, stats: ShardStats) -> None:
+    as_store(out).write_json(fmt.stats_name(stats.shard), stats.to_json())
+
+
+def read_done(out: Store | str | os.PathLike) -> dict[int, ShardStats]:
+    """Stats of every finished shard, by shard index, from one listing of the output. A stats file
+    whose tar is missing or whose size differs is not "done" (someone deleted or replaced the
+    tar): that shard is redone."""
+    store = as_store(out)
+    files = store.list()
     done: dict[int, ShardStats] = {}
-    out = Path(out_dir)
-    for p in sorted(out.glob("*" + fmt.STATS_SUFFIX)):
-        try:
-            stats = ShardStats.from_json(json.loads(p.read_text()))
-        except (OSError, ValueError):
+    for name in sorted(files):
+        if not name.endswith(fmt.STATS_SUFFIX):
             continue
-        tar = out / stats.shard
-        if stats.samples > 0 and (not tar.exists() or tar.stat().st_size != stats.bytes):
+        try:
+            stats = ShardStats.from_json(store.read_json(name))
+        except (OSError, ValueError, RecursionError):
+            continue
+        if stats.samples > 0 and files.get(stats.shard) != stats.bytes:
             continue
         done[stats.index] = stats
     return done
 
 
-def read_manifest(out_dir: str | os.PathLike) -> Manifest:
-    return Manifest.from_json(json.loads((Path(out_dir) / fmt.MANIFEST).read_text()))
+def read_manifest(out: Store | str | os.PathLike) -> Manifest:
+    return Manifest.from_json(as_store(out).read_json(fmt.MANIFEST))
 
 
 def write_dataset_files(
-    out_dir: str | os.PathLike,
+    out: Store | str | os.PathLike,
     label_space: dict[str, Any],
     labeler: dict[str, Any],
     plan: PlanHeader,
@@ -202,7 +209,7 @@ def write_dataset_files(
     Shards that ended with zero samples (every image quarantined) have no tar and are listed in
     the manifest's `empty_shards`, so that the plan's arithmetic still adds up.
     """
-    out = Path(out_dir)
+    store = as_store(out)
     stats = sorted(stats, key=lambda s: s.index)
     shards = [ShardEntry(s.shard, s.index, s.samples, s.bytes, s.sha256) for s in stats if s.samples > 0]
     manifest = Manifest(
@@ -220,9 +227,9 @@ def write_dataset_files(
         config=config or {},
     )
     quarantine = [q.to_json() for s in stats for q in s.quarantined]
-    atomic_write_bytes(out / fmt.QUARANTINE, "".join(json.dumps(q, sort_keys=True) + "\n" for q in quarantine).encode())
-    atomic_write_json(
-        out / fmt.wids_index_name(plan.prefix),
+    store.write_bytes(fmt.QUARANTINE, "".join(json.dumps(q, sort_keys=True) + "\n" for q in quarantine).encode())
+    store.write_json(
+        fmt.wids_index_name(plan.prefix),
         {
             "__kind__": "wids-shard-index-v1",
             "wids_version": 1,
@@ -230,5 +237,5 @@ def write_dataset_files(
             "shardlist": [{"url": s.name, "nsamples": s.samples, "filesize": s.bytes} for s in shards],
         },
     )
-    atomic_write_json(out / fmt.MANIFEST, manifest.to_json())
+    store.write_json(fmt.MANIFEST, manifest.to_json())
     return manifest

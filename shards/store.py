@@ -1,0 +1,136 @@
+"""Where a labeling job's output lives: a local directory or an fsspec URL (`s3://`, `gs://`, …).
+
+Every file the job writes goes through a `Store`, so the same exactly-once rules hold on both:
+- a file appears whole or not at all: locally a temp file + fsync + rename, on object storage one
+  PUT (an object is visible only once its upload completed);
+- a shard's tar is published before its stats JSON (the done-marker), so listing the markers is how
+  a rerun resumes, on a bucket as on a disk.
+Shards are written to local staging space first (`staging_dir`) and published with `publish`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from . import format as fmt
+from .location import is_local, local_path
+
+
+class Store:
+    def __init__(self, root: str | os.PathLike):
+        self.root = str(root).rstrip("/")
+        self.local = is_local(self.root)
+        if self.local:
+            self.root = local_path(self.root)
+            self._fs = None
+        else:
+            import fsspec
+
+            self._fs, self._base = fsspec.core.url_to_fs(self.root)
+
+    def __repr__(self) -> str:
+        return f"Store({self.root!r})"
+
+    def __str__(self) -> str:
+        return self.root
+
+    def url(self, name: str) -> str:
+        return os.path.join(self.root, name) if self.local else f"{self.root}/{name}"
+
+    def _key(self, name: str) -> str:
+        return f"{self._base.rstrip('/')}/{name}"
+
+    def makedirs(self) -> None:
+        if self.local:
+            Path(self.root).mkdir(parents=True, exist_ok=True)
+        else:
+            self._fs.makedirs(self._base, exist_ok=True)
+
+    # --- files -------------------------------------------------------------------------------
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        """Atomic: the file appears complete or not at all."""
+        if self.local:
+            path = Path(self.root) / name
+            tmp = path.with_name(fmt.temp_name(path.name, os.getpid()))
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        else:
+            self._fs.pipe_file(self._key(name), data)  # one PUT
+
+    def write_json(self, name: str, obj: Any) -> None:
+        self.write_bytes(name, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+    def read_bytes(self, name: str) -> bytes | None:
+        """The file's bytes, or None when it does not exist."""
+        try:
+            if self.local:
+                return (Path(self.root) / name).read_bytes()
+            return self._fs.cat_file(self._key(name))
+        except FileNotFoundError:
+            return None
+
+    def read_json(self, name: str) -> Any | None:
+        data = self.read_bytes(name)
+        return None if data is None else json.loads(data)
+
+    def size(self, name: str) -> int | None:
+        try:
+            if self.local:
+                return (Path(self.root) / name).stat().st_size
+            return int(self._fs.size(self._key(name)))
+        except FileNotFoundError:
+            return None
+
+    def list(self) -> dict[str, int]:
+        """{name: size} of the files directly inside the store (one listing call on a bucket)."""
+        if self.local:
+            out = {}
+            with os.scandir(self.root) as it:
+                for e in it:
+                    if e.is_file(follow_symlinks=False):
+                        out[e.name] = e.stat(follow_symlinks=False).st_size
+            return out
+        try:
+            entries = self._fs.ls(self._base, detail=True, refresh=True)
+        except FileNotFoundError:
+            return {}
+        return {e["name"].rsplit("/", 1)[-1]: int(e.get("size") or 0) for e in entries if e.get("type") == "file"}
+
+    def remove(self, name: str) -> None:
+        try:
+            if self.local:
+                (Path(self.root) / name).unlink()
+            else:
+                self._fs.rm_file(self._key(name))
+        except FileNotFoundError:
+            pass
+
+    # --- shards ------------------------------------------------------------------------------
+
+    def staging_dir(self) -> str:
+        """Where a shard task writes its tar before `publish`: the output directory itself when it
+        is local (the writer's temp name + rename is the publish), else node-local temp space."""
+        return self.root if self.local else tempfile.mkdtemp(prefix="c2f-staging-")
+
+    def publish(self, staged: str | os.PathLike, name: str) -> None:
+        """Move a finished local file to `name` in the store (upload, then drop the local copy)."""
+        staged = Path(staged)
+        if self.local:
+            if staged != Path(self.root) / name:
+                os.replace(staged, Path(self.root) / name)
+            return
+        self._fs.put_file(str(staged), self._key(name))
+        staged.unlink()
+
+    def discard_staging(self, staging: str) -> None:
+        if not self.local:
+            shutil.rmtree(staging, ignore_errors=True)
