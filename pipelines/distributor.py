@@ -148,13 +148,27 @@ class RunResult:
     labeler_info: dict[str, Any] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     images: int = 0  # inputs of the shards this run finished
+    pool_gpus: float = 0.0  # GPUs held by the labeling pool
+    finished: list[tuple[float, int, float]] = field(default_factory=list)  # (end time, inputs, seconds)
     timings: dict[str, float] = field(default_factory=dict)  # ms per stage, summed over those shards
     labeler_timings: dict[str, float] = field(default_factory=dict)  # ms per stage inside the actors
 
     def add(self, stats: ShardStats) -> None:
         self.images += stats.planned
+        self.finished.append((time.monotonic(), stats.planned, stats.seconds))
         for k, v in stats.timings.items():
             self.timings[k] = self.timings.get(k, 0.0) + v
+
+    def steady_rate(self) -> float:
+        """Inputs per second after the first shard finished (start-up excluded); with one shard,
+        that shard's own rate."""
+        if not self.finished:
+            return 0.0
+        if len(self.finished) == 1:
+            _, n, seconds = self.finished[0]
+            return n / max(1e-9, seconds)
+        t0, t1 = self.finished[0][0], self.finished[-1][0]
+        return sum(n for _, n, _ in self.finished[1:]) / max(1e-9, t1 - t0)
 
     def summary(self) -> str | None:
         """Where this run's time went, per image: shard tasks' stages, then the labelers' own."""
@@ -268,6 +282,7 @@ def run_shards(plan: Plan, todo: list[int], out: Store, cfg: PoolSettings, setti
         # The labeler that labels this run's shards describes the dataset (settings are pinned per
         # output directory, so this only differs from a stored labeler.json after --overwrite).
         result.labeler_info = info
+        result.pool_gpus = len(actors) * _pool_shape(cfg)[1]
         out.write_json(LABELER_FILE, info)
         _run(plan, todo, out.root, cfg, actors, result)
     finally:

@@ -29,6 +29,13 @@ class LabelConfig:
     output: str = field(metadata={"positional": True, "help": "output directory for shards and manifest"})
     samples_per_shard: int = field(default=1000, metadata={"help": "images per shard; part of the plan"})
     prefix: str = field(default="c2f", metadata={"help": "shard name prefix: {prefix}-{index:06d}.tar"})
+    estimate: int = field(
+        default=0,
+        metadata={
+            "help": "label N images spread over INPUT in a temporary directory and print images/s, GPU-hours, "
+            "storage and shard count for the whole input; OUTPUT is not touched (0: off)"
+        },
+    )
     overwrite: bool = field(default=False, metadata={"help": "discard shards of a different plan in OUTPUT"})
     validate: bool = field(default=True, metadata={"help": "run `c2f validate` on the result"})
 
@@ -50,8 +57,13 @@ def run(cfg: LabelConfig, pool: PoolSettings | None = None, settings: Settings |
     if preset not in PRESETS:
         raise LabelerLoadError(f"unknown preset {preset!r}; choose from {', '.join(sorted(PRESETS))}")
     t0 = time.perf_counter()
-    out = Store(cfg.output)
     plan = make_plan(cfg.input, cfg.samples_per_shard, cfg.prefix)
+    if cfg.estimate > 0:
+        from .estimate import estimate
+
+        print(estimate(plan, cfg.estimate, pool, settings).format())
+        return 0
+    out = Store(cfg.output)
     out.makedirs()
     if out.local:
         lock_output(Path(out.root))  # held until this process exits, however it exits
