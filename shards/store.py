@@ -17,8 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from . import format as fmt
 from .location import is_local, local_path
+from .writer import atomic_write_bytes
 
 
 class Store:
@@ -56,13 +56,7 @@ class Store:
     def write_bytes(self, name: str, data: bytes) -> None:
         """Atomic: the file appears complete or not at all."""
         if self.local:
-            path = Path(self.root) / name
-            tmp = path.with_name(fmt.temp_name(path.name, os.getpid()))
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            atomic_write_bytes(Path(self.root) / name, data)
         else:
             self._fs.pipe_file(self._key(name), data)  # one PUT
 
