@@ -152,7 +152,9 @@ def instance_agreement(inst_a: np.ndarray, inst_b: np.ndarray, threshold: float)
 @dataclass
 class PairResult:
     shard: str
-    columns: dict[str, list] = field(default_factory=lambda: {c: [] for c in ["key", "shard", *PER_IMAGE]})
+    columns: dict[str, Any] = field(
+        default_factory=lambda: {c: [] for c in ["key", "shard", *PER_IMAGE]}
+    )  # then arrays
     confusion: np.ndarray | None = None  # [Ka + 1, Kb + 1] over the run
     only_a: int = 0
     only_b: int = 0
@@ -224,6 +226,7 @@ def compare_shards(
         r.problems.append((None, str(e)))
     except OSError as e:
         r.problems.append((None, f"cannot read: {e}"))
+    r.columns = {c: np.array(v, dtype=str if c in ("key", "shard") else np.float64) for c, v in r.columns.items()}
     return r
 
 
@@ -256,19 +259,32 @@ def default_dir(a: str, b: str, out: str) -> Path:
 
 
 def columns_of(parts: list[PairResult]) -> dict[str, np.ndarray]:
-    cols: dict[str, np.ndarray] = {}
-    for c in ["key", "shard", *PER_IMAGE]:
-        values = [v for p in parts for v in p.columns[c]]
-        cols[c] = np.array(values, dtype=str if c in ("key", "shard") else np.float64)
-    return cols
+    return {c: np.concatenate([p.columns[c] for p in parts]) for c in ["key", "shard", *PER_IMAGE]}
+
+
+def collect(jobs: list[tuple], workers: int, desc: str, progress: bool) -> tuple[list[PairResult], np.ndarray]:
+    """Every shard pair's rows, in shard order, and the run's confusion, folded in as results arrive."""
+    parts: list[PairResult | None] = [None] * len(jobs)
+    confusion = None
+    for i, p in map_shards(compare_shards, jobs, workers, desc, progress):
+        confusion = p.confusion if confusion is None else confusion + p.confusion
+        p.confusion = None
+        parts[i] = p
+    return parts, confusion  # type: ignore[return-value]
 
 
 def summarize(
-    a: Output, b: Output, sa: LabelSpace, sb: LabelSpace, matching: Matching, parts: list[PairResult], threshold: float
-) -> tuple[dict[str, Any], dict[str, np.ndarray], np.ndarray]:
-    """compare.json's content, the per-image columns and the run's [Ka + 1, Kb + 1] confusion."""
+    a: Output,
+    b: Output,
+    sa: LabelSpace,
+    sb: LabelSpace,
+    matching: Matching,
+    parts: list[PairResult],
+    raw: np.ndarray,
+    threshold: float,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """compare.json's content and the per-image columns; `raw`: the run's [Ka + 1, Kb + 1] confusion."""
     kb = sb.num_classes
-    raw = sum((p.confusion for p in parts), np.zeros((sa.num_classes + 1, kb + 1), np.int64))
     acc, miou, tp, union = semantic_scores(fold(raw, matching.lut, kb))
     cols = columns_of(parts)
     n_a, n_b, m = (int(np.nansum(cols[c])) for c in ("instances_a", "instances_b", "matched"))
@@ -322,7 +338,6 @@ def summarize(
             "problems": [{"shard": p.shard, "key": k, "message": msg} for p in parts for k, msg in p.problems][:1000],
         },
         cols,
-        raw,
     )
 
 
@@ -363,8 +378,9 @@ def draw_pairs(
     jobs = [(url, keys) for s, keys in sorted(wanted.items()) for url in by_name[s]]
     found_a: dict[str, dict] = {}
     found_b: dict[str, dict] = {}
-    for (url, _), part in zip(jobs, map_shards(read_some, jobs, workers, "worst images", False), strict=True):
-        (found_a if url in {u for u, _ in pairs} else found_b).update(part)
+    urls_a = {u for u, _ in pairs}
+    for i, part in map_shards(read_some, jobs, workers, "worst images", False):
+        (found_a if jobs[i][0] in urls_a else found_b).update(part)
     kb = sb.num_classes
     pal = palette(max(kb, 1))
     lut_a = matching.lut[compact_lut(sa)]  # raw A id -> B class, or kb where it has none
@@ -494,19 +510,13 @@ def run(cfg: CompareConfig) -> int:
     elif rule == "names":
         lut = match_by_names(sa, sb)
     else:
-        first = map_shards(
-            compare_shards,
-            [(x, y, lut_a, lut_b, None, cfg.iou) for x, y in pairs],
-            cfg.workers,
-            "match classes",
-            cfg.progress,
-        )
-        lut = match_hungarian(sum(p.confusion for p in first), sa.num_classes, sb.num_classes)
+        jobs = [(x, y, lut_a, lut_b, None, cfg.iou) for x, y in pairs]
+        _, first = collect(jobs, cfg.workers, "match classes", cfg.progress)
+        lut = match_hungarian(first, sa.num_classes, sb.num_classes)
     matching = Matching(rule, lut)
-    parts = map_shards(
-        compare_shards, [(x, y, lut_a, lut_b, lut, cfg.iou) for x, y in pairs], cfg.workers, "compare", cfg.progress
-    )
-    summary, cols, raw = summarize(a, b, sa, sb, matching, parts, cfg.iou)
+    jobs = [(x, y, lut_a, lut_b, lut, cfg.iou) for x, y in pairs]
+    parts, raw = collect(jobs, cfg.workers, "compare", cfg.progress)
+    summary, cols = summarize(a, b, sa, sb, matching, parts, raw, cfg.iou)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     pictures = plots(summary, cols, raw, sa, sb)
     worst = worst_images(cols, cfg.worst)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -47,6 +48,7 @@ MEASURE_NAMES = [m.name for m in MEASURES]
 # Columns that identify a sample; `index` is its position in its shard (what wids addresses).
 ID_COLUMNS = ["key", "shard", "index", "cls", "width", "height"]
 COLUMNS = ID_COLUMNS + MEASURE_NAMES
+INT_COLUMNS = {"index", "cls", "width", "height", "classes", "instances"}
 
 # Fixed bins for per-instance distributions, so shards add up without a second pass.
 AREA_EDGES = np.linspace(-5.0, 0.0, 26)  # log10 of an instance's area share: 1e-5 .. 1
@@ -58,7 +60,7 @@ class ShardMeasures:
     """One shard's rows and sums; shards are concatenated and summed by the report."""
 
     shard: str
-    columns: dict[str, list] = field(default_factory=lambda: {c: [] for c in COLUMNS})
+    columns: dict[str, Any] = field(default_factory=lambda: {c: [] for c in COLUMNS})  # lists, then arrays
     class_pixels: np.ndarray | None = None  # [K + 1]: pixels per class; the last bin: ignore and out of range
     class_images: np.ndarray | None = None  # [K]: images in which each class appears
     by_image_class: dict[int, np.ndarray] = field(default_factory=dict)  # .cls -> [K + 1] pixels
@@ -192,4 +194,18 @@ def measure_shard(url: str, space: LabelSpace) -> ShardMeasures:
         problems.append((None, str(e)))
     except OSError as e:
         problems.append((None, f"cannot read: {e}"))
+    acc.result.columns = as_arrays(acc.result.columns)
     return acc.result
+
+
+def as_arrays(columns: dict[str, list]) -> dict[str, np.ndarray]:
+    """Column lists -> compact arrays (what crosses the process boundary and what the report keeps)."""
+    out = {}
+    for c, values in columns.items():
+        if c in ("key", "shard"):
+            out[c] = np.array(values, dtype=str)
+        elif c in INT_COLUMNS:
+            out[c] = np.array(values, dtype=np.int64)
+        else:
+            out[c] = np.array(values, dtype=np.float64)
+    return out

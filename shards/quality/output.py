@@ -117,23 +117,24 @@ def read_some(url: str, keys: set[str]) -> dict[str, dict[str, bytes]]:
     return found
 
 
-def map_shards(fn: Callable[..., T], jobs: list[tuple], workers: int, desc: str, progress: bool) -> list[T]:
-    """`fn(*job)` for every job, in a process pool of `workers` (validate's pattern: one shard per
-    task, a progress bar per finished shard); results in job order."""
+def map_shards(
+    fn: Callable[..., T], jobs: list[tuple], workers: int, desc: str, progress: bool
+) -> Iterator[tuple[int, T]]:
+    """(job index, `fn(*job)`) for every job as it finishes, from a process pool of `workers`
+    (validate's pattern: one shard per task, a progress bar per finished shard). Callers fold each
+    result in and drop it, so memory holds one shard's result per worker, not the whole run's."""
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     from tqdm import tqdm
 
-    results: list[T | None] = [None] * len(jobs)
     with tqdm(total=len(jobs), unit="shard", desc=desc, disable=not progress) as bar:
         if workers <= 1 or len(jobs) <= 1:
             for i, job in enumerate(jobs):
-                results[i] = fn(*job)
+                yield i, fn(*job)
                 bar.update()
-        else:
-            with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
-                futures = {pool.submit(fn, *job): i for i, job in enumerate(jobs)}
-                for fut in as_completed(futures):
-                    results[futures[fut]] = fut.result()
-                    bar.update()
-    return results  # type: ignore[return-value]
+            return
+        with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
+            futures = {pool.submit(fn, *job): i for i, job in enumerate(jobs)}
+            for fut in as_completed(futures):
+                yield futures.pop(fut), fut.result()
+                bar.update()

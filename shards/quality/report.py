@@ -31,7 +31,6 @@ from .config import ReportConfig
 from .measures import (
     AREA_EDGES,
     COLUMNS,
-    ID_COLUMNS,
     MEASURES,
     PURITY_EDGES,
     ShardMeasures,
@@ -75,30 +74,41 @@ class Measured:
     problems: list[dict[str, Any]]
 
 
-def merge(parts: list[ShardMeasures], k: int) -> Measured:
-    cols: dict[str, np.ndarray] = {}
-    for c in COLUMNS:
-        values = [v for p in parts for v in p.columns[c]]
-        if c in ("key", "shard"):
-            cols[c] = np.array(values, dtype=str)
-        elif c in ID_COLUMNS or c in ("classes", "instances"):
-            cols[c] = np.array(values, dtype=np.int64)
-        else:
-            cols[c] = np.array(values, dtype=np.float64)
-    by_class: dict[int, np.ndarray] = {}
-    for p in parts:
+class Merger:
+    """Folds each shard's result into the run's as it arrives; rows are kept in shard order."""
+
+    def __init__(self, n_shards: int, k: int):
+        self.rows: list[dict[str, np.ndarray] | None] = [None] * n_shards
+        self.m = Measured(
+            columns={},
+            class_pixels=np.zeros(k + 1, np.int64),
+            class_images=np.zeros(k, np.int64),
+            by_image_class={},
+            area_hist=np.zeros(len(AREA_EDGES) - 1, np.int64),
+            purity_hist=np.zeros(len(PURITY_EDGES) - 1, np.int64),
+            out_of_range=0,
+            problems=[],
+        )
+
+    def add(self, i: int, p: ShardMeasures) -> None:
+        m = self.m
+        self.rows[i] = p.columns
+        m.class_pixels += p.class_pixels
+        m.class_images += p.class_images
         for cls, v in p.by_image_class.items():
-            by_class[cls] = by_class.get(cls, 0) + v
-    return Measured(
-        columns=cols,
-        class_pixels=sum((p.class_pixels for p in parts), np.zeros(k + 1, np.int64)),
-        class_images=sum((p.class_images for p in parts), np.zeros(k, np.int64)),
-        by_image_class=by_class,
-        area_hist=sum(p.area_hist for p in parts),
-        purity_hist=sum(p.purity_hist for p in parts),
-        out_of_range=sum(p.out_of_range for p in parts),
-        problems=[{"shard": p.shard, "key": key, "message": msg} for p in parts for key, msg in p.problems],
-    )
+            if cls in m.by_image_class:
+                m.by_image_class[cls] += v
+            else:
+                m.by_image_class[cls] = v
+        m.area_hist += p.area_hist
+        m.purity_hist += p.purity_hist
+        m.out_of_range += p.out_of_range
+        m.problems += [{"shard": p.shard, "key": key, "message": msg} for key, msg in p.problems]
+
+    def result(self) -> Measured:
+        parts = [r for r in self.rows if r is not None]
+        self.m.columns = {c: np.concatenate([r[c] for r in parts]) for c in COLUMNS}
+        return self.m
 
 
 def measure_edges(name: str, values: np.ndarray, space: LabelSpace) -> np.ndarray:
@@ -236,7 +246,7 @@ def draw_worst(output: Output, space: LabelSpace, worst: dict[str, list[dict]], 
     by_name = {u.rsplit("/", 1)[-1]: u for u in output.shards}
     jobs = [(by_name[s], keys) for s, keys in sorted(wanted.items())]
     found: dict[str, dict[str, bytes]] = {}
-    for part in map_shards(read_some, jobs, workers, "worst images", False):
+    for _, part in map_shards(read_some, jobs, workers, "worst images", False):
         found.update(part)
     pal = palette(max(space.num_classes, 1))
     strips = {}
@@ -403,8 +413,10 @@ def run(cfg: ReportConfig) -> int:
     t0 = time.perf_counter()
     output = open_output(cfg.output)
     space = label_space(output.manifest, cfg.things)
-    parts = map_shards(measure_shard, [(u, space) for u in output.shards], cfg.workers, "report", cfg.progress)
-    measured = merge(parts, space.num_classes)
+    merger = Merger(len(output.shards), space.num_classes)
+    for i, part in map_shards(measure_shard, [(u, space) for u in output.shards], cfg.workers, "report", cfg.progress):
+        merger.add(i, part)
+    measured = merger.result()
     seconds = time.perf_counter() - t0
     summary = summarize(output, space, measured, seconds)
     worst, skipped = pick_worst(measured.columns, cfg.worst)
