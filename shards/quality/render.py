@@ -23,7 +23,9 @@ FG = (230, 230, 230)
 def _figure(width: float, height: float):
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+    # Fixed margins (subplots_adjust below), not a layout engine: constrained layout measures every
+    # tick label and took most of the report's fixed cost.
+    return Figure(figsize=(width, height), dpi=100)
 
 
 def _png(fig) -> bytes:
@@ -39,6 +41,8 @@ def histograms(panels: Sequence[tuple[str, np.ndarray, np.ndarray, str]], cols: 
     """Small multiples: each panel is (title, counts [B], edges [B + 1], x label)."""
     rows = -(-len(panels) // cols)
     fig = _figure(3.4 * cols, 2.3 * rows)
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.6 / (2.3 * rows), top=1 - 0.35 / (2.3 * rows), wspace=0.25)
+    fig.subplots_adjust(hspace=0.75)
     for i, (title, counts, edges, xlabel) in enumerate(panels):
         ax = fig.add_subplot(rows, cols, i + 1)
         ax.stairs(counts, edges, fill=True, color="#4c72b0")
@@ -50,7 +54,9 @@ def histograms(panels: Sequence[tuple[str, np.ndarray, np.ndarray, str]], cols: 
 
 def bars(labels: Sequence[str], values: Sequence[float], title: str, xlabel: str) -> bytes:
     """Horizontal bars, first label on top."""
-    fig = _figure(6.0, 0.6 + 0.22 * max(len(labels), 1))
+    height = 0.9 + 0.22 * max(len(labels), 1)
+    fig = _figure(6.0, height)
+    fig.subplots_adjust(left=0.3, right=0.97, bottom=0.5 / height, top=1 - 0.3 / height)
     ax = fig.add_subplot()
     y = np.arange(len(labels))[::-1]
     ax.barh(y, values, color="#55a868")
@@ -65,7 +71,9 @@ def heatmap(
     matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str, xlabel: str, ylabel: str
 ) -> bytes:
     """[R, C] values in 0..1 as a grid with labelled axes."""
-    fig = _figure(1.5 + 0.22 * len(cols), 1.2 + 0.22 * len(rows))
+    width, height = 3.2 + 0.2 * len(cols), 2.2 + 0.2 * len(rows)
+    fig = _figure(width, height)
+    fig.subplots_adjust(left=1.6 / width, right=1 - 0.4 / width, bottom=1.6 / height, top=1 - 0.4 / height)
     ax = fig.add_subplot()
     im = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(cols)), cols, rotation=90, fontsize=6)

@@ -359,6 +359,22 @@ def page(summary: dict[str, Any], pictures: dict[str, bytes], skipped: dict[str,
     for key in ("classes_top", "classes_bottom"):
         if key in pictures:
             parts.append(render.img(pictures[key], key))
+    used = sorted((c for c in ls["classes"] if c["pixels"]), key=lambda c: (-c["pixels"], c["id"]))
+    shown = used if len(used) <= 40 else used[:20] + used[-20:]
+    parts.append(
+        render.table(
+            ["class", "% of labelled pixels", "% of images"],
+            [
+                [f"{c['id']} {c['name']}", f"{100 * c['pixel_share']:.2f}", f"{100 * c['image_share']:.1f}"]
+                for c in shown
+            ],
+        )
+        + (
+            "<p class=muted>The 20 most and the 20 least frequent classes; report.json lists all.</p>"
+            if shown != used
+            else ""
+        )
+    )
     never = [f"{c['id']} {c['name']}" for c in ls["classes"] if c["pixels"] == 0]
     if never:
         parts.append(f"<p>Never predicted ({len(never)}): {render.esc(', '.join(never))}</p>")
