@@ -530,7 +530,10 @@ def run(cfg: CompareConfig) -> int:
     atomic_write_json(out_dir / "compare.json", render.json_safe(summary))
     atomic_write_bytes(out_dir / "compare.html", page(summary, pictures).encode())
     sem, ins = summary["semantic"], summary["instances"]
-    f = render.fmt_num
+
+    def f(v: float) -> str:
+        return render.fmt_num(v) or "n/a"
+
     print(
         f"compare: {summary['samples']} images; semantic pixel accuracy {f(sem['pixel_accuracy'])}, mIoU "
         f"{f(sem['miou'])} (matching: {sem['matching']}); instances matched {f(ins['matched_fraction'])} "
