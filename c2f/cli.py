@@ -20,6 +20,7 @@ from c2fmae.train import TrainConfig
 from labeler.config import LabelerConfig, PanopticConfig, SamConfig
 from pipelines.distributor import PoolSettings
 from pipelines.label import LabelConfig
+from shards.quality.config import CompareConfig, FilterConfig, ReportConfig
 
 from .flags import add_flags, from_args
 
@@ -77,6 +78,24 @@ LABEL_GROUPS = {
 }
 
 
+def cmd_report(cfg: ReportConfig) -> int:
+    from shards.quality.report import run
+
+    return run(cfg)
+
+
+def cmd_compare(cfg: CompareConfig) -> int:
+    from shards.quality.compare import run
+
+    return run(cfg)
+
+
+def cmd_filter(cfg: FilterConfig) -> int:
+    from shards.quality.select import run
+
+    return run(cfg)
+
+
 def cmd_label(
     job: LabelConfig, pool: PoolSettings, labeler: LabelerConfig, sam: SamConfig, panoptic: PanopticConfig
 ) -> int:
@@ -108,6 +127,13 @@ class Command:
 COMMANDS = {
     "validate": Command({ValidateConfig: None}, cmd_validate, "check shards against the format and the manifest"),
     "inspect": Command({InspectConfig: None}, cmd_inspect, "render a grid of samples with their masks, and stats"),
+    "report": Command(
+        {ReportConfig: None}, cmd_report, "measure label quality over a whole output: report/ (HTML, JSON, CSV)"
+    ),
+    "compare": Command(
+        {CompareConfig: None}, cmd_compare, "agreement of two outputs of one plan, per image and overall"
+    ),
+    "filter": Command({FilterConfig: None}, cmd_filter, "select samples by the report's measures into a subset file"),
     "label": Command(LABEL_GROUPS, cmd_label, "label an image collection into shards with Ray"),
     "pretrain": Command(
         {TrainConfig: None}, cmd_pretrain, "pretrain C2FMAE on shards (one process; torchrun -m c2f pretrain for DDP)"

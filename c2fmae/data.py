@@ -108,6 +108,7 @@ def make_loader(
     cell_size: int = 4,
     shuffle: int = 1000,
     augment: bool = True,
+    subset: str | None = None,
 ):
     """An infinite, deterministic (given seed, epoch, rank, worker count) stream of batches.
 
@@ -119,6 +120,10 @@ def make_loader(
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     rank = dist.get_rank() if world > 1 else 0
     urls = expand_urls(source)
+    if subset:  # only the shards that hold a selected sample count for the split below
+        from shards.quality.select import load_subset
+
+        urls = load_subset(subset).restrict(urls)
     disjoint = len(urls) >= world * max(1, workers)
     transform = (
         JointTransform(img_size, scale=(0.2, 1.0))
@@ -132,6 +137,7 @@ def make_loader(
         resampled=not disjoint,
         repeat=disjoint,
         seed=seed * 1_000_003 + epoch * 7919 + rank,
+        subset=subset,
     )
     pipeline = wds.DataPipeline(
         ds, wds.map(Targets(patch_size, cell_size)), wds.batched(batch_size, collation_fn=collate, partial=False)

@@ -70,6 +70,9 @@ class TrainConfig:
     )
     ckpt_every: int = field(default=500, metadata={"help": "save a checkpoint every N steps (and at the end)"})
     resume: bool = field(default=False, metadata={"help": "continue from OUTPUT/checkpoint.pt with its saved config"})
+    subset: str = field(
+        default="", metadata={"help": "train only on these samples: a subset file from `c2f filter` or a key list"}
+    )
     stop_after: int = field(
         default=0,
         metadata={"help": "leave after this many steps in this process, with a checkpoint (0: run to the end)"},
@@ -224,6 +227,7 @@ def run(cfg: TrainConfig) -> int:
             model.cfg.patch_size,
             model.cfg.cell_size,
             augment=cfg.augment,
+            subset=cfg.subset or None,
         )
         batches = iter(loader)
         for _ in range((start % spe) * cfg.accum_steps):  # resume mid-epoch: replay the epoch's data order

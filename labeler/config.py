@@ -12,7 +12,8 @@ class LabelerConfig:
     preset: str = field(
         default="panoptic",
         metadata={
-            "help": "labeler preset: panoptic | sam | tiny-random | tiny-random-panoptic | empty (docs/LABELERS.md)"
+            "help": "labeler preset: panoptic | sam | classical | tiny-random | tiny-random-panoptic | empty "
+            "(docs/LABELERS.md)"
         },
     )
     semantic_model: str = field(

@@ -8,6 +8,7 @@
 | `tiny-random` | tiny random SegFormer        | tiny random SAM (tests, demo, CI)     |
 | `tiny-random-panoptic` | tiny random Mask2Former, one pass                            |
 | `fixed-cost`  | brightness bands, no model   | 4x4 grid; `--fixed-cost-seconds` per image (benchmarks) |
+| `classical`   | 20 colour x texture classes  | Felzenszwalb-Huttenlocher regions of object size; weight-free |
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ def _fixed_cost(s: Settings) -> Labeler:
     from .fixed_cost import FixedCostLabeler
 
     return FixedCostLabeler(s.labeler.fixed_cost_seconds)
+
+
+def _classical(s: Settings) -> Labeler:
+    from .classical import ClassicalLabeler
+
+    return ClassicalLabeler()
 
 
 def _sam(
@@ -121,6 +128,7 @@ def _tiny_random_panoptic(s: Settings) -> Labeler:
 PRESETS: dict[str, Callable[[Settings], Labeler]] = {
     "empty": _empty,
     "fixed-cost": _fixed_cost,
+    "classical": _classical,
     "sam": _sam,
     "panoptic": _panoptic,
     "tiny-random": _tiny_random,

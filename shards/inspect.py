@@ -65,10 +65,34 @@ def _contours(ids: np.ndarray) -> np.ndarray:
     return edge & (ids > 0)
 
 
-def _tile(arr: np.ndarray) -> Image.Image:
+def _tile(arr: np.ndarray, size: int = TILE) -> Image.Image:
     im = Image.fromarray(arr)
-    im.thumbnail((TILE, TILE), Image.Resampling.NEAREST)
+    im.thumbnail((size, size), Image.Resampling.NEAREST)
     return im
+
+
+def semantic_overlay(rgb: np.ndarray, sem: np.ndarray, pal: np.ndarray, ignore: int) -> np.ndarray:
+    """[H, W, 3] RGB with each class's palette colour blended in; ignore pixels stay as they are."""
+    return _overlay(rgb, sem, pal, ignore)
+
+
+def instance_overlay(rgb: np.ndarray, inst: np.ndarray) -> np.ndarray:
+    """[H, W, 3] RGB with a colour per instance id and white contours; id 0 stays as it is."""
+    inst_pal = np.random.default_rng(int(inst.max()) + 7).integers(40, 256, (int(inst.max()) + 1, 3)).astype(np.uint8)
+    out = _overlay(rgb, inst.astype(np.int64), inst_pal, 0)
+    out[_contours(inst)] = 255
+    return out
+
+
+def sample_tiles(s: dict[str, bytes], pal: np.ndarray, ignore: int, size: int = TILE) -> list[Image.Image]:
+    """RGB | semantic overlay | instance overlay of one sample's members, each at most `size` pixels."""
+    rgb = np.asarray(Image.open(io.BytesIO(s[fmt.JPG])).convert("RGB"))
+    sem, inst = decode_png(s[fmt.SEM]), decode_png(s[fmt.INST])
+    return [
+        _tile(rgb, size),
+        _tile(semantic_overlay(rgb, sem, pal, ignore), size),
+        _tile(instance_overlay(rgb, inst), size),
+    ]
 
 
 def inspect(path: str, out: str, samples: int = 8, seed: int = 0) -> str:
@@ -104,15 +128,7 @@ def inspect(path: str, out: str, samples: int = 8, seed: int = 0) -> str:
     pal = palette(max(num_classes, int(max(class_pixels, default=0)) + 1))
     rows = []
     for key, s in chosen:
-        rgb = np.asarray(Image.open(io.BytesIO(s[fmt.JPG])).convert("RGB"))
-        sem, inst = decode_png(s[fmt.SEM]), decode_png(s[fmt.INST])
-        sem_ov = _overlay(rgb, sem, pal, ignore)
-        inst_pal = (
-            np.random.default_rng(int(inst.max()) + 7).integers(40, 256, (int(inst.max()) + 1, 3)).astype(np.uint8)
-        )
-        inst_ov = _overlay(rgb, inst.astype(np.int64), inst_pal, 0)
-        inst_ov[_contours(inst)] = 255
-        rows.append((key, [_tile(rgb), _tile(sem_ov), _tile(inst_ov)], np.unique(sem).tolist()))
+        rows.append((key, sample_tiles(s, pal, ignore), np.unique(decode_png(s[fmt.SEM])).tolist()))
     if not rows:
         raise InspectError(f"no samples in {path}")
     legend_w = 220

@@ -189,6 +189,7 @@ def make_dataset(
     handler: Callable[[Exception], bool] | None = None,
     repeat: bool = False,
     masks: bool = True,
+    subset: str | None = None,
 ):
     """An `IterableDataset` over the shards for `torch.utils.data.DataLoader`.
 
@@ -197,13 +198,29 @@ def make_dataset(
     reshuffled each time. With `resampled`, each worker draws shards with replacement forever.
     Infinite streams get a fixed epoch length from the consumer (a step count). `handler`
     decides what a bad sample does (default: raise, naming the shard). `masks=False` skips the
-    maps entirely (an RGB-only stream of the same shards).
+    maps entirely (an RGB-only stream of the same shards). `subset`: a file from `c2f filter` (or
+    any key list, one per line): only those samples, and only the shards that hold them, are read.
     """
     import webdataset as wds
     from webdataset import filters, shardlists, tariterators
 
     handler = handler or wds.reraise_exception
     urls = expand_urls(source)
+    keep = None
+    if subset:
+        from .errors import UsageError
+        from .quality.select import load_subset
+
+        keep = load_subset(subset)
+        urls = keep.restrict(urls)
+        if not urls or not keep.keys:
+            raise UsageError(f"the subset {subset} selects no sample of {source}")
+        if keep.shards is None and (repeat or resampled):
+            # A worker whose shards hold none of the keys would read them forever and never yield.
+            raise UsageError(
+                f"{subset} is a plain key list: a repeating stream needs the .json subset that `c2f filter` "
+                "writes, which also names the shards that hold the keys"
+            )
     stages: list[Any] = []
     if resampled:
         stages.append(shardlists.ResampledShards(urls, seed=seed, deterministic=True))
@@ -214,6 +231,8 @@ def make_dataset(
         functools.partial(tariterators.tar_file_expander, handler=handler),
         functools.partial(tariterators.group_by_keys, handler=handler),
     ]
+    if keep is not None:
+        stages.append(filters.select(keep.wants))  # before the shuffle buffer and any decoding
     if shuffle:
         stages.append(filters.shuffle(shuffle, initial=min(shuffle, 100), seed=seed))
     stages.append(filters.map(functools.partial(decode_sample, as_tensors=False, masks=masks), handler=handler))

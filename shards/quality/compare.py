@@ -1,0 +1,545 @@
+"""`c2f compare A B`: how far two labelings of the same images agree (A judged against B).
+
+    shard i of A + shard i of B --(process pool; keys merge-joined, both are sorted)-->
+        per image: semantic confusion (sparse), instance IoU matching --> per-image rows + sums
+    --> class matching (ids | names | hungarian) --> overall agreement --> plots, most-disagreeing
+    images --> OUT/compare.json, samples.csv, compare.html, img/
+
+Semantic agreement is measured on the pixels B labels (B's ignore pixels are left out): pixel
+accuracy is the share where A's class, mapped into B's space, equals B's; mIoU averages B-space
+classes that either map uses. A's ignore pixels and A classes without a counterpart count as
+wrong. Instance agreement matches instances of the two maps whose mask IoU exceeds `--iou`
+(>= 0.5, so a match is unique: two non-overlapping masks cannot both cover more than half of a
+third); matched fraction is the F1 of the matching (2 x matches / (instances in A + in B)), mean
+IoU is over the matches, and PQ (Kirillov et al., CVPR 2019) combines them (sum of matched IoU /
+(matches + unmatched / 2)). The `hungarian` matching needs the whole run's confusion first, which
+costs a first pass over the semantic maps.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import format as fmt
+from ..errors import UsageError
+from ..location import is_local, local_path
+from ..pack import decode_png
+from ..tar import TarError
+from ..writer import atomic_write_bytes, atomic_write_json
+from . import render
+from .config import CompareConfig
+from .output import LabelSpace, Output, iter_samples, label_space, map_shards, open_output, read_some
+from .report import write_pictures
+from .table import write_csv
+
+COMPARE_KIND = "c2f-compare-v1"
+MAX_CONFUSION = 1 << 24  # (classes of A + 1) x (classes of B + 1) cells held per image
+PER_IMAGE = ["pixel_accuracy", "miou", "instances_a", "instances_b", "matched", "instance_f1", "instance_iou", "pq"]
+WORST = {"pixel_accuracy": "lowest semantic pixel accuracy", "instance_f1": "lowest instance matched fraction"}
+TILE = 160
+
+
+def compact_lut(space: LabelSpace) -> np.ndarray:
+    """Raw map value -> 0..K-1 for a class, K for ignore or anything out of range."""
+    lut = np.full(space.ignore + 1, space.num_classes, np.int64)
+    lut[: space.num_classes] = np.arange(space.num_classes)
+    return lut
+
+
+@dataclass(frozen=True)
+class Matching:
+    """A's classes in B's space: `lut[a]` is the B class of A class a, or Kb when it has none."""
+
+    rule: str
+    lut: np.ndarray  # [Ka + 1]; A's unlabelled bin (index Ka) maps to Kb too
+
+    def pairs(self, ka: int, kb: int) -> list[tuple[int, int]]:
+        return [(a, int(self.lut[a])) for a in range(ka) if self.lut[a] < kb]
+
+
+def name_key(name: str) -> str:
+    return " ".join(name.lower().replace("_", " ").replace("-", " ").split())
+
+
+def match_by_names(a: LabelSpace, b: LabelSpace) -> np.ndarray:
+    by_name = {name_key(n): i for i, n in sorted(b.names.items(), reverse=True)}  # first id wins
+    lut = np.full(a.num_classes + 1, b.num_classes, np.int64)
+    for i, n in a.names.items():
+        if i < a.num_classes and name_key(n) in by_name:
+            lut[i] = by_name[name_key(n)]
+    return lut
+
+
+def match_hungarian(confusion: np.ndarray, ka: int, kb: int) -> np.ndarray:
+    """One-to-one class matching with the most shared pixels (scipy's linear_sum_assignment)."""
+    from scipy.optimize import linear_sum_assignment
+
+    lut = np.full(ka + 1, kb, np.int64)
+    shared = confusion[:ka, :kb]
+    rows, cols = linear_sum_assignment(shared, maximize=True)
+    keep = shared[rows, cols] > 0
+    lut[rows[keep]] = cols[keep]
+    return lut
+
+
+def choose_rule(rule: str, a: LabelSpace, b: LabelSpace) -> str:
+    if rule != "auto":
+        return rule
+    if a.names == b.names:
+        return "ids"
+    common = int((match_by_names(a, b)[: a.num_classes] < b.num_classes).sum())
+    return "names" if common >= max(1, min(a.num_classes, b.num_classes)) / 2 else "hungarian"
+
+
+# --- per image --------------------------------------------------------------------------------------
+
+
+def semantic_confusion(sem_a: np.ndarray, sem_b: np.ndarray, lut_a: np.ndarray, lut_b: np.ndarray) -> np.ndarray:
+    """[Ka + 1, Kb + 1] pixel counts of (A class, B class); the last row/column: unlabelled."""
+    ka1, kb1 = int(lut_a.max()) + 1, int(lut_b.max()) + 1
+    a = lut_a.take(sem_a, mode="clip")
+    b = lut_b.take(sem_b, mode="clip")
+    return np.bincount((a * kb1 + b).ravel(), minlength=ka1 * kb1).reshape(ka1, kb1)
+
+
+def semantic_scores(conf_b: np.ndarray) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """From a [Kb + 1, Kb + 1] confusion in B's space (rows: A mapped, last = none; columns: B,
+    last = unlabelled): pixel accuracy, mIoU, and per-class intersection and union [Kb]."""
+    kb = conf_b.shape[1] - 1
+    c = conf_b[:, :kb]  # only pixels that B labels
+    total = c.sum()
+    tp = np.diag(c[:kb]).astype(np.float64)
+    union = c[:kb].sum(1) + c.sum(0) - tp  # A says c (where B labels) + B says c - both
+    acc = float(tp.sum() / total) if total else math.nan
+    used = union > 0
+    miou = float((tp[used] / union[used]).mean()) if used.any() else math.nan
+    return acc, miou, tp, union
+
+
+def fold(conf: np.ndarray, lut: np.ndarray, kb: int) -> np.ndarray:
+    """Rows of an A x B confusion summed into B's space through the class matching."""
+    out = np.zeros((kb + 1, conf.shape[1]), conf.dtype)
+    np.add.at(out, lut[: conf.shape[0]], conf)
+    return out
+
+
+def instance_agreement(inst_a: np.ndarray, inst_b: np.ndarray, threshold: float) -> tuple[int, int, int, float]:
+    """(instances in A, in B, matched pairs, sum of matched IoU) for two instance maps."""
+    area_a, area_b = np.bincount(inst_a.ravel()), np.bincount(inst_b.ravel())
+    n_a, n_b = int((area_a[1:] > 0).sum()), int((area_b[1:] > 0).sum())
+    both = (inst_a > 0) & (inst_b > 0)
+    if not n_a or not n_b or not both.any():
+        return n_a, n_b, 0, 0.0
+    ia, ib = inst_a[both].astype(np.int64), inst_b[both].astype(np.int64)
+    width = len(area_b)
+    codes, inter = np.unique(ia * width + ib, return_counts=True)
+    i, j = codes // width, codes % width
+    iou = inter / (area_a[i] + area_b[j] - inter)
+    hit = iou > threshold
+    return n_a, n_b, int(hit.sum()), float(iou[hit].sum())
+
+
+# --- per shard pair ----------------------------------------------------------------------------------
+
+
+@dataclass
+class PairResult:
+    shard: str
+    columns: dict[str, Any] = field(
+        default_factory=lambda: {c: [] for c in ["key", "shard", *PER_IMAGE]}
+    )  # then arrays
+    confusion: np.ndarray | None = None  # [Ka + 1, Kb + 1] over the run
+    only_a: int = 0
+    only_b: int = 0
+    problems: list[tuple[str | None, str]] = field(default_factory=list)
+
+
+def join_keys(a: Iterator, b: Iterator) -> Iterator[tuple[str, dict | None, dict | None]]:
+    """Merge-join two shards' (key, sample) streams; both are in increasing key order (the writer's rule)."""
+    end = ("\uffff", None)
+    x, y = next(a, end), next(b, end)
+    while x is not end or y is not end:
+        if x[0] == y[0]:
+            yield x[0], x[1], y[1]
+            x, y = next(a, end), next(b, end)
+        elif y is end or (x is not end and x[0] < y[0]):
+            yield x[0], x[1], None
+            x = next(a, end)
+        else:
+            yield y[0], None, y[1]
+            y = next(b, end)
+
+
+def compare_shards(
+    url_a: str, url_b: str, lut_a: np.ndarray, lut_b: np.ndarray, matching: np.ndarray | None, threshold: float
+) -> PairResult:
+    """One shard pair. Without `matching` only the confusion is summed (the hungarian first pass)."""
+    name = url_a.rstrip("/").rsplit("/", 1)[-1]
+    r = PairResult(name)
+    ka1, kb1 = int(lut_a.max()) + 1, int(lut_b.max()) + 1
+    r.confusion = np.zeros((ka1, kb1), np.int64)
+
+    def report(key, code, msg):
+        r.problems.append((key, msg))
+
+    try:
+        for key, sa, sb in join_keys(iter_samples(url_a, report), iter_samples(url_b, report)):
+            if sa is None or sb is None:
+                r.only_a += sb is None
+                r.only_b += sa is None
+                continue
+            try:
+                sem_a, sem_b = decode_png(sa[fmt.SEM]), decode_png(sb[fmt.SEM])
+                if sem_a.shape != sem_b.shape:
+                    raise ValueError(f"maps differ in size: {sem_a.shape} in A, {sem_b.shape} in B")
+                conf = semantic_confusion(sem_a, sem_b, lut_a, lut_b)
+                r.confusion += conf
+                if matching is None:
+                    continue
+                acc, miou, _, _ = semantic_scores(fold(conf, matching, kb1 - 1))
+                n_a, n_b, m, iou_sum = instance_agreement(decode_png(sa[fmt.INST]), decode_png(sb[fmt.INST]), threshold)
+            except (KeyError, ValueError, OSError) as e:
+                r.problems.append((key, f"not compared: {type(e).__name__}: {e}"))
+                continue
+            row = {
+                "key": key,
+                "shard": name,
+                "pixel_accuracy": acc,
+                "miou": miou,
+                "instances_a": n_a,
+                "instances_b": n_b,
+                "matched": m,
+                "instance_f1": 2 * m / (n_a + n_b) if n_a + n_b else math.nan,
+                "instance_iou": iou_sum / m if m else math.nan,
+                "pq": iou_sum / (0.5 * (n_a + n_b)) if n_a + n_b else math.nan,
+            }
+            for c, v in row.items():
+                r.columns[c].append(v)
+    except TarError as e:
+        r.problems.append((None, str(e)))
+    except OSError as e:
+        r.problems.append((None, f"cannot read: {e}"))
+    r.columns = {c: np.array(v, dtype=str if c in ("key", "shard") else np.float64) for c, v in r.columns.items()}
+    return r
+
+
+# --- the command ------------------------------------------------------------------------------------------
+
+
+def pair_shards(a: Output, b: Output) -> list[tuple[str, str]]:
+    pa, pb = a.manifest.plan, b.manifest.plan
+    if pa.listing_sha256 != pb.listing_sha256 or pa.num_inputs != pb.num_inputs:
+        raise UsageError(f"{a.path} and {b.path} label different inputs (their plans differ): nothing to compare")
+    if pa.shard_sizes != pb.shard_sizes:
+        raise UsageError(f"{a.path} and {b.path} cut the same inputs into different shards; compare needs one plan")
+    by_index_b = {fmt.parse_shard_name(u.rsplit("/", 1)[-1])[1]: u for u in b.shards}  # type: ignore[index]
+    pairs = []
+    for u in a.shards:
+        i = fmt.parse_shard_name(u.rsplit("/", 1)[-1])[1]  # type: ignore[index]
+        if i in by_index_b:
+            pairs.append((u, by_index_b[i]))
+    if not pairs:
+        raise UsageError(f"{a.path} and {b.path} have no shard in common")
+    return pairs
+
+
+def default_dir(a: str, b: str, out: str) -> Path:
+    if out:
+        return Path(out)
+    if not is_local(a):
+        raise UsageError("A is a URL: pass --out for the comparison's local directory")
+    return Path(local_path(a)) / f"compare-{b.rstrip('/').rsplit('/', 1)[-1]}"
+
+
+def columns_of(parts: list[PairResult]) -> dict[str, np.ndarray]:
+    return {c: np.concatenate([p.columns[c] for p in parts]) for c in ["key", "shard", *PER_IMAGE]}
+
+
+def collect(jobs: list[tuple], workers: int, desc: str, progress: bool) -> tuple[list[PairResult], np.ndarray]:
+    """Every shard pair's rows, in shard order, and the run's confusion, folded in as results arrive."""
+    parts: list[PairResult | None] = [None] * len(jobs)
+    confusion = None
+    for i, p in map_shards(compare_shards, jobs, workers, desc, progress):
+        confusion = p.confusion if confusion is None else confusion + p.confusion
+        p.confusion = None
+        parts[i] = p
+    return parts, confusion  # type: ignore[return-value]
+
+
+def summarize(
+    a: Output,
+    b: Output,
+    sa: LabelSpace,
+    sb: LabelSpace,
+    matching: Matching,
+    parts: list[PairResult],
+    raw: np.ndarray,
+    threshold: float,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """compare.json's content and the per-image columns; `raw`: the run's [Ka + 1, Kb + 1] confusion."""
+    kb = sb.num_classes
+    acc, miou, tp, union = semantic_scores(fold(raw, matching.lut, kb))
+    cols = columns_of(parts)
+    n_a, n_b, m = (int(np.nansum(cols[c])) for c in ("instances_a", "instances_b", "matched"))
+    iou_sum = float(np.nansum(cols["instance_iou"] * cols["matched"]))  # NaN only where nothing matched
+    per_class = [
+        {"id": c, "name": sb.name(c), "iou": float(tp[c] / union[c]), "union_pixels": int(union[c])}
+        for c in range(kb)
+        if union[c] > 0
+    ]
+
+    def dist(name: str) -> dict[str, Any]:
+        v = cols[name][np.isfinite(cols[name])]
+        if not v.size:
+            return {"defined": 0}
+        p = np.percentile(v, [5, 50, 95])
+        return {
+            "defined": int(v.size),
+            "mean": float(v.mean()),
+            "p05": float(p[0]),
+            "median": float(p[1]),
+            "p95": float(p[2]),
+        }
+
+    return (
+        {
+            "kind": COMPARE_KIND,
+            "a": {"output": a.path, "preset": a.manifest.labeler.get("preset"), "classes": sa.num_classes},
+            "b": {"output": b.path, "preset": b.manifest.labeler.get("preset"), "classes": sb.num_classes},
+            "samples": len(cols["key"]),
+            "only_in_a": sum(p.only_a for p in parts),
+            "only_in_b": sum(p.only_b for p in parts),
+            "semantic": {
+                "matching": matching.rule,
+                "pairs": [[x, y, sa.name(x), sb.name(y)] for x, y in matching.pairs(sa.num_classes, kb)],
+                "pixel_accuracy": acc,
+                "miou": miou,
+                "per_class_iou": per_class,
+            },
+            "instances": {
+                "iou_threshold": threshold,
+                "in_a": n_a,
+                "in_b": n_b,
+                "matched": m,
+                "matched_fraction": 2 * m / (n_a + n_b) if n_a + n_b else math.nan,
+                "matched_of_a": m / n_a if n_a else math.nan,
+                "matched_of_b": m / n_b if n_b else math.nan,
+                "mean_iou": iou_sum / m if m else math.nan,
+                "pq": iou_sum / (0.5 * (n_a + n_b)) if n_a + n_b else math.nan,
+            },
+            "per_image": {name: dist(name) for name in ("pixel_accuracy", "miou", "instance_f1", "instance_iou", "pq")},
+            "problems": [{"shard": p.shard, "key": k, "message": msg} for p in parts for k, msg in p.problems][:1000],
+        },
+        cols,
+    )
+
+
+def worst_images(cols: dict[str, np.ndarray], n: int) -> dict[str, list[dict]]:
+    out = {}
+    for name in WORST:
+        v = cols[name]
+        ok = np.flatnonzero(np.isfinite(v))
+        if not ok.size or v[ok].min() == v[ok].max():
+            continue
+        order = ok[np.lexsort((cols["key"][ok], v[ok]))][:n]
+        out[name] = [{"key": str(cols["key"][i]), "shard": str(cols["shard"][i]), "value": float(v[i])} for i in order]
+    return out
+
+
+def draw_pairs(
+    a: Output,
+    b: Output,
+    pairs: list[tuple[str, str]],
+    sa: LabelSpace,
+    sb: LabelSpace,
+    matching: Matching,
+    worst: dict[str, list[dict]],
+    workers: int,
+) -> dict[str, bytes]:
+    """RGB | A semantic (in B's colours) | B semantic | where they differ | A instances | B instances."""
+    import io
+
+    from PIL import Image
+
+    from ..inspect import _tile, instance_overlay, palette, semantic_overlay
+
+    by_name = {ua.rsplit("/", 1)[-1]: (ua, ub) for ua, ub in pairs}
+    wanted: dict[str, set[str]] = {}
+    for picks in worst.values():
+        for p in picks:
+            wanted.setdefault(p["shard"], set()).add(p["key"])
+    jobs = [(url, keys) for s, keys in sorted(wanted.items()) for url in by_name[s]]
+    found_a: dict[str, dict] = {}
+    found_b: dict[str, dict] = {}
+    urls_a = {u for u, _ in pairs}
+    for i, part in map_shards(read_some, jobs, workers, "worst images", False):
+        (found_a if jobs[i][0] in urls_a else found_b).update(part)
+    kb = sb.num_classes
+    pal = palette(max(kb, 1))
+    lut_a = matching.lut[compact_lut(sa)]  # raw A id -> B class, or kb where it has none
+    lut_b = compact_lut(sb)
+    strips = {}
+    for name, picks in worst.items():
+        rows = []
+        for p in picks:
+            if p["key"] not in found_a or p["key"] not in found_b:
+                continue
+            x, y = found_a[p["key"]], found_b[p["key"]]
+            rgb = np.asarray(Image.open(io.BytesIO(x[fmt.JPG])).convert("RGB"))
+            sem_a = lut_a.take(decode_png(x[fmt.SEM]), mode="clip")
+            sem_b = lut_b.take(decode_png(y[fmt.SEM]), mode="clip")
+            differ = (sem_a != sem_b) & (sem_b < kb)
+            tiles = [
+                rgb,
+                semantic_overlay(rgb, sem_a, pal, kb),
+                semantic_overlay(rgb, sem_b, pal, kb),
+                render.disagreement(rgb, differ),
+                instance_overlay(rgb, decode_png(x[fmt.INST])),
+                instance_overlay(rgb, decode_png(y[fmt.INST])),
+            ]
+            rows.append((f"{p['key']}  {name} = {render.fmt_num(p['value'])}", [_tile(t, TILE) for t in tiles]))
+        if rows:
+            strips[name] = render.strip(rows, per_row=1)
+    return strips
+
+
+def page(s: dict[str, Any], pictures: dict[str, bytes]) -> str:
+    f = render.fmt_num
+    sem, ins = s["semantic"], s["instances"]
+    parts = [
+        f"<p>A = <b>{render.esc(s['a']['output'])}</b> (preset {render.esc(s['a']['preset'])}, {s['a']['classes']} "
+        f"classes), judged against B = <b>{render.esc(s['b']['output'])}</b> (preset {render.esc(s['b']['preset'])}, "
+        f"{s['b']['classes']} classes): {s['samples']} images in both"
+        + (f"; {s['only_in_a']} only in A, {s['only_in_b']} only in B" if s["only_in_a"] or s["only_in_b"] else "")
+        + ".</p>",
+        "<h2>Overall</h2>",
+        render.table(
+            ["measure", "value"],
+            [
+                [f"semantic pixel accuracy (matching: {sem['matching']})", f(sem["pixel_accuracy"])],
+                ["semantic mIoU", f(sem["miou"])],
+                [f"instances matched at IoU > {ins['iou_threshold']} (F1)", f(ins["matched_fraction"])],
+                ["matched share of A's / B's instances", f"{f(ins['matched_of_a'])} / {f(ins['matched_of_b'])}"],
+                ["mean IoU of matched instances", f(ins["mean_iou"])],
+                ["panoptic quality (class-agnostic)", f(ins["pq"])],
+                ["instances in A / B / matched", f"{ins['in_a']} / {ins['in_b']} / {ins['matched']}"],
+            ],
+        ),
+        "<h2>Per image</h2>",
+        render.img(pictures["per_image"], "per-image agreement"),
+    ]
+    for key in ("class_iou", "confusion"):
+        if key in pictures:
+            parts.append(render.img(pictures[key], key))
+    if sem["matching"] != "ids":
+        parts.append("<h3>Class matching (A &rarr; B)</h3>")
+        parts.append(render.table(["A", "B"], [[f"{x} {n}", f"{y} {m}"] for x, y, n, m in sem["pairs"]], left=2))
+    parts.append("<h2>Most-disagreeing images</h2>")
+    parts.append(
+        "<p class=muted>RGB | A semantic (in B's classes) | B semantic | pixels where they differ (red) | "
+        "A instances | B instances</p>"
+    )
+    for name, why in WORST.items():
+        if f"worst_{name}" in pictures:
+            parts.append(f"<h3>{render.esc(why)}</h3>" + render.img(pictures[f"worst_{name}"], why))
+    if s["problems"]:
+        parts.append("<h2>Problems</h2>")
+        parts.append(
+            render.table(
+                ["shard", "key", "problem"], [[p["shard"], p["key"] or "", p["message"]] for p in s["problems"]], left=3
+            )
+        )
+    return render.page(f"c2f compare: {s['a']['output']} vs {s['b']['output']}", "".join(parts))
+
+
+def plots(
+    s: dict[str, Any], cols: dict[str, np.ndarray], raw: np.ndarray, sa: LabelSpace, sb: LabelSpace
+) -> dict[str, bytes]:
+    panels = []
+    for name in ("pixel_accuracy", "miou", "instance_f1", "instance_iou", "pq"):
+        v = cols[name][np.isfinite(cols[name])]
+        counts, edges = np.histogram(v, np.linspace(0, 1, 21))
+        panels.append((name, counts, edges, f"{int(np.isnan(cols[name]).sum())} undefined"))
+    out = {"per_image": render.histograms(panels)}
+    pc = sorted(s["semantic"]["per_class_iou"], key=lambda c: (-c["union_pixels"], c["id"]))[:30]
+    if pc:
+        out["class_iou"] = render.bars(
+            [f"{c['id']} {c['name']}" for c in pc], [c["iou"] for c in pc], "IoU of B's most frequent classes", "IoU"
+        )
+    ra = np.argsort(-raw[: sa.num_classes].sum(1), kind="stable")[:25]
+    rb = np.argsort(-raw[:, : sb.num_classes].sum(0), kind="stable")[:25]
+    sub = raw[np.ix_(ra, rb)].astype(np.float64)
+    if sub.sum() > 0:
+        norm = sub / np.maximum(raw[ra].sum(1, keepdims=True), 1)
+        out["confusion"] = render.heatmap(
+            norm,
+            [f"{i} {sa.name(int(i))}" for i in ra],
+            [f"{i} {sb.name(int(i))}" for i in rb],
+            "share of each A class's pixels by B class",
+            "B",
+            "A",
+        )
+    return out
+
+
+def run(cfg: CompareConfig) -> int:
+    if not 0.5 <= cfg.iou < 1:
+        raise UsageError("--iou must be in [0.5, 1): below 0.5 an instance could match two")
+    if cfg.workers < 1 or cfg.worst < 0:
+        raise UsageError("--workers must be >= 1 and --worst >= 0")
+    out_dir = default_dir(cfg.a, cfg.b, cfg.out)
+    t0 = time.perf_counter()
+    a, b = open_output(cfg.a), open_output(cfg.b)
+    sa, sb = label_space(a.manifest), label_space(b.manifest)
+    if (sa.num_classes + 1) * (sb.num_classes + 1) > MAX_CONFUSION:
+        raise UsageError(f"label spaces of {sa.num_classes} and {sb.num_classes} classes are too large to compare")
+    pairs = pair_shards(a, b)
+    lut_a, lut_b = compact_lut(sa), compact_lut(sb)
+    rule = choose_rule(cfg.matching, sa, sb)
+    if rule == "ids":
+        if sa.num_classes > sb.num_classes:
+            raise UsageError(f"--matching ids: A has {sa.num_classes} classes, B only {sb.num_classes}")
+        lut = np.append(np.arange(sa.num_classes), sb.num_classes)
+    elif rule == "names":
+        lut = match_by_names(sa, sb)
+    else:
+        jobs = [(x, y, lut_a, lut_b, None, cfg.iou) for x, y in pairs]
+        _, first = collect(jobs, cfg.workers, "match classes", cfg.progress)
+        lut = match_hungarian(first, sa.num_classes, sb.num_classes)
+    matching = Matching(rule, lut)
+    jobs = [(x, y, lut_a, lut_b, lut, cfg.iou) for x, y in pairs]
+    parts, raw = collect(jobs, cfg.workers, "compare", cfg.progress)
+    summary, cols = summarize(a, b, sa, sb, matching, parts, raw, cfg.iou)
+    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    pictures = plots(summary, cols, raw, sa, sb)
+    worst = worst_images(cols, cfg.worst)
+    summary["worst"] = worst
+    for name, data in draw_pairs(a, b, pairs, sa, sb, matching, worst, cfg.workers).items():
+        pictures[f"worst_{name}"] = data
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_pictures(out_dir / "img", pictures)
+    write_csv(out_dir / "samples.csv", cols)
+    atomic_write_json(out_dir / "compare.json", render.json_safe(summary))
+    atomic_write_bytes(out_dir / "compare.html", page(summary, pictures).encode())
+    sem, ins = summary["semantic"], summary["instances"]
+
+    def f(v: float) -> str:
+        return render.fmt_num(v) or "n/a"
+
+    print(
+        f"compare: {summary['samples']} images; semantic pixel accuracy {f(sem['pixel_accuracy'])}, mIoU "
+        f"{f(sem['miou'])} (matching: {sem['matching']}); instances matched {f(ins['matched_fraction'])} "
+        f"(IoU > {cfg.iou}), mean IoU {f(ins['mean_iou'])}, PQ {f(ins['pq'])}"
+    )
+    if summary["problems"]:
+        print(f"{len(summary['problems'])} problem(s), see the page; run `c2f validate` on both outputs")
+    print(f"compare: {out_dir / 'compare.html'} (and compare.json, samples.csv)")
+    return 1 if summary["problems"] else 0

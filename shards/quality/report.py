@@ -1,0 +1,489 @@
+"""`c2f report OUTPUT`: one parallel pass over a labeled output -> OUTPUT/report/
+
+report.json   the summary: every measure's distribution, label-space usage, instance purity,
+              image class -> semantic classes, the worst images by each measure
+samples.csv   one row per image: its measures (what `c2f filter` selects on)
+report.html   the same for a person, self-contained (plots as embedded PNGs)
+img/*.png     the plots and overlay strips as files
+
+shards --(process pool, measures.measure_shard)--> rows + sums --> summary --> worst images
+(a second read of only the shards that hold them) --> plots --> files (each written atomically)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import UsageError
+from ..location import is_local, local_path
+from ..manifest import Manifest
+from ..writer import atomic_write_bytes, atomic_write_json
+from . import render
+from .config import ReportConfig
+from .measures import (
+    AREA_EDGES,
+    COLUMNS,
+    MEASURES,
+    PURITY_EDGES,
+    ShardMeasures,
+    measure_shard,
+)
+from .output import LabelSpace, Output, label_space, map_shards, open_output, read_some
+from .table import write_csv
+
+REPORT_KIND = "c2f-report-v1"
+TILE = 192  # overlay tiles in the worst-image strips
+
+
+def fingerprint(manifest: Manifest) -> str:
+    """Identifies the labeled data a report describes: the shards' checksums, in order. A report
+    (and a subset made from it) is stale once the output is relabeled or extended."""
+    h = hashlib.sha256()
+    for s in manifest.shards:
+        h.update(f"{s.name} {s.sha256}\n".encode())
+    return h.hexdigest()
+
+
+def default_dir(output: str, out: str) -> Path:
+    if out:
+        return Path(out)
+    if not is_local(output):
+        raise UsageError("OUTPUT is a URL: pass --out for the report's local directory")
+    return Path(local_path(output)) / "report"
+
+
+@dataclass
+class Measured:
+    """All shards' rows and sums, merged."""
+
+    columns: dict[str, np.ndarray]
+    class_pixels: np.ndarray
+    class_images: np.ndarray
+    by_image_class: dict[int, np.ndarray]
+    area_hist: np.ndarray
+    purity_hist: np.ndarray
+    out_of_range: int
+    problems: list[dict[str, Any]]
+
+
+class Merger:
+    """Folds each shard's result into the run's as it arrives; rows are kept in shard order."""
+
+    def __init__(self, n_shards: int, k: int):
+        self.rows: list[dict[str, np.ndarray] | None] = [None] * n_shards
+        self.m = Measured(
+            columns={},
+            class_pixels=np.zeros(k + 1, np.int64),
+            class_images=np.zeros(k, np.int64),
+            by_image_class={},
+            area_hist=np.zeros(len(AREA_EDGES) - 1, np.int64),
+            purity_hist=np.zeros(len(PURITY_EDGES) - 1, np.int64),
+            out_of_range=0,
+            problems=[],
+        )
+
+    def add(self, i: int, p: ShardMeasures) -> None:
+        m = self.m
+        self.rows[i] = p.columns
+        m.class_pixels += p.class_pixels
+        m.class_images += p.class_images
+        for cls, v in p.by_image_class.items():
+            if cls in m.by_image_class:
+                m.by_image_class[cls] += v
+            else:
+                m.by_image_class[cls] = v
+        m.area_hist += p.area_hist
+        m.purity_hist += p.purity_hist
+        m.out_of_range += p.out_of_range
+        m.problems += [{"shard": p.shard, "key": key, "message": msg} for key, msg in p.problems]
+
+    def result(self) -> Measured:
+        parts = [r for r in self.rows if r is not None]
+        self.m.columns = {c: np.concatenate([r[c] for r in parts]) for c in COLUMNS}
+        return self.m
+
+
+def measure_edges(name: str, values: np.ndarray, space: LabelSpace) -> np.ndarray:
+    """Histogram bins per measure: shares on [0, 1], counts one bin per integer, entropy up to log2 K."""
+    if name in ("classes", "instances"):
+        top = int(np.nanmax(values)) if values.size and np.isfinite(values).any() else 1
+        top = min(max(top, 1), 100)
+        return np.arange(-0.5, top + 1.5)
+    if name == "entropy":
+        return np.linspace(0, max(1.0, math.log2(max(space.num_classes, 2))), 21)
+    return np.linspace(0, 1, 21)
+
+
+def distribution(values: np.ndarray, edges: np.ndarray) -> dict[str, Any]:
+    ok = values[np.isfinite(values)]
+    counts, _ = np.histogram(np.clip(ok, edges[0], edges[-1]), edges)
+    stats = {"defined": int(ok.size), "undefined": int(values.size - ok.size)}
+    if ok.size:
+        p = np.percentile(ok, [5, 50, 95])
+        stats |= {
+            "mean": float(ok.mean()),
+            "min": float(ok.min()),
+            "p05": float(p[0]),
+            "median": float(p[1]),
+            "p95": float(p[2]),
+            "max": float(ok.max()),
+        }
+    return stats | {"histogram": {"edges": edges.tolist(), "counts": counts.tolist()}}
+
+
+def pick_worst(columns: dict[str, np.ndarray], n: int) -> tuple[dict[str, list[dict]], dict[str, str]]:
+    """The `n` worst images by each measure that has a direction, and why a measure has none
+    (every image has the same value, or none is defined)."""
+    worst: dict[str, list[dict]] = {}
+    skipped: dict[str, str] = {}
+    for m in MEASURES:
+        if m.worst is None:
+            continue
+        v = columns[m.name].astype(np.float64)
+        ok = np.flatnonzero(np.isfinite(v))
+        if ok.size == 0:
+            skipped[m.name] = "undefined on every image"
+            continue
+        if v[ok].min() == v[ok].max():
+            skipped[m.name] = f"every image has {render.fmt_num(float(v[ok][0]))}"
+            continue
+        sign = 1 if m.worst == "low" else -1
+        order = ok[np.lexsort((columns["key"][ok], sign * v[ok]))][:n]
+        worst[m.name] = [
+            {"key": str(columns["key"][i]), "shard": str(columns["shard"][i]), "value": float(v[i])} for i in order
+        ]
+    return worst, skipped
+
+
+def summarize(output: Output, space: LabelSpace, m: Measured, seconds: float) -> dict[str, Any]:
+    cols, k = m.columns, space.num_classes
+    n = len(cols["key"])
+    total_px = int(m.class_pixels.sum())
+    labelled = int(m.class_pixels[:k].sum())
+    classes = [
+        {
+            "id": c,
+            "name": space.name(c),
+            "pixels": int(m.class_pixels[c]),
+            "pixel_share": float(m.class_pixels[c]) / max(labelled, 1),
+            "images": int(m.class_images[c]),
+            "image_share": float(m.class_images[c]) / max(n, 1),
+        }
+        for c in range(k)
+    ]
+    synsets = output.manifest.plan.classes
+    image_classes = []
+    counts = np.bincount(cols["cls"][cols["cls"] >= 0]) if n else np.zeros(0, np.int64)
+    for cls in sorted(m.by_image_class):
+        v = m.by_image_class[cls]
+        lab = v[:k].sum()
+        top = np.argsort(-v[:k], kind="stable")[:3]
+        image_classes.append(
+            {
+                "index": cls,
+                "synset": synsets[cls] if 0 <= cls < len(synsets) else None,
+                "images": int(counts[cls]) if cls < len(counts) else 0,
+                "unlabelled_share": float(v[k]) / max(int(v.sum()), 1),
+                "top": [
+                    {"id": int(c), "name": space.name(int(c)), "share": float(v[c]) / lab} for c in top if v[c] > 0
+                ],
+            }
+        )
+    labeler = output.manifest.labeler
+    return {
+        "kind": REPORT_KIND,
+        "output": output.path,
+        "fingerprint": fingerprint(output.manifest),
+        "labeler": {
+            key: labeler.get(key)
+            for key in ("preset", "models", "weight_free", "random_labels", "empty_labels", "note")
+            if key in labeler
+        },
+        "samples": n,
+        "shards": len(output.shards),
+        "seconds": round(seconds, 2),
+        "things": {"rule": space.things_rule, "ids": sorted(space.things) if space.things is not None else None},
+        "measures": {
+            mm.name: {
+                "help": mm.help,
+                **distribution(cols[mm.name].astype(float), measure_edges(mm.name, cols[mm.name].astype(float), space)),
+            }
+            for mm in MEASURES
+        },
+        "instances": {
+            "total": int(cols["instances"].sum()),
+            "area_share_log10": {"edges": AREA_EDGES.tolist(), "counts": m.area_hist.tolist()},
+            "purity": {"edges": PURITY_EDGES.tolist(), "counts": m.purity_hist.tolist()},
+        },
+        "label_space": {
+            "classes": classes,
+            "never_predicted": [c["id"] for c in classes if c["pixels"] == 0],
+            "unlabelled_pixel_share": float(m.class_pixels[k]) / max(total_px, 1),
+            "out_of_range_pixels": m.out_of_range,
+        },
+        "image_classes": image_classes,
+        "problems": m.problems[:1000],
+        "problem_count": len(m.problems),
+    }
+
+
+def draw_worst(output: Output, space: LabelSpace, worst: dict[str, list[dict]], workers: int) -> dict[str, bytes]:
+    """One overlay strip per measure: RGB | semantic | instances of each of its worst images."""
+    from ..inspect import palette, sample_tiles
+
+    wanted: dict[str, set[str]] = {}
+    for picks in worst.values():
+        for p in picks:
+            wanted.setdefault(p["shard"], set()).add(p["key"])
+    by_name = {u.rsplit("/", 1)[-1]: u for u in output.shards}
+    jobs = [(by_name[s], keys) for s, keys in sorted(wanted.items())]
+    found: dict[str, dict[str, bytes]] = {}
+    for _, part in map_shards(read_some, jobs, workers, "worst images", False):
+        found.update(part)
+    pal = palette(max(space.num_classes, 1))
+    strips = {}
+    for name, picks in worst.items():
+        rows = [
+            (
+                f"{p['key']}  {name} = {render.fmt_num(p['value'])}",
+                sample_tiles(found[p["key"]], pal, space.ignore, TILE),
+            )
+            for p in picks
+            if p["key"] in found
+        ]
+        if rows:
+            strips[name] = render.strip(rows)
+    return strips
+
+
+def plots(summary: dict[str, Any]) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    panels = []
+    for name, d in summary["measures"].items():
+        h = d["histogram"]
+        panels.append((name, np.array(h["counts"]), np.array(h["edges"]), f"{d['undefined']} undefined"))
+    out["measures"] = render.histograms(panels)
+    inst = summary["instances"]
+    out["instances"] = render.histograms(
+        [
+            (
+                "instance area (log10 share of image)",
+                np.array(inst["area_share_log10"]["counts"]),
+                np.array(inst["area_share_log10"]["edges"]),
+                "log10(area / image area)",
+            ),
+            (
+                "instance purity",
+                np.array(inst["purity"]["counts"]),
+                np.array(inst["purity"]["edges"]),
+                "share of pixels in the majority class",
+            ),
+        ],
+        cols=2,
+    )
+    used = [c for c in summary["label_space"]["classes"] if c["pixels"] > 0]
+    used.sort(key=lambda c: (-c["pixels"], c["id"]))
+    if used:
+        top = used[:20]
+        out["classes_top"] = render.bars(
+            [f"{c['id']} {c['name']}" for c in top],
+            [100 * c["pixel_share"] for c in top],
+            f"most frequent classes ({len(used)} of {len(summary['label_space']['classes'])} used)",
+            "% of labelled pixels",
+        )
+        if len(used) > 20:
+            bottom = used[-20:]
+            out["classes_bottom"] = render.bars(
+                [f"{c['id']} {c['name']}" for c in bottom],
+                [100 * c["pixel_share"] for c in bottom],
+                "least frequent classes (of those used)",
+                "% of labelled pixels",
+            )
+    return out
+
+
+def page(summary: dict[str, Any], pictures: dict[str, bytes], skipped: dict[str, str]) -> str:
+    fmt_n = render.fmt_num
+    s, parts = summary, []
+    lab = s["labeler"]
+    notes = []
+    if lab.get("weight_free"):
+        notes.append("Weight-free labels (no learned model): " + str(lab.get("note", "")))
+    if lab.get("random_labels"):
+        notes.append("These labels come from random models and carry no meaning: " + str(lab.get("note", "")))
+    if lab.get("empty_labels"):
+        notes.append("These shards carry empty labels (preset 'empty').")
+    parts.append(
+        f"<p><b>{render.esc(s['output'])}</b>: {s['samples']} images in {s['shards']} shards, labeler "
+        f"<b>{render.esc(lab.get('preset'))}</b>; measured in {s['seconds']} s.</p>"
+    )
+    parts += [f'<p class="note">{render.esc(n)}</p>' for n in notes]
+    if s["problem_count"]:
+        parts.append(
+            f'<p class="note">{s["problem_count"]} sample(s) or shard(s) could not be measured: see Problems '
+            f"below, and run <code>c2f validate</code>.</p>"
+        )
+    parts.append("<h2>Per-image measures</h2>")
+    rows = [
+        [name, d["help"], *(fmt_n(d.get(q, math.nan)) for q in ("mean", "p05", "median", "p95")), d["undefined"]]
+        for name, d in s["measures"].items()
+    ]
+    parts.append(render.table(["measure", "what it is", "mean", "5%", "median", "95%", "undefined"], rows, left=2))
+    parts.append(render.img(pictures["measures"], "histograms of the per-image measures"))
+    parts.append(
+        f"<p class=muted>Thing classes (for thing_fraction): {render.esc(s['things']['rule'])}. "
+        "Undefined: the measure has no value for that image (no instances, no thing list).</p>"
+    )
+    parts.append("<h2>Instances</h2>")
+    parts.append(
+        f"<p>{s['instances']['total']} instances. Purity: the share of an instance's pixels in its majority "
+        "semantic class; low purity means the two maps disagree about what the instance is.</p>"
+    )
+    parts.append(render.img(pictures["instances"], "instance area and purity"))
+    ls = s["label_space"]
+    parts.append("<h2>Label space usage</h2>")
+    parts.append(
+        f"<p>{len(ls['classes']) - len(ls['never_predicted'])} of {len(ls['classes'])} classes used; "
+        f"{100 * ls['unlabelled_pixel_share']:.2f}% of pixels unlabelled (ignore)"
+        + (f"; {ls['out_of_range_pixels']} pixels out of range" if ls["out_of_range_pixels"] else "")
+        + ".</p>"
+    )
+    for key in ("classes_top", "classes_bottom"):
+        if key in pictures:
+            parts.append(render.img(pictures[key], key))
+    used = sorted((c for c in ls["classes"] if c["pixels"]), key=lambda c: (-c["pixels"], c["id"]))
+    shown = used if len(used) <= 40 else used[:20] + used[-20:]
+    parts.append(
+        render.table(
+            ["class", "% of labelled pixels", "% of images"],
+            [
+                [f"{c['id']} {c['name']}", f"{100 * c['pixel_share']:.2f}", f"{100 * c['image_share']:.1f}"]
+                for c in shown
+            ],
+        )
+        + (
+            "<p class=muted>The 20 most and the 20 least frequent classes; report.json lists all.</p>"
+            if shown != used
+            else ""
+        )
+    )
+    never = [f"{c['id']} {c['name']}" for c in ls["classes"] if c["pixels"] == 0]
+    if never:
+        parts.append(f"<p>Never predicted ({len(never)}): {render.esc(', '.join(never))}</p>")
+    if s["image_classes"]:
+        parts.append("<h2>Image classes &rarr; semantic classes</h2>")
+        parts.append(
+            "<p>For each image-level class (the input's folders, e.g. ImageNet synsets), its most frequent "
+            "semantic classes by share of labelled pixels: a sanity check (dog images should be "
+            "mostly animal classes, not sky).</p>"
+        )
+        rows = [
+            [
+                f"{c['index']} {c['synset'] or ''}".strip(),
+                c["images"],
+                *[f"{t['name']} {100 * t['share']:.0f}%" for t in c["top"]] + [""] * (3 - len(c["top"])),
+            ]
+            for c in s["image_classes"]
+        ]
+        parts.append(render.table(["image class", "images", "1st", "2nd", "3rd"], rows, left=1))
+    parts.append("<h2>Worst images by measure</h2>")
+    for name, picks in s["worst"].items():
+        direction = next(m.worst for m in MEASURES if m.name == name)
+        parts.append(f"<h3>{render.esc(name)} ({'lowest' if direction == 'low' else 'highest'})</h3>")
+        strip = pictures.get(f"worst_{name}")
+        if strip:
+            parts.append(render.img(strip, f"worst by {name}"))
+        else:
+            parts.append(
+                render.table(["key", "shard", name], [[p["key"], p["shard"], fmt_n(p["value"])] for p in picks])
+            )
+    for name, why in skipped.items():
+        parts.append(f"<p class=muted>{render.esc(name)}: no worst images ({render.esc(why)}).</p>")
+    if s["problems"]:
+        parts.append("<h2>Problems</h2>")
+        parts.append(
+            render.table(
+                ["shard", "key", "problem"], [[p["shard"], p["key"] or "", p["message"]] for p in s["problems"]], left=3
+            )
+        )
+    parts.append(
+        "<p class=muted>Files: report.json (this summary), samples.csv (one row per image). Select images by "
+        "these measures: <code>c2f filter OUTPUT --where 'coverage &gt; 0.5 and instances &gt;= 1' --out "
+        "subset.json</code>.</p>"
+    )
+    return render.page(f"c2f report: {s['output']}", "".join(parts))
+
+
+def run(cfg: ReportConfig) -> int:
+    if cfg.workers < 1 or cfg.worst < 0:
+        raise UsageError("--workers must be >= 1 and --worst >= 0")
+    out_dir = default_dir(cfg.output, cfg.out)
+    t0 = time.perf_counter()
+    output = open_output(cfg.output)
+    space = label_space(output.manifest, cfg.things)
+    merger = Merger(len(output.shards), space.num_classes)
+    for i, part in map_shards(measure_shard, [(u, space) for u in output.shards], cfg.workers, "report", cfg.progress):
+        merger.add(i, part)
+    measured = merger.result()
+    seconds = time.perf_counter() - t0
+    summary = summarize(output, space, measured, seconds)
+    worst, skipped = pick_worst(measured.columns, cfg.worst)
+    summary["worst"] = worst
+    summary["worst_skipped"] = skipped
+    pictures = plots(summary)
+    for name, png in draw_worst(output, space, worst, cfg.workers).items():
+        pictures[f"worst_{name}"] = png
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_pictures(out_dir / "img", pictures)
+    write_csv(out_dir / "samples.csv", measured.columns)
+    atomic_write_json(out_dir / "report.json", render.json_safe(summary))
+    atomic_write_bytes(out_dir / "report.html", page(summary, pictures, skipped).encode())
+    n = summary["samples"]
+    print(
+        f"report: {n} images in {summary['shards']} shards, measured in {seconds:.1f}s "
+        f"({n / max(seconds, 1e-9):.0f} images/s); {time.perf_counter() - t0:.1f}s in all"
+    )
+    for name in ("coverage", "instances", "purity"):
+        d = summary["measures"][name]
+        if d["defined"]:
+            q = {key: render.fmt_num(d[key]) for key in ("mean", "p05", "median")}
+            print(f"  {name:<10} mean {q['mean']}, 5% {q['p05']}, median {q['median']}")
+    if measured.problems:
+        print(f"{len(measured.problems)} problem(s) (see the report; run `c2f validate {cfg.output}`)")
+    print(f"report: {out_dir / 'report.html'} (and report.json, samples.csv)")
+    return 1 if measured.problems else 0
+
+
+def write_pictures(folder: Path, pictures: dict[str, bytes]) -> None:
+    """`{name}.png|jpg` for each picture; pictures of an earlier run that this one did not draw
+    (a measure with no worst images now) are removed, so the folder matches the page."""
+    folder.mkdir(parents=True, exist_ok=True)
+    keep = {f"{name}.{render.ext(data)}" for name, data in pictures.items()}
+    for old in folder.iterdir():
+        if old.suffix in (".png", ".jpg") and old.name not in keep:
+            old.unlink()
+    for name, data in pictures.items():
+        atomic_write_bytes(folder / f"{name}.{render.ext(data)}", data)
+
+
+def load_summary(report_dir: Path) -> dict[str, Any]:
+    """report.json of a report directory; UsageError when there is none."""
+    path = report_dir / "report.json"
+    try:
+        summary = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"no report at {report_dir}: run `c2f report` first") from None
+    except ValueError as e:
+        raise UsageError(f"{path} is not a report ({e}); run `c2f report` again") from None
+    if not isinstance(summary, dict) or summary.get("kind") != REPORT_KIND:
+        raise UsageError(f"{path} is not a {REPORT_KIND} report; run `c2f report` again")
+    return summary
