@@ -15,12 +15,11 @@ import argparse
 import statistics
 import tempfile
 import time
-from types import SimpleNamespace
 
 import torch
 
 from c2fmae.data import make_loader
-from c2fmae.engine import param_groups, train_steps
+from c2fmae.engine import Loop, Schedule, param_groups, train_steps
 from c2fmae.model import C2FMAE, model_config
 from shards.synthetic import write_synthetic_dataset
 
@@ -44,24 +43,15 @@ def batches(n: int, bs: int, num_classes: int):
 
 
 def step_rate(model, data, masking: str, steps: int) -> float:
-    cfg = SimpleNamespace(
-        accum_steps=1,
-        bf16=True,
-        curriculum_centers="0,0.5,1",
-        curriculum_width=0.25,
-        warmup_steps=1,
-        min_lr=0.0,
-        grad_clip=0.0,
-        masking=masking,
-        mask_ratio=0.75,
-    )
+    loop = Loop(Schedule(steps + 1, 1, 1e-4), masking=masking, mask_ratio=0.75)
     opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95))
     it = iter(data * (steps + 1))
     gen = torch.Generator().manual_seed(0)
-    cpu, noop = torch.device("cpu"), lambda *a: None
-    train_steps(model, model.cfg, opt, it, 0, 1, cfg, 1e-4, steps + 1, gen, cpu, noop)  # warm-up
+    for _ in train_steps(model, opt, it, range(0, 1), loop, gen):  # warm-up
+        pass
     t0 = time.perf_counter()
-    train_steps(model, model.cfg, opt, it, 1, steps + 1, cfg, 1e-4, steps + 1, gen, cpu, noop)
+    for _ in train_steps(model, opt, it, range(1, steps + 1), loop, gen):
+        pass
     return steps * data[0]["image"].shape[0] / (time.perf_counter() - t0)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,6 +97,242 @@ def build_model(cfg: TrainConfig, spec):
     return C2FMAE(mcfg)
 
 
+def make_schedule(cfg: TrainConfig, num_samples: int, world: int):
+    """The run's length and learning rate, derived once from the config and the dataset size."""
+    from .engine import Schedule
+
+    global_batch = cfg.batch_size * cfg.accum_steps * world
+    spe = cfg.steps_per_epoch or max(1, num_samples // global_batch)
+    total = cfg.steps or cfg.epochs * spe
+    warmup = cfg.warmup_steps if cfg.warmup_steps >= 0 else max(1, total // 20)
+    return Schedule(total, warmup, cfg.blr * global_batch / 256, cfg.min_lr, spe)
+
+
+def make_loop(cfg: TrainConfig, schedule, ignore_index: int):
+    from .engine import Loop
+    from .masking import Curriculum
+
+    return Loop(
+        schedule,
+        masking=cfg.masking,
+        mask_ratio=cfg.mask_ratio,
+        curriculum=Curriculum(_floats(cfg.curriculum_centers), cfg.curriculum_width),
+        ignore_index=ignore_index,
+        accum_steps=cfg.accum_steps,
+        grad_clip=cfg.grad_clip,
+        bf16=cfg.bf16,
+    )
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in the run (torchrun's environment)."""
+
+    rank: int
+    world: int
+    local: int
+    device: Any  # torch.device
+
+
+def init_distributed() -> Dist:
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if world > 1:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return Dist(rank, world, local, device)
+
+
+def run(cfg: TrainConfig) -> int:
+    import torch
+    import torch.distributed as dist
+
+    from shards.errors import UsageError
+
+    from .data import read_spec
+    from .engine import param_groups, train_steps
+
+    out = Path(cfg.output)
+    state = None
+    if cfg.resume:
+        state = load_checkpoint(out / CHECKPOINT)
+        cfg = resumed_config(cfg, state)
+    try:
+        spec = read_spec(cfg.shards)
+    except (FileNotFoundError, OSError, ValueError, KeyError) as e:
+        raise UsageError(str(e)) from None
+
+    env = init_distributed()
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, spec).to(env.device)
+    schedule = make_schedule(cfg, spec.num_samples, env.world)
+    loop = make_loop(cfg, schedule, model.cfg.ignore_index)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=schedule.peak_lr, betas=(0.9, 0.95))
+    generator = torch.Generator().manual_seed(cfg.seed * 7 + env.rank)  # masks
+    start = restore(state, model, optimizer, generator, env.rank) if state is not None else 0
+    # `model` stays the plain module (state dicts, config, pictures); `train_model` is what steps.
+    train_model = torch.compile(model) if cfg.compile else model
+    if env.world > 1:
+        ids = [env.local] if env.device.type == "cuda" else None
+        train_model = torch.nn.parallel.DistributedDataParallel(train_model, device_ids=ids)
+    end = min(schedule.total_steps, start + cfg.stop_after) if cfg.stop_after else schedule.total_steps
+    log = RunLog(out, cfg, env, schedule) if env.rank == 0 else None
+    if log:
+        print(banner(cfg, model, env, schedule, start))
+
+    for epoch, first, stop in epochs(start, end, schedule.steps_per_epoch):
+        batches = epoch_batches(cfg, model.cfg, epoch, skip=(first % schedule.steps_per_epoch) * cfg.accum_steps)
+        for step_out in train_steps(train_model, optimizer, batches, range(first, stop), loop, generator):
+            if log:
+                log.step(step_out, model.cfg)
+            if (step_out.step + 1) % cfg.ckpt_every == 0 or step_out.step == end - 1:
+                snapshot = checkpoint_state(model, optimizer, step_out.step + 1, cfg, generator, env.world)
+                if env.rank == 0:
+                    save_checkpoint(out / CHECKPOINT, snapshot)
+    if log:
+        log.close()
+    if env.world > 1:
+        dist.destroy_process_group()
+    return 0
+
+
+def epochs(start: int, end: int, steps_per_epoch: int):
+    """(epoch, first step, stop step) of each epoch that [start, end) touches."""
+    epoch = start // steps_per_epoch
+    while start < end:
+        stop = min(end, (epoch + 1) * steps_per_epoch)
+        yield epoch, start, stop
+        start, epoch = stop, epoch + 1
+
+
+def epoch_batches(cfg: TrainConfig, mcfg, epoch: int, skip: int):
+    """The epoch's batch stream (a function of seed, epoch, rank and worker count), `skip` batches in:
+    a mid-epoch resume replays the epoch's data order up to its step."""
+    from .data import make_loader
+
+    loader = make_loader(
+        cfg.shards,
+        cfg.batch_size,
+        cfg.workers,
+        cfg.seed,
+        epoch,
+        mcfg.img_size,
+        mcfg.patch_size,
+        mcfg.cell_size,
+        augment=cfg.augment,
+    )
+    batches = iter(loader)
+    for _ in range(skip):
+        next(batches)
+    return batches
+
+
+# --- logs -----------------------------------------------------------------------------------------
+
+
+class RunLog:
+    """Rank 0's record of the run: metrics.jsonl (every step), TensorBoard (when installed), console
+    lines every `log_every` steps, and a picture of a reconstruction every `vis_every` steps."""
+
+    def __init__(self, out: Path, cfg: TrainConfig, env: Dist, schedule):
+        out.mkdir(parents=True, exist_ok=True)
+        self.out, self.env, self.schedule = out, env, schedule
+        self.log_every, self.vis_every, self.masking = cfg.log_every, cfg.vis_every, cfg.masking
+        self.curriculum = make_loop(cfg, schedule, 0).curriculum
+        self.metrics = open(out / "metrics.jsonl", "a")  # noqa: SIM115 - closed in close()
+        self.tb = _tensorboard(out)
+
+    def step(self, out, model_cfg) -> None:
+        from .visualize import save_reconstruction
+
+        last = out.step == self.schedule.total_steps - 1
+        stats = step_stats(out, self.masking, self.curriculum, self.schedule)
+        self.metrics.write(json.dumps(stats) + "\n")
+        self.metrics.flush()
+        if self.tb is not None:
+            for k, v in stats.items():
+                if isinstance(v, float):
+                    self.tb.add_scalar(k, v, out.step)
+        if out.step % self.log_every == 0 or last:
+            losses = " ".join(f"{k[5:]} {v:.4f}" for k, v in stats.items() if k.startswith("loss_"))
+            print(
+                f"step {out.step:6d}  lr {out.lr:.2e}  {losses}  {stats['images_per_s'] * self.env.world:.1f} img/s"
+                f"  mix {stats['masking']}",
+                flush=True,
+            )
+        if self.vis_every and (out.step % self.vis_every == 0 or last):
+            save_reconstruction(self.out / f"recon_{out.step:07d}.png", out.batch, out.mask, out.preds, model_cfg)
+
+    def close(self) -> None:
+        self.metrics.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def banner(cfg: TrainConfig, model, env: Dist, s, start: int) -> str:
+    global_batch = cfg.batch_size * cfg.accum_steps * env.world
+    return (
+        f"c2fmae: {cfg.model}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, "
+        f"{env.world} process(es), global batch {global_batch}, lr {s.peak_lr:.2e}, steps {start}->"
+        f"{s.total_steps} ({s.steps_per_epoch}/epoch), masking {cfg.masking}, decoder {cfg.decoder}, "
+        f"device {env.device}"
+    )
+
+
+def step_stats(out, masking: str, curriculum, schedule) -> dict[str, Any]:
+    """One metrics.jsonl record."""
+    probs = curriculum.probs(schedule.progress(out.step)) if masking == "curriculum" else None
+    return {
+        "step": out.step,
+        "lr": out.lr,
+        **{f"loss_{k}": v for k, v in out.losses.items()},
+        "images_per_s": out.images / out.seconds,
+        "masking": out.mix,
+        "curriculum": dict(zip(("semantic", "instance", "random"), probs, strict=True)) if probs else None,
+    }
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(str(out / "tb"))
+
+
+# --- checkpoints ----------------------------------------------------------------------------------
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def checkpoint_state(model, optimizer, step: int, cfg: TrainConfig, generator, world: int) -> dict[str, Any]:
+    """What a checkpoint holds. Collective under DDP (every rank's mask RNG): call it on all ranks."""
+    import torch
+    import torch.distributed as dist
+
+    rng = generator.get_state()
+    if world > 1:  # every rank's mask RNG, so each continues its own sequence
+        states = [torch.zeros_like(rng) for _ in range(world)]
+        dist.all_gather_object(states, rng)
+    else:
+        states = [rng]
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "config": cfg.to_json(),
+        "model_config": model.cfg.to_json(),
+        "mask_rng": states,
+        "torch_rng": torch.get_rng_state(),
+    }
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     import torch
 
@@ -109,163 +344,24 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 def load_checkpoint(path: Path) -> dict[str, Any]:
     import torch
 
+    from shards.errors import UsageError
+
+    if not Path(path).exists():
+        raise UsageError(f"--resume but no checkpoint at {path}")
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def run(cfg: TrainConfig) -> int:
-    import torch
-    import torch.distributed as dist
-
-    from .data import make_loader, read_spec
-    from .engine import param_groups, train_steps
-    from .visualize import save_reconstruction
-
-    out = Path(cfg.output)
-    ckpt_path = out / "checkpoint.pt"
-    state = None
-    if cfg.resume:
-        if not ckpt_path.exists():
-            print(f"error: --resume but no checkpoint at {ckpt_path}", file=sys.stderr)
-            return 2
-        state = load_checkpoint(ckpt_path)
-        # The saved config wins (same model, schedule, data order); where the data lives, where to
-        # write, and when to leave are this invocation's.
-        cfg = TrainConfig(
-            **{
-                **state["config"],
-                "resume": True,
-                "output": cfg.output,
-                "shards": cfg.shards,
-                "stop_after": cfg.stop_after,
-            }
-        )
-    try:
-        spec = read_spec(cfg.shards)
-    except (FileNotFoundError, OSError, ValueError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if world > 1:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg, spec).to(device)
-    global_batch = cfg.batch_size * cfg.accum_steps * world
-    peak_lr = cfg.blr * global_batch / 256
-    spe = cfg.steps_per_epoch or max(1, spec.num_samples // global_batch)
-    total = cfg.steps or cfg.epochs * spe
-    if cfg.warmup_steps < 0:
-        cfg.warmup_steps = max(1, total // 20)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=peak_lr, betas=(0.9, 0.95))
-    generator = torch.Generator().manual_seed(cfg.seed * 7 + rank)  # masks
-    start = 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["mask_rng"][rank] if rank < len(state["mask_rng"]) else state["mask_rng"][0])
-        start = state["step"]
-    # `model` stays the plain module (state dicts, config, pictures); `train_model` is what steps.
-    train_model = torch.compile(model) if cfg.compile else model
-    if world > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            train_model, device_ids=[local] if device.type == "cuda" else None
-        )
-
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        print(
-            f"c2fmae: {cfg.model}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, "
-            f"{world} process(es), global batch {global_batch}, lr {peak_lr:.2e}, steps {start}->{total} "
-            f"({spe}/epoch), masking {cfg.masking}, decoder {cfg.decoder}, device {device}"
-        )
-    metrics = open(out / "metrics.jsonl", "a") if rank == 0 else None  # noqa: SIM115
-    tb = _tensorboard(out) if rank == 0 else None
-
-    end = min(total, start + cfg.stop_after) if cfg.stop_after else total
-
-    def on_step(step, stats, batch, mask, preds):
-        checkpoint = (step + 1) % cfg.ckpt_every == 0 or step == end - 1
-        state = _state(model, optimizer, step + 1, cfg, generator, world) if checkpoint else None  # all ranks
-        if rank != 0:
-            return
-        metrics.write(json.dumps(stats) + "\n")
-        metrics.flush()
-        if tb is not None:
-            for k, v in stats.items():
-                if isinstance(v, float):
-                    tb.add_scalar(k, v, step)
-        if step % cfg.log_every == 0 or step == total - 1:
-            losses = " ".join(f"{k[5:]} {v:.4f}" for k, v in stats.items() if k.startswith("loss_"))
-            print(
-                f"step {step:6d}  lr {stats['lr']:.2e}  {losses}  {stats['images_per_s'] * world:.1f} img/s"
-                f"  mix {stats['masking']}",
-                flush=True,
-            )
-        if cfg.vis_every and (step % cfg.vis_every == 0 or step == total - 1):
-            save_reconstruction(out / f"recon_{step:07d}.png", batch, mask, preds, model.cfg)
-        if state is not None:
-            save_checkpoint(ckpt_path, state)
-
-    epoch = start // spe
-    while start < end:
-        loader = make_loader(
-            cfg.shards,
-            cfg.batch_size,
-            cfg.workers,
-            cfg.seed,
-            epoch,
-            model.cfg.img_size,
-            model.cfg.patch_size,
-            model.cfg.cell_size,
-            augment=cfg.augment,
-        )
-        batches = iter(loader)
-        for _ in range((start % spe) * cfg.accum_steps):  # resume mid-epoch: replay the epoch's data order
-            next(batches)
-        stop = min(end, (epoch + 1) * spe)
-        train_steps(
-            train_model, model.cfg, optimizer, batches, start, stop, cfg, peak_lr, total, generator, device, on_step
-        )
-        start, epoch = stop, epoch + 1
-        del batches, loader
-    if metrics:
-        metrics.close()
-    if world > 1:
-        dist.destroy_process_group()
-    return 0
+def resumed_config(cfg: TrainConfig, state: dict[str, Any]) -> TrainConfig:
+    """The saved config wins (same model, schedule, data order); where the data lives, where to
+    write, and when to leave are this invocation's."""
+    mine = {"resume": True, "output": cfg.output, "shards": cfg.shards, "stop_after": cfg.stop_after}
+    return TrainConfig(**{**state["config"], **mine})
 
 
-def _state(model, optimizer, step, cfg, generator, world) -> dict[str, Any]:
-    import torch
-    import torch.distributed as dist
-
-    rng = generator.get_state()
-    if world > 1:  # every rank's mask RNG, so each continues its own sequence
-        states = [torch.zeros_like(rng) for _ in range(world)]
-        dist.all_gather_object(states, rng)
-    else:
-        states = [rng]
-    cfg_json = cfg.to_json()
-    return {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "step": step,
-        "config": cfg_json,
-        "model_config": model.cfg.to_json(),
-        "mask_rng": states,
-        "torch_rng": torch.get_rng_state(),
-    }
-
-
-def _tensorboard(out: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional
-        return None
-    return SummaryWriter(str(out / "tb"))
+def restore(state: dict[str, Any], model, optimizer, generator, rank: int) -> int:
+    """Load a checkpoint into the run; returns the step to continue from."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    rngs = state["mask_rng"]
+    generator.set_state(rngs[rank] if rank < len(rngs) else rngs[0])
+    return int(state["step"])
