@@ -11,6 +11,7 @@ import json
 import sys
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass
@@ -88,24 +89,24 @@ def linear_accuracy(train_x, train_y, val_x, val_y, epochs: int) -> float:
 def run(cfg: ProbeConfig) -> int:
     import torch
 
+    from shards.errors import UsageError
+
+    from .checkpoint import config_from, load_checkpoint, load_weights
     from .data import read_spec
     from .model import C2FMAE, ModelConfig, model_config
-    from .train import load_checkpoint
 
     torch.manual_seed(0)
-    try:
-        if cfg.checkpoint:
-            state = load_checkpoint(cfg.checkpoint)
-            model = C2FMAE(ModelConfig.from_json(state["model_config"]))
-            model.load_state_dict(state["model"])
-        else:
+    if cfg.checkpoint:
+        path = Path(cfg.checkpoint)
+        state = load_checkpoint(path)
+        model = C2FMAE(config_from(ModelConfig, state["model_config"], path, "model config"))
+        load_weights(path, model, state["model"], "weights")
+    else:
+        try:
             spec = read_spec(cfg.shards)
-            model = C2FMAE(
-                model_config(cfg.model, num_classes=max(1, spec.num_classes), ignore_index=spec.ignore_index)
-            )
-    except (OSError, KeyError, RuntimeError, ValueError) as e:
-        print(f"error: cannot load the model: {e}", file=sys.stderr)
-        return 2
+        except (OSError, ValueError, KeyError) as e:
+            raise UsageError(str(e)) from None
+        model = C2FMAE(model_config(cfg.model, num_classes=max(1, spec.num_classes), ignore_index=spec.ignore_index))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device).eval()
     x, y, train = extract(model, cfg.shards, cfg.batch_size, cfg.max_samples, device)

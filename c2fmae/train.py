@@ -155,14 +155,15 @@ def run(cfg: TrainConfig) -> int:
 
     from shards.errors import UsageError
 
+    from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
     from .data import read_spec
     from .engine import param_groups, train_steps
 
     out = Path(cfg.output)
-    state = None
+    ckpt, state = out / CHECKPOINT, None
     if cfg.resume:
-        state = load_checkpoint(out / CHECKPOINT)
-        cfg = resumed_config(cfg, state)
+        state = load_checkpoint(ckpt)
+        cfg = resumed_config(cfg, state, ckpt)
     try:
         spec = read_spec(cfg.shards)
     except (FileNotFoundError, OSError, ValueError, KeyError) as e:
@@ -175,14 +176,14 @@ def run(cfg: TrainConfig) -> int:
     loop = make_loop(cfg, schedule, model.cfg.ignore_index)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=schedule.peak_lr, betas=(0.9, 0.95))
     generator = torch.Generator().manual_seed(cfg.seed * 7 + env.rank)  # masks
-    start = restore(state, model, optimizer, generator, env.rank) if state is not None else 0
+    start = restore(ckpt, state, model, optimizer, generator, env.rank) if state is not None else 0
     # `model` stays the plain module (state dicts, config, pictures); `train_model` is what steps.
     train_model = torch.compile(model) if cfg.compile else model
     if env.world > 1:
         ids = [env.local] if env.device.type == "cuda" else None
         train_model = torch.nn.parallel.DistributedDataParallel(train_model, device_ids=ids)
     end = min(schedule.total_steps, start + cfg.stop_after) if cfg.stop_after else schedule.total_steps
-    log = RunLog(out, cfg, env, schedule) if env.rank == 0 else None
+    log = RunLog(out, cfg, env, schedule, start) if env.rank == 0 else None
     if log:
         print(banner(cfg, model, env, schedule, start))
 
@@ -194,7 +195,7 @@ def run(cfg: TrainConfig) -> int:
             if (step_out.step + 1) % cfg.ckpt_every == 0 or step_out.step == end - 1:
                 snapshot = checkpoint_state(model, optimizer, step_out.step + 1, cfg, generator, env.world)
                 if env.rank == 0:
-                    save_checkpoint(out / CHECKPOINT, snapshot)
+                    save_checkpoint(ckpt, snapshot)
     if log:
         log.close()
     if env.world > 1:
@@ -240,9 +241,10 @@ class RunLog:
     """Rank 0's record of the run: metrics.jsonl (every step), TensorBoard (when installed), console
     lines every `log_every` steps, and a picture of a reconstruction every `vis_every` steps."""
 
-    def __init__(self, out: Path, cfg: TrainConfig, env: Dist, schedule):
+    def __init__(self, out: Path, cfg: TrainConfig, env: Dist, schedule, start: int):
         out.mkdir(parents=True, exist_ok=True)
         self.out, self.env, self.schedule = out, env, schedule
+        keep_records_before(out / "metrics.jsonl", start)
         self.log_every, self.vis_every, self.masking = cfg.log_every, cfg.vis_every, cfg.masking
         self.curriculum = make_loop(cfg, schedule, 0).curriculum
         self.metrics = open(out / "metrics.jsonl", "a")  # noqa: SIM115 - closed in close()
@@ -273,6 +275,23 @@ class RunLog:
         self.metrics.close()
         if self.tb is not None:
             self.tb.close()
+
+
+def keep_records_before(path: Path, step: int) -> None:
+    """Drop the records of steps >= `step` (and any torn last line): a resumed run replays the steps
+    after its checkpoint, and each step must appear once in metrics.jsonl."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] < step:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
 
 
 def banner(cfg: TrainConfig, model, env: Dist, s, start: int) -> str:
@@ -306,9 +325,7 @@ def _tensorboard(out: Path):
     return SummaryWriter(str(out / "tb"))
 
 
-# --- checkpoints ----------------------------------------------------------------------------------
-
-CHECKPOINT = "checkpoint.pt"
+# --- checkpoints (files: c2fmae/checkpoint.py) ---------------------------------------------------
 
 
 def checkpoint_state(model, optimizer, step: int, cfg: TrainConfig, generator, world: int) -> dict[str, Any]:
@@ -333,35 +350,28 @@ def checkpoint_state(model, optimizer, step: int, cfg: TrainConfig, generator, w
     }
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    import torch
-
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: a crash never leaves a half-written checkpoint under the name
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    import torch
-
-    from shards.errors import UsageError
-
-    if not Path(path).exists():
-        raise UsageError(f"--resume but no checkpoint at {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def resumed_config(cfg: TrainConfig, state: dict[str, Any]) -> TrainConfig:
+def resumed_config(cfg: TrainConfig, state: dict[str, Any], path: Path) -> TrainConfig:
     """The saved config wins (same model, schedule, data order); where the data lives, where to
     write, and when to leave are this invocation's."""
+    from .checkpoint import config_from
+
     mine = {"resume": True, "output": cfg.output, "shards": cfg.shards, "stop_after": cfg.stop_after}
-    return TrainConfig(**{**state["config"], **mine})
+    return config_from(TrainConfig, {**state["config"], **mine}, path, "train config")
 
 
-def restore(state: dict[str, Any], model, optimizer, generator, rank: int) -> int:
-    """Load a checkpoint into the run; returns the step to continue from."""
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    rngs = state["mask_rng"]
-    generator.set_state(rngs[rank] if rank < len(rngs) else rngs[0])
+def restore(path: Path, state: dict[str, Any], model, optimizer, generator, rank: int) -> int:
+    """Load a checkpoint into the run, after checking it is this run's; returns the step to continue from."""
+    from shards.errors import DataError
+
+    from .checkpoint import check_fits, config_from, load_weights
+    from .model import ModelConfig
+
+    check_fits(path, config_from(ModelConfig, state["model_config"], path, "model config"), model.cfg)
+    load_weights(path, model, state["model"], "weights")
+    load_weights(path, optimizer, state["optimizer"], "optimizer state")
+    rngs = state.get("mask_rng") or []
+    try:
+        generator.set_state(rngs[rank] if rank < len(rngs) else rngs[0])
+    except (IndexError, RuntimeError, TypeError) as e:
+        raise DataError(f"{path}: its mask RNG state does not load: {e}") from None
     return int(state["step"])

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from c2f.cli import main as c2f
+from c2fmae.checkpoint import load_checkpoint
 from c2fmae.data import instance_targets, patch_mode
 from c2fmae.engine import lr_at
 from c2fmae.masking import (
@@ -22,7 +23,6 @@ from c2fmae.masking import (
     semantic_mask,
 )
 from c2fmae.model import C2FMAE, model_config
-from c2fmae.train import load_checkpoint
 
 # --- masking ------------------------------------------------------------------------------------
 
