@@ -1,7 +1,8 @@
 """Checkpoints: written atomically, read with `weights_only=True`, and checked before anything trusts them.
 
 A checkpoint is a dict: `model` and `optimizer` state dicts, `step` (optimizer steps done),
-`config` (the TrainConfig as JSON), `model_config` (the ModelConfig as JSON) and `mask_rng`.
+`config` (the TrainConfig as JSON), `model_config` (the ModelConfig as JSON, every size resolved)
+and `run` (what was derived from them and the machine: schedule, world size, DataLoader workers).
 A file that is not one (corrupt, truncated, someone else's) is refused with one line naming it:
 `DataError` when the file is unreadable or not a c2f checkpoint, `UsageError` when it is a
 c2f checkpoint that does not fit this run (another label space, another model).
@@ -20,12 +21,34 @@ CHECKPOINT = "checkpoint.pt"
 REQUIRED = {"model": dict, "optimizer": dict, "step": int, "config": dict, "model_config": dict}
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+def numbered(step: int) -> str:
+    return f"checkpoint-{step:07d}.pt"
+
+
+def save_checkpoint(out_dir: Path, state: dict[str, Any], keep: int = 1) -> Path:
+    """Write `checkpoint-{step}.pt`, point `checkpoint.pt` at it (a hard link: no second copy on
+    disk), and remove numbered checkpoints older than the newest `keep` (0: keep all). Every name
+    appears atomically: a crash never leaves a half-written checkpoint under a name."""
+    import shutil
+
     import torch
 
+    path = out_dir / numbered(int(state["step"]))
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: a crash never leaves a half-written checkpoint under the name
+    os.replace(tmp, path)
+    latest = out_dir / CHECKPOINT
+    tmp = latest.with_name(f".{latest.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(path, tmp)
+    except OSError:  # a filesystem without hard links
+        shutil.copyfile(path, tmp)
+    os.replace(tmp, latest)
+    if keep > 0:
+        for old in sorted(out_dir.glob("checkpoint-*.pt"))[:-keep]:
+            old.unlink()
+    return path
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -7,16 +7,14 @@ checkpoints) is the caller's business (c2fmae/train.py), so the loop holds nothi
 from __future__ import annotations
 
 import math
-import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from .masking import STRATEGIES, Curriculum, MaskInputs, curriculum_mask
+from .masking import NAMES, Masking
 
 
 @dataclass(frozen=True)
@@ -42,10 +40,8 @@ class Loop:
     """Everything `train_steps` needs besides the model, the optimizer and the data."""
 
     schedule: Schedule
-    masking: str = "random"  # curriculum|random|semantic|instance
-    mask_ratio: float = 0.75
-    curriculum: Curriculum = field(default_factory=Curriculum)
-    ignore_index: int = 255  # semantic ignore value (never a masking region)
+    masking: Masking = Masking()
+    mask_seed: int = 0  # masks are a pure function of (mask_seed, step, micro-batch): give each rank its own
     accum_steps: int = 1  # micro-batches per optimizer step
     grad_clip: float = 0.0  # max gradient norm (0: off)
     bf16: bool = True  # bf16 autocast on CUDA
@@ -53,17 +49,18 @@ class Loop:
 
 @dataclass
 class StepOutput:
-    """What one optimizer step produced; `batch`, `mask` and `preds` are its last micro-batch's."""
+    """What one optimizer step produced, still on the device (reading it is the caller's sync).
+    `batch`, `mask` and `preds` are its last micro-batch's."""
 
     step: int
     lr: float
-    losses: dict[str, float]  # every loss term, averaged over the micro-batches
+    losses: dict[str, torch.Tensor]  # every loss term (scalars), averaged over the micro-batches
+    mix: torch.Tensor  # [3] images masked by each strategy (masking.NAMES order)
     images: int  # images in the step (all micro-batches, this process)
-    seconds: float
-    mix: dict[str, int]  # images per masking strategy
-    batch: dict[str, torch.Tensor]
+    batch: dict[str, Any]
     mask: torch.Tensor  # [N, L], 1 = removed
     preds: dict[str, torch.Tensor]
+    model: torch.nn.Module  # the module that stepped (for after-step hooks: EMA teachers, probes)
 
 
 def lr_at(step: int, total: int, warmup: int, peak: float, floor: float) -> float:
@@ -84,55 +81,51 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def make_mask(
-    batch: dict[str, torch.Tensor], loop: Loop, progress: float, generator: torch.Generator
-) -> tuple[torch.Tensor, Counter]:
-    """mask [N, L] (1 = removed) and how many images each strategy masked."""
-    n, length = batch["sem_patch"].shape
-    inputs = MaskInputs(length, n, batch["sem_patch"], batch["inst_patch"], loop.ignore_index)
-    if loop.masking == "curriculum":
-        mask, names = curriculum_mask(inputs, loop.mask_ratio, generator, progress, loop.curriculum)
-        return mask, Counter(names)
-    return STRATEGIES[loop.masking](inputs, loop.mask_ratio, generator), Counter({loop.masking: n})
+def make_optimizer(model: torch.nn.Module, weight_decay: float, lr: float) -> torch.optim.Optimizer:
+    """AdamW (MAE's betas), fused into one kernel where the parameters are on CUDA."""
+    fused = next(model.parameters()).device.type == "cuda"
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.95), fused=fused)
 
 
 def train_steps(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    batches: Iterator[dict[str, torch.Tensor]],
+    batches: Iterator[dict[str, Any]],
     steps: range,
     loop: Loop,
-    generator: torch.Generator,
     after_step: Callable[[StepOutput], None] | None = None,
 ) -> Iterator[StepOutput]:
-    """Run the optimizer steps `steps`, each over `loop.accum_steps` micro-batches; yield each step's output."""
+    """Run the optimizer steps `steps`, each over `loop.accum_steps` prepared micro-batches (data.prepare),
+    and yield each step's output. Nothing here reads a device value: no host sync."""
     device = next(model.parameters()).device
     ddp = hasattr(model, "no_sync")
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and loop.bf16 else nullcontext()
+    generator = torch.Generator(device)
     for step in steps:
-        t0 = time.perf_counter()
         lr = loop.schedule.lr(step)
         for g in optimizer.param_groups:
             g["lr"] = lr
-        mix: Counter = Counter()
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}
+        mix = torch.zeros(len(NAMES), dtype=torch.long, device=device)
         for micro in range(loop.accum_steps):
             batch = next(batches)
-            mask, used = make_mask(batch, loop, loop.schedule.progress(step), generator)
-            mix += used
-            b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            generator.manual_seed(hash((loop.mask_seed, step, micro)) & (2**63 - 1))
+            mask, picks = loop.masking(batch["sem_patch"], batch["inst_patch"], loop.schedule.progress(step), generator)
+            mix += torch.bincount(picks, minlength=len(NAMES))
             sync = nullcontext() if not ddp or micro == loop.accum_steps - 1 else model.no_sync()
             with sync, amp:
-                losses, preds = model(b["image"], mask.to(device), b["sem_cells"], b["inst_cells"])
+                keep = loop.masking.kept(mask.shape[1])
+                losses, preds = model(batch["image"], mask, batch["sem_cells"], batch["inst_cells"], keep=keep)
                 (losses["total"] / loop.accum_steps).backward()
             for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) / loop.accum_steps
+                sums[k] = sums.get(k, 0.0) + v.detach().float() / loop.accum_steps
         if loop.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), loop.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         images = batch["image"].shape[0] * loop.accum_steps
-        out = StepOutput(step, lr, sums, images, time.perf_counter() - t0, dict(mix), b, mask, preds)
+        preds = {k: v.detach() for k, v in preds.items()}
+        out = StepOutput(step, lr, sums, mix, images, batch, mask, preds, model)
         if after_step is not None:
             after_step(out)
         yield out

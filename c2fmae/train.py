@@ -1,14 +1,14 @@
 """`c2f pretrain SHARDS --output DIR` or `torchrun --nproc-per-node N -m c2f pretrain SHARDS --output DIR`.
 
 Wiring only: config -> data (c2fmae.data) -> model (c2fmae.model) -> loop (c2fmae.engine) ->
-logs, pictures, checkpoints. The config is saved in every checkpoint and rebuilt from it on
-`--resume`, so a resumed run continues exactly where it stopped (same data order, masks and LR).
+logs and pictures (c2fmae.logs), checkpoints (c2fmae.checkpoint). The config is saved in every
+checkpoint and rebuilt from it on `--resume`, so a resumed run continues exactly where it
+stopped (same data order, crops, masks and LR).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +23,44 @@ class TrainConfig:
     output: str = field(
         default="out/pretrain", metadata={"help": "directory for checkpoints, metrics.jsonl and pictures"}
     )
-    model: str = field(default="c2fmae_vit_tiny", metadata={"help": "c2fmae_vit_micro|tiny|small|base|large"})
+    # model
+    model: str = field(
+        default="c2fmae_vit_tiny", metadata={"help": "c2fmae_vit_micro|tiny|small|base|large|huge (huge: patch 14)"}
+    )
+    patch_size: int = field(default=0, metadata={"help": "ViT patch side in pixels (0: the model's)"})
+    cell_size: int = field(
+        default=0, metadata={"help": "semantic/instance target cell side in pixels (0: 4 at patch 16, 7 at patch 14)"}
+    )
+    decoder: str = field(
+        default="cascaded", metadata={"help": "cascaded|parallel (the ablation)", "choices": ["cascaded", "parallel"]}
+    )
+    cascade_link: str = field(
+        default="add",
+        metadata={
+            "help": "how a cascade stage sees the previous one: add (a projection at each position) or xattn "
+            "(cross-attention to its tokens)",
+            "choices": ["add", "xattn"],
+        },
+    )
+    stages: str = field(default="semantic,instance,pixel", metadata={"help": "decoder stages, coarse to fine"})
+    decoder_dim: int = field(default=0, metadata={"help": "decoder width (0: the model's, docs/TRAINER.md)"})
+    decoder_depth: int = field(
+        default=0, metadata={"help": "decoder blocks over all stages (0: the model's; 8 from base up, as MAE)"}
+    )
+    decoder_depths: str = field(
+        default="",
+        metadata={
+            "help": "blocks per stage, coarse to fine, e.g. 2,2,4 (empty: --decoder-depth split, a quarter "
+            "per coarse stage)"
+        },
+    )
+    decoder_heads: int = field(default=0, metadata={"help": "decoder attention heads (0: the model's)"})
+    decoder_mlp_ratio: float = field(default=4.0, metadata={"help": "decoder MLP width / decoder width"})
+    multimodal_input: bool = field(
+        default=False, metadata={"help": "embed visible patches' masks as extra encoder tokens"}
+    )
+    loss_weights: str = field(default="1,1,1", metadata={"help": "weights of the semantic, instance, pixel losses"})
+    # schedule
     steps: int = field(default=0, metadata={"help": "optimizer steps in total (0: use --epochs)"})
     epochs: int = field(default=1, metadata={"help": "epochs of --steps-per-epoch steps, when --steps is 0"})
     steps_per_epoch: int = field(default=0, metadata={"help": "steps per epoch (0: dataset samples / global batch)"})
@@ -31,9 +68,13 @@ class TrainConfig:
     accum_steps: int = field(default=1, metadata={"help": "micro-batches accumulated per optimizer step"})
     blr: float = field(default=1.5e-4, metadata={"help": "base learning rate; lr = blr x global batch / 256 (MAE)"})
     min_lr: float = field(default=0.0, metadata={"help": "floor of the cosine schedule"})
-    warmup_steps: int = field(default=-1, metadata={"help": "linear warmup steps (-1: 5% of the steps)"})
+    warmup_epochs: float = field(
+        default=40.0, metadata={"help": "linear warmup in epochs (MAE: 40), at most a fifth of the run"}
+    )
+    warmup_steps: int = field(default=-1, metadata={"help": "linear warmup in steps, instead of --warmup-epochs"})
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (none on norms, biases, tokens)"})
     grad_clip: float = field(default=0.0, metadata={"help": "clip the gradient norm (0: off)"})
+    # masking
     mask_ratio: float = field(default=0.75, metadata={"help": "fraction of patches removed"})
     masking: str = field(
         default="curriculum",
@@ -48,26 +89,29 @@ class TrainConfig:
     curriculum_width: float = field(
         default=0.25, metadata={"help": "width (std) of each curriculum phase, in progress units"}
     )
-    decoder: str = field(
-        default="cascaded", metadata={"help": "cascaded|parallel (the ablation)", "choices": ["cascaded", "parallel"]}
-    )
-    stages: str = field(default="semantic,instance,pixel", metadata={"help": "decoder stages, coarse to fine"})
-    multimodal_input: bool = field(
-        default=False, metadata={"help": "embed visible patches' masks as extra encoder tokens"}
-    )
-    loss_weights: str = field(default="1,1,1", metadata={"help": "weights of the semantic, instance, pixel losses"})
+    # data
     augment: bool = field(
-        default=True, metadata={"help": "RandomResizedCrop(0.2-1) + flip (off: whole image, for overfit checks)"}
+        default=True, metadata={"help": "RandomResizedCrop(0.2-1, bicubic) + flip (off: whole image, overfit checks)"}
     )
-    workers: int = field(default=2, metadata={"help": "DataLoader workers per GPU"})
+    workers: int = field(
+        default=-1, metadata={"help": "DataLoader workers per GPU (-1: the CPUs available per GPU, minus one)"}
+    )
+    shuffle_buffer: int = field(default=1000, metadata={"help": "samples in each worker's shuffle buffer"})
+    interleave: int = field(default=4, metadata={"help": "shards each DataLoader worker reads at once"})
     seed: int = field(default=0, metadata={"help": "seed for weights, data order, augmentation and masks"})
+    # run
     bf16: bool = field(default=True, metadata={"help": "bf16 autocast on CUDA"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
-    log_every: int = field(default=10, metadata={"help": "print every N steps (metrics.jsonl gets every step)"})
+    log_every: int = field(
+        default=10, metadata={"help": "print (and read the GPU's figures) every N steps; metrics.jsonl gets every step"}
+    )
     vis_every: int = field(
         default=100, metadata={"help": "write a PNG of inputs, masks and reconstructions every N steps (0: off)"}
     )
     ckpt_every: int = field(default=500, metadata={"help": "save a checkpoint every N steps (and at the end)"})
+    keep_checkpoints: int = field(
+        default=1, metadata={"help": "numbered checkpoints kept besides checkpoint.pt, newest first (0: all)"}
+    )
     resume: bool = field(default=False, metadata={"help": "continue from OUTPUT/checkpoint.pt with its saved config"})
     stop_after: int = field(
         default=0,
@@ -82,19 +126,31 @@ def _floats(s: str) -> tuple[float, ...]:
     return tuple(float(x) for x in s.split(","))
 
 
-def build_model(cfg: TrainConfig, spec):
-    from .model import C2FMAE, model_config
+def model_config_for(cfg: TrainConfig, spec):
+    """The ModelConfig this run trains: the named size, the flags that override it, the shards' label space."""
+    from shards.errors import UsageError
 
-    mcfg = model_config(
-        cfg.model,
-        num_classes=max(1, spec.num_classes),
-        ignore_index=spec.ignore_index,
-        stages=tuple(cfg.stages.split(",")),
-        cascade=cfg.decoder == "cascaded",
-        multimodal_input=cfg.multimodal_input,
-        loss_weights=_floats(cfg.loss_weights),
-    )
-    return C2FMAE(mcfg)
+    from .model import model_config
+
+    overrides: dict[str, Any] = {
+        "num_classes": max(1, spec.num_classes),
+        "ignore_index": spec.ignore_index,
+        "stages": tuple(s.strip() for s in cfg.stages.split(",")),
+        "cascade": cfg.decoder == "cascaded",
+        "cascade_link": cfg.cascade_link,
+        "multimodal_input": cfg.multimodal_input,
+        "decoder_mlp_ratio": cfg.decoder_mlp_ratio,
+    }
+    for name in ("patch_size", "cell_size", "decoder_dim", "decoder_heads"):
+        if getattr(cfg, name):
+            overrides[name] = getattr(cfg, name)
+    try:
+        overrides["loss_weights"] = _floats(cfg.loss_weights)
+        if cfg.decoder_depths:
+            overrides["decoder_depths"] = tuple(int(x) for x in cfg.decoder_depths.split(","))
+        return model_config(cfg.model, decoder_depth=cfg.decoder_depth or None, **overrides)
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"model settings: {e}") from None
 
 
 def make_schedule(cfg: TrainConfig, num_samples: int, world: int):
@@ -104,20 +160,20 @@ def make_schedule(cfg: TrainConfig, num_samples: int, world: int):
     global_batch = cfg.batch_size * cfg.accum_steps * world
     spe = cfg.steps_per_epoch or max(1, num_samples // global_batch)
     total = cfg.steps or cfg.epochs * spe
-    warmup = cfg.warmup_steps if cfg.warmup_steps >= 0 else max(1, total // 20)
-    return Schedule(total, warmup, cfg.blr * global_batch / 256, cfg.min_lr, spe)
+    # MAE warms up for 40 epochs of its 400-1600; capped at a fifth so short runs reach the peak.
+    warmup = cfg.warmup_steps if cfg.warmup_steps >= 0 else min(round(cfg.warmup_epochs * spe), total // 5)
+    return Schedule(total, max(warmup, 0), cfg.blr * global_batch / 256, cfg.min_lr, spe)
 
 
-def make_loop(cfg: TrainConfig, schedule, ignore_index: int):
+def make_loop(cfg: TrainConfig, schedule, ignore_index: int, rank: int):
     from .engine import Loop
-    from .masking import Curriculum
+    from .masking import Curriculum, Masking
 
+    masking = Masking(cfg.masking, cfg.mask_ratio, Curriculum(_floats(cfg.curriculum_centers), cfg.curriculum_width))
     return Loop(
         schedule,
-        masking=cfg.masking,
-        mask_ratio=cfg.mask_ratio,
-        curriculum=Curriculum(_floats(cfg.curriculum_centers), cfg.curriculum_width),
-        ignore_index=ignore_index,
+        masking=dataclasses.replace(masking, ignore_index=ignore_index),
+        mask_seed=cfg.seed * 1_000_003 + rank,
         accum_steps=cfg.accum_steps,
         grad_clip=cfg.grad_clip,
         bf16=cfg.bf16,
@@ -153,200 +209,103 @@ def run(cfg: TrainConfig) -> int:
     import torch
     import torch.distributed as dist
 
-    from shards.errors import UsageError
-
     from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
-    from .data import read_spec
-    from .engine import param_groups, train_steps
+    from .data import StreamConfig, default_workers, device_batches, expand_urls, make_loader, read_spec
+    from .engine import make_optimizer, train_steps
+    from .logs import RunLog
+    from .model import C2FMAE
 
     out = Path(cfg.output)
     ckpt, state = out / CHECKPOINT, None
     if cfg.resume:
         state = load_checkpoint(ckpt)
         cfg = resumed_config(cfg, state, ckpt)
-    try:
-        spec = read_spec(cfg.shards)
-    except (FileNotFoundError, OSError, ValueError, KeyError) as e:
-        raise UsageError(str(e)) from None
-
+    spec = read_shards(cfg.shards, read_spec)
     env = init_distributed()
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, spec).to(env.device)
+    model = C2FMAE(model_config_for(cfg, spec)).to(env.device)
     schedule = make_schedule(cfg, spec.num_samples, env.world)
-    loop = make_loop(cfg, schedule, model.cfg.ignore_index)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=schedule.peak_lr, betas=(0.9, 0.95))
-    generator = torch.Generator().manual_seed(cfg.seed * 7 + env.rank)  # masks
-    start = restore(ckpt, state, model, optimizer, generator, env.rank) if state is not None else 0
+    workers = cfg.workers if cfg.workers >= 0 else default_workers()
+    run_info = {"schedule": dataclasses.asdict(schedule), "world": env.world, "workers": workers}
+    optimizer = make_optimizer(model, cfg.weight_decay, schedule.peak_lr)
+    start = 0
+    if state is not None:
+        start, run_info = restore(ckpt, state, model, optimizer, run_info)
+    loop = make_loop(cfg, schedule, model.cfg.ignore_index, env.rank)
     # `model` stays the plain module (state dicts, config, pictures); `train_model` is what steps.
     train_model = torch.compile(model) if cfg.compile else model
     if env.world > 1:
         ids = [env.local] if env.device.type == "cuda" else None
         train_model = torch.nn.parallel.DistributedDataParallel(train_model, device_ids=ids)
+    stream = StreamConfig(
+        tuple(expand_urls(cfg.shards)),
+        cfg.batch_size,
+        schedule.steps_per_epoch * cfg.accum_steps,
+        cfg.seed,
+        start * cfg.accum_steps,
+        model.cfg.img_size,
+        model.cfg.cell_size,
+        cfg.augment,
+        cfg.shuffle_buffer,
+        cfg.interleave,
+        env.rank,
+        env.world,
+    )
+    batches = device_batches(make_loader(stream, run_info["workers"]), env.device, model.cells)
     end = min(schedule.total_steps, start + cfg.stop_after) if cfg.stop_after else schedule.total_steps
-    log = RunLog(out, cfg, env, schedule, start) if env.rank == 0 else None
-    if log:
-        print(banner(cfg, model, env, schedule, start))
+    curriculum = loop.masking.curriculum if cfg.masking == "curriculum" else None
+    log = RunLog(out, env.rank, env.world, start, cfg.log_every, cfg.vis_every, curriculum)
+    if env.rank == 0:
+        print(banner(cfg, model, env, schedule, start, run_info["workers"]))
 
-    for epoch, first, stop in epochs(start, end, schedule.steps_per_epoch):
-        batches = epoch_batches(cfg, model.cfg, epoch, skip=(first % schedule.steps_per_epoch) * cfg.accum_steps)
-        for step_out in train_steps(train_model, optimizer, batches, range(first, stop), loop, generator):
-            if log:
-                log.step(step_out, model.cfg)
-            if (step_out.step + 1) % cfg.ckpt_every == 0 or step_out.step == end - 1:
-                snapshot = checkpoint_state(model, optimizer, step_out.step + 1, cfg, generator, env.world)
-                if env.rank == 0:
-                    save_checkpoint(ckpt, snapshot)
-    if log:
-        log.close()
+    for step_out in train_steps(train_model, optimizer, batches, range(start, end), loop):
+        step, last = step_out.step, step_out.step == end - 1
+        log.step(step_out, schedule.progress(step), model.cfg, last)
+        if (step + 1) % cfg.ckpt_every == 0 or last:
+            log.flush()
+            if env.rank == 0:
+                save_checkpoint(out, checkpoint_state(model, optimizer, step + 1, cfg, run_info), cfg.keep_checkpoints)
+    log.close()
     if env.world > 1:
         dist.destroy_process_group()
     return 0
 
 
-def epochs(start: int, end: int, steps_per_epoch: int):
-    """(epoch, first step, stop step) of each epoch that [start, end) touches."""
-    epoch = start // steps_per_epoch
-    while start < end:
-        stop = min(end, (epoch + 1) * steps_per_epoch)
-        yield epoch, start, stop
-        start, epoch = stop, epoch + 1
+def read_shards(source: str, read_spec):
+    from shards.errors import UsageError
+
+    try:
+        return read_spec(source)
+    except (FileNotFoundError, OSError, ValueError, KeyError) as e:
+        raise UsageError(str(e)) from None
 
 
-def epoch_batches(cfg: TrainConfig, mcfg, epoch: int, skip: int):
-    """The epoch's batch stream (a function of seed, epoch, rank and worker count), `skip` batches in:
-    a mid-epoch resume replays the epoch's data order up to its step."""
-    from .data import make_loader
-
-    loader = make_loader(
-        cfg.shards,
-        cfg.batch_size,
-        cfg.workers,
-        cfg.seed,
-        epoch,
-        mcfg.img_size,
-        mcfg.patch_size,
-        mcfg.cell_size,
-        augment=cfg.augment,
-    )
-    batches = iter(loader)
-    for _ in range(skip):
-        next(batches)
-    return batches
-
-
-# --- logs -----------------------------------------------------------------------------------------
-
-
-class RunLog:
-    """Rank 0's record of the run: metrics.jsonl (every step), TensorBoard (when installed), console
-    lines every `log_every` steps, and a picture of a reconstruction every `vis_every` steps."""
-
-    def __init__(self, out: Path, cfg: TrainConfig, env: Dist, schedule, start: int):
-        out.mkdir(parents=True, exist_ok=True)
-        self.out, self.env, self.schedule = out, env, schedule
-        keep_records_before(out / "metrics.jsonl", start)
-        self.log_every, self.vis_every, self.masking = cfg.log_every, cfg.vis_every, cfg.masking
-        self.curriculum = make_loop(cfg, schedule, 0).curriculum
-        self.metrics = open(out / "metrics.jsonl", "a")  # noqa: SIM115 - closed in close()
-        self.tb = _tensorboard(out)
-
-    def step(self, out, model_cfg) -> None:
-        from .visualize import save_reconstruction
-
-        last = out.step == self.schedule.total_steps - 1
-        stats = step_stats(out, self.masking, self.curriculum, self.schedule)
-        self.metrics.write(json.dumps(stats) + "\n")
-        self.metrics.flush()
-        if self.tb is not None:
-            for k, v in stats.items():
-                if isinstance(v, float):
-                    self.tb.add_scalar(k, v, out.step)
-        if out.step % self.log_every == 0 or last:
-            losses = " ".join(f"{k[5:]} {v:.4f}" for k, v in stats.items() if k.startswith("loss_"))
-            print(
-                f"step {out.step:6d}  lr {out.lr:.2e}  {losses}  {stats['images_per_s'] * self.env.world:.1f} img/s"
-                f"  mix {stats['masking']}",
-                flush=True,
-            )
-        if self.vis_every and (out.step % self.vis_every == 0 or last):
-            save_reconstruction(self.out / f"recon_{out.step:07d}.png", out.batch, out.mask, out.preds, model_cfg)
-
-    def close(self) -> None:
-        self.metrics.close()
-        if self.tb is not None:
-            self.tb.close()
-
-
-def keep_records_before(path: Path, step: int) -> None:
-    """Drop the records of steps >= `step` (and any torn last line): a resumed run replays the steps
-    after its checkpoint, and each step must appear once in metrics.jsonl."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] < step:
-                kept.append(line + "\n")
-        except (ValueError, KeyError, TypeError):
-            continue
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(kept))
-    os.replace(tmp, path)
-
-
-def banner(cfg: TrainConfig, model, env: Dist, s, start: int) -> str:
+def banner(cfg: TrainConfig, model, env: Dist, s, start: int, workers: int) -> str:
+    m = model.cfg
     global_batch = cfg.batch_size * cfg.accum_steps * env.world
+    decoder = f"{cfg.decoder} {'+'.join(map(str, m.decoder_depths))} x {m.decoder_dim} ({m.decoder_heads} heads)"
+    if m.cascade and len(m.stages) > 1:
+        decoder += f", link {m.cascade_link}"
     return (
         f"c2fmae: {cfg.model}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, "
-        f"{env.world} process(es), global batch {global_batch}, lr {s.peak_lr:.2e}, steps {start}->"
-        f"{s.total_steps} ({s.steps_per_epoch}/epoch), masking {cfg.masking}, decoder {cfg.decoder}, "
-        f"device {env.device}"
+        f"decoder {decoder}, stages {','.join(m.stages)}; {env.world} process(es), global batch {global_batch}, "
+        f"lr {s.peak_lr:.2e}, warmup {s.warmup_steps}, steps {start}->{s.total_steps} ({s.steps_per_epoch}/epoch), "
+        f"masking {cfg.masking}, device {env.device}, {workers} loader workers"
     )
-
-
-def step_stats(out, masking: str, curriculum, schedule) -> dict[str, Any]:
-    """One metrics.jsonl record."""
-    probs = curriculum.probs(schedule.progress(out.step)) if masking == "curriculum" else None
-    return {
-        "step": out.step,
-        "lr": out.lr,
-        **{f"loss_{k}": v for k, v in out.losses.items()},
-        "images_per_s": out.images / out.seconds,
-        "masking": out.mix,
-        "curriculum": dict(zip(("semantic", "instance", "random"), probs, strict=True)) if probs else None,
-    }
-
-
-def _tensorboard(out: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional
-        return None
-    return SummaryWriter(str(out / "tb"))
 
 
 # --- checkpoints (files: c2fmae/checkpoint.py) ---------------------------------------------------
 
 
-def checkpoint_state(model, optimizer, step: int, cfg: TrainConfig, generator, world: int) -> dict[str, Any]:
-    """What a checkpoint holds. Collective under DDP (every rank's mask RNG): call it on all ranks."""
-    import torch
-    import torch.distributed as dist
-
-    rng = generator.get_state()
-    if world > 1:  # every rank's mask RNG, so each continues its own sequence
-        states = [torch.zeros_like(rng) for _ in range(world)]
-        dist.all_gather_object(states, rng)
-    else:
-        states = [rng]
+def checkpoint_state(model, optimizer, step: int, cfg: TrainConfig, run_info: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint holds. Masks and crops are functions of (seed, step, rank): no RNG state."""
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "step": step,
         "config": cfg.to_json(),
         "model_config": model.cfg.to_json(),
-        "mask_rng": states,
-        "torch_rng": torch.get_rng_state(),
+        "run": run_info,
     }
 
 
@@ -359,19 +318,22 @@ def resumed_config(cfg: TrainConfig, state: dict[str, Any], path: Path) -> Train
     return config_from(TrainConfig, {**state["config"], **mine}, path, "train config")
 
 
-def restore(path: Path, state: dict[str, Any], model, optimizer, generator, rank: int) -> int:
-    """Load a checkpoint into the run, after checking it is this run's; returns the step to continue from."""
-    from shards.errors import DataError
+def restore(path: Path, state: dict[str, Any], model, optimizer, run_info: dict[str, Any]):
+    """Load a checkpoint into the run after checking it is this run's: (step to continue from,
+    the saved run info, whose DataLoader worker count keeps the data order)."""
+    from shards.errors import UsageError
 
     from .checkpoint import check_fits, config_from, load_weights
     from .model import ModelConfig
 
     check_fits(path, config_from(ModelConfig, state["model_config"], path, "model config"), model.cfg)
+    saved = state.get("run") or {}
+    for key in ("schedule", "world"):
+        if saved.get(key) != run_info[key]:
+            raise UsageError(
+                f"{path} was saved by a run with another {key} ({saved.get(key)} vs {run_info[key]} now): "
+                "resume with the same shards and number of processes"
+            )
     load_weights(path, model, state["model"], "weights")
     load_weights(path, optimizer, state["optimizer"], "optimizer state")
-    rngs = state.get("mask_rng") or []
-    try:
-        generator.set_state(rngs[rank] if rank < len(rngs) else rngs[0])
-    except (IndexError, RuntimeError, TypeError) as e:
-        raise DataError(f"{path}: its mask RNG state does not load: {e}") from None
-    return int(state["step"])
+    return int(state["step"]), {**run_info, "workers": int(saved.get("workers", run_info["workers"]))}

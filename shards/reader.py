@@ -152,6 +152,45 @@ def _opener(urls):
         yield {**sample, "stream": open_url(sample["url"])}
 
 
+def shard_samples(url: str, handler: Callable[[Exception], bool] | None = None):
+    """Raw samples (member bytes by extension, `__key__`, `__url__`) of one shard, its stream
+    closed when the generator is (also when a consumer stops early)."""
+    import webdataset as wds
+    from webdataset import tariterators
+
+    handler = handler or wds.reraise_exception
+    stream = open_url(url)
+    try:
+        files = tariterators.tar_file_expander(iter([{"url": url, "stream": stream}]), handler=handler)
+        yield from tariterators.group_by_keys(files, handler=handler)
+    finally:
+        stream.close()
+
+
+def interleave(urls, k: int, rng, handler: Callable[[Exception], bool] | None = None):
+    """Raw samples of `urls` (an iterable of URLs, or of webdataset `{"url": ...}` dicts) with `k`
+    shards open at once: each next sample comes from a random open shard (`rng`, a random.Random),
+    and a finished shard is replaced by the next URL. Shards written in class order (one class
+    each) then still give batches of many classes; k=1 reads one shard after the other."""
+    pending = (u["url"] if isinstance(u, dict) else u for u in urls)
+    live: list = []
+    try:
+        while True:
+            while len(live) < k and (url := next(pending, None)) is not None:
+                live.append(shard_samples(url, handler))
+            if not live:
+                return
+            i = rng.randrange(len(live))
+            sample = next(live[i], None)
+            if sample is None:
+                live.pop(i).close()
+            else:
+                yield sample
+    finally:
+        for it in live:
+            it.close()
+
+
 class DisjointShards(torch.utils.data.IterableDataset):
     """webdataset stage: this rank's and this worker's share of the shards (disjoint from every
     other rank and worker), in a seeded order, once or forever (`repeat`, reshuffled each pass)."""
@@ -189,6 +228,7 @@ def make_dataset(
     handler: Callable[[Exception], bool] | None = None,
     repeat: bool = False,
     masks: bool = True,
+    interleave_shards: int = 1,
 ):
     """An `IterableDataset` over the shards for `torch.utils.data.DataLoader`.
 
@@ -197,7 +237,8 @@ def make_dataset(
     reshuffled each time. With `resampled`, each worker draws shards with replacement forever.
     Infinite streams get a fixed epoch length from the consumer (a step count). `handler`
     decides what a bad sample does (default: raise, naming the shard). `masks=False` skips the
-    maps entirely (an RGB-only stream of the same shards).
+    maps entirely (an RGB-only stream of the same shards). `interleave_shards` > 1 reads that
+    many shards at once per worker, mixing their samples (see `interleave`).
     """
     import webdataset as wds
     from webdataset import filters, shardlists, tariterators
@@ -209,11 +250,17 @@ def make_dataset(
         stages.append(shardlists.ResampledShards(urls, seed=seed, deterministic=True))
     else:
         stages.append(DisjointShards(urls, seed, shuffle=bool(shuffle), repeat=repeat))
-    stages += [
-        _opener,
-        functools.partial(tariterators.tar_file_expander, handler=handler),
-        functools.partial(tariterators.group_by_keys, handler=handler),
-    ]
+    if interleave_shards > 1:
+        import random
+
+        rng = random.Random(f"interleave:{seed}")
+        stages.append(lambda src: interleave(src, interleave_shards, rng, handler))
+    else:
+        stages += [
+            _opener,
+            functools.partial(tariterators.tar_file_expander, handler=handler),
+            functools.partial(tariterators.group_by_keys, handler=handler),
+        ]
     if shuffle:
         stages.append(filters.shuffle(shuffle, initial=min(shuffle, 100), seed=seed))
     stages.append(filters.map(functools.partial(decode_sample, as_tensors=False, masks=masks), handler=handler))
