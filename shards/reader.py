@@ -152,16 +152,19 @@ def _opener(urls):
         yield {**sample, "stream": open_url(sample["url"])}
 
 
-def shard_samples(url: str, handler: Callable[[Exception], bool] | None = None):
+def shard_samples(url: str, handler: Callable[[Exception], bool] | None = None, members: tuple[str, ...] | None = None):
     """Raw samples (member bytes by extension, `__key__`, `__url__`) of one shard, its stream
-    closed when the generator is (also when a consumer stops early)."""
+    closed when the generator is (also when a consumer stops early). `members`: read only these
+    extensions (the others are skipped in the stream, never held in memory)."""
     import webdataset as wds
     from webdataset import tariterators
 
     handler = handler or wds.reraise_exception
+    select = None if members is None else (lambda name: fmt.split_member(name)[1] in members)
     stream = open_url(url)
     try:
-        files = tariterators.tar_file_expander(iter([{"url": url, "stream": stream}]), handler=handler)
+        source = iter([{"url": url, "stream": stream}])
+        files = tariterators.tar_file_expander(source, handler=handler, select_files=select)
         yield from tariterators.group_by_keys(files, handler=handler)
     finally:
         stream.close()
