@@ -366,6 +366,6 @@ def make_loader(cfg: StreamConfig, workers: int):
         batch_size=None,
         num_workers=workers,
         persistent_workers=workers > 0,
-        prefetch_factor=4 if workers > 0 else None,
+        prefetch_factor=2 if workers > 0 else None,  # x workers x ~40 MB batches of shared memory
         pin_memory=torch.cuda.is_available(),
     )

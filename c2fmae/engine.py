@@ -111,7 +111,7 @@ def train_steps(
             batch = next(batches)
             generator.manual_seed(hash((loop.mask_seed, step, micro)) & (2**63 - 1))
             mask, picks = loop.masking(batch["sem_patch"], batch["inst_patch"], loop.schedule.progress(step), generator)
-            mix += torch.bincount(picks, minlength=len(NAMES))
+            mix += (picks.unsqueeze(1) == torch.arange(len(NAMES), device=device)).sum(0)  # bincount would sync
             sync = nullcontext() if not ddp or micro == loop.accum_steps - 1 else model.no_sync()
             with sync, amp:
                 keep = loop.masking.kept(mask.shape[1])

@@ -210,7 +210,7 @@ def run(cfg: TrainConfig) -> int:
     import torch.distributed as dist
 
     from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
-    from .data import StreamConfig, default_workers, device_batches, expand_urls, make_loader, read_spec
+    from .data import default_workers, device_batches, make_loader, read_spec
     from .engine import make_optimizer, train_steps
     from .logs import RunLog
     from .model import C2FMAE
@@ -237,21 +237,8 @@ def run(cfg: TrainConfig) -> int:
     if env.world > 1:
         ids = [env.local] if env.device.type == "cuda" else None
         train_model = torch.nn.parallel.DistributedDataParallel(train_model, device_ids=ids)
-    stream = StreamConfig(
-        tuple(expand_urls(cfg.shards)),
-        cfg.batch_size,
-        schedule.steps_per_epoch * cfg.accum_steps,
-        cfg.seed,
-        start * cfg.accum_steps,
-        model.cfg.img_size,
-        model.cfg.cell_size,
-        cfg.augment,
-        cfg.shuffle_buffer,
-        cfg.interleave,
-        env.rank,
-        env.world,
-    )
-    batches = device_batches(make_loader(stream, run_info["workers"]), env.device, model.cells)
+    loader = make_loader(stream_config(cfg, schedule, model.cfg, env, start), run_info["workers"])
+    batches = device_batches(loader, env.device, model.cells)
     end = min(schedule.total_steps, start + cfg.stop_after) if cfg.stop_after else schedule.total_steps
     curriculum = loop.masking.curriculum if cfg.masking == "curriculum" else None
     log = RunLog(out, env.rank, env.world, start, cfg.log_every, cfg.vis_every, curriculum)
@@ -269,6 +256,26 @@ def run(cfg: TrainConfig) -> int:
     if env.world > 1:
         dist.destroy_process_group()
     return 0
+
+
+def stream_config(cfg: TrainConfig, schedule, mcfg, env: Dist, start: int):
+    """This rank's data stream, from step `start` on (micro-batches are counted from step 0)."""
+    from .data import StreamConfig, expand_urls
+
+    return StreamConfig(
+        urls=tuple(expand_urls(cfg.shards)),
+        batch_size=cfg.batch_size,
+        batches_per_epoch=schedule.steps_per_epoch * cfg.accum_steps,
+        seed=cfg.seed,
+        start_batch=start * cfg.accum_steps,
+        img_size=mcfg.img_size,
+        cell_size=mcfg.cell_size,
+        augment=cfg.augment,
+        shuffle=cfg.shuffle_buffer,
+        interleave=cfg.interleave,
+        rank=env.rank,
+        world=env.world,
+    )
 
 
 def read_shards(source: str, read_spec):

@@ -158,6 +158,37 @@ def test_after_step_hook_sees_each_step_with_keys_and_crops():
     assert len(outs) == 3 and not torch.equal(ema.decoder_embed.weight, model.decoder_embed.weight)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_steps_never_wait_for_the_gpu():
+    """No device -> host sync inside the step loop (masks, losses, mix, optimizer): CUDA's sync
+    debug mode turns any into an error."""
+    from c2fmae.data import patch_mode
+
+    torch.manual_seed(0)
+    dev = torch.device("cuda")
+    model = C2FMAE(model_config("c2fmae_vit_micro", num_classes=4)).to(dev)
+    sem = torch.randint(0, 4, (4, 56, 56), device=dev)
+    batch = {
+        "image": torch.randn(4, 3, 224, 224, device=dev),
+        "sem_cells": sem,
+        "inst_cells": torch.rand(4, 4, 56, 56, device=dev).round(),
+        "sem_patch": patch_mode(sem, 4),
+        "inst_patch": patch_mode(sem, 4),
+        "key": list("abcd"),
+    }
+    loop = Loop(Schedule(4, 1, 1e-3), Masking("curriculum"), accum_steps=2)
+    opt = make_optimizer(model, 0.05, 1e-3)
+    batches = iter([batch] * 8)
+    list(train_steps(model, opt, batches, range(1), loop))  # lazy initialisation may sync once
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        outs = list(train_steps(model, opt, batches, range(1, 3), loop))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len(outs) == 2 and torch.isfinite(outs[-1].losses["total"]).item()
+
+
 def test_warmup_in_epochs_like_mae():
     cfg = TrainConfig("x", epochs=800, batch_size=256, steps_per_epoch=1251)
     s = make_schedule(cfg, 1_281_167, world=16)
