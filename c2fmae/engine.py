@@ -112,8 +112,8 @@ def train_steps(
             generator.manual_seed(hash((loop.mask_seed, step, micro)) & (2**63 - 1))
             mask, picks = loop.masking(batch["sem_patch"], batch["inst_patch"], loop.schedule.progress(step), generator)
             mix += (picks.unsqueeze(1) == torch.arange(len(NAMES), device=device)).sum(0)  # bincount would sync
-            sync = nullcontext() if not ddp or micro == loop.accum_steps - 1 else model.no_sync()
-            with sync, amp:
+            reduce_grads = nullcontext() if not ddp or micro == loop.accum_steps - 1 else model.no_sync()
+            with reduce_grads, amp:
                 keep = loop.masking.kept(mask.shape[1])
                 losses, preds = model(batch["image"], mask, batch["sem_cells"], batch["inst_cells"], keep=keep)
                 (losses["total"] / loop.accum_steps).backward()

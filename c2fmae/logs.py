@@ -47,8 +47,9 @@ class RunLog:
 
             save_reconstruction(self.out / f"recon_{out.step:07d}.png", out.batch, out.mask, out.preds, model_cfg)
 
-    def flush(self) -> None:
-        """Write the pending steps (a sync; under DDP a collective: every rank calls it at the same step)."""
+    def flush(self, console: bool = True) -> None:
+        """Write the pending steps (a sync; under DDP a collective: every rank calls it at the same
+        step), and print the last of them unless `console` is off (a flush before a checkpoint)."""
         if not self.pending:
             return
         keys = sorted(self.pending[0][2])
@@ -65,10 +66,11 @@ class RunLog:
         rate = self.images / max(now - self.clock, 1e-9)  # this process's images/s over the interval
         if self.rank == 0:
             for (step, lr, _, _, progress), row in zip(self.pending, values, strict=True):
-                self.write(step, lr, dict(zip(keys, row[: len(keys)], strict=True)), row[len(keys) :], rate, progress)
+                losses = dict(zip(keys, row[: len(keys)], strict=True))
+                self.write(step, lr, losses, row[len(keys) :], rate, progress, console and step == self.pending[-1][0])
         self.pending, self.images, self.clock, self.first = [], 0, now, False
 
-    def write(self, step: int, lr: float, losses: dict[str, float], mix: list[float], rate: float, progress: float):
+    def write(self, step, lr: float, losses: dict[str, float], mix: list[float], rate, progress, console: bool):
         probs = self.curriculum.probs(progress) if self.curriculum is not None else None
         record: dict[str, Any] = {
             "step": step,
@@ -85,7 +87,7 @@ class RunLog:
             for k, v in record.items():
                 if isinstance(v, float):
                     self.tb.add_scalar(k, v, step)
-        if step == self.pending[-1][0]:
+        if console:
             terms = " ".join(f"{k} {v:.4f}" for k, v in losses.items())
             print(
                 f"step {step:6d}  lr {lr:.2e}  {terms}  {rate * self.world:.1f} img/s  mix {record['masking']}",

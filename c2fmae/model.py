@@ -2,7 +2,7 @@
 
 Modules and pure helpers only. Conventions:
     imgs:  [N, 3, H, W] float, normalised          mask: [N, L], 0 = keep, 1 = removed
-    sem:   [N, H/c, W/c] long class ids (c = cell size, 4 px), ignore value = `ignore_index`
+    sem:   [N, H/c, W/c] long class ids (c = cell size: 4 px at patch 16), ignore value = `ignore_index`
     inst:  [N, 4, H/c, W/c] float {0, 1}: foreground, boundary, same-instance-as-right, -as-below
 L = (H/p)*(W/p) patches; each patch holds (p/c)^2 cells.
 

@@ -249,7 +249,7 @@ def run(cfg: TrainConfig) -> int:
         step, last = step_out.step, step_out.step == end - 1
         log.step(step_out, schedule.progress(step), model.cfg, last)
         if (step + 1) % cfg.ckpt_every == 0 or last:
-            log.flush()
+            log.flush(console=False)
             if env.rank == 0:
                 save_checkpoint(out, checkpoint_state(model, optimizer, step + 1, cfg, run_info), cfg.keep_checkpoints)
     log.close()
