@@ -179,3 +179,18 @@ def test_help_through_the_torchrun_entry_point():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     r = subprocess.run([sys.executable, "-m", "c2f", "pretrain", "--help"], capture_output=True, text=True, env=env)
     assert r.returncode == 0 and "--resume" in r.stdout, r.stderr[-2000:]
+
+
+def test_resume_refuses_other_shards_that_change_the_schedule(trained, tmp_path, capsys):
+    """Same label space, three times the samples: the epoch length (and so the data order and LR
+    schedule) the checkpoint was trained with no longer holds."""
+    from shards.synthetic import write_synthetic_dataset
+
+    shards, good = trained
+    bigger = tmp_path / "bigger"
+    write_synthetic_dataset(bigger, 24, 4, seed=5)
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copy(good, out / "checkpoint.pt")
+    got, err = _resume(bigger, out, capsys)
+    assert got == 2 and "another schedule" in err and len(err.splitlines()) == 1, err
