@@ -276,8 +276,8 @@ class TrainStream(torch.utils.data.IterableDataset):
         while True:
             epoch = g // per_epoch
             first = epoch * per_epoch + (virtual - epoch * per_epoch) % workers  # its first batch this epoch
-            mine = len(range(first, (epoch + 1) * per_epoch, workers))  # its batches this epoch
-            raw = self.epoch_samples(epoch, virtual, workers, mine * c.batch_size)
+            count = len(range(first, (epoch + 1) * per_epoch, workers))  # its batches this epoch
+            raw = self.epoch_samples(epoch, virtual, workers, count * c.batch_size)
             index = (g - first) // workers * c.batch_size  # samples of its batches before g (a resume)
             for _ in range(index):
                 next(raw)
