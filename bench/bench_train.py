@@ -1,12 +1,18 @@
-"""Trainer cost on this machine: the cascade against plain MAE, and whether the loader keeps up.
+"""Trainer cost: can the loader feed the GPU, and what does the cascade cost against MAE?
 
-1. Optimizer-step throughput of C2FMAE (cascaded semantic -> instance -> pixel decoder, curriculum
-   masking) against the same encoder as plain MAE (pixel stage only, random masking), alternating
-   in one process on in-memory batches: the ratio is the cost of the cascade.
-2. Loader throughput (shards -> joint augmentation -> targets, default 2 workers) against what
-   one C2FMAE step consumes per second.
+1. Loader, on CPU (one thread, one DataLoader worker's view), 375x500 synthetic scenes -> 224:
+   CPU ms per sample for the whole worker path (read, decode, crop, cell labels, collate) against
+   decoding the same JPEGs alone (the baseline in the same process), a per-stage breakdown, and
+   the bytes per sample the device receives. Targets: <= 4 ms, <= 200 KB.
+2. Optimizer steps on in-memory batches already on the device (no loader), alternating arms in one
+   process: MAE mode (pixel stage, random masking) against the cascade (3 stages, curriculum
+   masking) with the additive and the cross-attention link. On CUDA: bf16, images/s and peak
+   memory per arm (defaults ViT-B, batch 256); on CPU: fp32 at a small size. Target on the GPU:
+   cascade >= 0.8x MAE mode's images/s.
+3. Loader throughput with --workers processes against what one step consumes.
 
-    .venv/bin/python bench/bench_train.py [--model c2fmae_vit_tiny] [--batch-size 16] [--steps 6]
+    .venv/bin/python bench/bench_train.py                       # CPU: tiny, batch 16
+    .venv/bin/python bench/bench_train.py --steps 20            # on a GPU: ViT-B, batch 256, bf16
 """
 
 from __future__ import annotations
@@ -15,91 +21,164 @@ import argparse
 import statistics
 import tempfile
 import time
-from types import SimpleNamespace
 
 import torch
 
-from c2fmae.data import make_loader
-from c2fmae.engine import param_groups, train_steps
-from c2fmae.model import C2FMAE, model_config
+from c2fmae.data import StreamConfig, TrainStream, TrainTransform, collate, make_loader, patch_mode
+from c2fmae.engine import Loop, Schedule, make_optimizer, train_steps
+from c2fmae.masking import Masking
+from c2fmae.model import C2FMAE, STAGES, model_config
+from shards.reader import _decode_mask, _decode_rgb, decode_sample, expand_urls, shard_samples
 from shards.synthetic import write_synthetic_dataset
 
 
-def batches(n: int, bs: int, num_classes: int):
-    g = torch.Generator().manual_seed(0)
+def cpu_ms(fn, items) -> float:
+    t0 = time.process_time()
+    for x in items:
+        fn(x)
+    return (time.process_time() - t0) / len(items) * 1e3
+
+
+def loader_cost(shards: str, samples: int) -> dict:
+    """CPU ms per sample, one thread: the whole worker path, and its stages on samples in memory."""
+    import random
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # what each DataLoader worker gets
+    raw = [s for url in expand_urls(shards) for s in shard_samples(url)][:samples]
+    rng = random.Random(0)
+    tf = TrainTransform(224, 4)
+    decoded = [decode_sample(s, as_tensors=False) for s in raw]
+    stages = {
+        "JPEG decode (baseline)": cpu_ms(lambda s: _decode_rgb(s["jpg"]), raw),
+        "two map decodes": cpu_ms(lambda s: (_decode_mask(s["sem.png"]), _decode_mask(s["inst.png"])), raw),
+        "crop + flip + cell labels": cpu_ms(lambda d: tf(d, rng), decoded),
+    }
+    done = [tf(d, rng) for d in decoded]
+    stages["collate"] = cpu_ms(lambda i: collate(done[i : i + 16]), range(0, len(done), 16)) / 16
+    cfg = StreamConfig(tuple(expand_urls(shards)), 16, 10**6, seed=0, shuffle=100)
+    stream = iter(TrainStream(cfg))
+    first = next(stream)
+    n = samples // 16
+    t0 = time.process_time()
+    for _ in range(n):
+        next(stream)
+    whole = (time.process_time() - t0) / (n * 16) * 1e3
+    nbytes = sum(v.numel() * v.element_size() for v in first.values() if isinstance(v, torch.Tensor)) / 16
+    torch.set_num_threads(threads)
+    return {"stages": stages, "whole": whole, "bytes": nbytes}
+
+
+def device_batches(n: int, bs: int, num_classes: int, device: torch.device, g: torch.Generator):
+    """Prepared batches (what data.prepare gives the engine) with real regions: bands and boxes."""
     out = []
     for _ in range(n):
-        sem = torch.randint(0, num_classes, (bs, 56, 56), generator=g)
-        out.append(
-            {
-                "image": torch.randn(bs, 3, 224, 224, generator=g),
-                "sem_cells": sem,
-                "inst_cells": torch.rand(bs, 4, 56, 56, generator=g).round(),
-                "sem_patch": sem[:, 2::4, 2::4].reshape(bs, -1),
-                "inst_patch": torch.randint(0, 8, (bs, 196), generator=g),
-                "cls": torch.zeros(bs, dtype=torch.long),
-            }
-        )
+        sem = torch.randint(0, 3, (bs, 1, 1)).expand(bs, 56, 56).clone()
+        sem[:, 20:40, 10:30] = torch.randint(3, num_classes, (bs, 1, 1), generator=g)
+        inst = torch.zeros(bs, 56, 56, dtype=torch.long)
+        inst[:, 16:44, 8:36] = 1
+        batch = {
+            "image": torch.randn(bs, 3, 224, 224, generator=g),
+            "sem_cells": sem,
+            "inst_cells": torch.rand(bs, 4, 56, 56, generator=g).round(),
+            "sem_patch": patch_mode(sem, 4),
+            "inst_patch": patch_mode(inst, 4),
+            "crop": torch.zeros(bs, 7, dtype=torch.int32),
+            "key": [str(i) for i in range(bs)],
+        }
+        out.append({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
     return out
 
 
-def step_rate(model, data, masking: str, steps: int) -> float:
-    cfg = SimpleNamespace(
-        accum_steps=1,
-        bf16=True,
-        curriculum_centers="0,0.5,1",
-        curriculum_width=0.25,
-        warmup_steps=1,
-        min_lr=0.0,
-        grad_clip=0.0,
-        masking=masking,
-        mask_ratio=0.75,
-    )
-    opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95))
-    it = iter(data * (steps + 1))
-    gen = torch.Generator().manual_seed(0)
-    cpu, noop = torch.device("cpu"), lambda *a: None
-    train_steps(model, model.cfg, opt, it, 0, 1, cfg, 1e-4, steps + 1, gen, cpu, noop)  # warm-up
+def step_rate(model, data, masking: str, steps: int, bf16: bool) -> tuple[float, float]:
+    """(images/s, peak GB on CUDA) over `steps` optimizer steps after two warm-up steps."""
+    cuda = data[0]["image"].is_cuda
+    loop = Loop(Schedule(steps + 2, 1, 1e-4), Masking(masking), bf16=bf16)
+    opt = make_optimizer(model, 0.05, 1e-4)
+    it = iter(data * (steps + 2))
+    for _ in train_steps(model, opt, it, range(2), loop):
+        pass
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    train_steps(model, model.cfg, opt, it, 1, steps + 1, cfg, 1e-4, steps + 1, gen, cpu, noop)
-    return steps * data[0]["image"].shape[0] / (time.perf_counter() - t0)
+    for out in train_steps(model, opt, it, range(2, steps + 2), loop):
+        last = out.losses["total"]
+    float(last)  # the sync that ends the timed window
+    if cuda:
+        torch.cuda.synchronize()
+    rate = steps * data[0]["image"].shape[0] / (time.perf_counter() - t0)
+    return rate, (torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0)
 
 
 def main():
+    cuda = torch.cuda.is_available()
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="c2fmae_vit_tiny")
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--model", default="c2fmae_vit_base" if cuda else "c2fmae_vit_tiny")
+    ap.add_argument("--batch-size", type=int, default=256 if cuda else 16)
+    ap.add_argument("--steps", type=int, default=10 if cuda else 4)
+    ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--samples", type=int, default=256, help="synthetic 375x500 samples for the loader")
+    ap.add_argument("--skip-loader", action="store_true")
     args = ap.parse_args()
-    torch.manual_seed(0)
-    c2f = C2FMAE(model_config(args.model, num_classes=150))
-    mae = C2FMAE(model_config(args.model, num_classes=150, stages=("pixel",)))
-    data = batches(2, args.batch_size, 150)
-    a, b = [], []
-    for _ in range(args.repeats):
-        b.append(step_rate(mae, data, "random", args.steps))
-        a.append(step_rate(c2f, data, "curriculum", args.steps))
-    fa, fb = statistics.median(a), statistics.median(b)
-    print(f"{args.model}, batch {args.batch_size}, CPU fp32, {torch.get_num_threads()} threads")
-    print(f"C2FMAE step (3-stage cascade, curriculum masking): {fa:6.1f} images/s")
-    print(f"MAE step (same encoder, pixel stage, random):      {fb:6.1f} images/s")
-    print(f"ratio C2FMAE / MAE: {fa / fb:.2f}  (the cascade's cost)")
+    device = torch.device("cuda" if cuda else "cpu")
 
     with tempfile.TemporaryDirectory() as d:
-        write_synthetic_dataset(d, 256, 32, seed=0, size=(375, 500))
-        loader = iter(make_loader(d, args.batch_size, args.workers, seed=0, epoch=0))
-        next(loader)
-        n = 8
-        t0 = time.perf_counter()
-        for _ in range(n):
-            next(loader)
-        rate = n * args.batch_size / (time.perf_counter() - t0)
-    print(
-        f"loader, {args.workers} workers (375x500 shards -> 224 + targets): {rate:6.1f} samples/s "
-        f"= {rate / fa:.1f}x what a C2FMAE step consumes here"
-    )
+        if not args.skip_loader:
+            write_synthetic_dataset(d, args.samples, 32, seed=0, size=(375, 500))
+            cost = loader_cost(d, args.samples)
+            base = cost["stages"]["JPEG decode (baseline)"]
+            print(f"loader, one thread, 375x500 -> 224, {args.samples} samples:")
+            for name, ms in cost["stages"].items():
+                print(f"  {name:28s} {ms:6.2f} ms/sample")
+            print(
+                f"  whole worker path            {cost['whole']:6.2f} ms/sample = {cost['whole'] / base:.2f}x the JPEG "
+                f"decode alone (target <= 4 ms)"
+            )
+            print(f"  to the device: {cost['bytes'] / 1e3:.1f} KB/sample (target <= 200 KB)")
+
+        torch.manual_seed(0)
+        g = torch.Generator().manual_seed(0)
+        data = device_batches(2, args.batch_size, 150, device, g)
+        arms = {
+            "MAE mode (pixel, random)": (model_config(args.model, num_classes=150, stages=("pixel",)), "random"),
+            "cascade, add (curriculum)": (model_config(args.model, num_classes=150, stages=STAGES), "curriculum"),
+            "cascade, xattn (curriculum)": (
+                model_config(args.model, num_classes=150, stages=STAGES, cascade_link="xattn"),
+                "curriculum",
+            ),
+        }
+        models = {name: C2FMAE(mcfg).to(device) for name, (mcfg, _) in arms.items()}
+        rates: dict[str, list[float]] = {name: [] for name in arms}
+        peaks: dict[str, float] = {}
+        for _ in range(args.repeats):  # alternate, so drifts of a shared machine hit every arm
+            for name, (_, masking) in arms.items():
+                rate, peak = step_rate(models[name], data, masking, args.steps, bf16=cuda)
+                rates[name].append(rate)
+                peaks[name] = max(peaks.get(name, 0.0), peak)
+        where = "CUDA bf16" if cuda else f"CPU fp32, {torch.get_num_threads()} threads"
+        print(f"steps: {args.model}, batch {args.batch_size}, {where}, decoder blocks as docs/TRAINER.md")
+        mae = statistics.median(rates["MAE mode (pixel, random)"])
+        for name in arms:
+            r = statistics.median(rates[name])
+            mem = f", peak {peaks[name]:.1f} GB" if cuda else ""
+            print(f"  {name:30s} {r:8.1f} images/s = {r / mae:.2f}x MAE mode{mem}")
+
+        if not args.skip_loader:
+            cfg = StreamConfig(tuple(expand_urls(d)), args.batch_size, 10**6, seed=0)
+            it = iter(make_loader(cfg, args.workers))
+            next(it)
+            n = max(2, 512 // args.batch_size)
+            t0 = time.perf_counter()
+            for _ in range(n):
+                next(it)
+            rate = n * args.batch_size / (time.perf_counter() - t0)
+            slowest = min(statistics.median(v) for v in rates.values())
+            print(
+                f"loader, {args.workers} workers: {rate:.1f} samples/s = {rate / slowest:.1f}x what the slowest arm's "
+                "step consumes here"
+            )
 
 
 if __name__ == "__main__":

@@ -1,17 +1,66 @@
-"""The training step and loop (MAE's engine_pretrain, one screen): schedule, masking, AMP, accumulation."""
+"""The training step loop (MAE's engine_pretrain, one screen): schedule, masking, AMP, accumulation.
+
+`train_steps` yields one `StepOutput` per optimizer step; what to do with it (metrics, pictures,
+checkpoints) is the caller's business (c2fmae/train.py), so the loop holds nothing but the step.
+"""
 
 from __future__ import annotations
 
 import math
-import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from .masking import STRATEGIES, Curriculum, MaskInputs, curriculum_mask
+from .masking import NAMES, Masking
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Learning rate as a pure function of the step: linear warmup to `peak_lr`, half-cosine to `min_lr`."""
+
+    total_steps: int  # optimizer steps of the whole run
+    warmup_steps: int  # linear warmup steps
+    peak_lr: float  # blr x global batch / 256 (MAE)
+    min_lr: float = 0.0  # floor of the cosine
+    steps_per_epoch: int = 1  # an epoch is a fixed number of steps (data order is per epoch)
+
+    def lr(self, step: int) -> float:
+        return lr_at(step, self.total_steps, self.warmup_steps, self.peak_lr, self.min_lr)
+
+    def progress(self, step: int) -> float:
+        """Training progress in [0, 1] (the curriculum's clock)."""
+        return step / max(1, self.total_steps - 1)
+
+
+@dataclass(frozen=True)
+class Loop:
+    """Everything `train_steps` needs besides the model, the optimizer and the data."""
+
+    schedule: Schedule
+    masking: Masking = Masking()
+    mask_seed: int = 0  # masks are a pure function of (mask_seed, step, micro-batch): give each rank its own
+    accum_steps: int = 1  # micro-batches per optimizer step
+    grad_clip: float = 0.0  # max gradient norm (0: off)
+    bf16: bool = True  # bf16 autocast on CUDA
+
+
+@dataclass
+class StepOutput:
+    """What one optimizer step produced, still on the device (reading it is the caller's sync).
+    `batch`, `mask` and `preds` are its last micro-batch's."""
+
+    step: int
+    lr: float
+    losses: dict[str, torch.Tensor]  # every loss term (scalars), averaged over the micro-batches
+    mix: torch.Tensor  # [3] images masked by each strategy (masking.NAMES order)
+    images: int  # images in the step (all micro-batches, this process)
+    batch: dict[str, Any]
+    mask: torch.Tensor  # [N, L], 1 = removed
+    preds: dict[str, torch.Tensor]
+    model: torch.nn.Module  # the module that stepped (for after-step hooks: EMA teachers, probes)
 
 
 def lr_at(step: int, total: int, warmup: int, peak: float, floor: float) -> float:
@@ -32,76 +81,51 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def make_mask(
-    batch: dict[str, torch.Tensor],
-    strategy: str,
-    ratio: float,
-    progress: float,
-    curriculum: Curriculum,
-    generator: torch.Generator,
-    ignore_index: int,
-) -> tuple[torch.Tensor, Counter]:
-    """mask [N, L] (1 = removed) and how many images each strategy masked."""
-    n, length = batch["sem_patch"].shape
-    inputs = MaskInputs(length, n, batch["sem_patch"], batch["inst_patch"], ignore_index)
-    if strategy == "curriculum":
-        mask, names = curriculum_mask(inputs, ratio, generator, progress, curriculum)
-        return mask, Counter(names)
-    return STRATEGIES[strategy](inputs, ratio, generator), Counter({strategy: n})
+def make_optimizer(model: torch.nn.Module, weight_decay: float, lr: float) -> torch.optim.Optimizer:
+    """AdamW (MAE's betas), fused into one kernel where the parameters are on CUDA."""
+    fused = next(model.parameters()).device.type == "cuda"
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.95), fused=fused)
 
 
 def train_steps(
     model: torch.nn.Module,
-    model_cfg,  # ModelConfig
     optimizer: torch.optim.Optimizer,
-    batches: Iterator[dict[str, torch.Tensor]],
-    start: int,
-    stop: int,
-    cfg,  # TrainConfig
-    peak_lr: float,
-    total_steps: int,
-    generator: torch.Generator,
-    device: torch.device,
-    on_step: Callable[[int, dict[str, Any], dict[str, torch.Tensor], torch.Tensor, dict], None],
-) -> None:
-    """Run optimizer steps [start, stop). Each step accumulates `cfg.accum_steps` micro-batches."""
+    batches: Iterator[dict[str, Any]],
+    steps: range,
+    loop: Loop,
+    after_step: Callable[[StepOutput], None] | None = None,
+) -> Iterator[StepOutput]:
+    """Run the optimizer steps `steps`, each over `loop.accum_steps` prepared micro-batches (data.prepare),
+    and yield each step's output. Nothing here reads a device value: no host sync."""
+    device = next(model.parameters()).device
     ddp = hasattr(model, "no_sync")
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.bf16 else nullcontext()
-    curriculum = Curriculum(tuple(float(x) for x in cfg.curriculum_centers.split(",")), cfg.curriculum_width)
-    for step in range(start, stop):
-        t0 = time.perf_counter()
-        lr = lr_at(step, total_steps, cfg.warmup_steps, peak_lr, cfg.min_lr)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and loop.bf16 else nullcontext()
+    generator = torch.Generator(device)
+    for step in steps:
+        lr = loop.schedule.lr(step)
         for g in optimizer.param_groups:
             g["lr"] = lr
-        progress = step / max(1, total_steps - 1)
-        mix: Counter = Counter()
-        sums: dict[str, float] = {}
-        for micro in range(cfg.accum_steps):
+        sums: dict[str, torch.Tensor] = {}
+        mix = torch.zeros(len(NAMES), dtype=torch.long, device=device)
+        for micro in range(loop.accum_steps):
             batch = next(batches)
-            mask, used = make_mask(
-                batch, cfg.masking, cfg.mask_ratio, progress, curriculum, generator, model_cfg.ignore_index
-            )
-            mix += used
-            b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            sync = nullcontext() if not ddp or micro == cfg.accum_steps - 1 else model.no_sync()
-            with sync, amp:
-                losses, preds = model(b["image"], mask.to(device), b["sem_cells"], b["inst_cells"])
-                (losses["total"] / cfg.accum_steps).backward()
+            generator.manual_seed(hash((loop.mask_seed, step, micro)) & (2**63 - 1))
+            mask, picks = loop.masking(batch["sem_patch"], batch["inst_patch"], loop.schedule.progress(step), generator)
+            mix += (picks.unsqueeze(1) == torch.arange(len(NAMES), device=device)).sum(0)  # bincount would sync
+            reduce_grads = nullcontext() if not ddp or micro == loop.accum_steps - 1 else model.no_sync()
+            with reduce_grads, amp:
+                keep = loop.masking.kept(mask.shape[1])
+                losses, preds = model(batch["image"], mask, batch["sem_cells"], batch["inst_cells"], keep=keep)
+                (losses["total"] / loop.accum_steps).backward()
             for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) / cfg.accum_steps
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                sums[k] = sums.get(k, 0.0) + v.detach().float() / loop.accum_steps
+        if loop.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), loop.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        n = batch["image"].shape[0] * cfg.accum_steps
-        stats = {
-            "step": step,
-            "lr": lr,
-            **{f"loss_{k}": v for k, v in sums.items()},
-            "images_per_s": n / (time.perf_counter() - t0),
-            "masking": dict(mix),
-            "curriculum": dict(zip(("semantic", "instance", "random"), curriculum.probs(progress), strict=True))
-            if cfg.masking == "curriculum"
-            else None,
-        }
-        on_step(step, stats, b, mask, preds)
+        images = batch["image"].shape[0] * loop.accum_steps
+        preds = {k: v.detach() for k, v in preds.items()}
+        out = StepOutput(step, lr, sums, mix, images, batch, mask, preds, model)
+        if after_step is not None:
+            after_step(out)
+        yield out

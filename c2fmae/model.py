@@ -2,7 +2,7 @@
 
 Modules and pure helpers only. Conventions:
     imgs:  [N, 3, H, W] float, normalised          mask: [N, L], 0 = keep, 1 = removed
-    sem:   [N, H/c, W/c] long class ids (c = cell size, 4 px), ignore value = `ignore_index`
+    sem:   [N, H/c, W/c] long class ids (c = cell size: 4 px at patch 16), ignore value = `ignore_index`
     inst:  [N, 4, H/c, W/c] float {0, 1}: foreground, boundary, same-instance-as-right, -as-below
 L = (H/p)*(W/p) patches; each patch holds (p/c)^2 cells.
 
@@ -12,11 +12,15 @@ With `stages=("pixel",)` and random masking the model is exactly MAE (He et al. 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+STAGES = ("semantic", "instance", "pixel")  # the granularities, coarse to fine
+LINKS = ("add", "xattn")  # how a cascade stage sees the previous stage
 
 
 @dataclass
@@ -24,20 +28,41 @@ class ModelConfig:
     img_size: int = 224  # input side, pixels
     patch_size: int = 16  # ViT patch side, pixels
     cell_size: int = 4  # semantic/instance targets are predicted per cell of cell_size^2 pixels
-    embed_dim: int = 192  # encoder width
+    embed_dim: int = 768  # encoder width
     depth: int = 12  # encoder blocks
-    num_heads: int = 3  # encoder heads
-    decoder_dim: int = 128  # decoder width (all stages)
-    decoder_depth: int = 2  # blocks per decoder stage
-    decoder_heads: int = 4
-    mlp_ratio: float = 4.0
+    num_heads: int = 12  # encoder heads
+    mlp_ratio: float = 4.0  # encoder MLP width / embed_dim
+    decoder_dim: int = 512  # decoder width (all stages)
+    decoder_depths: tuple[int, ...] = (2, 2, 4)  # blocks of each decoder stage, in `stages` order
+    decoder_heads: int = 16  # decoder heads (all stages)
+    decoder_mlp_ratio: float = 4.0  # decoder MLP width / decoder_dim
     num_classes: int = 150  # semantic label space of the shards (manifest)
     ignore_index: int = 255  # semantic ignore value of the shards
-    stages: tuple[str, ...] = ("semantic", "instance", "pixel")  # decoder stages, coarse to fine
+    stages: tuple[str, ...] = STAGES  # decoder stages, coarse to fine
     cascade: bool = True  # stage k sees stage k-1's features (False: parallel heads, the ablation)
+    cascade_link: str = "add"  # add: x + Linear(prev) per position; xattn: x attends to prev's tokens
     multimodal_input: bool = False  # also embed visible patches' semantic/instance maps as tokens
     norm_pix_loss: bool = True  # MAE: normalise each target patch by its mean and variance
     loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # semantic, instance, pixel
+    norm_eps: float = 1e-6  # LayerNorm epsilon everywhere (MAE's)
+
+    def __post_init__(self):
+        problems = []
+        if self.img_size % self.patch_size or self.patch_size % self.cell_size:
+            problems.append(
+                f"img_size {self.img_size}, patch_size {self.patch_size} and cell_size {self.cell_size} "
+                "must each divide the one before"
+            )
+        if self.embed_dim % self.num_heads or self.decoder_dim % self.decoder_heads:
+            problems.append("widths must be multiples of their head counts")
+        if not self.stages or any(s not in STAGES for s in self.stages) or len(set(self.stages)) < len(self.stages):
+            problems.append(f"stages {','.join(self.stages)}: use distinct ones of {', '.join(STAGES)}")
+        if len(self.decoder_depths) != len(self.stages) or min(self.decoder_depths, default=0) < 1:
+            problems.append(f"decoder_depths {self.decoder_depths}: one depth >= 1 per stage {self.stages}")
+        if self.cascade_link not in LINKS:
+            problems.append(f"cascade_link {self.cascade_link!r}: choose {' or '.join(LINKS)}")
+        if problems:
+            raise ValueError("; ".join(problems))
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -45,8 +70,9 @@ class ModelConfig:
     @classmethod
     def from_json(cls, d: dict) -> ModelConfig:
         d = dict(d)
-        d["stages"] = tuple(d["stages"])
-        d["loss_weights"] = tuple(d["loss_weights"])
+        for k in ("stages", "loss_weights", "decoder_depths"):
+            if k in d:
+                d[k] = tuple(d[k])
         return cls(**d)
 
 
@@ -93,23 +119,40 @@ def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
-def mask_to_ids(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def mask_to_ids(mask: torch.Tensor, keep: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """mask [N, L] (exactly the same count of zeros per row) -> (ids_keep [N, K], ids_restore [N, L]).
 
-    Kept patches come first in their original order; ids_restore undoes the shuffle (MAE)."""
+    Kept patches come first in their original order; ids_restore undoes the shuffle (MAE).
+    `keep` (K) is known to whoever made the mask; without it, it is read from the mask, which
+    costs a device -> host sync."""
     ids_shuffle = torch.argsort(mask.float() + torch.linspace(0, 0.5, mask.shape[1], device=mask.device), dim=1)
     ids_restore = torch.argsort(ids_shuffle, dim=1)
-    keep = int((mask[0] == 0).sum())
+    if keep is None:
+        keep = int((mask[0] == 0).sum())
     return ids_shuffle[:, :keep], ids_restore
+
+
+def split_depth(total: int, stages: int) -> tuple[int, ...]:
+    """Decoder blocks per stage for `total` blocks in all: a quarter (at least one) for each coarse
+    stage, the rest for the last (pixel) stage: 8 over 3 stages -> (2, 2, 4), 4 -> (1, 1, 2).
+    Cascaded, the pixel predictions pass through all `total` blocks, as through MAE's decoder."""
+    if total < stages:
+        raise ValueError(f"decoder depth {total} is less than the {stages} stages")
+    coarse = max(1, total // 4)
+    head = [coarse] * (stages - 1)
+    if sum(head) >= total:
+        head = [1] * (stages - 1)
+    return (*head, total - sum(head))
 
 
 # --- modules --------------------------------------------------------------------------------
 
 
-def _blocks(dim: int, depth: int, heads: int, mlp_ratio: float) -> nn.ModuleList:
+def _blocks(dim: int, depth: int, heads: int, mlp_ratio: float, eps: float) -> nn.ModuleList:
     from timm.models.vision_transformer import Block
 
-    return nn.ModuleList(Block(dim, heads, mlp_ratio, qkv_bias=True, norm_layer=nn.LayerNorm) for _ in range(depth))
+    norm = partial(nn.LayerNorm, eps=eps)
+    return nn.ModuleList(Block(dim, heads, mlp_ratio, qkv_bias=True, norm_layer=norm) for _ in range(depth))
 
 
 class MapEmbed(nn.Module):
@@ -132,22 +175,50 @@ class MapEmbed(nn.Module):
         return self.sem(hist) + self.modality[0], self.inst(cellify(inst, cells)) + self.modality[1]
 
 
-class DecoderStage(nn.Module):
-    """Transformer blocks over the full patch sequence, then a linear head per patch."""
+class CrossAttention(nn.Module):
+    """Pre-norm multi-head attention from `x` (queries) to `context` (keys, values); no residual."""
 
-    def __init__(self, dim: int, depth: int, heads: int, mlp_ratio: float, out_dim: int, conditioned: bool):
+    def __init__(self, dim: int, heads: int, eps: float):
         super().__init__()
-        # Cascade: the previous stage's features enter additively at every patch position
-        # (concatenation followed by a linear layer, folded into one projection).
-        self.condition = nn.Linear(dim, dim) if conditioned else None
-        self.blocks = _blocks(dim, depth, heads, mlp_ratio)
-        self.norm = nn.LayerNorm(dim)
+        self.heads = heads
+        self.norm_x = nn.LayerNorm(dim, eps=eps)
+        self.norm_context = nn.LayerNorm(dim, eps=eps)
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """x: [N, Lq, D], context: [N, Lk, D] -> [N, Lq, D]."""
+        n, lq, d = x.shape
+        h = self.heads
+        q = self.q(self.norm_x(x)).reshape(n, lq, h, d // h).transpose(1, 2)
+        k, v = self.kv(self.norm_context(context)).reshape(n, -1, 2, h, d // h).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)  # fused kernels on GPU
+        return self.proj(out.transpose(1, 2).reshape(n, lq, d))
+
+
+class DecoderStage(nn.Module):
+    """An optional link to the previous stage, transformer blocks over the full patch sequence,
+    then a linear head per patch.
+
+    Links (`cascade_link`): `add` puts a linear projection of the previous stage's features at
+    every position (concatenation + linear, folded into one projection); `xattn` lets every token
+    attend to all of the previous stage's tokens (one cross-attention layer before the blocks)."""
+
+    def __init__(self, dim, depth, heads, mlp_ratio, out_dim, link: str | None, eps: float):
+        super().__init__()
+        self.link_kind = link
+        self.link = (
+            nn.Linear(dim, dim) if link == "add" else CrossAttention(dim, heads, eps) if link == "xattn" else None
+        )
+        self.blocks = _blocks(dim, depth, heads, mlp_ratio, eps)
+        self.norm = nn.LayerNorm(dim, eps=eps)
         self.head = nn.Linear(dim, out_dim)
 
     def forward(self, x: torch.Tensor, prev: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """x: [N, 1+L, Dd] tokens (cls first); prev: [N, 1+L, Dd] or None -> (features, predictions [N, L, out])."""
-        if self.condition is not None and prev is not None:
-            x = x + self.condition(prev)
+        if self.link is not None and prev is not None:
+            x = x + (self.link(prev) if self.link_kind == "add" else self.link(x, prev))
         for blk in self.blocks:
             x = blk(x)
         x = self.norm(x)
@@ -158,7 +229,7 @@ class C2FMAE(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        p, d = cfg.patch_size, cfg.embed_dim
+        p, d, eps = cfg.patch_size, cfg.embed_dim, cfg.norm_eps
         self.grid = cfg.img_size // p
         self.cells = p // cfg.cell_size  # cells per patch side
         num_patches = self.grid**2
@@ -166,8 +237,8 @@ class C2FMAE(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.register_buffer("pos_embed", sincos_pos_embed(d, self.grid, True).unsqueeze(0), persistent=False)
         self.map_embed = MapEmbed(cfg.num_classes, self.cells, d) if cfg.multimodal_input else None
-        self.blocks = _blocks(d, cfg.depth, cfg.num_heads, cfg.mlp_ratio)
-        self.norm = nn.LayerNorm(d)
+        self.blocks = _blocks(d, cfg.depth, cfg.num_heads, cfg.mlp_ratio, eps)
+        self.norm = nn.LayerNorm(d, eps=eps)
 
         dd = cfg.decoder_dim
         self.decoder_embed = nn.Linear(d, dd)
@@ -178,11 +249,12 @@ class C2FMAE(nn.Module):
             {
                 name: DecoderStage(
                     dd,
-                    cfg.decoder_depth,
+                    cfg.decoder_depths[k],
                     cfg.decoder_heads,
-                    cfg.mlp_ratio,
+                    cfg.decoder_mlp_ratio,
                     out_dims[name],
-                    conditioned=cfg.cascade and k > 0,
+                    link=cfg.cascade_link if cfg.cascade and k > 0 else None,
+                    eps=eps,
                 )
                 for k, name in enumerate(cfg.stages)
             }
@@ -206,10 +278,10 @@ class C2FMAE(nn.Module):
 
     # --- the algorithm -----------------------------------------------------------------------
 
-    def forward_encoder(self, imgs, mask, sem=None, inst=None):
+    def forward_encoder(self, imgs, mask, sem=None, inst=None, keep: int | None = None):
         """imgs [N, 3, H, W], mask [N, L] -> (latent [N, 1+K(+2K), D], ids_restore [N, L])."""
         x = self.patch_embed(imgs).flatten(2).transpose(1, 2) + self.pos_embed[:, 1:]
-        ids_keep, ids_restore = mask_to_ids(mask)
+        ids_keep, ids_restore = mask_to_ids(mask, keep)
         tokens = [gather_tokens(x, ids_keep)]
         if self.map_embed is not None:
             s_tok, i_tok = self.map_embed(sem, inst, self.cells)
@@ -245,40 +317,51 @@ class C2FMAE(nn.Module):
             t["instance"] = cellify(inst, self.cells)
         return t
 
-    def forward_loss(self, preds, targets, mask):
-        """Each term averaged over removed patches only (mask == 1)."""
+    def forward_loss(self, preds, targets, mask, per_patch: bool = False):
+        """Each term averaged over removed patches only (mask == 1); the semantic term over their
+        labelled cells (none labelled: 0, not NaN). With `per_patch`, also returns each stage's
+        loss at every patch, kept ones included ({stage: [N, L]}), for loss caches and selective
+        masking: (losses, per_patch_losses)."""
         m = mask.float()
-        losses = {}
+        removed = m.sum().clamp_min(1)
+        losses, patch = {}, {}
         if "pixel" in preds:
             target = targets["pixel"]
             if self.cfg.norm_pix_loss:
                 mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
                 target = (target - mean) / (var + 1.0e-6) ** 0.5
-            per_patch = ((preds["pixel"] - target) ** 2).mean(-1)
-            losses["pixel"] = (per_patch * m).sum() / m.sum()
+            patch["pixel"] = ((preds["pixel"] - target) ** 2).mean(-1)
+            losses["pixel"] = (patch["pixel"] * m).sum() / removed
         if "semantic" in preds:
             n, length, _ = preds["semantic"].shape
-            logits = preds["semantic"].reshape(n, length, self.cells**2, self.cfg.num_classes)
-            tgt = targets["semantic"].masked_fill(m.unsqueeze(-1) == 0, self.cfg.ignore_index)
-            losses["semantic"] = F.cross_entropy(
-                logits.reshape(-1, self.cfg.num_classes), tgt.reshape(-1), ignore_index=self.cfg.ignore_index
-            )
+            logits = preds["semantic"].reshape(-1, self.cfg.num_classes)
+            tgt = targets["semantic"]  # [N, L, cells^2]
+            ce = F.cross_entropy(logits, tgt.reshape(-1), ignore_index=self.cfg.ignore_index, reduction="none")
+            ce, labelled = ce.reshape(tgt.shape).sum(-1), (tgt != self.cfg.ignore_index).sum(-1)
+            patch["semantic"] = ce / labelled.clamp_min(1)
+            losses["semantic"] = (ce * m).sum() / (labelled * m).sum().clamp_min(1)
         if "instance" in preds:
             bce = F.binary_cross_entropy_with_logits(preds["instance"], targets["instance"], reduction="none")
-            losses["instance"] = (bce.mean(-1) * m).sum() / m.sum()
-        weights = dict(zip(("semantic", "instance", "pixel"), self.cfg.loss_weights, strict=True))
+            patch["instance"] = bce.mean(-1)
+            losses["instance"] = (patch["instance"] * m).sum() / removed
+        weights = dict(zip(STAGES, self.cfg.loss_weights, strict=True))
         losses["total"] = sum(weights[k] * v for k, v in losses.items())
-        return losses
+        return (losses, patch) if per_patch else losses
 
-    def forward(self, imgs, mask, sem=None, inst=None):
-        latent, ids_restore = self.forward_encoder(imgs, mask, sem, inst)
+    def forward(self, imgs, mask, sem=None, inst=None, keep: int | None = None):
+        """-> (losses {stage: scalar, "total": scalar}, predictions {stage: [N, L, out]}).
+        `keep`: patches kept per image, when the caller knows it (saves a device -> host sync)."""
+        latent, ids_restore = self.forward_encoder(imgs, mask, sem, inst, keep)
         preds = self.forward_decoder(latent, ids_restore)
         return self.forward_loss(preds, self.targets(imgs, sem, inst), mask), preds
 
-    def features(self, imgs):
-        """Frozen features for probes: mean of the encoder's patch tokens, nothing masked. [N, D]."""
+    def features(self, imgs, pool: str = "mean"):
+        """Frozen features for probes, nothing masked: [N, D]. `pool`: "cls" (the CLS token, MAE's
+        linear probe) or "mean" (mean of the patch tokens)."""
         mask = torch.zeros(imgs.shape[0], self.num_patches, device=imgs.device)
-        latent, _ = self.forward_encoder(imgs, mask, *self._blank_maps(imgs))
+        latent, _ = self.forward_encoder(imgs, mask, *self._blank_maps(imgs), keep=self.num_patches)
+        if pool == "cls":
+            return latent[:, 0]
         return latent[:, 1 : 1 + self.num_patches].mean(1)
 
     def _blank_maps(self, imgs):
@@ -293,19 +376,39 @@ class C2FMAE(nn.Module):
 
 # --- named builders (MAE's registry style) -------------------------------------------------------
 
-_ENCODERS = {
-    "tiny": dict(embed_dim=192, depth=12, num_heads=3),
-    "small": dict(embed_dim=384, depth=12, num_heads=6),
-    "base": dict(embed_dim=768, depth=12, num_heads=12),
-    "large": dict(embed_dim=1024, depth=24, num_heads=16),
+# Encoders are MAE's / ViT's. Decoders: MAE's 512 wide x 8 blocks x 16 heads from base up (MAE's
+# published decoder); half as wide and deep for tiny and small, where that decoder would cost
+# several times the encoder; 64 x 3 for micro (tests). `decoder_depth` is the total over all
+# stages (split_depth): the cascade and MAE mode get the same decoder blocks, docs/TRAINER.md.
+MODELS: dict[str, dict] = {
+    "c2fmae_vit_micro": dict(embed_dim=64, depth=2, num_heads=2, decoder_dim=64, decoder_depth=3, decoder_heads=2),
+    "c2fmae_vit_tiny": dict(embed_dim=192, depth=12, num_heads=3, decoder_dim=256, decoder_depth=4, decoder_heads=8),
+    "c2fmae_vit_small": dict(embed_dim=384, depth=12, num_heads=6, decoder_dim=256, decoder_depth=4, decoder_heads=8),
+    "c2fmae_vit_base": dict(embed_dim=768, depth=12, num_heads=12, decoder_dim=512, decoder_depth=8, decoder_heads=16),
+    "c2fmae_vit_large": dict(
+        embed_dim=1024, depth=24, num_heads=16, decoder_dim=512, decoder_depth=8, decoder_heads=16
+    ),
+    "c2fmae_vit_huge": dict(  # MAE's ViT-H/14
+        embed_dim=1280, depth=32, num_heads=16, patch_size=14, decoder_dim=512, decoder_depth=8, decoder_heads=16
+    ),
 }
-MODELS = {f"c2fmae_vit_{k}": v for k, v in _ENCODERS.items()}
-MODELS["c2fmae_vit_micro"] = dict(
-    embed_dim=64, depth=2, num_heads=2, decoder_dim=64, decoder_depth=1, decoder_heads=2
-)  # tests and CPU smoke runs
 
 
-def model_config(name: str, **overrides) -> ModelConfig:
+def default_cell_size(patch_size: int) -> int:
+    """4-pixel cells (16 per patch) at patch 16; 7-pixel cells (2x2 per patch) at patch 14."""
+    return next((c for c in (4, 7, 2) if patch_size % c == 0), patch_size)
+
+
+def model_config(name: str, decoder_depth: int | None = None, **overrides) -> ModelConfig:
+    """The named size with `overrides` (ModelConfig fields). `decoder_depth` is the total number
+    of decoder blocks, split over the stages by `split_depth` unless `decoder_depths` is given."""
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose from {', '.join(sorted(MODELS))}")
-    return ModelConfig(**{**MODELS[name], **overrides})
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    base = dict(MODELS[name])
+    total = decoder_depth or base.pop("decoder_depth")
+    base.pop("decoder_depth", None)
+    fields = {**base, **overrides}
+    stages = tuple(fields.get("stages", STAGES))
+    fields.setdefault("decoder_depths", split_depth(total, len(stages)))
+    fields.setdefault("cell_size", default_cell_size(fields.get("patch_size", 16)))
+    return ModelConfig(**fields)

@@ -1,16 +1,21 @@
 """`c2f probe SHARDS --checkpoint CKPT`: kNN and linear probes on frozen encoder features.
 
-Uses each sample's `.cls` label. Samples are split into train / validation by a hash of their
-key (80 / 20, stable across runs and checkpoints), features are the mean of the encoder's patch
-tokens on the whole image (no masking, no augmentation beyond the resize to the model's size).
+Uses each sample's `.cls` label. Samples are drawn from every shard and stratified by class
+(`stratified`: a few per shard, at most max_samples / classes per class), read without their
+masks, and split into train / validation by a hash of their key (80 / 20, stable across runs
+and checkpoints). Images are resized (shorter side 256/224 of the model's size, bicubic) and
+centre-cropped, as MAE evaluates; features are the CLS token (MAE's linear probe) or the mean of
+the patch tokens (`--pool`), nothing masked.
 """
 
 from __future__ import annotations
 
 import json
-import sys
+import math
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass
@@ -20,40 +25,86 @@ class ProbeConfig:
         default="", metadata={"help": "checkpoint.pt written by `c2f pretrain` (empty: a random-init baseline)"}
     )
     model: str = field(default="c2fmae_vit_tiny", metadata={"help": "model name when --checkpoint is empty"})
+    pool: str = field(
+        default="cls",
+        metadata={
+            "help": "features: cls (the CLS token, MAE's linear probe) or mean (patch tokens)",
+            "choices": ["cls", "mean"],
+        },
+    )
     k: int = field(default=10, metadata={"help": "neighbours for the kNN probe"})
     linear_epochs: int = field(default=100, metadata={"help": "full-batch epochs of the linear probe"})
     batch_size: int = field(default=64, metadata={"help": "images per forward pass"})
-    max_samples: int = field(default=20000, metadata={"help": "use at most this many samples"})
+    max_samples: int = field(default=20000, metadata={"help": "use at most this many samples, from all shards"})
     json: bool = field(default=False, metadata={"help": "print the result as JSON"})
 
 
-def extract(model, source: str, batch_size: int, max_samples: int, device):
+def stratified(urls: list[str], max_samples: int, num_classes: int):
+    """Raw samples (image, class, metadata; no masks) from every shard in turn: at most
+    ceil(max_samples / shards) from each, at most ceil(max_samples / classes) per class, so that
+    shards written in class order and shards of mixed classes both give every class its share."""
+    from shards import format as fmt
+    from shards.reader import shard_samples
+
+    per_shard = math.ceil(max_samples / max(1, len(urls)))
+    per_class = math.ceil(max_samples / max(1, num_classes))
+    counts: Counter = Counter()
+    total = 0
+    for url in urls:
+        taken = 0
+        samples = shard_samples(url, members=(fmt.JPG, fmt.CLS, fmt.META))
+        try:
+            for raw in samples:
+                cls = int(raw[fmt.CLS]) if fmt.CLS in raw else -1
+                if counts[cls] >= per_class:
+                    continue
+                yield raw
+                counts[cls] += 1
+                taken, total = taken + 1, total + 1
+                if total >= max_samples:
+                    return
+                if taken >= per_shard:
+                    break
+        finally:
+            samples.close()
+
+
+def eval_view(image, size: int):
+    """uint8 [3, H, W] -> [3, size, size]: shorter side to size * 256 / 224 (bicubic), centre crop (MAE)."""
+    import torchvision.transforms.v2.functional as F
+
+    resized = F.resize(image, [round(size * 256 / 224)], interpolation=F.InterpolationMode.BICUBIC, antialias=True)
+    return F.center_crop(resized, [size, size])
+
+
+def extract(model, urls: list[str], cfg: ProbeConfig, num_classes: int, device):
+    """-> features [N, D], classes [N], train split [N] (bool)."""
     import torch
 
-    from shards.reader import JointTransform, make_dataset
+    from shards.reader import decode_sample
 
-    from .data import MEAN, STD
+    from .data import normalize
 
-    tf = JointTransform(model.cfg.img_size, scale=(1.0, 1.0), ratio=(1e-3, 1e3), flip=False)  # the whole image
     feats, labels, split = [], [], []
     batch: list = []
 
     def flush():
-        x = (torch.stack(batch).float() - MEAN) / STD
+        x = normalize(torch.stack(batch).to(device))
         with torch.inference_mode():
-            feats.append(model.features(x.to(device)).float().cpu())
+            feats.append(model.features(x, cfg.pool).float().cpu())
         batch.clear()
 
-    for n, s in enumerate(make_dataset(source, transform=tf, shuffle=0)):
-        if n >= max_samples:
-            break
-        batch.append(s["image"])
+    for raw in stratified(urls, cfg.max_samples, num_classes):
+        s = decode_sample(raw, masks=False)
+        batch.append(eval_view(s["image"], model.cfg.img_size))
         labels.append(s["cls"])
         split.append(zlib.crc32(s["__key__"].encode()) % 5 != 0)  # True: train
-        if len(batch) == batch_size:
+        if len(batch) == cfg.batch_size:
             flush()
     if batch:
         flush()
+    if not feats:
+        return torch.zeros(0, model.cfg.embed_dim), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.bool)
     return torch.cat(feats), torch.tensor(labels), torch.tensor(split)
 
 
@@ -88,36 +139,38 @@ def linear_accuracy(train_x, train_y, val_x, val_y, epochs: int) -> float:
 def run(cfg: ProbeConfig) -> int:
     import torch
 
-    from .data import read_spec
+    from shards.errors import DataError, UsageError
+
+    from .checkpoint import config_from, load_checkpoint, load_weights
+    from .data import expand_urls, read_spec
     from .model import C2FMAE, ModelConfig, model_config
-    from .train import load_checkpoint
 
     torch.manual_seed(0)
     try:
-        if cfg.checkpoint:
-            state = load_checkpoint(cfg.checkpoint)
-            model = C2FMAE(ModelConfig.from_json(state["model_config"]))
-            model.load_state_dict(state["model"])
-        else:
-            spec = read_spec(cfg.shards)
-            model = C2FMAE(
-                model_config(cfg.model, num_classes=max(1, spec.num_classes), ignore_index=spec.ignore_index)
-            )
-    except (OSError, KeyError, RuntimeError, ValueError) as e:
-        print(f"error: cannot load the model: {e}", file=sys.stderr)
-        return 2
+        spec = read_spec(cfg.shards)
+    except (OSError, ValueError, KeyError) as e:
+        raise UsageError(str(e)) from None
+    if cfg.checkpoint:
+        path = Path(cfg.checkpoint)
+        state = load_checkpoint(path)
+        model = C2FMAE(config_from(ModelConfig, state["model_config"], path, "model config"))
+        load_weights(path, model, state["model"], "weights")
+    else:
+        model = C2FMAE(model_config(cfg.model, num_classes=max(1, spec.num_classes), ignore_index=spec.ignore_index))
+    if spec.num_image_classes == 0:
+        raise UsageError(f"{cfg.shards} has no image-level classes (.cls): nothing to probe")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device).eval()
-    x, y, train = extract(model, cfg.shards, cfg.batch_size, cfg.max_samples, device)
+    x, y, train = extract(model, expand_urls(cfg.shards), cfg, spec.num_image_classes, device)
     if (y < 0).any():
-        print("error: these shards have no image-level classes (.cls); nothing to probe", file=sys.stderr)
-        return 2
+        raise DataError(f"{cfg.shards}: some samples have no .cls although the manifest lists classes")
     if train.all() or (~train).all():
-        print("error: too few samples for a train/validation split", file=sys.stderr)
-        return 2
+        raise DataError(f"too few samples for a train/validation split ({len(y)} read)")
     result = {
         "checkpoint": cfg.checkpoint or f"random init ({cfg.model})",
+        "pool": cfg.pool,
         "samples": {"train": int(train.sum()), "val": int((~train).sum())},
+        "classes": len(set(y.tolist())),
         "knn_top1": knn_accuracy(x[train], y[train], x[~train], y[~train], cfg.k),
         "linear_top1": linear_accuracy(x[train], y[train], x[~train], y[~train], cfg.linear_epochs),
     }
@@ -125,7 +178,8 @@ def run(cfg: ProbeConfig) -> int:
         print(json.dumps(result))
     else:
         print(
-            f"probe {result['checkpoint']}: {result['samples']['train']} train / {result['samples']['val']} val, "
-            f"kNN(k={cfg.k}) top-1 {100 * result['knn_top1']:.1f}%, linear top-1 {100 * result['linear_top1']:.1f}%"
+            f"probe {result['checkpoint']} ({cfg.pool} features): {result['samples']['train']} train / "
+            f"{result['samples']['val']} val, {result['classes']} classes, kNN(k={cfg.k}) top-1 "
+            f"{100 * result['knn_top1']:.1f}%, linear top-1 {100 * result['linear_top1']:.1f}%"
         )
     return 0

@@ -1,16 +1,15 @@
 """`c2f pretrain SHARDS --output DIR` or `torchrun --nproc-per-node N -m c2f pretrain SHARDS --output DIR`.
 
 Wiring only: config -> data (c2fmae.data) -> model (c2fmae.model) -> loop (c2fmae.engine) ->
-logs, pictures, checkpoints. The config is saved in every checkpoint and rebuilt from it on
-`--resume`, so a resumed run continues exactly where it stopped (same data order, masks and LR).
+logs and pictures (c2fmae.logs), checkpoints (c2fmae.checkpoint). The config is saved in every
+checkpoint and rebuilt from it on `--resume`, so a resumed run continues exactly where it
+stopped (same data order, crops, masks and LR).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,44 @@ class TrainConfig:
     output: str = field(
         default="out/pretrain", metadata={"help": "directory for checkpoints, metrics.jsonl and pictures"}
     )
-    model: str = field(default="c2fmae_vit_tiny", metadata={"help": "c2fmae_vit_micro|tiny|small|base|large"})
+    # model
+    model: str = field(
+        default="c2fmae_vit_tiny", metadata={"help": "c2fmae_vit_micro|tiny|small|base|large|huge (huge: patch 14)"}
+    )
+    patch_size: int = field(default=0, metadata={"help": "ViT patch side in pixels (0: the model's)"})
+    cell_size: int = field(
+        default=0, metadata={"help": "semantic/instance target cell side in pixels (0: 4 at patch 16, 7 at patch 14)"}
+    )
+    decoder: str = field(
+        default="cascaded", metadata={"help": "cascaded|parallel (the ablation)", "choices": ["cascaded", "parallel"]}
+    )
+    cascade_link: str = field(
+        default="add",
+        metadata={
+            "help": "how a cascade stage sees the previous one: add (a projection at each position) or xattn "
+            "(cross-attention to its tokens)",
+            "choices": ["add", "xattn"],
+        },
+    )
+    stages: str = field(default="semantic,instance,pixel", metadata={"help": "decoder stages, coarse to fine"})
+    decoder_dim: int = field(default=0, metadata={"help": "decoder width (0: the model's, docs/TRAINER.md)"})
+    decoder_depth: int = field(
+        default=0, metadata={"help": "decoder blocks over all stages (0: the model's; 8 from base up, as MAE)"}
+    )
+    decoder_depths: str = field(
+        default="",
+        metadata={
+            "help": "blocks per stage, coarse to fine, e.g. 2,2,4 (empty: --decoder-depth split, a quarter "
+            "per coarse stage)"
+        },
+    )
+    decoder_heads: int = field(default=0, metadata={"help": "decoder attention heads (0: the model's)"})
+    decoder_mlp_ratio: float = field(default=4.0, metadata={"help": "decoder MLP width / decoder width"})
+    multimodal_input: bool = field(
+        default=False, metadata={"help": "embed visible patches' masks as extra encoder tokens"}
+    )
+    loss_weights: str = field(default="1,1,1", metadata={"help": "weights of the semantic, instance, pixel losses"})
+    # schedule
     steps: int = field(default=0, metadata={"help": "optimizer steps in total (0: use --epochs)"})
     epochs: int = field(default=1, metadata={"help": "epochs of --steps-per-epoch steps, when --steps is 0"})
     steps_per_epoch: int = field(default=0, metadata={"help": "steps per epoch (0: dataset samples / global batch)"})
@@ -32,9 +68,13 @@ class TrainConfig:
     accum_steps: int = field(default=1, metadata={"help": "micro-batches accumulated per optimizer step"})
     blr: float = field(default=1.5e-4, metadata={"help": "base learning rate; lr = blr x global batch / 256 (MAE)"})
     min_lr: float = field(default=0.0, metadata={"help": "floor of the cosine schedule"})
-    warmup_steps: int = field(default=-1, metadata={"help": "linear warmup steps (-1: 5% of the steps)"})
+    warmup_epochs: float = field(
+        default=40.0, metadata={"help": "linear warmup in epochs (MAE: 40), at most a fifth of the run"}
+    )
+    warmup_steps: int = field(default=-1, metadata={"help": "linear warmup in steps, instead of --warmup-epochs"})
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (none on norms, biases, tokens)"})
     grad_clip: float = field(default=0.0, metadata={"help": "clip the gradient norm (0: off)"})
+    # masking
     mask_ratio: float = field(default=0.75, metadata={"help": "fraction of patches removed"})
     masking: str = field(
         default="curriculum",
@@ -49,26 +89,29 @@ class TrainConfig:
     curriculum_width: float = field(
         default=0.25, metadata={"help": "width (std) of each curriculum phase, in progress units"}
     )
-    decoder: str = field(
-        default="cascaded", metadata={"help": "cascaded|parallel (the ablation)", "choices": ["cascaded", "parallel"]}
-    )
-    stages: str = field(default="semantic,instance,pixel", metadata={"help": "decoder stages, coarse to fine"})
-    multimodal_input: bool = field(
-        default=False, metadata={"help": "embed visible patches' masks as extra encoder tokens"}
-    )
-    loss_weights: str = field(default="1,1,1", metadata={"help": "weights of the semantic, instance, pixel losses"})
+    # data
     augment: bool = field(
-        default=True, metadata={"help": "RandomResizedCrop(0.2-1) + flip (off: whole image, for overfit checks)"}
+        default=True, metadata={"help": "RandomResizedCrop(0.2-1, bicubic) + flip (off: whole image, overfit checks)"}
     )
-    workers: int = field(default=2, metadata={"help": "DataLoader workers per GPU"})
+    workers: int = field(
+        default=-1, metadata={"help": "DataLoader workers per GPU (-1: the CPUs available per GPU, minus one)"}
+    )
+    shuffle_buffer: int = field(default=1000, metadata={"help": "samples in each worker's shuffle buffer"})
+    interleave: int = field(default=4, metadata={"help": "shards each DataLoader worker reads at once"})
     seed: int = field(default=0, metadata={"help": "seed for weights, data order, augmentation and masks"})
+    # run
     bf16: bool = field(default=True, metadata={"help": "bf16 autocast on CUDA"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
-    log_every: int = field(default=10, metadata={"help": "print every N steps (metrics.jsonl gets every step)"})
+    log_every: int = field(
+        default=10, metadata={"help": "print (and read the GPU's figures) every N steps; metrics.jsonl gets every step"}
+    )
     vis_every: int = field(
         default=100, metadata={"help": "write a PNG of inputs, masks and reconstructions every N steps (0: off)"}
     )
     ckpt_every: int = field(default=500, metadata={"help": "save a checkpoint every N steps (and at the end)"})
+    keep_checkpoints: int = field(
+        default=1, metadata={"help": "numbered checkpoints kept besides checkpoint.pt, newest first (0: all)"}
+    )
     resume: bool = field(default=False, metadata={"help": "continue from OUTPUT/checkpoint.pt with its saved config"})
     subset: str = field(
         default="", metadata={"help": "train only on these samples: a subset file from `c2f filter` or a key list"}
@@ -86,67 +129,73 @@ def _floats(s: str) -> tuple[float, ...]:
     return tuple(float(x) for x in s.split(","))
 
 
-def build_model(cfg: TrainConfig, spec):
-    from .model import C2FMAE, model_config
+def model_config_for(cfg: TrainConfig, spec):
+    """The ModelConfig this run trains: the named size, the flags that override it, the shards' label space."""
+    from shards.errors import UsageError
 
-    mcfg = model_config(
-        cfg.model,
-        num_classes=max(1, spec.num_classes),
-        ignore_index=spec.ignore_index,
-        stages=tuple(cfg.stages.split(",")),
-        cascade=cfg.decoder == "cascaded",
-        multimodal_input=cfg.multimodal_input,
-        loss_weights=_floats(cfg.loss_weights),
+    from .model import model_config
+
+    overrides: dict[str, Any] = {
+        "num_classes": max(1, spec.num_classes),
+        "ignore_index": spec.ignore_index,
+        "stages": tuple(s.strip() for s in cfg.stages.split(",")),
+        "cascade": cfg.decoder == "cascaded",
+        "cascade_link": cfg.cascade_link,
+        "multimodal_input": cfg.multimodal_input,
+        "decoder_mlp_ratio": cfg.decoder_mlp_ratio,
+    }
+    for name in ("patch_size", "cell_size", "decoder_dim", "decoder_heads"):
+        if getattr(cfg, name):
+            overrides[name] = getattr(cfg, name)
+    try:
+        overrides["loss_weights"] = _floats(cfg.loss_weights)
+        if cfg.decoder_depths:
+            overrides["decoder_depths"] = tuple(int(x) for x in cfg.decoder_depths.split(","))
+        return model_config(cfg.model, decoder_depth=cfg.decoder_depth or None, **overrides)
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"model settings: {e}") from None
+
+
+def make_schedule(cfg: TrainConfig, num_samples: int, world: int):
+    """The run's length and learning rate, derived once from the config and the dataset size."""
+    from .engine import Schedule
+
+    global_batch = cfg.batch_size * cfg.accum_steps * world
+    spe = cfg.steps_per_epoch or max(1, num_samples // global_batch)
+    total = cfg.steps or cfg.epochs * spe
+    # MAE warms up for 40 epochs of its 400-1600; capped at a fifth so short runs reach the peak.
+    warmup = cfg.warmup_steps if cfg.warmup_steps >= 0 else min(round(cfg.warmup_epochs * spe), total // 5)
+    return Schedule(total, max(warmup, 0), cfg.blr * global_batch / 256, cfg.min_lr, spe)
+
+
+def make_loop(cfg: TrainConfig, schedule, ignore_index: int, rank: int):
+    from .engine import Loop
+    from .masking import Curriculum, Masking
+
+    masking = Masking(cfg.masking, cfg.mask_ratio, Curriculum(_floats(cfg.curriculum_centers), cfg.curriculum_width))
+    return Loop(
+        schedule,
+        masking=dataclasses.replace(masking, ignore_index=ignore_index),
+        mask_seed=cfg.seed * 1_000_003 + rank,
+        accum_steps=cfg.accum_steps,
+        grad_clip=cfg.grad_clip,
+        bf16=cfg.bf16,
     )
-    return C2FMAE(mcfg)
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    import torch
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in the run (torchrun's environment)."""
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: a crash never leaves a half-written checkpoint under the name
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    import torch
-
-    return torch.load(path, map_location="cpu", weights_only=True)
+    rank: int
+    world: int
+    local: int
+    device: Any  # torch.device
 
 
-def run(cfg: TrainConfig) -> int:
+def init_distributed() -> Dist:
     import torch
     import torch.distributed as dist
-
-    from .data import make_loader, read_spec
-    from .engine import param_groups, train_steps
-    from .visualize import save_reconstruction
-
-    out = Path(cfg.output)
-    ckpt_path = out / "checkpoint.pt"
-    state = None
-    if cfg.resume:
-        if not ckpt_path.exists():
-            print(f"error: --resume but no checkpoint at {ckpt_path}", file=sys.stderr)
-            return 2
-        state = load_checkpoint(ckpt_path)
-        # The saved config wins (same model, schedule, data order); where the data lives, where to
-        # write, and when to leave are this invocation's.
-        cfg = TrainConfig(
-            **{
-                **state["config"],
-                "resume": True,
-                "output": cfg.output,
-                "shards": cfg.shards,
-                "stop_after": cfg.stop_after,
-            }
-        )
-    try:
-        spec = read_spec(cfg.shards)
-    except (FileNotFoundError, OSError, ValueError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -156,120 +205,152 @@ def run(cfg: TrainConfig) -> int:
     device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    return Dist(rank, world, local, device)
 
+
+def run(cfg: TrainConfig) -> int:
+    import torch
+    import torch.distributed as dist
+
+    from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+    from .data import default_workers, device_batches, make_loader, read_spec
+    from .engine import make_optimizer, train_steps
+    from .logs import RunLog
+    from .model import C2FMAE
+
+    out = Path(cfg.output)
+    ckpt, state = out / CHECKPOINT, None
+    if cfg.resume:
+        state = load_checkpoint(ckpt)
+        cfg = resumed_config(cfg, state, ckpt)
+    spec = read_shards(cfg.shards, read_spec)
+    env = init_distributed()
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, spec).to(device)
-    global_batch = cfg.batch_size * cfg.accum_steps * world
-    peak_lr = cfg.blr * global_batch / 256
-    spe = cfg.steps_per_epoch or max(1, spec.num_samples // global_batch)
-    total = cfg.steps or cfg.epochs * spe
-    if cfg.warmup_steps < 0:
-        cfg.warmup_steps = max(1, total // 20)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=peak_lr, betas=(0.9, 0.95))
-    generator = torch.Generator().manual_seed(cfg.seed * 7 + rank)  # masks
+    model = C2FMAE(model_config_for(cfg, spec)).to(env.device)
+    schedule = make_schedule(cfg, spec.num_samples, env.world)
+    workers = cfg.workers if cfg.workers >= 0 else default_workers()
+    run_info = {"schedule": dataclasses.asdict(schedule), "world": env.world, "workers": workers}
+    optimizer = make_optimizer(model, cfg.weight_decay, schedule.peak_lr)
     start = 0
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["mask_rng"][rank] if rank < len(state["mask_rng"]) else state["mask_rng"][0])
-        start = state["step"]
+        start, run_info = restore(ckpt, state, model, optimizer, run_info)
+    loop = make_loop(cfg, schedule, model.cfg.ignore_index, env.rank)
     # `model` stays the plain module (state dicts, config, pictures); `train_model` is what steps.
     train_model = torch.compile(model) if cfg.compile else model
-    if world > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            train_model, device_ids=[local] if device.type == "cuda" else None
-        )
+    if env.world > 1:
+        ids = [env.local] if env.device.type == "cuda" else None
+        train_model = torch.nn.parallel.DistributedDataParallel(train_model, device_ids=ids)
+    loader = make_loader(stream_config(cfg, schedule, model.cfg, env, start), run_info["workers"])
+    batches = device_batches(loader, env.device, model.cells)
+    end = min(schedule.total_steps, start + cfg.stop_after) if cfg.stop_after else schedule.total_steps
+    curriculum = loop.masking.curriculum if cfg.masking == "curriculum" else None
+    log = RunLog(out, env.rank, env.world, start, cfg.log_every, cfg.vis_every, curriculum)
+    if env.rank == 0:
+        print(banner(cfg, model, env, schedule, start, run_info["workers"]))
 
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        print(
-            f"c2fmae: {cfg.model}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, "
-            f"{world} process(es), global batch {global_batch}, lr {peak_lr:.2e}, steps {start}->{total} "
-            f"({spe}/epoch), masking {cfg.masking}, decoder {cfg.decoder}, device {device}"
-        )
-    metrics = open(out / "metrics.jsonl", "a") if rank == 0 else None  # noqa: SIM115
-    tb = _tensorboard(out) if rank == 0 else None
-
-    end = min(total, start + cfg.stop_after) if cfg.stop_after else total
-
-    def on_step(step, stats, batch, mask, preds):
-        checkpoint = (step + 1) % cfg.ckpt_every == 0 or step == end - 1
-        state = _state(model, optimizer, step + 1, cfg, generator, world) if checkpoint else None  # all ranks
-        if rank != 0:
-            return
-        metrics.write(json.dumps(stats) + "\n")
-        metrics.flush()
-        if tb is not None:
-            for k, v in stats.items():
-                if isinstance(v, float):
-                    tb.add_scalar(k, v, step)
-        if step % cfg.log_every == 0 or step == total - 1:
-            losses = " ".join(f"{k[5:]} {v:.4f}" for k, v in stats.items() if k.startswith("loss_"))
-            print(
-                f"step {step:6d}  lr {stats['lr']:.2e}  {losses}  {stats['images_per_s'] * world:.1f} img/s"
-                f"  mix {stats['masking']}",
-                flush=True,
-            )
-        if cfg.vis_every and (step % cfg.vis_every == 0 or step == total - 1):
-            save_reconstruction(out / f"recon_{step:07d}.png", batch, mask, preds, model.cfg)
-        if state is not None:
-            save_checkpoint(ckpt_path, state)
-
-    epoch = start // spe
-    while start < end:
-        loader = make_loader(
-            cfg.shards,
-            cfg.batch_size,
-            cfg.workers,
-            cfg.seed,
-            epoch,
-            model.cfg.img_size,
-            model.cfg.patch_size,
-            model.cfg.cell_size,
-            augment=cfg.augment,
-            subset=cfg.subset or None,
-        )
-        batches = iter(loader)
-        for _ in range((start % spe) * cfg.accum_steps):  # resume mid-epoch: replay the epoch's data order
-            next(batches)
-        stop = min(end, (epoch + 1) * spe)
-        train_steps(
-            train_model, model.cfg, optimizer, batches, start, stop, cfg, peak_lr, total, generator, device, on_step
-        )
-        start, epoch = stop, epoch + 1
-        del batches, loader
-    if metrics:
-        metrics.close()
-    if world > 1:
+    for step_out in train_steps(train_model, optimizer, batches, range(start, end), loop):
+        step, last = step_out.step, step_out.step == end - 1
+        log.step(step_out, schedule.progress(step), model.cfg, last)
+        if (step + 1) % cfg.ckpt_every == 0 or last:
+            log.flush(console=False)
+            if env.rank == 0:
+                save_checkpoint(out, checkpoint_state(model, optimizer, step + 1, cfg, run_info), cfg.keep_checkpoints)
+    log.close()
+    if env.world > 1:
         dist.destroy_process_group()
     return 0
 
 
-def _state(model, optimizer, step, cfg, generator, world) -> dict[str, Any]:
-    import torch
-    import torch.distributed as dist
+def stream_config(cfg: TrainConfig, schedule, mcfg, env: Dist, start: int):
+    """This rank's data stream, from step `start` on (micro-batches are counted from step 0)."""
+    from .data import StreamConfig, expand_urls
 
-    rng = generator.get_state()
-    if world > 1:  # every rank's mask RNG, so each continues its own sequence
-        states = [torch.zeros_like(rng) for _ in range(world)]
-        dist.all_gather_object(states, rng)
-    else:
-        states = [rng]
-    cfg_json = cfg.to_json()
+    urls, keys = expand_urls(cfg.shards), None
+    if cfg.subset:  # only the shards that hold a selected sample are read, and only those samples kept
+        from shards.quality.select import subset_for_stream
+
+        urls, subset = subset_for_stream(cfg.subset, urls, cfg.shards, repeating=True)
+        keys = subset.keys
+    return StreamConfig(
+        urls=tuple(urls),
+        keys=keys,
+        batch_size=cfg.batch_size,
+        batches_per_epoch=schedule.steps_per_epoch * cfg.accum_steps,
+        seed=cfg.seed,
+        start_batch=start * cfg.accum_steps,
+        img_size=mcfg.img_size,
+        cell_size=mcfg.cell_size,
+        augment=cfg.augment,
+        shuffle=cfg.shuffle_buffer,
+        interleave=cfg.interleave,
+        rank=env.rank,
+        world=env.world,
+    )
+
+
+def read_shards(source: str, read_spec):
+    from shards.errors import UsageError
+
+    try:
+        return read_spec(source)
+    except (FileNotFoundError, OSError, ValueError, KeyError) as e:
+        raise UsageError(str(e)) from None
+
+
+def banner(cfg: TrainConfig, model, env: Dist, s, start: int, workers: int) -> str:
+    m = model.cfg
+    global_batch = cfg.batch_size * cfg.accum_steps * env.world
+    decoder = f"{cfg.decoder} {'+'.join(map(str, m.decoder_depths))} x {m.decoder_dim} ({m.decoder_heads} heads)"
+    if m.cascade and len(m.stages) > 1:
+        decoder += f", link {m.cascade_link}"
+    return (
+        f"c2fmae: {cfg.model}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, "
+        f"decoder {decoder}, stages {','.join(m.stages)}; {env.world} process(es), global batch {global_batch}, "
+        f"lr {s.peak_lr:.2e}, warmup {s.warmup_steps}, steps {start}->{s.total_steps} ({s.steps_per_epoch}/epoch), "
+        f"masking {cfg.masking}, device {env.device}, {workers} loader workers"
+    )
+
+
+# --- checkpoints (files: c2fmae/checkpoint.py) ---------------------------------------------------
+
+
+def checkpoint_state(model, optimizer, step: int, cfg: TrainConfig, run_info: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint holds. Masks and crops are functions of (seed, step, rank): no RNG state."""
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "step": step,
-        "config": cfg_json,
+        "config": cfg.to_json(),
         "model_config": model.cfg.to_json(),
-        "mask_rng": states,
-        "torch_rng": torch.get_rng_state(),
+        "run": run_info,
     }
 
 
-def _tensorboard(out: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional
-        return None
-    return SummaryWriter(str(out / "tb"))
+def resumed_config(cfg: TrainConfig, state: dict[str, Any], path: Path) -> TrainConfig:
+    """The saved config wins (same model, schedule, data order); where the data lives, where to
+    write, and when to leave are this invocation's."""
+    from .checkpoint import config_from
+
+    mine = {"resume": True, "output": cfg.output, "shards": cfg.shards, "stop_after": cfg.stop_after}
+    return config_from(TrainConfig, {**state["config"], **mine}, path, "train config")
+
+
+def restore(path: Path, state: dict[str, Any], model, optimizer, run_info: dict[str, Any]):
+    """Load a checkpoint into the run after checking it is this run's: (step to continue from,
+    the saved run info, whose DataLoader worker count keeps the data order)."""
+    from shards.errors import UsageError
+
+    from .checkpoint import check_fits, config_from, load_weights
+    from .model import ModelConfig
+
+    check_fits(path, config_from(ModelConfig, state["model_config"], path, "model config"), model.cfg)
+    saved = state.get("run") or {}
+    for key in ("schedule", "world"):
+        if saved.get(key) != run_info[key]:
+            raise UsageError(
+                f"{path} was saved by a run with another {key} ({saved.get(key)} vs {run_info[key]} now): "
+                "resume with the same shards and number of processes"
+            )
+    load_weights(path, model, state["model"], "weights")
+    load_weights(path, optimizer, state["optimizer"], "optimizer state")
+    return int(state["step"]), {**run_info, "workers": int(saved.get("workers", run_info["workers"]))}

@@ -174,12 +174,12 @@ class RunResult:
         """Where this run's time went, per image: shard tasks' stages, then the labelers' own."""
         if not self.images:
             return None
-        parts = [f"{k} {v / self.images:.1f}" for k, v in self.timings.items()]
-        if self.labeler_timings:
-            parts.append(
-                "| labeler: " + ", ".join(f"{k} {v / self.images:.1f}" for k, v in self.labeler_timings.items())
-            )
-        return "time per image (ms): " + ", ".join(parts)
+
+        def per_image(timings: dict[str, float]) -> str:
+            return ", ".join(f"{k} {v / self.images:.1f}" for k, v in timings.items())
+
+        line = f"time per image (ms): shard tasks: {per_image(self.timings)}"
+        return line + (f"; labelers: {per_image(self.labeler_timings)}" if self.labeler_timings else "")
 
 
 def _reachable(address: str, timeout: float = 5.0) -> str | None:

@@ -1,12 +1,17 @@
 """Listing and plan: an input tree -> a deterministic list of shards.
 
-The plan is the sorted list of inputs cut into shards of `samples_per_shard`; shard *i* always
-holds the same images, so any shard can be (re)done on its own. Its hash is stored in
-`plan.json` and the manifest, and a rerun against a different input or shard size is refused.
+The plan is the list of inputs sorted by key, put in a seeded pseudo-random order and cut into
+shards of `samples_per_shard` (each shard's items sorted by key again, as the writer requires);
+shard *i* always holds the same images, so any shard can be (re)done on its own. The order makes
+every shard a random sample of the classes, so that training batches mix classes even though a
+reader can only shuffle within a buffer (ImageNet sorted by key would put one class per shard).
+Its hash is stored in `plan.json` and the manifest, and a rerun against a different input, order
+or shard size is refused.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -18,6 +23,7 @@ from shards.errors import UsageError
 from shards.manifest import PlanHeader
 from shards.store import Store
 
+ORDER_SEED = 0  # plan.json records it; plans made before it existed (key order) are refused on resume
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 _WNID = re.compile(r"^n\d{8}$")
 
@@ -41,15 +47,27 @@ class Plan:
     classes: list[str]  # synsets in class-index order; empty when the input has no classes
     samples_per_shard: int
     prefix: str
-    items: list[Item] = field(repr=False)
+    items: list[Item] = field(repr=False)  # sorted by key
+    order_seed: int = ORDER_SEED  # shards take the items in the order of blake2b(f"{order_seed}:{key}")
 
     @property
     def num_shards(self) -> int:
         return -(-len(self.items) // self.samples_per_shard)
 
+    @functools.cached_property
+    def _order(self) -> list[int]:
+        """Indices of `items` in the seeded order: a hash of (seed, key), so it depends on nothing
+        but the keys (no RNG whose stream could change between Python or numpy versions)."""
+        seed = str(self.order_seed)
+        return sorted(
+            range(len(self.items)),
+            key=lambda i: hashlib.blake2b(f"{seed}:{self.items[i].key}".encode(), digest_size=8).digest(),
+        )
+
     def shard_items(self, index: int) -> list[Item]:
+        """Shard `index`'s items, in increasing key order (the ShardWriter requires it)."""
         n = self.samples_per_shard
-        return self.items[index * n : (index + 1) * n]
+        return [self.items[i] for i in sorted(self._order[index * n : (index + 1) * n])]
 
     def shard_name(self, index: int) -> str:
         return fmt.shard_name(self.prefix, index)
@@ -73,6 +91,7 @@ class Plan:
             num_shards=self.num_shards,
             listing_sha256=self.listing_sha256,
             shard_sizes=[len(self.shard_items(i)) for i in range(self.num_shards)],
+            order_seed=self.order_seed,
         )
 
 
@@ -166,7 +185,7 @@ def check_or_write_plan(out: Store, plan: Plan, overwrite: bool) -> None:
     want = plan.header().to_json()
     have = out.read_json(PLAN_FILE)
     if have is not None and not overwrite:
-        diff = [k for k in ("listing_sha256", "samples_per_shard", "prefix") if have.get(k) != want[k]]
+        diff = [k for k in ("listing_sha256", "samples_per_shard", "prefix", "order_seed") if have.get(k) != want[k]]
         if diff:
             raise PlanError(
                 f"{out} holds shards of another plan (differs in: {', '.join(diff)}); "

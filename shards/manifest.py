@@ -124,6 +124,7 @@ class PlanHeader(Contract):
     num_shards: int
     listing_sha256: str
     shard_sizes: list[int]
+    order_seed: int | None = None  # shards take inputs in a seeded hash order (None: key order, older plans)
 
 
 @dataclass

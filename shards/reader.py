@@ -152,6 +152,48 @@ def _opener(urls):
         yield {**sample, "stream": open_url(sample["url"])}
 
 
+def shard_samples(url: str, handler: Callable[[Exception], bool] | None = None, members: tuple[str, ...] | None = None):
+    """Raw samples (member bytes by extension, `__key__`, `__url__`) of one shard, its stream
+    closed when the generator is (also when a consumer stops early). `members`: read only these
+    extensions (the others are skipped in the stream, never held in memory)."""
+    import webdataset as wds
+    from webdataset import tariterators
+
+    handler = handler or wds.reraise_exception
+    select = None if members is None else (lambda name: fmt.split_member(name)[1] in members)
+    stream = open_url(url)
+    try:
+        source = iter([{"url": url, "stream": stream}])
+        files = tariterators.tar_file_expander(source, handler=handler, select_files=select)
+        yield from tariterators.group_by_keys(files, handler=handler)
+    finally:
+        stream.close()
+
+
+def interleave(urls, k: int, rng, handler: Callable[[Exception], bool] | None = None):
+    """Raw samples of `urls` (an iterable of URLs, or of webdataset `{"url": ...}` dicts) with `k`
+    shards open at once: each next sample comes from a random open shard (`rng`, a random.Random),
+    and a finished shard is replaced by the next URL. Shards written in class order (one class
+    each) then still give batches of many classes; k=1 reads one shard after the other."""
+    pending = (u["url"] if isinstance(u, dict) else u for u in urls)
+    live: list = []
+    try:
+        while True:
+            while len(live) < k and (url := next(pending, None)) is not None:
+                live.append(shard_samples(url, handler))
+            if not live:
+                return
+            i = rng.randrange(len(live))
+            sample = next(live[i], None)
+            if sample is None:
+                live.pop(i).close()
+            else:
+                yield sample
+    finally:
+        for it in live:
+            it.close()
+
+
 class DisjointShards(torch.utils.data.IterableDataset):
     """webdataset stage: this rank's and this worker's share of the shards (disjoint from every
     other rank and worker), in a seeded order, once or forever (`repeat`, reshuffled each pass)."""
@@ -190,6 +232,7 @@ def make_dataset(
     repeat: bool = False,
     masks: bool = True,
     subset: str | None = None,
+    interleave_shards: int = 1,
 ):
     """An `IterableDataset` over the shards for `torch.utils.data.DataLoader`.
 
@@ -200,6 +243,8 @@ def make_dataset(
     decides what a bad sample does (default: raise, naming the shard). `masks=False` skips the
     maps entirely (an RGB-only stream of the same shards). `subset`: a file from `c2f filter` (or
     any key list, one per line): only those samples, and only the shards that hold them, are read.
+    `interleave_shards` > 1 reads that many shards at once per worker, mixing their samples
+    (see `interleave`).
     """
     import webdataset as wds
     from webdataset import filters, shardlists, tariterators
@@ -208,29 +253,25 @@ def make_dataset(
     urls = expand_urls(source)
     keep = None
     if subset:
-        from .errors import UsageError
-        from .quality.select import load_subset
+        from .quality.select import subset_for_stream
 
-        keep = load_subset(subset)
-        urls = keep.restrict(urls)
-        if not urls or not keep.keys:
-            raise UsageError(f"the subset {subset} selects no sample of {source}")
-        if keep.shards is None and (repeat or resampled):
-            # A worker whose shards hold none of the keys would read them forever and never yield.
-            raise UsageError(
-                f"{subset} is a plain key list: a repeating stream needs the .json subset that `c2f filter` "
-                "writes, which also names the shards that hold the keys"
-            )
+        urls, keep = subset_for_stream(subset, urls, str(source), repeating=repeat or resampled)
     stages: list[Any] = []
     if resampled:
         stages.append(shardlists.ResampledShards(urls, seed=seed, deterministic=True))
     else:
         stages.append(DisjointShards(urls, seed, shuffle=bool(shuffle), repeat=repeat))
-    stages += [
-        _opener,
-        functools.partial(tariterators.tar_file_expander, handler=handler),
-        functools.partial(tariterators.group_by_keys, handler=handler),
-    ]
+    if interleave_shards > 1:
+        import random
+
+        rng = random.Random(f"interleave:{seed}")
+        stages.append(lambda src: interleave(src, interleave_shards, rng, handler))
+    else:
+        stages += [
+            _opener,
+            functools.partial(tariterators.tar_file_expander, handler=handler),
+            functools.partial(tariterators.group_by_keys, handler=handler),
+        ]
     if keep is not None:
         stages.append(filters.select(keep.wants))  # before the shuffle buffer and any decoding
     if shuffle:

@@ -6,11 +6,13 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 from c2f.cli import main as c2f
-from c2fmae.data import instance_targets, patch_mode
+from c2fmae.checkpoint import load_checkpoint
+from c2fmae.data import cell_labels, instance_targets, patch_mode
 from c2fmae.engine import lr_at
 from c2fmae.masking import (
     Curriculum,
@@ -22,7 +24,6 @@ from c2fmae.masking import (
     semantic_mask,
 )
 from c2fmae.model import C2FMAE, model_config
-from c2fmae.train import load_checkpoint
 
 # --- masking ------------------------------------------------------------------------------------
 
@@ -58,23 +59,49 @@ def test_exact_ratio(strategy, ratio):
     "strategy, labels, skip", [(semantic_mask, "sem_patch", 255), (instance_mask, "inst_patch", 0)]
 )
 @pytest.mark.parametrize("seed", range(5))
-def test_guided_masks_remove_whole_regions(strategy, labels, skip, seed):
-    """Greedy whole-region removal: after it, the random top-up is smaller than every region that
-    was not removed whole, so only regions that no longer fit can be cut."""
+@pytest.mark.parametrize("ratio", [0.3, 0.5, 0.75])
+def test_guided_masks_remove_whole_regions(strategy, labels, skip, seed, ratio):
+    """Every region is removed whole or not at all, except at most one that did not fit, which loses
+    a compact part (a disc around one of its patches); random top-up patches only when no region is left."""
     batch = _regions(seed=seed)
-    mask = strategy(batch, 0.5, torch.Generator().manual_seed(seed))
+    mask = strategy(batch, ratio, torch.Generator().manual_seed(seed))
     for m, r in zip(mask, getattr(batch, labels), strict=True):
-        whole, partial_sizes = 0, []
+        partial = []
         for rid in r.unique().tolist():
-            members = r == rid
-            removed = int(m[members].sum())
-            if rid != skip and removed == int(members.sum()):
-                whole += removed
-            elif rid != skip:
-                partial_sizes.append(int(members.sum()))
-        topup = int(m.sum()) - whole
-        assert whole > 0
-        assert all(topup < size for size in partial_sizes) or not partial_sizes
+            removed, size = int(m[r == rid].sum()), int((r == rid).sum())
+            if rid != skip and 0 < removed < size:
+                partial.append(rid)
+        assert len(partial) <= 1
+        whole = sum(int((r == rid).sum()) for rid in r.unique().tolist() if rid != skip and bool(m[r == rid].all()))
+        assert whole > 0 or partial
+        outside = int(m[r == skip].sum())
+        if partial:
+            assert outside == 0  # the part fills the budget: no random patches
+            _assert_compact(m, r == partial[0])
+
+
+def _assert_compact(m, region):
+    """The removed part of `region` is the set of its patches nearest to some patch of it."""
+    side = int(region.numel() ** 0.5)
+    yx = torch.stack(torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij"), -1).reshape(-1, 2).float()
+    removed, kept = region & (m == 1), region & (m == 0)
+    for c in region.nonzero().squeeze(1):
+        d = ((yx - yx[c]) ** 2).sum(-1)
+        if d[removed].max() <= d[kept].min():
+            return
+    raise AssertionError("the removed part of the region is not compact")
+
+
+def test_an_object_larger_than_the_budget_loses_a_compact_part():
+    """A close-up: one instance covers 90% of the patches; the whole budget comes out of it."""
+    inst = torch.zeros(3, 14, 14, dtype=torch.long)
+    inst[:, :, :13] = 1  # 182 of 196 patches
+    batch = MaskInputs(196, 3, torch.zeros(3, 196, dtype=torch.long), inst.flatten(1), 255)
+    mask = instance_mask(batch, 0.75, torch.Generator().manual_seed(0))
+    assert (mask.sum(1) == 147).all() and (mask[:, inst.flatten(1)[0] == 0] == 0).all()
+    for m in mask:
+        _assert_compact(m, inst.flatten(1)[0] == 1)
+    assert not torch.equal(mask[0], mask[1])  # a random part, not always the same
 
 
 def test_random_mask_is_uniform():
@@ -96,8 +123,8 @@ def test_curriculum_schedule():
     assert start[0] == max(start) and mid[1] == max(mid) and end[2] == max(end)
     steps = [c.probs(t / 1000) for t in range(1001)]
     assert max(abs(a[i] - b[i]) for a, b in zip(steps, steps[1:], strict=False) for i in range(3)) < 0.01  # smooth
-    mask, names = curriculum_mask(_regions(), 0.75, torch.Generator().manual_seed(0), 0.0, c)
-    assert (mask.sum(1) == 147).all() and len(names) == 6
+    mask, picks = curriculum_mask(_regions(), 0.75, torch.Generator().manual_seed(0), 0.0, c)
+    assert (mask.sum(1) == 147).all() and picks.shape == (6,) and set(picks.tolist()) <= {0, 1, 2}
 
 
 # --- targets ------------------------------------------------------------------------------------
@@ -105,12 +132,19 @@ def test_curriculum_schedule():
 
 def test_patch_mode_and_instance_targets_are_numbering_free():
     cells = torch.tensor([[1, 1, 2, 2], [1, 3, 2, 2], [0, 0, 5, 5], [0, 0, 5, 4]])
-    assert patch_mode(cells, 2).tolist() == [1, 2, 0, 5]
-    inst = torch.zeros(16, 16, dtype=torch.long)
+    assert patch_mode(cells[None], 2).tolist() == [[1, 2, 0, 5]]
+    assert patch_mode(torch.tensor([[[7, 3], [3, 7]]]), 2).tolist() == [[3]]  # ties: the smallest id
+    inst = np.zeros((16, 16), np.uint16)
     inst[0:8, 0:8] = 7
     inst[8:16, 6:14] = 300
-    t = instance_targets(inst, 4)
-    relabeled = instance_targets(torch.where(inst == 7, 2, torch.where(inst == 300, 1, 0)), 4)
+    whole = np.arange(16)
+
+    def targets(ids):
+        _, centres, edge = cell_labels(ids, ids, whole, whole, 4)
+        return instance_targets(torch.from_numpy(centres.astype(np.int64))[None], torch.from_numpy(edge)[None])[0]
+
+    t = targets(inst)
+    relabeled = targets(np.where(inst == 7, 2, np.where(inst == 300, 1, 0)).astype(np.uint16))
     assert torch.equal(t, relabeled)  # only "same or different" matters
     assert t.shape == (4, 4, 4) and t[0].sum() == 8  # foreground: cell centres inside a box
     assert t[1, 2, 1] == 1 and t[1, 2, 3] == 1 and t[1, 2, 2] == 0 and t[1, 0, 0] == 0  # boundary: mixed cells
@@ -141,8 +175,8 @@ def test_cascade_conditions_later_stages_and_parallel_does_not():
     torch.manual_seed(0)
     casc = C2FMAE(model_config("c2fmae_vit_micro", num_classes=4))
     par = C2FMAE(model_config("c2fmae_vit_micro", num_classes=4, cascade=False))
-    assert casc.stages["semantic"].condition is None and casc.stages["pixel"].condition is not None
-    assert all(s.condition is None for s in par.stages.values())
+    assert casc.stages["semantic"].link is None and casc.stages["pixel"].link is not None
+    assert all(s.link is None for s in par.stages.values())
     imgs, sem = torch.randn(2, 3, 224, 224), torch.randint(0, 4, (2, 56, 56))
     inst = torch.rand(2, 4, 56, 56).round()
     mask = random_mask(MaskInputs(196, 2), 0.75, torch.Generator().manual_seed(0))
@@ -287,7 +321,7 @@ def test_ddp_two_processes_gloo(scenes, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "2 process(es), global batch 8" in r.stdout
     state = load_checkpoint(out / "checkpoint.pt")
-    assert state["step"] == 3 and len(state["mask_rng"]) == 2 and len(_metrics(out)) == 3
+    assert state["step"] == 3 and state["run"]["world"] == 2 and len(_metrics(out)) == 3
 
 
 def test_probe_and_visualisation(scenes, tmp_path, capsys):

@@ -9,9 +9,10 @@ import hashlib
 from c2f.cli import main
 
 GOLDEN = {
-    "c2f-000000.tar": "141eb1a736dad7ea27adc5c901037922ff8c0e8165abc72657789b75094da551",
-    "c2f-000001.tar": "3b7ec894d08497c07b79df150583d575f4a161ad05b05002c83cb32d1dd390b6",
-    "c2f-000002.tar": "605b31db52b48a26b743dd6afd82486f521146c02532cf34cbbbb9c4f96f047f",
+    # Changed once, with the seeded plan order (docs/FORMAT.md, format note 2026-12): same samples, other shards.
+    "c2f-000000.tar": "a8c5a337f76bc38dc7279dc2a81789deedee9fe50509ed619fde32bacfde5261",
+    "c2f-000001.tar": "61244c6ab9ade08ef175619b93286e6ba78d9cbf237ebb561d3e8da59bb9a6c3",
+    "c2f-000002.tar": "5c1a9f85b454a3f0fc20b19857fff1b342c8e9fd8c6321bb95e3c06b0af26ded",
 }
 
 

@@ -294,6 +294,22 @@ class Subset:
         return [u for u in urls if u.rstrip("/").rsplit("/", 1)[-1] in self.shards]
 
 
+def subset_for_stream(subset: str, urls: list[str], source: str, repeating: bool) -> tuple[list[str], Subset]:
+    """The shards a stream over `urls` must read for `subset`, and the subset; refuses a subset that
+    selects nothing, and a plain key list for a repeating stream."""
+    keep = load_subset(subset)
+    urls = keep.restrict(urls)
+    if not urls or not keep.keys:
+        raise UsageError(f"the subset {subset} selects no sample of {source}")
+    if keep.shards is None and repeating:
+        # A worker whose shards hold none of the keys would read them forever and never yield.
+        raise UsageError(
+            f"{subset} is a plain key list: a repeating stream needs the .json subset that `c2f filter` "
+            "writes, which also names the shards that hold the keys"
+        )
+    return urls, keep
+
+
 def load_subset(path: str | os.PathLike) -> Subset:
     """A subset file written by `c2f filter` (.json) or any list of keys, one per line."""
     try:

@@ -1,0 +1,45 @@
+"""configs/*.args parse, and the ablation arms differ only where they say; docs tables match the code."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from c2f.cli import build_parser
+from c2f.flags import from_args
+from c2fmae.data import DataSpec
+from c2fmae.train import TrainConfig, model_config_for
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+ARMS = {p.stem: p for p in sorted(CONFIGS.glob("*.args"))}
+ABLATED = {"stages", "masking", "decoder", "cascade_link"}
+
+
+def parse(path: Path) -> TrainConfig:
+    ns = build_parser().parse_args(["pretrain", "SHARDS", *path.read_text().split()])
+    return from_args(TrainConfig, ns)
+
+
+def test_every_arm_parses_and_shares_the_recipe():
+    assert {"vit_base_mae", "vit_base_cascade_add", "vit_base_cascade_xattn", "vit_base_parallel"} <= set(ARMS)
+    cfgs = {name: dataclasses.asdict(parse(path)) for name, path in ARMS.items()}
+    ref = cfgs["vit_base_mae"]
+    for name, cfg in cfgs.items():
+        differs = {k for k in cfg if cfg[k] != ref[k]}
+        assert differs <= ABLATED, (name, differs)
+    assert ref["batch_size"] * ref["accum_steps"] * 8 == 4096 and ref["warmup_epochs"] == 40
+
+
+@pytest.mark.parametrize("name", sorted(ARMS))
+def test_arms_have_maes_decoder_blocks(name):
+    m = model_config_for(parse(ARMS[name]), DataSpec(150, 255, 1000, 1_281_167))
+    assert (m.decoder_dim, m.decoder_heads, sum(m.decoder_depths)) == (512, 16, 8)
+    assert m.decoder_depths == ((8,) if m.stages == ("pixel",) else (2, 2, 4))
+
+
+def test_generated_tables_in_the_docs_are_current():
+    from c2fmae import doc_tables
+
+    text = doc_tables.DOC.read_text()
+    assert text.count("<!-- generated:") == 2
+    assert doc_tables.render(text) == text, "docs/TRAINER.md is stale: run python -m c2fmae.doc_tables"
