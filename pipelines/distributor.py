@@ -24,7 +24,7 @@ from shards.errors import UsageError
 from shards.manifest import ShardStats
 
 from .plan import Plan
-from .worker import ShardJob
+from .worker import DecodeLimits, ShardJob
 
 
 class RayUnavailable(UsageError):
@@ -185,7 +185,9 @@ def start_actors(cfg: PoolSettings, settings) -> tuple[list, dict[str, Any]]:
     return actors, infos[0]
 
 
-def run_shards(plan: Plan, todo: list[int], out_dir: str, cfg: PoolSettings, settings) -> RunResult:
+def run_shards(
+    plan: Plan, todo: list[int], out_dir: str, cfg: PoolSettings, settings, limits: DecodeLimits | None = None
+) -> RunResult:
     import ray
 
     from shards.writer import atomic_write_json
@@ -205,14 +207,22 @@ def run_shards(plan: Plan, todo: list[int], out_dir: str, cfg: PoolSettings, set
         # output directory, so this only differs from a stored labeler.json after --overwrite).
         result.labeler_info = info
         atomic_write_json(info_path, info)
-        _run(plan, todo, out_dir, cfg, actors, result)
+        _run(plan, todo, out_dir, cfg, actors, result, limits)
     finally:
         if started:
             ray.shutdown()  # the job owns the local cluster (or connection) it started
     return result
 
 
-def _run(plan: Plan, todo: list[int], out_dir: str, cfg: PoolSettings, actors: list, result: RunResult) -> None:
+def _run(
+    plan: Plan,
+    todo: list[int],
+    out_dir: str,
+    cfg: PoolSettings,
+    actors: list,
+    result: RunResult,
+    limits: DecodeLimits | None = None,
+) -> None:
     import ray
     from tqdm import tqdm
 
@@ -228,7 +238,15 @@ def _run(plan: Plan, todo: list[int], out_dir: str, cfg: PoolSettings, actors: l
                 i = queue.pop(0)
                 attempts[i] += 1
                 actor = actors[i % len(actors)]
-                job = ShardJob(i, plan.shard_name(i), plan.shard_items(i), plan.root, out_dir, cfg.batch_size)
+                job = ShardJob(
+                    i,
+                    plan.shard_name(i),
+                    plan.shard_items(i),
+                    plan.root,
+                    out_dir,
+                    cfg.batch_size,
+                    limits or DecodeLimits(),
+                )
                 ref = task.remote(job, actor)
                 running[ref] = i
             ready, _ = ray.wait(list(running), num_returns=1)

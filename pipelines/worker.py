@@ -2,6 +2,10 @@
 
 read (bounded) -> decode (shards.image) -> label (labeler) -> pack (shards.pack) -> write (shards.writer)
 
+Reads are bounded (regular files only, at most `--max-input-bytes`) and decoding is bounded
+(formats on an allowlist, at most `--max-pixels` checked from the header): docs/RUNNING.md says
+what is refused and why.
+
 Every input of the shard ends up either in the tar or in the stats' `quarantined` list with the
 stage and the reason: a failure on one image, at any stage, costs only that image. Only failures of
 the shard itself (the output disk, the labeler's process) fail the task, which is then retried.
@@ -10,18 +14,29 @@ The stats JSON is the done-marker, written last.
 
 from __future__ import annotations
 
+import os
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from labeler.base import Labeler
+from shards import format as fmt
 from shards.image import BadImage, PreparedImage, prepare_image
 from shards.manifest import Quarantined, ShardStats, write_stats
 from shards.pack import Labels, pack_sample
 from shards.writer import ShardWriter
 
-from .plan import Item
+from .plan import Item, file_kind, remote_mtime_ns
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What one input may cost (`c2f label --max-pixels / --max-input-bytes`; docs/RUNNING.md)."""
+
+    max_pixels: int = fmt.MAX_PIXELS  # width x height, checked from the header before decoding
+    max_input_bytes: int = fmt.MAX_MEMBER_BYTES  # file size, checked before reading
 
 
 @dataclass(frozen=True)
@@ -34,16 +49,51 @@ class ShardJob:
     root: str  # input root: a local directory or an fsspec URL
     out_dir: str
     batch_size: int = 16  # images per labeler call
+    limits: DecodeLimits = DecodeLimits()
 
 
-def read_input(root: str, source: str) -> bytes:
-    """Bytes of one input: a local path, or any fsspec URL root (s3://, gs://, …)."""
+class InputRefused(Exception):
+    """An input that is not read at all (not a regular file, too large); the message says why."""
+
+
+def read_input(root: str, source: str, max_bytes: int = fmt.MAX_MEMBER_BYTES) -> tuple[bytes, list[int]]:
+    """Bytes of one input and its stamp `[size, mtime_ns]` as read: a local path, or any fsspec URL
+    root (s3://, gs://, …). Bounded: only a regular file of at most `max_bytes` is read.
+
+    A local file is opened non-blocking and checked with fstat on the open descriptor, so a FIFO
+    cannot hang the task, a device (or a symlink to one) is never read, and a file swapped after
+    planning is judged by what was actually opened."""
     if "://" in root and not root.startswith("file://"):
-        import fsspec
+        return _read_remote(f"{root.rstrip('/')}/{source}", max_bytes)
+    path = os.path.join(root.removeprefix("file://"), source)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InputRefused(f"not a regular file ({file_kind(st.st_mode)})")
+        if st.st_size > max_bytes:
+            raise InputRefused(f"file of {st.st_size} bytes exceeds --max-input-bytes {max_bytes}")
+        data = f.read(max_bytes + 1)  # one more: a file that grew since fstat is refused too
+    if len(data) > max_bytes:
+        raise InputRefused(f"file grew past --max-input-bytes {max_bytes} while being read")
+    return data, [st.st_size, st.st_mtime_ns]
 
-        with fsspec.open(f"{root.rstrip('/')}/{source}", "rb") as f:
-            return f.read()
-    return (Path(root.removeprefix("file://")) / source).read_bytes()
+
+def _read_remote(url: str, max_bytes: int) -> tuple[bytes, list[int]]:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url)
+    info = fs.info(path)
+    if info.get("type") != "file":
+        raise InputRefused(f"not a file ({info.get('type')})")
+    size = int(info.get("size") or 0)
+    if size > max_bytes:
+        raise InputRefused(f"object of {size} bytes exceeds --max-input-bytes {max_bytes}")
+    with fs.open(path, "rb") as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise InputRefused(f"object grew past --max-input-bytes {max_bytes} while being read")
+    return data, [size, remote_mtime_ns(info)]
 
 
 def _first_line(e: BaseException) -> str:
@@ -62,18 +112,28 @@ class Quarantine(list):
         self.append(Quarantined(self.shard, item.key, item.source, stage, reason))
 
 
-def decode_batches(job: ShardJob, quarantine: Quarantine) -> Iterator[list[tuple[Item, PreparedImage]]]:
-    """read -> decode, in batches; inputs that cannot be read or decoded go to `quarantine`."""
+def decode_batches(
+    job: ShardJob, quarantine: Quarantine, stamps: dict[str, list[int]] | None = None
+) -> Iterator[list[tuple[Item, PreparedImage]]]:
+    """read -> decode, in batches; inputs that cannot be read or decoded go to `quarantine` with
+    the stage and the reason (exception type and message), whatever the exception. `stamps`
+    receives `[size, mtime_ns]` of every input as read (as planned when it could not be read), so a
+    rerun can tell which inputs changed since this shard was made."""
+    stamps = {} if stamps is None else stamps
     for b in range(0, len(job.items), job.batch_size):
         batch: list[tuple[Item, PreparedImage]] = []
         for item in job.items[b : b + job.batch_size]:
+            stamps[item.key] = [item.size, item.mtime_ns]
             try:
-                data = read_input(job.root, item.source)
+                data, stamps[item.key] = read_input(job.root, item.source, job.limits.max_input_bytes)
+            except InputRefused as e:
+                quarantine.add(item, "read", str(e))
+                continue
             except Exception as e:  # noqa: BLE001 - one unreadable input costs only itself
                 quarantine.add(item, "read", _first_line(e))
                 continue
             try:
-                batch.append((item, prepare_image(data)))
+                batch.append((item, prepare_image(data, job.limits.max_pixels)))
             except BadImage as e:
                 quarantine.add(item, "decode", str(e))
             except Exception as e:  # noqa: BLE001 - any decoder failure (plugins raise anything, MemoryError)
@@ -104,13 +164,14 @@ def process_shard(job: ShardJob, labeler: Labeler) -> ShardStats:
     the next batch is read and decoded while the current one is labeled."""
     t0 = time.perf_counter()
     quarantine = Quarantine(job.shard)
+    stamps: dict[str, list[int]] = {}
     with ShardWriter(Path(job.out_dir) / job.shard) as writer:
 
         def finish(batch: list[tuple[Item, PreparedImage]], handle) -> None:
             write_labeled(writer, batch, labeler.collect(handle) if batch else [], quarantine)
 
         pending = None
-        for batch in decode_batches(job, quarantine):
+        for batch in decode_batches(job, quarantine, stamps):
             handle = labeler.submit([im.rgb for _, im in batch]) if batch else None
             if pending is not None:
                 finish(*pending)
@@ -127,6 +188,7 @@ def process_shard(job: ShardJob, labeler: Labeler) -> ShardStats:
         sha256=info.sha256,
         quarantined=list(quarantine),
         seconds=round(time.perf_counter() - t0, 3),
+        inputs=stamps,
     )
     write_stats(job.out_dir, stats)
     return stats

@@ -3,8 +3,6 @@ a stats summary, so people can look at their labels. PIL and numpy only: no torc
 
 from __future__ import annotations
 
-import io
-import json
 import random
 from collections import Counter
 from pathlib import Path
@@ -14,6 +12,8 @@ from PIL import Image, ImageDraw
 
 from . import format as fmt
 from .errors import DataError
+from .image import BadImage, load_image, open_image
+from .manifest import load_json
 from .pack import decode_png
 from .tar import TarError, read_samples
 
@@ -33,14 +33,21 @@ def palette(n: int) -> np.ndarray:
 
 
 def _shards(path: Path) -> tuple[list[Path], dict]:
+    if not path.exists():
+        raise InspectError(f"no such file or directory: {path}")
     if path.is_dir():
         shards = sorted(p for p in path.iterdir() if fmt.parse_shard_name(p.name))
         mpath = path / fmt.MANIFEST
     else:
         shards, mpath = [path], path.parent / fmt.MANIFEST
-    if not shards or not all(p.exists() for p in shards):
-        raise InspectError(f"no shards at {path}")
-    manifest = json.loads(mpath.read_text()) if mpath.exists() else {}
+    if not shards:
+        raise InspectError(f"no shards in {path} (no PREFIX-NNNNNN.tar files)")
+    try:
+        manifest = load_json(mpath.read_bytes(), fmt.MANIFEST, 256 << 20) if mpath.exists() else {}
+        if not isinstance(manifest, dict):
+            raise ValueError("not an object")
+    except (OSError, ValueError) as e:
+        raise InspectError(f"unreadable {mpath} ({e}); run `c2f validate`") from None
     return shards, manifest
 
 
@@ -49,6 +56,8 @@ def _read(shard: Path):
         yield from read_samples(str(shard))
     except TarError as e:
         raise InspectError(f"{shard.name}: {e}") from None
+    except OSError as e:
+        raise InspectError(f"{shard.name}: cannot read ({e})") from None
 
 
 def _overlay(rgb: np.ndarray, ids: np.ndarray, pal: np.ndarray, skip: int | None) -> np.ndarray:
@@ -73,7 +82,9 @@ def _tile(arr: np.ndarray) -> Image.Image:
 
 def inspect(path: str, out: str, samples: int = 8, seed: int = 0) -> str:
     shards, manifest = _shards(Path(path))
-    names = manifest.get("label_space", {}).get("semantic", {})
+    space = manifest.get("label_space")
+    names = space.get("semantic") if isinstance(space, dict) else None
+    names = names if isinstance(names, dict) else {}
     num_classes = len(names)
     ignore = fmt.semantic_ignore(num_classes)
     chosen = []
@@ -87,7 +98,9 @@ def inspect(path: str, out: str, samples: int = 8, seed: int = 0) -> str:
             n_samples += 1
             try:
                 sem = decode_png(s[fmt.SEM])
-                meta = json.loads(s[fmt.META])
+                meta = load_json(s[fmt.META], ".json")
+                if not isinstance(meta, dict):
+                    raise ValueError(".json is not an object")
             except (KeyError, ValueError, OSError) as e:
                 raise InspectError(f"{shard.name} {key}: unreadable sample ({e}); run `c2f validate`") from None
             ids, counts = np.unique(sem, return_counts=True)
@@ -104,8 +117,13 @@ def inspect(path: str, out: str, samples: int = 8, seed: int = 0) -> str:
     pal = palette(max(num_classes, int(max(class_pixels, default=0)) + 1))
     rows = []
     for key, s in chosen:
-        rgb = np.asarray(Image.open(io.BytesIO(s[fmt.JPG])).convert("RGB"))
-        sem, inst = decode_png(s[fmt.SEM]), decode_png(s[fmt.INST])
+        try:
+            rgb = np.asarray(load_image(open_image(s[fmt.JPG], ("JPEG",), fmt.MAX_PIXELS)).convert("RGB"))
+            sem, inst = decode_png(s[fmt.SEM]), decode_png(s[fmt.INST])
+            if sem.shape != rgb.shape[:2] or inst.shape != rgb.shape[:2]:
+                raise ValueError(f"maps {sem.shape}/{inst.shape} differ from the image {rgb.shape[:2]}")
+        except (KeyError, ValueError, BadImage) as e:
+            raise InspectError(f"{key}: unreadable sample ({e}); run `c2f validate`") from None
         sem_ov = _overlay(rgb, sem, pal, ignore)
         inst_pal = (
             np.random.default_rng(int(inst.max()) + 7).integers(40, 256, (int(inst.max()) + 1, 3)).astype(np.uint8)
@@ -143,7 +161,7 @@ def inspect(path: str, out: str, samples: int = 8, seed: int = 0) -> str:
             for cid, n in top
         ),
     ]
-    labeler = manifest.get("labeler", {})
+    labeler = manifest.get("labeler") if isinstance(manifest.get("labeler"), dict) else {}
     if labeler.get("random_labels") or labeler.get("empty_labels"):
         lines.append(f"note: preset {labeler.get('preset')!r}: these labels are not from a trained model")
     lines.append(f"grid: {out} ({len(rows)} samples: RGB | semantic | instances)")
