@@ -315,7 +315,9 @@ def plan_from_listing(listing: Listing, samples_per_shard: int, prefix: str) -> 
     files, skipped = listing.files, list(listing.skipped)
     if not files:
         first = skipped[0] if skipped else None
-        refused = f" ({len(skipped)} entries refused, e.g. {fmt.display(first.source)}: {first.reason})" if first else ""
+        refused = (
+            f" ({len(skipped)} entries refused, e.g. {fmt.display(first.source)}: {first.reason})" if first else ""
+        )
         raise PlanError(f"no images (by suffix: {', '.join(sorted(IMAGE_SUFFIXES))}) under {listing.root}{refused}")
     fits = [f[0].count("/") == 1 and bool(_WNID.match(f[0].split("/", 1)[0])) for f in files]
     imagenet = 2 * sum(fits) > len(files)  # by majority: one stray file does not decide

@@ -73,9 +73,9 @@ def read_input(root: str, source: str, max_bytes: int = fmt.MAX_MEMBER_BYTES) ->
             raise InputRefused(f"not a regular file ({file_kind(st.st_mode)})")
         if st.st_size > max_bytes:
             raise InputRefused(f"file of {st.st_size} bytes exceeds --max-input-bytes {max_bytes}")
-        data = f.read(max_bytes + 1)  # one more: a file that grew since fstat is refused too
-    if len(data) > max_bytes:
-        raise InputRefused(f"file grew past --max-input-bytes {max_bytes} while being read")
+        data = f.read(st.st_size + 1)  # one more: a file that is not what fstat said is refused
+    if len(data) != st.st_size:
+        raise InputRefused(f"file changed while being read ({st.st_size} bytes by fstat, {len(data)} read)")
     return data, [st.st_size, st.st_mtime_ns]
 
 
@@ -90,9 +90,9 @@ def _read_remote(url: str, max_bytes: int) -> tuple[bytes, list[int]]:
     if size > max_bytes:
         raise InputRefused(f"object of {size} bytes exceeds --max-input-bytes {max_bytes}")
     with fs.open(path, "rb") as f:
-        data = f.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise InputRefused(f"object grew past --max-input-bytes {max_bytes} while being read")
+        data = f.read(size + 1)
+    if len(data) != size:
+        raise InputRefused(f"object changed while being read ({size} bytes listed, {len(data)} read)")
     return data, [size, remote_mtime_ns(info)]
 
 

@@ -44,14 +44,20 @@ def read_text(url: str) -> str | None:
 def read_bytes(url: str, max_bytes: int) -> bytes | None:
     """The file's bytes, or None when it does not exist; ValueError when it holds more than
     `max_bytes` (read no further: a file someone else wrote may be of any size)."""
+    parts, n = [], 0
     try:
         with open_url(url) as f:
-            data = f.read(max_bytes + 1)
+            while n <= max_bytes:  # in steps: read(max_bytes) would allocate max_bytes at once
+                part = f.read(min(1 << 20, max_bytes + 1 - n))
+                if not part:
+                    break
+                parts.append(part)
+                n += len(part)
     except (FileNotFoundError, IsADirectoryError):
         return None
-    if len(data) > max_bytes:
+    if n > max_bytes:
         raise ValueError(f"{url.rsplit('/', 1)[-1]} exceeds the {max_bytes}-byte limit")
-    return data
+    return b"".join(parts)
 
 
 def list_names(url: str) -> list[str]:

@@ -215,7 +215,7 @@ def tar_members(stream, max_member: int = MAX_MEMBER_BYTES) -> Iterator[tuple[st
             elif kind == b"L":
                 long_name = _name(data)
             continue  # 'g' (global) and 'K' (long link name) change nothing we read
-        name = pax.get("path") or long_name or _name(hdr[0:100])
+        name = pax.get("GNU.sparse.name") or pax.get("path") or long_name or _name(hdr[0:100])
         if hdr[257:263] == b"ustar\0" and hdr[345] and not pax.get("path") and long_name is None:
             name = _name(hdr[345:500]) + "/" + name  # POSIX ustar prefix field
         sparse = kind == b"S" or any(k.startswith("GNU.sparse.") for k in pax)

@@ -27,7 +27,16 @@ import numpy as np
 from . import format as fmt
 from .image import BadImage, load_image, open_image
 from .location import join, list_names, list_shards, open_url, read_bytes
-from .manifest import Manifest, PlanHeader, Quarantined, SampleMeta, ShardStats, load_json, read_plan_inputs
+from .manifest import (
+    Manifest,
+    PlanHeader,
+    Quarantined,
+    SampleMeta,
+    ShardStats,
+    from_json,
+    load_json,
+    read_plan_inputs,
+)
 from .pack import decode_png
 from .tar import (  # noqa: F401 - the tar problem codes are finding codes too
     BAD_KEY,
@@ -161,7 +170,7 @@ def check_sample(shard: str, key: str, s: dict[str, bytes], expect: Expect, deep
     if not deep:
         return out
     try:
-        meta: SampleMeta | None = SampleMeta.from_json(load_json(s[fmt.META], ".json"))
+        meta: SampleMeta | None = from_json(SampleMeta, load_json(s[fmt.META], ".json"), ".json")
     except ValueError as e:
         out.append(Finding(shard, key, BAD_JSON, f".json is not a valid sample record ({e})"))
         meta = None

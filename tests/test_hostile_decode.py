@@ -6,20 +6,20 @@ import os
 import signal
 import time
 
+import hostile
 import numpy as np
 import pytest
 from PIL import EpsImagePlugin, Image, JpegImagePlugin
 
-import hostile
 from pipelines.plan import Item
 from pipelines.worker import DecodeLimits, InputRefused, Quarantine, ShardJob, decode_batches, read_input
 from shards.image import BadImage, prepare_image
 
 
-def run_decode(root, names, limits=DecodeLimits(), batch_size=16):
+def run_decode(root, names, limits=None, batch_size=16):
     """decode_batches over files in `root`: ({name: reason}, {name: stage}, [decoded names], stamps)."""
     items = [Item(n.replace(".", "_"), n) for n in names]
-    job = ShardJob(0, "t-000000.tar", items, str(root), str(root), batch_size, limits)
+    job = ShardJob(0, "t-000000.tar", items, str(root), str(root), batch_size, limits or DecodeLimits())
     q, stamps = Quarantine(job.shard), {}
     ok = [it.source for batch in decode_batches(job, q, stamps) for it, _ in batch]
     return {r.source: r.reason for r in q}, {r.source: r.stage for r in q}, ok, stamps
