@@ -5,10 +5,12 @@ bench writes ImageNet-sized samples (375x500 scenes, q95 JPEG ~110 KB, the masks
 then alternates, `--rounds` times, in this one process tree:
 
     baseline   2 processes, one shard at a time each: read the tar, decode every .jpg with PIL
+               in full (the least any check that decodes JPEGs must do)
     validate   `validate(workers=2)`: everything `c2f validate` does (sha256, tar structure, keys,
                JSON record, JPEG decode, both maps decoded and checked, plan and manifest)
 
-and prints samples/s of each and the ratio (target >= 0.8), plus `--sample 2` for reference.
+and prints samples/s of each and the ratio (target >= 0.8), plus `--sample 2`, and validate with
+full-resolution JPEG decoding (`shards.validate.JPEG_DCT_SCALING = False`) for reference.
 The machine may be shared: the CPU seconds per sample of both runs (this process and its worker
 processes, from getrusage) are printed too; their ratio is what the rates' ratio is on an idle
 machine, where both runs are CPU-bound on the same 2 cores.
@@ -31,11 +33,12 @@ import numpy as np
 from PIL import Image
 
 from shards import format as fmt
+from shards import validate as validate_module
 from shards.image import prepare_image
 from shards.manifest import PlanHeader, ShardStats, write_dataset_files, write_stats
 from shards.pack import Labels, pack_sample
 from shards.synthetic import CLASS_NAMES, encode_jpeg, make_scene
-from shards.tar import read_samples
+from shards.tar import tar_members
 from shards.validate import validate
 from shards.writer import ShardWriter
 
@@ -68,10 +71,13 @@ def write_dataset(out: Path, n: int, per_shard: int, distinct: int = 200) -> Non
 
 
 def decode_jpegs(shard: str) -> int:
+    """Read the shard's members (no hashing, no checks) and decode every JPEG in full."""
     n = 0
-    for _, s in read_samples(shard):
-        Image.open(io.BytesIO(s[fmt.JPG])).load()
-        n += 1
+    with open(shard, "rb") as f:
+        for name, data, _ in tar_members(io.BufferedReader(f, 1 << 20)):
+            if name.endswith("." + fmt.JPG):
+                Image.open(io.BytesIO(data)).load()
+                n += 1
     return n
 
 
@@ -126,9 +132,16 @@ def main():
         ratios = [v[0] / b[0] for v, b in zip(val, base, strict=True)]
         cpu_ratios = [b[1] / v[1] for v, b in zip(val, base, strict=True)]
         sampled = run_validate(d, sample=2)[0]
+        validate_module.JPEG_DCT_SCALING = False  # the worker processes fork from here
+        full = run_validate(d)
+        validate_module.JPEG_DCT_SCALING = True
         print(f"decode JPEGs alone, 2 processes: {statistics.median(b[0] for b in base):7.1f} samples/s")
         print(f"c2f validate, 2 workers:         {statistics.median(v[0] for v in val):7.1f} samples/s")
         print(f"c2f validate --sample 2:         {sampled:7.1f} samples/s")
+        print(
+            f"validate, full-size JPEG decode: {full[0]:7.1f} samples/s ({full[1]:.2f} CPU ms/sample; "
+            f"CPU ratio {statistics.median(b[1] for b in base) / full[1]:.2f})"
+        )
         for what, rs in (("rate", ratios), ("CPU", cpu_ratios)):
             rounds = ", ".join(f"{x:.2f}" for x in rs)
             print(f"ratio validate / decode ({what}): {statistics.median(rs):.2f} (rounds: {rounds})")

@@ -395,9 +395,11 @@ def check_or_write_plan(out_dir: Path, plan: Plan, overwrite: bool) -> None:
                 p.unlink()
     from shards.writer import atomic_write_json
 
-    # The inputs first: a plan.json on disk always has its complete listing beside it. Both are
-    # rewritten on every run, so their sizes and times are those of this run's listing.
-    write_plan_inputs(out_dir, [(it.key, it.source, it.class_index, it.size, it.mtime_ns) for it in plan.items])
+    # The inputs first: a plan.json on disk always has its complete listing beside it. The listing
+    # is written with a new plan (sizes and times as listed then; what each shard read is in its
+    # stats); plan.json on every run (the count of refused entries may change).
+    if overwrite or not path.exists() or not (out_dir / fmt.PLAN_INPUTS).exists():
+        write_plan_inputs(out_dir, [(it.key, it.source, it.class_index, it.size, it.mtime_ns) for it in plan.items])
     atomic_write_json(path, want)
 
 

@@ -218,6 +218,8 @@ def tar_members(stream, max_member: int = MAX_MEMBER_BYTES) -> Iterator[tuple[st
         name = pax.get("GNU.sparse.name") or pax.get("path") or long_name or _name(hdr[0:100])
         if hdr[257:263] == b"ustar\0" and hdr[345] and not pax.get("path") and long_name is None:
             name = _name(hdr[345:500]) + "/" + name  # POSIX ustar prefix field
+        if kind == b"5":
+            name = name.rstrip("/") or name  # as tarfile names directories
         sparse = kind == b"S" or any(k.startswith("GNU.sparse.") for k in pax)
         if "size" in pax:
             try:

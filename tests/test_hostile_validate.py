@@ -277,3 +277,43 @@ def test_validator_findings_for_a_damaged_map_are_exact():
     rng = np.random.default_rng(0)
     for a in [rng.integers(0, 5, (37, 41)), rng.integers(0, 65535, (9, 7)), np.zeros((3, 3))]:
         assert np.array_equal(present_ids(a.astype(np.uint16)), np.unique(a.astype(np.uint16)))
+
+
+def test_dct_scaled_jpeg_check_fails_exactly_when_a_full_decode_fails():
+    """The validator decodes JPEGs with 1/8 DCT scaling (every coefficient entropy-decoded, only the
+    DC term transformed): on truncated, corrupted and cut JPEGs it must agree with a full decode."""
+    import random
+
+    from shards.image import BadImage, load_image, open_image
+
+    def fails(data, draft):
+        try:
+            im = open_image(data, ("JPEG",), 10**8)
+            if draft:
+                im.draft(im.mode, (im.width // 8, im.height // 8))
+            load_image(im)
+            return False
+        except BadImage:
+            return True
+
+    rng = random.Random(0)
+    bases = [
+        hostile.jpeg(96, 128, seed=1, quality=90),
+        hostile.encode(hostile.photo(96, 128), "JPEG", progressive=True),
+    ]
+    failed = 0
+    for _ in range(300):
+        d = bytearray(rng.choice(bases))
+        op = rng.randrange(3)
+        if op == 0:
+            d = d[: rng.randrange(len(d))]
+        elif op == 1:
+            for _ in range(rng.randint(1, 5)):
+                d[rng.randrange(len(d))] = rng.randrange(256)
+        else:
+            i = rng.randrange(len(d))
+            del d[i : i + rng.randrange(1, 50)]
+        full = fails(bytes(d), False)
+        assert fails(bytes(d), True) == full
+        failed += full
+    assert 100 < failed < 300  # the cases exercised both outcomes
