@@ -72,7 +72,8 @@ def run(cfg: LabelConfig, pool: PoolSettings | None = None, settings: Settings |
     changed = changed_inputs(plan, done)
     for i, what in sorted(changed.items()):
         del done[i]  # redone from its inputs as they are now
-        print(f"changed since {plan.shard_name(i)} was made, so it is redone: {'; '.join(what[:5])}")
+        more = f"; and {len(what) - 5} more" if len(what) > 5 else ""
+        print(f"changed since {plan.shard_name(i)} was made, so it is redone: {'; '.join(what[:5])}{more}")
     todo = [i for i in range(plan.num_shards) if i not in done]
     print(f"plan: {len(plan.items)} images -> {plan.num_shards} shards; {len(done)} already done, {len(todo)} to do")
     for line in plan.summary():

@@ -86,14 +86,16 @@ def _read_remote(url: str, max_bytes: int) -> tuple[bytes, list[int]]:
     info = fs.info(path)
     if info.get("type") != "file":
         raise InputRefused(f"not a file ({info.get('type')})")
-    size = int(info.get("size") or 0)
-    if size > max_bytes:
+    size = info.get("size")
+    if size is not None and size > max_bytes:
         raise InputRefused(f"object of {size} bytes exceeds --max-input-bytes {max_bytes}")
     with fs.open(path, "rb") as f:
-        data = f.read(size + 1)
-    if len(data) != size:
+        data = f.read((max_bytes if size is None else size) + 1)
+    if len(data) > max_bytes:
+        raise InputRefused(f"object of more than {max_bytes} bytes exceeds --max-input-bytes")
+    if size is not None and len(data) != size:
         raise InputRefused(f"object changed while being read ({size} bytes listed, {len(data)} read)")
-    return data, [size, remote_mtime_ns(info)]
+    return data, [len(data), remote_mtime_ns(info)]
 
 
 def _first_line(e: BaseException) -> str:

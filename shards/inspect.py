@@ -108,22 +108,22 @@ def inspect(path: str, out: str, samples: int = 8, seed: int = 0) -> str:
             inst_counts.append(len(meta.get("instances", [])))
             reencoded += bool(meta.get("reencoded"))
             if seed == 0 and len(chosen) < samples:
-                chosen.append((key, s))
+                chosen.append((key, s, shard.name))
             elif seed:
-                chosen.append((key, None))  # reservoir of keys, second pass below
+                chosen.append((key, None, shard.name))  # reservoir of keys, second pass below
     if seed:
-        pick = set(random.Random(seed).sample([k for k, _ in chosen], min(samples, len(chosen))))
-        chosen = [(k, s) for shard in shards for k, s in _read(shard) if k in pick]
+        pick = set(random.Random(seed).sample([k for k, _, _ in chosen], min(samples, len(chosen))))
+        chosen = [(k, s, shard.name) for shard in shards for k, s in _read(shard) if k in pick]
     pal = palette(max(num_classes, int(max(class_pixels, default=0)) + 1))
     rows = []
-    for key, s in chosen:
+    for key, s, shard_name in chosen:
         try:
             rgb = np.asarray(load_image(open_image(s[fmt.JPG], ("JPEG",), fmt.MAX_PIXELS)).convert("RGB"))
             sem, inst = decode_png(s[fmt.SEM]), decode_png(s[fmt.INST])
             if sem.shape != rgb.shape[:2] or inst.shape != rgb.shape[:2]:
                 raise ValueError(f"maps {sem.shape}/{inst.shape} differ from the image {rgb.shape[:2]}")
         except (KeyError, ValueError, BadImage) as e:
-            raise InspectError(f"{key}: unreadable sample ({e}); run `c2f validate`") from None
+            raise InspectError(f"{shard_name} {key}: unreadable sample ({e}); run `c2f validate`") from None
         sem_ov = _overlay(rgb, sem, pal, ignore)
         inst_pal = (
             np.random.default_rng(int(inst.max()) + 7).integers(40, 256, (int(inst.max()) + 1, 3)).astype(np.uint8)

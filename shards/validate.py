@@ -349,11 +349,15 @@ class Target:
     quarantined: dict[str, str] = field(default_factory=dict)  # key -> shard, from quarantine.jsonl
 
 
+_ABSENT = object()
+
+
 def _read_json(base: str, name: str, max_bytes: int, findings: list[Finding]) -> Any:
-    """A JSON file of the dataset, or None when absent; unreadable -> a `manifest` finding."""
+    """A JSON file of the dataset; `_ABSENT` when there is none; None (and a `manifest` finding)
+    when it cannot be read or parsed."""
     try:
         data = read_bytes(join(base, name), max_bytes)
-        return None if data is None else load_json(data, name, max_bytes)
+        return _ABSENT if data is None else load_json(data, name, max_bytes)
     except (OSError, ValueError) as e:
         findings.append(Finding(name, None, MANIFEST, f"unreadable {name}: {e}"))
         return None
@@ -369,13 +373,13 @@ def plan_targets(path: str, max_pixels: int = fmt.MAX_PIXELS) -> Target:
     on_disk = {u.rsplit("/", 1)[-1]: u for u in shards}
     plan: PlanHeader | None = None
     plan_json = _read_json(path, fmt.PLAN, MAX_INDEX_BYTES, t.findings)
-    if plan_json is not None:
+    if plan_json not in (None, _ABSENT):
         try:
             plan = PlanHeader.from_json(plan_json)
         except ValueError as e:
             t.findings.append(Finding(fmt.PLAN, None, MANIFEST, f"unreadable {fmt.PLAN}: {e}"))
     manifest_json = _read_json(path, fmt.MANIFEST, MAX_INDEX_BYTES, t.findings)
-    if manifest_json is not None:
+    if manifest_json not in (None, _ABSENT):
         try:
             manifest = Manifest.from_json(manifest_json)
             num_classes = len(manifest.semantic_names)
@@ -386,7 +390,7 @@ def plan_targets(path: str, max_pixels: int = fmt.MAX_PIXELS) -> Target:
     if m is None:
         plain = Expect(max_pixels=max_pixels, classes=plan.classes if plan else None)
         t.shards = [(u, plain) for u in on_disk.values()]
-        if plan is not None and manifest_json is None:
+        if plan is not None and manifest_json is _ABSENT:
             t.findings += _incomplete(path, plan, on_disk)
         elif not on_disk and not t.findings:
             t.findings.append(

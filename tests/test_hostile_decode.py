@@ -199,3 +199,21 @@ def test_decoded_pixels_match_pillow():
     data = hostile.jpeg(33, 47, seed=3)
     p = prepare_image(data)
     assert np.array_equal(p.rgb, np.asarray(Image.open(io.BytesIO(data))))
+
+
+def test_remote_inputs_are_bounded_too():
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/c2f-in/ok.jpg", hostile.jpeg())
+    fs.pipe("/c2f-in/big.jpg", b"\0" * 5000)
+    fs.mkdir("/c2f-in/dir.jpg")
+    try:
+        data, stamp = read_input("memory://c2f-in", "ok.jpg", max_bytes=4096)
+        assert data == hostile.jpeg() and stamp[0] == len(data)
+        with pytest.raises(InputRefused, match="object of 5000 bytes exceeds --max-input-bytes 4096"):
+            read_input("memory://c2f-in", "big.jpg", max_bytes=4096)
+        with pytest.raises(InputRefused, match=r"not a file \(directory\)"):
+            read_input("memory://c2f-in", "dir.jpg", max_bytes=4096)
+    finally:
+        fs.rm("/c2f-in", recursive=True)

@@ -242,7 +242,8 @@ def test_images_declaring_huge_sizes_are_refused_before_decoding(synthetic_ds, c
     with pytest.raises(Exception, match=rf"key {KEY0}: .*{detail}"):
         list(make_dataset(str(synthetic_ds), shuffle=0))
     assert main(["inspect", str(synthetic_ds), "--out", str(tmp_path / "g.png"), "--samples", "1"]) == 1
-    assert capsys.readouterr().err.startswith("error: ")
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {SHARD0} {KEY0}: unreadable sample") and detail in err
 
 
 def test_reader_refuses_unsafe_names_and_drops_foreign_members(synthetic_ds):
