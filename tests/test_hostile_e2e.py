@@ -101,6 +101,7 @@ class PeakRSS:
 
     def __init__(self, pid: int):
         self.proc, self.peak, self.most_procs = psutil.Process(pid), 0, 0
+        self.at_peak: list[str] = []  # "RSS MiB  name" of each process when the sum peaked
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -111,13 +112,16 @@ class PeakRSS:
                 procs = [self.proc, *self.proc.children(recursive=True)]
             except psutil.Error:
                 break
-            total = 0
+            sizes = []
             for p in procs:
                 try:
-                    total += p.memory_info().rss
+                    sizes.append((p.memory_info().rss, p.name()))
                 except psutil.Error:
                     pass
-            self.peak, self.most_procs = max(self.peak, total), max(self.most_procs, len(procs))
+            total = sum(r for r, _ in sizes)
+            if total > self.peak:
+                self.peak, self.at_peak = total, [f"{r >> 20:6d} MiB  {n}" for r, n in sorted(sizes, reverse=True)]
+            self.most_procs = max(self.most_procs, len(procs))
             time.sleep(0.05)
 
     def stop(self):
@@ -189,6 +193,7 @@ def test_label_mixed_tree_with_tiny_preset(tmp_path):
 
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["totals"]["quarantined"] == len(expected) and manifest["plan"]["skipped"] == 6
-    print(f"peak RSS of the whole job: {rss.peak / 2**30:.2f} GiB over up to {rss.most_procs} processes")
+    at_peak = "\n".join(rss.at_peak)
+    print(f"peak RSS of the whole job: {rss.peak / 2**30:.2f} GiB over up to {rss.most_procs} processes\n{at_peak}")
     assert rss.most_procs >= 4  # the sampling saw Ray's processes, not just the driver
-    assert rss.peak < 3 * 2**30
+    assert rss.peak < 3 * 2**30, at_peak
