@@ -256,7 +256,8 @@ def _scan_url(root: str) -> Listing:
         elif info.get("type", "file") != "file":
             out.skipped.append(Skipped(rel, f"not a regular file ({info.get('type')})"))
         else:
-            out.files.append((rel, int(info.get("size") or 0), remote_mtime_ns(info)))
+            size = info.get("size")
+            out.files.append((rel, -1 if size is None else int(size), remote_mtime_ns(info)))
     return out
 
 

@@ -95,7 +95,7 @@ def _read_remote(url: str, max_bytes: int) -> tuple[bytes, list[int]]:
         raise InputRefused(f"object of more than {max_bytes} bytes exceeds --max-input-bytes")
     if size is not None and len(data) != size:
         raise InputRefused(f"object changed while being read ({size} bytes listed, {len(data)} read)")
-    return data, [len(data), remote_mtime_ns(info)]
+    return data, [-1 if size is None else size, remote_mtime_ns(info)]
 
 
 def _first_line(e: BaseException) -> str:

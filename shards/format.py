@@ -119,10 +119,11 @@ def split_member(name: str) -> tuple[str, str]:
 
 
 def unsafe_member_name(name: str) -> str | None:
-    """Why a tar member name is unsafe to extract (absolute, `..`), or None when it is fine."""
-    if name.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", name):
+    """Why a tar member name is unsafe to extract (absolute, `..`), or None when it is fine.
+    (Called for every member the readers see: the common case costs two string tests.)"""
+    if name.startswith("/") or (name[1:2] == ":" and re.match(r"^[A-Za-z]:[\\/]", name)):
         return "absolute path"
-    if ".." in PurePosixPath(name.replace("\\", "/")).parts:
+    if ".." in name and ".." in PurePosixPath(name.replace("\\", "/")).parts:
         return "path contains '..'"
     return None
 
