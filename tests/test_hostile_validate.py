@@ -271,7 +271,7 @@ def test_inspect_reads_the_same_bounded_way(synthetic_ds, tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
-def test_validator_findings_for_a_damaged_map_are_exact():
+def test_run_start_scan_equals_np_unique():
     """The run-based id scan equals np.unique on any map (noise included)."""
     from shards.validate import present_ids
 
