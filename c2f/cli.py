@@ -20,6 +20,7 @@ from c2fmae.train import TrainConfig
 from labeler.config import LabelerConfig, PanopticConfig, SamConfig
 from pipelines.distributor import PoolSettings
 from pipelines.label import LabelConfig
+from shards.format import MAX_PIXELS
 from shards.quality.config import CompareConfig, FilterConfig, ReportConfig
 
 from .flags import add_flags, from_args
@@ -37,6 +38,13 @@ class ValidateConfig:
     seed: int = field(default=0, metadata={"help": "seed for --sample"})
     json: bool = field(default=False, metadata={"help": "print a machine-readable JSON report on stdout"})
     progress: bool = field(default=True, metadata={"help": "progress bar on stderr"})
+    max_pixels: int = field(
+        default=MAX_PIXELS,
+        metadata={
+            "help": "refuse to decode images and maps declaring more pixels (as `c2f label --max-pixels`; "
+            "raise it for shards labeled with a larger limit)"
+        },
+    )
 
 
 @dataclass
@@ -51,10 +59,12 @@ def cmd_validate(cfg: ValidateConfig) -> int:
     from shards.errors import UsageError
     from shards.validate import format_table, validate
 
-    if cfg.workers < 1 or (cfg.sample is not None and cfg.sample < 0):
-        raise UsageError("--workers must be >= 1 and --sample >= 0")
+    if cfg.workers < 1 or (cfg.sample is not None and cfg.sample < 0) or cfg.max_pixels < 1:
+        raise UsageError("--workers and --max-pixels must be >= 1 and --sample >= 0")
     t0 = time.perf_counter()
-    report = validate(cfg.paths, cfg.workers, cfg.sample, cfg.seed, progress=cfg.progress and not cfg.json)
+    report = validate(
+        cfg.paths, cfg.workers, cfg.sample, cfg.seed, progress=cfg.progress and not cfg.json, max_pixels=cfg.max_pixels
+    )
     if cfg.json:
         print(json.dumps(report.to_json(), indent=1))
     else:

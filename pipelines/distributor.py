@@ -26,7 +26,7 @@ from shards.store import Store
 
 from .plan import Plan
 from .resources import Request, Waiter, check_possible, cluster_view, shortfall
-from .worker import ShardJob
+from .worker import DecodeLimits, ShardJob
 
 LABELER_FILE = "labeler.json"  # what the labeler of this output directory says of itself
 POLL_SECONDS = 1.0  # how often a waiting job looks at the cluster's free resources
@@ -269,7 +269,9 @@ def start_actors(cfg: PoolSettings, settings) -> tuple[list, dict[str, Any]]:
     return actors, infos[0]
 
 
-def run_shards(plan: Plan, todo: list[int], out: Store, cfg: PoolSettings, settings) -> RunResult:
+def run_shards(
+    plan: Plan, todo: list[int], out: Store, cfg: PoolSettings, settings, limits: DecodeLimits | None = None
+) -> RunResult:
     import ray
 
     result = RunResult(labeler_info=out.read_json(LABELER_FILE) or {})
@@ -284,14 +286,22 @@ def run_shards(plan: Plan, todo: list[int], out: Store, cfg: PoolSettings, setti
         result.labeler_info = info
         result.pool_gpus = len(actors) * _pool_shape(cfg)[1]
         out.write_json(LABELER_FILE, info)
-        _run(plan, todo, out.root, cfg, actors, result)
+        _run(plan, todo, out.root, cfg, actors, result, limits)
     finally:
         if started:
             ray.shutdown()  # the job owns the local cluster (or connection) it started
     return result
 
 
-def _run(plan: Plan, todo: list[int], out_dir: str, cfg: PoolSettings, actors: list, result: RunResult) -> None:
+def _run(
+    plan: Plan,
+    todo: list[int],
+    out_dir: str,
+    cfg: PoolSettings,
+    actors: list,
+    result: RunResult,
+    limits: DecodeLimits | None = None,
+) -> None:
     import ray
     from tqdm import tqdm
 
@@ -307,7 +317,15 @@ def _run(plan: Plan, todo: list[int], out_dir: str, cfg: PoolSettings, actors: l
                 i = queue.pop(0)
                 attempts[i] += 1
                 actor = actors[i % len(actors)]
-                job = ShardJob(i, plan.shard_name(i), plan.shard_items(i), plan.root, out_dir, cfg.batch_size)
+                job = ShardJob(
+                    i,
+                    plan.shard_name(i),
+                    plan.shard_items(i),
+                    plan.root,
+                    out_dir,
+                    cfg.batch_size,
+                    limits or DecodeLimits(),
+                )
                 ref = task.remote(job, actor)
                 running[ref] = i
             ready, _ = ray.wait(list(running), num_returns=1)

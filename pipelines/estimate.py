@@ -16,6 +16,7 @@ from shards.store import Store
 
 from .distributor import PoolSettings, run_shards
 from .plan import Plan
+from .worker import DecodeLimits
 
 
 @dataclass(frozen=True)
@@ -49,10 +50,12 @@ def sample_plan(plan: Plan, n: int, shard_size: int) -> Plan:
     return Plan(plan.root, plan.imagenet, plan.classes, shard_size, "estimate", items)
 
 
-def estimate(plan: Plan, n: int, pool: PoolSettings, settings: Settings) -> Estimate:
+def estimate(
+    plan: Plan, n: int, pool: PoolSettings, settings: Settings, limits: DecodeLimits | None = None
+) -> Estimate:
     sub = sample_plan(plan, n, shard_size=max(1, 2 * pool.batch_size))
     with tempfile.TemporaryDirectory(prefix="c2f-estimate-") as tmp:
-        result = run_shards(sub, list(range(sub.num_shards)), Store(tmp), pool, settings)
+        result = run_shards(sub, list(range(sub.num_shards)), Store(tmp), pool, settings, limits)
         done = read_done(tmp)
     samples = sum(s.samples for s in done.values()) or 1
     return Estimate(

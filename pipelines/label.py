@@ -8,12 +8,14 @@ Run it as `c2f label …` or, on a cluster, `ray job submit --working-dir . -- p
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from labeler.config import Settings
+from shards import format as fmt
 
 from .distributor import PoolSettings
 
@@ -38,6 +40,16 @@ class LabelConfig:
     )
     overwrite: bool = field(default=False, metadata={"help": "discard shards of a different plan in OUTPUT"})
     validate: bool = field(default=True, metadata={"help": "run `c2f validate` on the result"})
+    max_pixels: int = field(
+        default=fmt.MAX_PIXELS,
+        metadata={
+            "help": "refuse (quarantine) images whose header declares more pixels: an accepted pixel costs the "
+            "labeler 70-320+ bytes (docs/LABELERS.md); the default admits every ImageNet-1K image"
+        },
+    )
+    max_input_bytes: int = field(
+        default=fmt.MAX_MEMBER_BYTES, metadata={"help": "refuse (quarantine) input files larger than this"}
+    )
 
 
 def run(cfg: LabelConfig, pool: PoolSettings | None = None, settings: Settings | None = None) -> int:
@@ -50,20 +62,23 @@ def run(cfg: LabelConfig, pool: PoolSettings | None = None, settings: Settings |
     from shards.validate import format_table, validate
 
     from .distributor import run_shards
-    from .plan import check_or_write_plan, check_or_write_settings, make_plan
+    from .plan import changed_inputs, check_or_write_plan, check_or_write_settings, make_plan
 
     pool, settings = pool or PoolSettings(), settings or Settings()
     preset = settings.labeler.preset
     if preset not in PRESETS:
         raise LabelerLoadError(f"unknown preset {preset!r}; choose from {', '.join(sorted(PRESETS))}")
+    limits = decode_limits(cfg)
     t0 = time.perf_counter()
+    out = Store(cfg.output)
+    if out.local and not cfg.estimate:
+        prepare_output(Path(out.root))  # before listing 1.28M inputs or starting Ray
     plan = make_plan(cfg.input, cfg.samples_per_shard, cfg.prefix)
     if cfg.estimate > 0:
         from .estimate import estimate
 
-        print(estimate(plan, cfg.estimate, pool, settings).format())
+        print(estimate(plan, cfg.estimate, pool, settings, limits).format())
         return 0
-    out = Store(cfg.output)
     out.makedirs()
     if out.local:
         lock_output(Path(out.root))  # held until this process exits, however it exits
@@ -71,16 +86,29 @@ def run(cfg: LabelConfig, pool: PoolSettings | None = None, settings: Settings |
     check_or_write_plan(out, plan, cfg.overwrite)
     check_or_write_settings(out, settings.to_json(), cfg.overwrite)
     done = read_done(out)
+    changed = changed_inputs(plan, done)
+    for i, what in sorted(changed.items()):
+        del done[i]  # redone from its inputs as they are now
+        more = f"; and {len(what) - 5} more" if len(what) > 5 else ""
+        print(f"changed since {plan.shard_name(i)} was made, so it is redone: {'; '.join(what[:5])}{more}")
     todo = [i for i in range(plan.num_shards) if i not in done]
     print(f"plan: {len(plan.items)} images -> {plan.num_shards} shards; {len(done)} already done, {len(todo)} to do")
-    result = run_shards(plan, todo, out, pool, settings)
+    for line in plan.summary():
+        print(line)
+    result = run_shards(plan, todo, out, pool, settings, limits)
     done = read_done(out)
     missing = [plan.shard_name(i) for i in range(plan.num_shards) if i not in done]
 
     info = result.labeler_info
     config = {**dataclasses.asdict(cfg), **dataclasses.asdict(pool)}
     manifest = write_dataset_files(
-        out, info.get("label_space", {}), info.get("labeler", {}), plan.header(), list(done.values()), config
+        out,
+        info.get("label_space", {}),
+        info.get("labeler", {}),
+        plan.header(),
+        list(done.values()),
+        config,
+        plan.unplanned(),
     )
     secs = time.perf_counter() - t0
     tot = manifest.totals
@@ -102,12 +130,45 @@ def run(cfg: LabelConfig, pool: PoolSettings | None = None, settings: Settings |
         return 1
     if cfg.validate:
         t1 = time.perf_counter()
-        report = validate([out.root], workers=2, progress=False)
+        report = validate([out.root], workers=2, progress=False, max_pixels=cfg.max_pixels)
         print(format_table(report, time.perf_counter() - t1))
         if not report.ok:
             return 1
     print(f"manifest: {out.url(fmt.MANIFEST)}; look at samples with: c2f inspect {out} --out grid.png")
     return 0
+
+
+def decode_limits(cfg: LabelConfig):
+    """The per-input limits, checked: Pillow's bomb guard (MAX_IMAGE_PIXELS) stays the outer bound."""
+    from PIL import Image
+
+    from .plan import PlanError
+    from .worker import DecodeLimits
+
+    if not 1 <= cfg.max_pixels <= Image.MAX_IMAGE_PIXELS:
+        raise PlanError(
+            f"--max-pixels must be in 1..{Image.MAX_IMAGE_PIXELS} (Pillow's bomb guard), got {cfg.max_pixels}"
+        )
+    if not 1 <= cfg.max_input_bytes <= fmt.MAX_MEMBER_BYTES:
+        raise PlanError(
+            f"--max-input-bytes must be in 1..{fmt.MAX_MEMBER_BYTES} (the largest tar member readers accept), "
+            f"got {cfg.max_input_bytes}"
+        )
+    return DecodeLimits(cfg.max_pixels, cfg.max_input_bytes)
+
+
+def prepare_output(out: Path) -> None:
+    """Create OUTPUT and prove it writable before anything else (listing 1.28M inputs, starting
+    Ray): a read-only or full target is one line and exit 2, not a traceback from deep inside."""
+    from .plan import PlanError
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / fmt.temp_name("write-probe", os.getpid())
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise PlanError(f"cannot write to output directory {out}: {e.strerror or e}") from None
 
 
 _LOCKS: dict[str, object] = {}  # output dir -> open lock file (closing it would release the lock)

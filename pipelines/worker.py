@@ -2,6 +2,10 @@
 
 read (bounded) -> decode (shards.image) -> label (labeler) -> pack (shards.pack) -> write (shards.writer)
 
+Reads are bounded (regular files only, at most `--max-input-bytes`) and decoding is bounded
+(formats on an allowlist, at most `--max-pixels` checked from the header): docs/RUNNING.md says
+what is refused and why.
+
 Every input of the shard ends up either in the tar or in the stats' `quarantined` list with the
 stage and the reason: a failure on one image, at any stage, costs only that image. Only failures of
 the shard itself (the output disk, the labeler's process) fail the task, which is then retried.
@@ -11,19 +15,30 @@ The stats JSON is the done-marker, written last.
 from __future__ import annotations
 
 import contextlib
+import os
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from labeler.base import Labeler
+from shards import format as fmt
 from shards.image import BadImage, PreparedImage, prepare_image
 from shards.manifest import Quarantined, ShardStats, write_stats
 from shards.pack import Labels, pack_sample
 from shards.store import Store
 from shards.writer import ShardInfo, ShardWriter
 
-from .plan import Item
+from .plan import Item, file_kind, remote_mtime_ns
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What one input may cost (`c2f label --max-pixels / --max-input-bytes`; docs/RUNNING.md)."""
+
+    max_pixels: int = fmt.MAX_PIXELS  # width x height, checked from the header before decoding
+    max_input_bytes: int = fmt.MAX_MEMBER_BYTES  # file size, checked before reading
 
 
 @dataclass(frozen=True)
@@ -36,16 +51,53 @@ class ShardJob:
     root: str  # input root: a local directory or an fsspec URL
     out_dir: str
     batch_size: int = 16  # images per labeler call
+    limits: DecodeLimits = DecodeLimits()
 
 
-def read_input(root: str, source: str) -> bytes:
-    """Bytes of one input: a local path, or any fsspec URL root (s3://, gs://, …)."""
+class InputRefused(Exception):
+    """An input that is not read at all (not a regular file, too large); the message says why."""
+
+
+def read_input(root: str, source: str, max_bytes: int = fmt.MAX_MEMBER_BYTES) -> tuple[bytes, list[int]]:
+    """Bytes of one input and its stamp `[size, mtime_ns]` as read: a local path, or any fsspec URL
+    root (s3://, gs://, …). Bounded: only a regular file of at most `max_bytes` is read.
+
+    A local file is opened non-blocking and checked with fstat on the open descriptor, so a FIFO
+    cannot hang the task, a device (or a symlink to one) is never read, and a file swapped after
+    planning is judged by what was actually opened."""
     if "://" in root and not root.startswith("file://"):
-        import fsspec
+        return _read_remote(f"{root.rstrip('/')}/{source}", max_bytes)
+    path = os.path.join(root.removeprefix("file://"), source)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InputRefused(f"not a regular file ({file_kind(st.st_mode)})")
+        if st.st_size > max_bytes:
+            raise InputRefused(f"file of {st.st_size} bytes exceeds --max-input-bytes {max_bytes}")
+        data = f.read(st.st_size + 1)  # one more: a file that is not what fstat said is refused
+    if len(data) != st.st_size:
+        raise InputRefused(f"file changed while being read ({st.st_size} bytes by fstat, {len(data)} read)")
+    return data, [st.st_size, st.st_mtime_ns]
 
-        with fsspec.open(f"{root.rstrip('/')}/{source}", "rb") as f:
-            return f.read()
-    return (Path(root.removeprefix("file://")) / source).read_bytes()
+
+def _read_remote(url: str, max_bytes: int) -> tuple[bytes, list[int]]:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url)
+    info = fs.info(path)
+    if info.get("type") != "file":
+        raise InputRefused(f"not a file ({info.get('type')})")
+    size = info.get("size")
+    if size is not None and size > max_bytes:
+        raise InputRefused(f"object of {size} bytes exceeds --max-input-bytes {max_bytes}")
+    with fs.open(path, "rb") as f:
+        data = f.read((max_bytes if size is None else size) + 1)
+    if len(data) > max_bytes:
+        raise InputRefused(f"object of more than {max_bytes} bytes exceeds --max-input-bytes")
+    if size is not None and len(data) != size:
+        raise InputRefused(f"object changed while being read ({size} bytes listed, {len(data)} read)")
+    return data, [-1 if size is None else size, remote_mtime_ns(info)]
 
 
 def _first_line(e: BaseException) -> str:
@@ -77,22 +129,33 @@ class Quarantine(list):
 
 
 def decode_batches(
-    job: ShardJob, quarantine: Quarantine, timer: StageTimer | None = None
+    job: ShardJob,
+    quarantine: Quarantine,
+    stamps: dict[str, list[int]] | None = None,
+    timer: StageTimer | None = None,
 ) -> Iterator[list[tuple[Item, PreparedImage]]]:
-    """read -> decode, in batches; inputs that cannot be read or decoded go to `quarantine`."""
+    """read -> decode, in batches; inputs that cannot be read or decoded go to `quarantine` with
+    the stage and the reason (exception type and message), whatever the exception. `stamps`
+    receives `[size, mtime_ns]` of every input as read (as planned when it could not be read), so a
+    rerun can tell which inputs changed since this shard was made."""
     timer = timer if timer is not None else StageTimer()
+    stamps = {} if stamps is None else stamps
     for b in range(0, len(job.items), job.batch_size):
         batch: list[tuple[Item, PreparedImage]] = []
         for item in job.items[b : b + job.batch_size]:
+            stamps[item.key] = [item.size, item.mtime_ns]
             try:
                 with timer("read"):
-                    data = read_input(job.root, item.source)
+                    data, stamps[item.key] = read_input(job.root, item.source, job.limits.max_input_bytes)
+            except InputRefused as e:
+                quarantine.add(item, "read", str(e))
+                continue
             except Exception as e:  # noqa: BLE001 - one unreadable input costs only itself
                 quarantine.add(item, "read", _first_line(e))
                 continue
             try:
                 with timer("decode"):
-                    batch.append((item, prepare_image(data)))
+                    batch.append((item, prepare_image(data, job.limits.max_pixels)))
             except BadImage as e:
                 quarantine.add(item, "decode", str(e))
             except Exception as e:  # noqa: BLE001 - any decoder failure (plugins raise anything, MemoryError)
@@ -130,10 +193,11 @@ def process_shard(job: ShardJob, labeler: Labeler) -> ShardStats:
     the next batch is read and decoded while the current one is labeled."""
     t0 = time.perf_counter()
     quarantine, timer = Quarantine(job.shard), StageTimer()
+    stamps: dict[str, list[int]] = {}
     store = Store(job.out_dir)
     staging = store.staging_dir()
     try:
-        info = _write_shard(job, labeler, Path(staging) / job.shard, quarantine, timer)
+        info = _write_shard(job, labeler, Path(staging) / job.shard, quarantine, timer, stamps)
         if info.samples:
             with timer("publish"):
                 store.publish(Path(staging) / job.shard, job.shard)  # the tar first, then its done-marker
@@ -149,12 +213,15 @@ def process_shard(job: ShardJob, labeler: Labeler) -> ShardStats:
         quarantined=list(quarantine),
         seconds=round(time.perf_counter() - t0, 3),
         timings={k: round(v, 1) for k, v in timer.items()},
+        inputs=stamps,
     )
     write_stats(store, stats)
     return stats
 
 
-def _write_shard(job: ShardJob, labeler: Labeler, path: Path, quarantine: Quarantine, timer: StageTimer) -> ShardInfo:
+def _write_shard(
+    job: ShardJob, labeler: Labeler, path: Path, quarantine: Quarantine, timer: StageTimer, stamps: dict
+) -> ShardInfo:
     """read -> decode -> label -> pack -> write into a tar at `path` (atomically, by the writer).
     `label_wait` is the time this task waited for labels beyond its own reading and decoding."""
     with ShardWriter(path) as writer:
@@ -165,7 +232,7 @@ def _write_shard(job: ShardJob, labeler: Labeler, path: Path, quarantine: Quaran
             write_labeled(writer, batch, results, quarantine, timer)
 
         pending = None
-        for batch in decode_batches(job, quarantine, timer):
+        for batch in decode_batches(job, quarantine, stamps, timer):
             handle = labeler.submit([im.rgb for _, im in batch]) if batch else None
             if pending is not None:
                 finish(*pending)

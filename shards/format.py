@@ -26,9 +26,21 @@ FIXED_MTIME = 946684800  # 2000-01-01T00:00:00Z
 MANIFEST = "manifest.json"
 QUARANTINE = "quarantine.jsonl"
 STATS_SUFFIX = ".stats.json"
+PLAN = "plan.json"  # the plan header, written before the first shard
+PLAN_INPUTS = "plan.inputs.jsonl"  # the plan's inputs in plan order: shard i = lines [i*n, (i+1)*n)
+
+# Size limits of the format: what every writer stays within and every reader refuses beyond, so a
+# file that claims more (a header declaring 60000x60000, a member declaring gigabytes) costs nothing.
+# MAX_PIXELS: width x height of one image and its maps. ImageNet-1K was collected from the web
+# before 2010, when the largest DSLRs made 25 MP; 50 MP leaves twice that. It is also what a
+# labeling actor must hold (docs/LABELERS.md, "Memory"), and `c2f label --max-pixels` lowers it.
+MAX_PIXELS = 50_000_000
+MAX_MEMBER_BYTES = 64 << 20  # one tar member, and one input file (ImageNet's largest JPEG is ~15 MB)
+MAX_JSON_BYTES = 16 << 20  # one `.json` member, plan.json, a stats file: far above any real one
 
 _SHARD_RE = re.compile(r"^(?P<prefix>.+)-(?P<index>\d{6})\.tar$")
 _KEY_BAD_CHARS = re.compile(r"[^A-Za-z0-9_\-]")
+_KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 
 def shard_name(prefix: str, index: int) -> str:
@@ -82,6 +94,21 @@ def sample_key(relpath: str, imagenet: bool) -> str:
     return key
 
 
+def bad_key(key: str) -> str | None:
+    """Why `key` breaks the key rules (characters `[A-Za-z0-9_-]`, at least one), or None."""
+    if _KEY_RE.match(key):
+        return None
+    if "/" in key:
+        return "key holds a '/' (c2f keys name no directories)"
+    return "key holds characters outside [A-Za-z0-9_-]" if key else "empty key"
+
+
+def display(text: str) -> str:
+    """`text` safe to print: a file name that is not valid UTF-8 (PEP 383 surrogates) shows as
+    backslash escapes instead of failing the print."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def split_member(name: str) -> tuple[str, str]:
     """`dir/n01_1.sem.png` -> (`dir/n01_1`, `sem.png`): the key is everything before the first
     dot of the base name, as webdataset groups members."""
@@ -92,10 +119,11 @@ def split_member(name: str) -> tuple[str, str]:
 
 
 def unsafe_member_name(name: str) -> str | None:
-    """Why a tar member name is unsafe to extract (absolute, `..`), or None when it is fine."""
-    if name.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", name):
+    """Why a tar member name is unsafe to extract (absolute, `..`), or None when it is fine.
+    (Called for every member the readers see: the common case costs two string tests.)"""
+    if name.startswith("/") or (name[1:2] == ":" and re.match(r"^[A-Za-z]:[\\/]", name)):
         return "absolute path"
-    if ".." in PurePosixPath(name.replace("\\", "/")).parts:
+    if ".." in name and ".." in PurePosixPath(name.replace("\\", "/")).parts:
         return "path contains '..'"
     return None
 

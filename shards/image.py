@@ -1,27 +1,43 @@
 """Decode stage: input bytes -> the JPEG we store and the RGB array the labelers see.
 
 Policy (docs/FORMAT.md):
+- Only the formats an image collection holds are decoded (`ALLOWED_FORMATS`, passed to
+  `Image.open(formats=...)`): a PostScript file named `.JPEG` never reaches Ghostscript, and the
+  quarantine reason names the format that was refused.
+- The declared size is checked against `max_pixels` from the header, before a pixel is decoded:
+  a 300-byte JPEG that declares 9000x9000 costs nothing (docs/LABELERS.md, "Memory", says what an
+  accepted pixel costs the labeler). Pillow's decompression-bomb guard stays on as a second line.
 - A JPEG that decodes as RGB or L is stored byte for byte.
 - Anything else that decodes (CMYK JPEG, PNG or WebP named .JPEG, 16-bit, palette, alpha) is
   converted to RGB once and re-encoded at quality 95; the sample's JSON says so and why.
 - EXIF orientation is *not* applied: every map is aligned with the stored pixel grid as decoders
-  return it by default (PIL, torchvision, webdataset). The tag is recorded in the JSON so a user
-  who wants upright images rotates all three arrays together.
-- Anything that does not decode, is truncated, empty, or trips Pillow's decompression-bomb guard
-  raises `BadImage` with a reason; the pipeline quarantines it.
+  return it by default (PIL, torchvision, webdataset). A valid tag (2..8) is recorded in the JSON
+  so a user who wants upright images rotates all three arrays together; an invalid tag or an
+  unreadable EXIF block is recorded as absent and never costs the image.
+- Anything else that goes wrong (empty, truncated, undecodable, or any exception a plugin raises,
+  MemoryError included) raises `BadImage` with a reason naming the exception; the pipeline
+  quarantines that input only.
 """
 
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
+from . import format as fmt
+
 REENCODE_QUALITY = 95
 _EXIF_ORIENTATION = 0x0112
+
+# What an image collection holds; everything else Pillow can open (EPS via Ghostscript, PSD, ICO,
+# FITS, SGI, ...) is refused with its name. (Camera JPEGs that carry a second picture open through
+# the JPEG plugin as format "MPO"; they are decoded and re-encoded like any non-plain JPEG.)
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 
 
 class BadImage(Exception):
@@ -34,7 +50,7 @@ class PreparedImage:
     rgb: np.ndarray  # [H, W, 3] uint8, what the labelers see
     reencoded: bool
     reencode_reason: str | None  # e.g. "format PNG", "mode CMYK"
-    exif_orientation: int | None  # raw EXIF tag when not 1, never applied
+    exif_orientation: int | None  # EXIF tag 2..8 when present, never applied
 
     @property
     def height(self) -> int:
@@ -43,6 +59,72 @@ class PreparedImage:
     @property
     def width(self) -> int:
         return self.rgb.shape[1]
+
+
+def sniff_format(head: bytes) -> str | None:
+    """The format Pillow would take `head` (the file's first bytes) for, by its plugins' magic-number
+    checks only: no plugin code beyond those runs. None when no plugin claims it."""
+    Image.init()
+    for fmt_id in Image.ID:
+        _, accept = Image.OPEN[fmt_id]
+        try:
+            if accept is not None and accept(head[:16]):
+                return fmt_id
+        except Exception:  # noqa: BLE001, S112 - a magic check that cannot read this prefix claims nothing
+            continue
+    return None
+
+
+def open_image(data: bytes, formats: tuple[str, ...], max_pixels: int) -> Image.Image:
+    """`Image.open` restricted to `formats`, with the declared size checked against `max_pixels`
+    before anything is decoded; the image is not loaded yet. Raises BadImage with the reason.
+
+    Pillow's decompression-bomb guard stays on (it raises above 2 x MAX_IMAGE_PIXELS); below
+    that, `max_pixels` (never above MAX_IMAGE_PIXELS, `c2f label` checks) is the stricter bound."""
+    if not data:
+        raise BadImage("empty file (0 bytes)")
+    try:
+        im = Image.open(io.BytesIO(data), formats=list(formats))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise BadImage(f"too large (decompression-bomb guard): {e}") from None
+    except Image.UnidentifiedImageError:
+        found = sniff_format(data)
+        if found is not None and found not in formats:
+            raise BadImage(f"format {found} refused (by its magic number; c2f decodes {', '.join(formats)})") from None
+        raise BadImage("not a decodable image" + (f" (unreadable {found} header)" if found else "")) from None
+    except Exception as e:  # noqa: BLE001 - a plugin's header parser may raise anything
+        raise BadImage(f"decode failed: {_describe(e)}") from None
+    w, h = im.size
+    if w < 1 or h < 1:
+        raise BadImage(f"degenerate size {w}x{h}")
+    if w * h > max_pixels:
+        raise BadImage(
+            f"too large: {im.format} declares {w}x{h} = {w * h / 1e6:.1f} MP, over the {max_pixels}-pixel limit"
+        )
+    return im
+
+
+def load_image(im: Image.Image) -> Image.Image:
+    """Decode an opened image's pixels; any failure is BadImage naming the exception."""
+    try:
+        im.load()
+    except Exception as e:  # noqa: BLE001 - truncated data, plugin errors, MemoryError: one input each
+        raise BadImage(f"decode failed: {_describe(e)}") from None
+    return im
+
+
+def _describe(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:300]}" if text else type(e).__name__
+
+
+def _orientation(im: Image.Image) -> int | None:
+    """EXIF orientation 2..8 (1, absent, out of range or unreadable: None)."""
+    try:
+        value = im.getexif().get(_EXIF_ORIENTATION)
+    except Exception:  # noqa: BLE001 - a malformed EXIF block is metadata we can do without
+        return None
+    return value if isinstance(value, int) and 2 <= value <= 8 else None
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -59,42 +141,65 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def prepare_image(data: bytes) -> PreparedImage:
+def prepare_image(data: bytes, max_pixels: int = fmt.MAX_PIXELS) -> PreparedImage:
     """Decode `data` under the policy above. Raises `BadImage` with the quarantine reason."""
-    if not data:
-        raise BadImage("empty file (0 bytes)")
+    with warnings.catch_warnings():
+        # Warnings about metadata we do not use (corrupt EXIF, unknown chunks) would flood the
+        # job's log once per worker; the bomb guard's warning tier is an error like its other tier.
+        warnings.simplefilter("ignore")
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return _prepare(data, max_pixels)
+
+
+def _prepare(data: bytes, max_pixels: int) -> PreparedImage:
+    im = load_image(open_image(data, ALLOWED_FORMATS, max_pixels))
+    orientation = _orientation(im)
     try:
-        with warnings.catch_warnings():
-            # The bomb guard stays on; its warning tier (> MAX_IMAGE_PIXELS) is treated as an error too,
-            # because one 40k x 40k image would take a labeling worker's whole memory.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
-            im.load()
-    except Image.DecompressionBombError as e:
-        raise BadImage(f"too large (decompression-bomb guard): {e}") from None
-    except Image.DecompressionBombWarning as e:
-        raise BadImage(f"too large (decompression-bomb guard): {e}") from None
-    except Image.UnidentifiedImageError:
-        raise BadImage("not a decodable image") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise BadImage(f"decode failed: {e}") from None
-    if im.width < 1 or im.height < 1:
-        raise BadImage(f"degenerate size {im.width}x{im.height}")
+        if im.format == "JPEG" and im.mode in ("RGB", "L"):
+            rgb = np.asarray(im.convert("RGB") if im.mode == "L" else im)
+            return PreparedImage(data, rgb, False, None, orientation)
+        reason = f"format {im.format}" if im.format != "JPEG" else f"mode {im.mode}"
+        if im.format != "JPEG" and im.mode not in ("RGB", "L"):
+            reason += f", mode {im.mode}"
+        try:
+            rgb_im = _to_rgb(im)
+        except (OSError, ValueError) as e:
+            raise BadImage(f"cannot convert {reason} to RGB: {e}") from None
+        buf = io.BytesIO()
+        rgb_im.save(buf, format="JPEG", quality=REENCODE_QUALITY)
+        return PreparedImage(buf.getvalue(), np.asarray(rgb_im), True, reason, orientation)
+    except BadImage:
+        raise
+    except Exception as e:  # noqa: BLE001 - conversion and re-encoding can fail like decoding
+        raise BadImage(f"decode failed: {_describe(e)}") from None
 
-    orientation = im.getexif().get(_EXIF_ORIENTATION)
-    orientation = int(orientation) if orientation not in (None, 1) else None
 
-    if im.format == "JPEG" and im.mode in ("RGB", "L"):
-        rgb = np.asarray(im.convert("RGB") if im.mode == "L" else im)
-        return PreparedImage(data, rgb, False, None, orientation)
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
-    reason = f"format {im.format}" if im.format != "JPEG" else f"mode {im.mode}"
-    if im.format != "JPEG" and im.mode not in ("RGB", "L"):
-        reason += f", mode {im.mode}"
-    try:
-        rgb_im = _to_rgb(im)
-    except (OSError, ValueError) as e:
-        raise BadImage(f"cannot convert {reason} to RGB: {e}") from None
-    buf = io.BytesIO()
-    rgb_im.save(buf, format="JPEG", quality=REENCODE_QUALITY)
-    return PreparedImage(buf.getvalue(), np.asarray(rgb_im), True, reason, orientation)
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's frame header, read by walking the markers (no decoding);
+    None when `data` is not a JPEG with a frame header before its scan."""
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    pos, end = 2, len(data)
+    while pos + 4 <= end:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # no length field
+            pos += 2
+            continue
+        (length,) = struct.unpack_from(">H", data, pos + 2)
+        if marker in _SOF:
+            if pos + 9 > end:
+                return None
+            h, w = struct.unpack_from(">HH", data, pos + 5)
+            return w, h
+        if marker in (0xDA, 0xD9) or length < 2:  # scan or end before any frame header
+            return None
+        pos += 2 + length
+    return None

@@ -3,8 +3,6 @@ a stats summary, so people can look at their labels. PIL and numpy only: no torc
 
 from __future__ import annotations
 
-import io
-import json
 import random
 from collections import Counter
 from pathlib import Path
@@ -14,6 +12,8 @@ from PIL import Image, ImageDraw
 
 from . import format as fmt
 from .errors import DataError
+from .image import BadImage, load_image, open_image
+from .manifest import load_json
 from .pack import decode_png
 from .tar import TarError, read_samples
 
@@ -33,14 +33,21 @@ def palette(n: int) -> np.ndarray:
 
 
 def _shards(path: Path) -> tuple[list[Path], dict]:
+    if not path.exists():
+        raise InspectError(f"no such file or directory: {path}")
     if path.is_dir():
         shards = sorted(p for p in path.iterdir() if fmt.parse_shard_name(p.name))
         mpath = path / fmt.MANIFEST
     else:
         shards, mpath = [path], path.parent / fmt.MANIFEST
-    if not shards or not all(p.exists() for p in shards):
-        raise InspectError(f"no shards at {path}")
-    manifest = json.loads(mpath.read_text()) if mpath.exists() else {}
+    if not shards:
+        raise InspectError(f"no shards in {path} (no PREFIX-NNNNNN.tar files)")
+    try:
+        manifest = load_json(mpath.read_bytes(), fmt.MANIFEST, 256 << 20) if mpath.exists() else {}
+        if not isinstance(manifest, dict):
+            raise ValueError("not an object")
+    except (OSError, ValueError) as e:
+        raise InspectError(f"unreadable {mpath} ({e}); run `c2f validate`") from None
     return shards, manifest
 
 
@@ -49,6 +56,8 @@ def _read(shard: Path):
         yield from read_samples(str(shard))
     except TarError as e:
         raise InspectError(f"{shard.name}: {e}") from None
+    except OSError as e:
+        raise InspectError(f"{shard.name}: cannot read ({e})") from None
 
 
 def _overlay(rgb: np.ndarray, ids: np.ndarray, pal: np.ndarray, skip: int | None) -> np.ndarray:
@@ -85,9 +94,13 @@ def instance_overlay(rgb: np.ndarray, inst: np.ndarray) -> np.ndarray:
 
 
 def sample_tiles(s: dict[str, bytes], pal: np.ndarray, ignore: int, size: int = TILE) -> list[Image.Image]:
-    """RGB | semantic overlay | instance overlay of one sample's members, each at most `size` pixels."""
-    rgb = np.asarray(Image.open(io.BytesIO(s[fmt.JPG])).convert("RGB"))
+    """RGB | semantic overlay | instance overlay of one sample's members, each at most `size` pixels.
+    Decoding is bounded (a JPEG only, at most MAX_PIXELS); a sample whose maps do not match its
+    image raises ValueError (KeyError for a missing member, BadImage for an image that does not decode)."""
+    rgb = np.asarray(load_image(open_image(s[fmt.JPG], ("JPEG",), fmt.MAX_PIXELS)).convert("RGB"))
     sem, inst = decode_png(s[fmt.SEM]), decode_png(s[fmt.INST])
+    if sem.shape != rgb.shape[:2] or inst.shape != rgb.shape[:2]:
+        raise ValueError(f"maps {sem.shape}/{inst.shape} differ from the image {rgb.shape[:2]}")
     return [
         _tile(rgb, size),
         _tile(semantic_overlay(rgb, sem, pal, ignore), size),
@@ -97,7 +110,9 @@ def sample_tiles(s: dict[str, bytes], pal: np.ndarray, ignore: int, size: int = 
 
 def inspect(path: str, out: str, samples: int = 8, seed: int = 0) -> str:
     shards, manifest = _shards(Path(path))
-    names = manifest.get("label_space", {}).get("semantic", {})
+    space = manifest.get("label_space")
+    names = space.get("semantic") if isinstance(space, dict) else None
+    names = names if isinstance(names, dict) else {}
     num_classes = len(names)
     ignore = fmt.semantic_ignore(num_classes)
     chosen = []
@@ -111,7 +126,9 @@ def inspect(path: str, out: str, samples: int = 8, seed: int = 0) -> str:
             n_samples += 1
             try:
                 sem = decode_png(s[fmt.SEM])
-                meta = json.loads(s[fmt.META])
+                meta = load_json(s[fmt.META], ".json")
+                if not isinstance(meta, dict):
+                    raise ValueError(".json is not an object")
             except (KeyError, ValueError, OSError) as e:
                 raise InspectError(f"{shard.name} {key}: unreadable sample ({e}); run `c2f validate`") from None
             ids, counts = np.unique(sem, return_counts=True)
@@ -119,16 +136,19 @@ def inspect(path: str, out: str, samples: int = 8, seed: int = 0) -> str:
             inst_counts.append(len(meta.get("instances", [])))
             reencoded += bool(meta.get("reencoded"))
             if seed == 0 and len(chosen) < samples:
-                chosen.append((key, s))
+                chosen.append((key, s, shard.name))
             elif seed:
-                chosen.append((key, None))  # reservoir of keys, second pass below
+                chosen.append((key, None, shard.name))  # reservoir of keys, second pass below
     if seed:
-        pick = set(random.Random(seed).sample([k for k, _ in chosen], min(samples, len(chosen))))
-        chosen = [(k, s) for shard in shards for k, s in _read(shard) if k in pick]
+        pick = set(random.Random(seed).sample([k for k, _, _ in chosen], min(samples, len(chosen))))
+        chosen = [(k, s, shard.name) for shard in shards for k, s in _read(shard) if k in pick]
     pal = palette(max(num_classes, int(max(class_pixels, default=0)) + 1))
     rows = []
-    for key, s in chosen:
-        rows.append((key, sample_tiles(s, pal, ignore), np.unique(decode_png(s[fmt.SEM])).tolist()))
+    for key, s, shard_name in chosen:
+        try:
+            rows.append((key, sample_tiles(s, pal, ignore), np.unique(decode_png(s[fmt.SEM])).tolist()))
+        except (KeyError, ValueError, BadImage) as e:
+            raise InspectError(f"{shard_name} {key}: unreadable sample ({e}); run `c2f validate`") from None
     if not rows:
         raise InspectError(f"no samples in {path}")
     legend_w = 220
@@ -159,7 +179,7 @@ def inspect(path: str, out: str, samples: int = 8, seed: int = 0) -> str:
             for cid, n in top
         ),
     ]
-    labeler = manifest.get("labeler", {})
+    labeler = manifest.get("labeler") if isinstance(manifest.get("labeler"), dict) else {}
     if labeler.get("random_labels") or labeler.get("empty_labels"):
         lines.append(f"note: preset {labeler.get('preset')!r}: these labels are not from a trained model")
     lines.append(f"grid: {out} ({len(rows)} samples: RGB | semantic | instances)")

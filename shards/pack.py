@@ -12,7 +12,7 @@ from PIL import Image
 
 from . import format as fmt
 from .image import PreparedImage
-from .png import decode_mask_fast, encode_mask
+from .png import decode_mask_fast, encode_mask, png_header
 
 
 @dataclass
@@ -49,12 +49,19 @@ def encode_png(arr: np.ndarray) -> bytes:
     return encode_mask(arr)
 
 
-def decode_png(data: bytes) -> np.ndarray:
-    """Inverse of `encode_png` for any single-channel PNG: [H, W] uint8 or uint16, ids untouched."""
-    fast = decode_mask_fast(data)
+def decode_png(data: bytes, max_pixels: int = fmt.MAX_PIXELS, native: bool = True) -> np.ndarray:
+    """Inverse of `encode_png` for any single-channel PNG: [H, W] uint8 or uint16, ids untouched.
+    Bounded: the declared size is checked against `max_pixels` before anything is inflated
+    (ValueError naming the size). `native=False` may return a 16-bit map as a big-endian view."""
+    fast = decode_mask_fast(data, max_pixels, native)
     if fast is not None:
         return fast
-    im = Image.open(io.BytesIO(data))
+    hdr = png_header(data)
+    if hdr is None:
+        raise ValueError("not a PNG")
+    if hdr.color != 0:
+        raise ValueError(f"mask PNG must be single-channel, got PNG colour type {hdr.color}")
+    im = Image.open(io.BytesIO(data), formats=["PNG"])
     im.load()
     if im.mode not in ("L", "I;16", "I;16B", "I"):
         raise ValueError(f"mask PNG must be single-channel, got mode {im.mode}")

@@ -1,7 +1,7 @@
 """Read shards for training: webdataset stream -> decoded tensors -> joint augmentation.
 
-    urls -> (split by node, split by worker | resample) -> tar samples -> shuffle buffer
-         -> decode (our handlers for the masks) -> joint transform -> sample dict
+    urls -> (split by node, split by worker | resample) -> tar samples (shards.tar: bounded)
+         -> shuffle buffer -> decode (our handlers for the masks) -> joint transform -> sample dict
 
 Sample dict: `image` [3, H, W] uint8, `semantic` [H, W] int64, `instance` [H, W] int64,
 `cls` int (-1 when the dataset has no classes), `meta` (the sample JSON), `__key__`.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import glob
+import io
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,31 +25,46 @@ import numpy as np
 import torch
 
 from . import format as fmt
+from .image import jpeg_size
 from .location import is_local, list_shards, local_path, open_url
-from .png import decode_mask_fast
+from .manifest import load_json
+from .png import check_pixels, decode_mask_fast, png_header
+from .tar import TarError, group_samples, tar_members
 
 # torchvision 0.29 marks its decoders deprecated in favour of torchcodec; they remain the fastest
 # libjpeg-turbo path available with no extra dependency.
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities", category=DeprecationWarning)
 
 
-def _decode_mask(data: bytes) -> np.ndarray:
+def _decode_mask(data: bytes, max_pixels: int = fmt.MAX_PIXELS) -> np.ndarray:
     """PNG -> [H, W] uint8 or uint16, ids untouched: the zlib-ng fast path for maps c2f wrote
-    (shards.png), else libpng through torchvision (~1.4x PIL)."""
+    (shards.png), else libpng through torchvision (~1.4x PIL). Bounded: the IHDR's size is checked
+    against `max_pixels` before either decoder starts."""
     from torchvision.io import decode_png
 
-    fast = decode_mask_fast(data)
+    fast = decode_mask_fast(data, max_pixels)
     if fast is not None:
         return fast
+    hdr = png_header(data)
+    if hdr is None:
+        raise ValueError("mask is not a PNG")
+    if hdr.color != 0:
+        raise ValueError(f"mask PNG has colour type {hdr.color}, expected 0 (grayscale)")
     m = decode_png(torch.frombuffer(bytearray(data), dtype=torch.uint8))
     if m.shape[0] != 1:
         raise ValueError(f"mask PNG has {m.shape[0]} channels, expected 1")
     return m[0].numpy()
 
 
-def _decode_rgb(data: bytes) -> torch.Tensor:
+def _decode_rgb(data: bytes, max_pixels: int = fmt.MAX_PIXELS) -> torch.Tensor:
+    """JPEG -> [3, H, W] uint8 with libjpeg-turbo; the frame header's size is checked against
+    `max_pixels` first, so a small member that declares 60000x60000 allocates nothing."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
+    size = jpeg_size(data)
+    if size is None:
+        raise ValueError("not a JPEG with a frame header")
+    check_pixels(*size, max_pixels, "JPEG")
     return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
 
 
@@ -56,27 +72,32 @@ class SampleError(ValueError):
     """A sample that does not decode; the message names its shard and key."""
 
 
-def decode_sample(sample: dict[str, Any], as_tensors: bool = True, masks: bool = True) -> dict[str, Any]:
+def decode_sample(
+    sample: dict[str, Any], as_tensors: bool = True, masks: bool = True, max_pixels: int = fmt.MAX_PIXELS
+) -> dict[str, Any]:
     """Raw tar members (bytes by extension) -> decoded sample. Works on webdataset and wids samples.
 
     With `as_tensors=False` the masks stay numpy uint8/uint16 at full size, which is what
     `JointTransform` wants (it converts only the crop); `masks_to_tensors` finishes the job.
-    With `masks=False` the maps are not decoded at all (RGB-only consumers: probes, baselines)."""
-    import json
-
+    With `masks=False` the maps are not decoded at all (RGB-only consumers: probes, baselines).
+    Every decode is bounded by `max_pixels` (docs/FORMAT.md, "What readers refuse")."""
     try:
         meta = sample[fmt.META]
-        meta = json.loads(meta) if isinstance(meta, (bytes, bytearray)) else meta
+        meta = load_json(meta, ".json") if isinstance(meta, (bytes, bytearray)) else meta
         cls = sample.get(fmt.CLS)
+        if cls is not None:
+            raw = cls.encode() if isinstance(cls, str) else bytes(cls)
+            if not (1 <= len(raw) <= 9 and raw.isdigit()):
+                raise ValueError(f".cls {raw[:20]!r} is not a class index")
         out = {
             "__key__": sample.get("__key__"),
-            "image": _decode_rgb(sample[fmt.JPG]),
+            "image": _decode_rgb(sample[fmt.JPG], max_pixels),
             "cls": int(cls) if cls is not None else -1,
             "meta": meta,
         }
         if masks:
-            out["semantic"] = _decode_mask(sample[fmt.SEM])
-            out["instance"] = _decode_mask(sample[fmt.INST])
+            out["semantic"] = _decode_mask(sample[fmt.SEM], max_pixels)
+            out["instance"] = _decode_mask(sample[fmt.INST], max_pixels)
     except Exception as e:  # noqa: BLE001 - re-raised with the sample's address
         where = f"{sample.get('__url__', '?')} key {sample.get('__key__', '?')}"
         raise SampleError(f"{where}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
@@ -152,22 +173,46 @@ def _opener(urls):
         yield {**sample, "stream": open_url(sample["url"])}
 
 
+def tar_expander(sources, handler: Callable[[Exception], bool]):
+    """webdataset stage: {url, stream} -> one dict of raw members per sample, with `__key__` and
+    `__url__`. It replaces webdataset's tar_file_expander + group_by_keys with the bounded path
+    of shards.tar: members over the size cap, sparse or non-regular ones are never read, and
+    names with `..` or an absolute path, keys that break the key rules and repeated keys are
+    errors naming the shard and the key (through `handler`: raise, or skip and go on). Members that
+    are not part of the format (`KEY.__key__`, which would rename the sample) are dropped."""
+    for source in sources:
+        url = source["url"]
+
+        def report(key: str | None, code: str, message: str, url=url) -> None:
+            if code == "unexpected-member":
+                return  # dropped: it can neither rename a sample nor be decoded as one
+            err = SampleError(f"{url} key {key or '?'}: {code}: {message}")
+            if not handler(err):
+                raise err
+
+        stream = source["stream"]
+        try:
+            for key, members in group_samples(tar_members(io.BufferedReader(stream, 1 << 20)), report):
+                yield {**members, "__key__": key, "__url__": url}
+        except TarError as e:
+            err = SampleError(f"{url}: {e}")
+            if not handler(err):
+                raise err from None
+        finally:
+            stream.close()
+
+
 def shard_samples(url: str, handler: Callable[[Exception], bool] | None = None, members: tuple[str, ...] | None = None):
-    """Raw samples (member bytes by extension, `__key__`, `__url__`) of one shard, its stream
-    closed when the generator is (also when a consumer stops early). `members`: read only these
-    extensions (the others are skipped in the stream, never held in memory)."""
+    """Raw samples (member bytes by extension, `__key__`, `__url__`) of one shard, read through
+    the bounded `tar_expander`; the stream is closed when the generator is (also when a consumer
+    stops early). `members`: keep only these extensions."""
     import webdataset as wds
-    from webdataset import tariterators
 
     handler = handler or wds.reraise_exception
-    select = None if members is None else (lambda name: fmt.split_member(name)[1] in members)
-    stream = open_url(url)
-    try:
-        source = iter([{"url": url, "stream": stream}])
-        files = tariterators.tar_file_expander(source, handler=handler, select_files=select)
-        yield from tariterators.group_by_keys(files, handler=handler)
-    finally:
-        stream.close()
+    for sample in tar_expander(iter([{"url": url, "stream": open_url(url)}]), handler):
+        if members is not None:
+            sample = {k: v for k, v in sample.items() if k.startswith("__") or k in members}
+        yield sample
 
 
 def interleave(urls, k: int, rng, handler: Callable[[Exception], bool] | None = None):
@@ -233,6 +278,7 @@ def make_dataset(
     masks: bool = True,
     subset: str | None = None,
     interleave_shards: int = 1,
+    max_pixels: int = fmt.MAX_PIXELS,
 ):
     """An `IterableDataset` over the shards for `torch.utils.data.DataLoader`.
 
@@ -244,10 +290,12 @@ def make_dataset(
     maps entirely (an RGB-only stream of the same shards). `subset`: a file from `c2f filter` (or
     any key list, one per line): only those samples, and only the shards that hold them, are read.
     `interleave_shards` > 1 reads that many shards at once per worker, mixing their samples
-    (see `interleave`).
+    (see `interleave`). Reading is bounded: members over 64 MiB, sparse members, unsafe names, and
+    images or maps declaring more than `max_pixels` are errors naming the shard and key
+    (docs/FORMAT.md, "What readers refuse").
     """
     import webdataset as wds
-    from webdataset import filters, shardlists, tariterators
+    from webdataset import filters, shardlists
 
     handler = handler or wds.reraise_exception
     urls = expand_urls(source)
@@ -267,16 +315,13 @@ def make_dataset(
         rng = random.Random(f"interleave:{seed}")
         stages.append(lambda src: interleave(src, interleave_shards, rng, handler))
     else:
-        stages += [
-            _opener,
-            functools.partial(tariterators.tar_file_expander, handler=handler),
-            functools.partial(tariterators.group_by_keys, handler=handler),
-        ]
+        stages += [_opener, functools.partial(tar_expander, handler=handler)]
     if keep is not None:
         stages.append(filters.select(keep.wants))  # before the shuffle buffer and any decoding
     if shuffle:
         stages.append(filters.shuffle(shuffle, initial=min(shuffle, 100), seed=seed))
-    stages.append(filters.map(functools.partial(decode_sample, as_tensors=False, masks=masks), handler=handler))
+    decode = functools.partial(decode_sample, as_tensors=False, masks=masks, max_pixels=max_pixels)
+    stages.append(filters.map(decode, handler=handler))
     if transform is not None:
         stages.append(filters.map(transform, handler=handler))
     stages.append(filters.map(masks_to_tensors, handler=handler))

@@ -1,33 +1,50 @@
-"""`c2f validate`: check shards against the v1 format and the manifest. Never imports torch.
+"""`c2f validate`: check shards against the v1 format, the manifest and the plan. Never imports torch.
 
 Stages, each small and testable alone (webdataset's tariterators style):
     open_url -> tar_members -> group_samples (shards.tar) -> check_sample      (per shard, in a worker)
-    check_dataset                                                   (cross-shard, in the parent)
-Every problem becomes a `Finding(shard, key, code, message)`; nothing is raised to the user.
+    plan_targets (what each shard must hold) ... check_dataset (cross-shard, in the parent)
+
+The validator is total: every problem in what it reads, however malformed (a truncated tar, a
+sparse member claiming gigabytes, JSON nested 100,000 deep, `1e999`, a PNG that inflates to
+gigabytes), becomes a `Finding(shard, key, code, message)`; nothing is raised to the user, and
+every decode is bounded by what its header declares and by `max_pixels` (docs/FORMAT.md).
+
+It is also meant to be bound by JPEG decoding: masks are read by the zlib-ng fast path
+(shards.png), and the id checks look at the runs of each map instead of sorting every pixel
+(`present_ids`), so a full check costs about 1.2x decoding the JPEGs alone (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
 import io
-import json
 import random
-import warnings
-from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from . import format as fmt
-from .location import join, list_shards, open_url, read_text
-from .manifest import Manifest, Quarantined
+from .image import BadImage, load_image, open_image
+from .location import join, list_names, list_shards, open_url, read_bytes
+from .manifest import (
+    Manifest,
+    PlanHeader,
+    Quarantined,
+    SampleMeta,
+    ShardStats,
+    from_json,
+    load_json,
+    read_plan_inputs,
+)
+from .pack import decode_png
 from .tar import (  # noqa: F401 - the tar problem codes are finding codes too
+    BAD_KEY,
     BAD_MEMBER,
     DUPLICATE_KEY,
     NOT_A_TAR,
     TRUNCATED,
+    UNEXPECTED_MEMBER,
     UNSAFE_NAME,
     HashingReader,
     TarError,
@@ -41,6 +58,7 @@ MISSING_MEMBER = "missing-member"
 BAD_JPEG = "bad-jpeg"
 BAD_PNG = "bad-png"
 BAD_JSON = "bad-json"
+BAD_CLS = "bad-cls"
 MASK_SIZE = "mask-size"
 CLASS_RANGE = "class-out-of-range"
 INSTANCE_MISMATCH = "instance-mismatch"
@@ -48,8 +66,22 @@ CHECKSUM = "checksum"
 COUNT = "count"
 MISSING_SHARD = "missing-shard"
 UNLISTED_SHARD = "unlisted-shard"
+MISSING_SAMPLE = "missing-sample"
+UNPLANNED_KEY = "unplanned-key"
 PLAN = "plan"
 MANIFEST = "manifest"
+INCOMPLETE = "incomplete"
+NO_SHARDS = "no-shards"
+CHECK_FAILED = "check-failed"
+
+# JPEGs are checked with libjpeg's 1/8 DCT scaling: every marker is parsed and every Huffman-coded
+# coefficient of every block is decoded (so truncated or corrupt entropy data fails exactly as in a
+# full decode), but only the DC term goes through the inverse DCT, upsampling and colour
+# conversion, steps that cannot fail. It saves about a fifth of the decode (docs/BENCHMARKS.md).
+JPEG_DCT_SCALING = True
+
+MAX_INDEX_BYTES = 256 << 20  # manifest.json and plan.json (a 1.28M-shard manifest is ~200 MB)
+MAX_LINE_BYTES = 8192  # per input, for plan.inputs.jsonl and quarantine.jsonl (paths are < 4 KB)
 
 
 @dataclass
@@ -62,13 +94,16 @@ class Finding:
 
 @dataclass
 class Expect:
-    """What the manifest says about one shard and the label space; None where unknown."""
+    """What the manifest and the plan say about one shard; None where unknown."""
 
     samples: int | None = None
     bytes: int | None = None
     sha256: str | None = None
     num_classes: int | None = None  # semantic label space size; ids 0..n-1 and the ignore value are valid
     has_classes: bool = False  # every sample must carry `.cls`
+    classes: list[str] | None = None  # image-level classes (synsets): `.cls` indexes this list
+    planned: dict[str, tuple[str, int | None]] | None = None  # key -> (source, class) of inputs due here
+    max_pixels: int = fmt.MAX_PIXELS
 
 
 @dataclass
@@ -80,81 +115,112 @@ class ShardReport:
     findings: list[Finding] = field(default_factory=list)
 
 
-def _decode(data: bytes, what: str) -> Image.Image:
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        im = Image.open(io.BytesIO(data))
-        im.load()
-    if what == "jpeg" and im.format != "JPEG":
-        raise ValueError(f"is {im.format}, not JPEG")
-    if what == "png" and im.format != "PNG":
-        raise ValueError(f"is {im.format}, not PNG")
-    return im
+def present_ids(a: np.ndarray) -> np.ndarray:
+    """The distinct values of a label map, sorted. Maps are piecewise constant, so the values at
+    the starts of runs (row-major) are all the values there are: a few per row to sort instead of
+    every pixel (np.unique on the whole map cost more than decoding the JPEG), and exact whatever
+    the map (noise just makes every pixel a run)."""
+    d = np.ascontiguousarray(a).reshape(-1)
+    if d.size == 0:
+        return d
+    starts = np.flatnonzero(d[1:] != d[:-1]) + 1
+    return np.unique(np.concatenate([d[:1], d[starts]]))
+
+
+def _instance_ids(m: np.ndarray) -> set[int]:
+    """Distinct ids of an instance map; a 16-bit map may come as the PNG's big-endian view: its
+    runs are found on the bytes as they are and only the distinct ids are swapped."""
+    if m.dtype.byteorder == ">":
+        return set(present_ids(m.view(m.dtype.newbyteorder("="))).byteswap().tolist())
+    return set(present_ids(m).tolist())
+
+
+def _out_of_range(sem: np.ndarray, n: int, ignore: int) -> list[int]:
+    """Semantic ids outside 0..n-1 and the ignore value (at most 5). Fast paths for the usual
+    cases: the largest id is below n; or one wrapping subtraction and a comparison find no id in
+    n..ignore-1."""
+    top = int(sem.max()) if sem.size else 0
+    if top < n:
+        return []
+    if sem.dtype in (np.uint8, np.uint16) and ignore == np.iinfo(sem.dtype).max and n <= ignore:
+        if not (sem - sem.dtype.type(n) < sem.dtype.type(ignore - n)).any():
+            return []
+    vals = present_ids(sem)
+    return vals[(vals >= n) & (vals != ignore)][:5].tolist()
+
+
+def _parse_cls(raw: bytes) -> int | None:
+    return int(raw) if 1 <= len(raw) <= 9 and raw.isdigit() else None
 
 
 def check_sample(shard: str, key: str, s: dict[str, bytes], expect: Expect, deep: bool) -> list[Finding]:
-    """Members present; with `deep`, everything decodes and agrees with everything else."""
+    """Members present and `.cls` in range; with `deep`, everything decodes (bounded) and agrees
+    with everything else."""
     out: list[Finding] = []
     required = fmt.REQUIRED_MEMBERS + ((fmt.CLS,) if expect.has_classes else ())
     missing = [e for e in required if e not in s]
     if missing:
         out.append(Finding(shard, key, MISSING_MEMBER, f"missing {', '.join('.' + m for m in missing)}"))
         return out
+    cls = None
+    if fmt.CLS in s:
+        cls = _parse_cls(s[fmt.CLS])
+        if cls is None:
+            out.append(Finding(shard, key, BAD_CLS, f".cls {s[fmt.CLS][:20]!r} is not a class index"))
+        elif expect.classes is not None and cls >= len(expect.classes):
+            out.append(
+                Finding(shard, key, BAD_CLS, f".cls {cls} outside the class list (0..{len(expect.classes) - 1})")
+            )
+        elif expect.planned is not None and key in expect.planned and expect.planned[key][1] not in (None, cls):
+            out.append(Finding(shard, key, BAD_CLS, f".cls {cls}, the plan gives class {expect.planned[key][1]}"))
     if not deep:
         return out
     try:
-        meta = json.loads(s[fmt.META])
-        ids = [int(i["id"]) for i in meta["instances"]]
-    except (ValueError, KeyError, TypeError) as e:
-        return out + [Finding(shard, key, BAD_JSON, f".json is not a valid sample record ({e})")]
+        meta: SampleMeta | None = from_json(SampleMeta, load_json(s[fmt.META], ".json"), ".json")
+    except ValueError as e:
+        out.append(Finding(shard, key, BAD_JSON, f".json is not a valid sample record ({e})"))
+        meta = None
+    size = None
     try:
-        im = _decode(s[fmt.JPG], "jpeg")
-    except Exception as e:  # noqa: BLE001 - any decoder failure is the finding
+        im = open_image(s[fmt.JPG], ("JPEG",), expect.max_pixels)
+        size = im.size
+        if JPEG_DCT_SCALING:
+            im.draft(im.mode, (im.width // 8, im.height // 8))
+        load_image(im)
+    except BadImage as e:
         out.append(Finding(shard, key, BAD_JPEG, f".jpg does not decode: {e}"))
-        im = None
     maps = {}
     for ext in (fmt.SEM, fmt.INST):
         try:
-            m = _decode(s[ext], "png")
-            if m.mode not in ("L", "I;16", "I;16B", "I"):
-                raise ValueError(f"mode {m.mode}, expected a single-channel map")
-            maps[ext] = np.asarray(m)
-        except Exception as e:  # noqa: BLE001
-            out.append(Finding(shard, key, BAD_PNG, f".{ext} does not decode: {e}"))
-    if im is not None:
+            maps[ext] = decode_png(s[ext], expect.max_pixels, native=False)
+        except Exception as e:  # noqa: BLE001 - any decoder failure is the finding
+            out.append(Finding(shard, key, BAD_PNG, f".{ext} does not decode: {type(e).__name__}: {e}"))
+    if size is not None:
+        w, h = size
         for ext, m in maps.items():
-            if m.shape != (im.height, im.width):
-                out.append(
-                    Finding(
-                        shard, key, MASK_SIZE, f".{ext} is {m.shape[1]}x{m.shape[0]}, image is {im.width}x{im.height}"
-                    )
-                )
-        if (meta.get("width"), meta.get("height")) != (im.width, im.height):
-            out.append(
-                Finding(
-                    shard,
-                    key,
-                    BAD_JSON,
-                    f".json says {meta.get('width')}x{meta.get('height')}, image is {im.width}x{im.height}",
-                )
-            )
+            if m.shape != (h, w):
+                out.append(Finding(shard, key, MASK_SIZE, f".{ext} is {m.shape[1]}x{m.shape[0]}, image is {w}x{h}"))
+        if meta is not None and (meta.width, meta.height) != (w, h):
+            out.append(Finding(shard, key, BAD_JSON, f".json says {meta.width}x{meta.height}, image is {w}x{h}"))
+    if meta is None:
+        return out
+    if meta.key != key:
+        out.append(Finding(shard, key, BAD_JSON, f".json names key {meta.key[:40]!r}"))
     if fmt.SEM in maps and expect.num_classes is not None:
-        sem = maps[fmt.SEM]
         ignore = fmt.semantic_ignore(expect.num_classes)
-        vals = np.unique(sem)
-        bad = vals[(vals >= expect.num_classes) & (vals != ignore)]
-        if bad.size:
+        bad = _out_of_range(maps[fmt.SEM], expect.num_classes, ignore)
+        if bad:
             out.append(
                 Finding(
                     shard,
                     key,
                     CLASS_RANGE,
-                    f"class ids {bad[:5].tolist()} outside the label space "
-                    f"(0..{expect.num_classes - 1}, ignore {ignore})",
+                    f"class ids {bad} outside the label space (0..{expect.num_classes - 1}, ignore {ignore})",
                 )
             )
     if fmt.INST in maps:
-        present = set(np.unique(maps[fmt.INST]).tolist()) - {0}
+        ids = [i.id for i in meta.instances]
+        present = _instance_ids(maps[fmt.INST]) - {0}
         if present != set(ids) or len(ids) != len(set(ids)):
             out.append(
                 Finding(
@@ -164,27 +230,47 @@ def check_sample(shard: str, key: str, s: dict[str, bytes], expect: Expect, deep
                     f"instance ids in .inst.png {sorted(present)[:8]} do not match the .json list {sorted(ids)[:8]}",
                 )
             )
-    if fmt.CLS in s:
-        cls = meta.get("class") or {}
-        try:
-            if int(s[fmt.CLS]) != cls.get("index"):
-                out.append(
-                    Finding(shard, key, BAD_JSON, f".cls {int(s[fmt.CLS])} differs from .json class {cls.get('index')}")
+    index = meta.class_.index if meta.class_ is not None else None
+    if cls is not None and cls != index:
+        out.append(Finding(shard, key, BAD_JSON, f".cls {cls} differs from .json class {index}"))
+    elif meta.class_ is not None and expect.classes is not None:
+        if not 0 <= index < len(expect.classes):
+            out.append(Finding(shard, key, BAD_JSON, f".json class {index} outside the class list"))
+        elif meta.class_.synset not in (None, expect.classes[index]):
+            out.append(
+                Finding(
+                    shard,
+                    key,
+                    BAD_JSON,
+                    f".json synset {meta.class_.synset[:20]!r} is not class {index} ({expect.classes[index]})",
                 )
-        except ValueError:
-            out.append(Finding(shard, key, BAD_JSON, ".cls is not an integer"))
+            )
     return out
 
 
+def _describe(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
+
+
 def check_shard(url: str, expect: Expect, sample: int | None = None, seed: int = 0) -> ShardReport:
-    """Every check that needs only this shard. `sample`: decode-check only that many random samples."""
+    """Every check that needs only this shard. `sample`: decode-check only that many random samples.
+    Never raises: a failure of the check itself (a bug, MemoryError) is a `check-failed` finding."""
     name = url.rstrip("/").rsplit("/", 1)[-1]
     rep = ShardReport(name)
+    try:
+        _check_shard(url, name, rep, expect, sample, seed)
+    except Exception as e:  # noqa: BLE001 - the validator reports, it does not crash
+        rep.findings.append(Finding(name, None, CHECK_FAILED, f"cannot check this shard: {_describe(e)}"))
+    return rep
+
+
+def _check_shard(url: str, name: str, rep: ShardReport, expect: Expect, sample: int | None, seed: int) -> None:
     try:
         f = open_url(url)
     except Exception as e:  # noqa: BLE001 - missing file, bad URL, no permission
         rep.findings.append(Finding(name, None, MISSING_SHARD, f"cannot open: {e}"))
-        return rep
+        return
     with f:
         stream = HashingReader(f)
         samples: list[tuple[str, dict[str, bytes]]] = []
@@ -209,7 +295,19 @@ def check_shard(url: str, expect: Expect, sample: int | None = None, seed: int =
     if sample is not None and sample < len(samples):
         deep_keys = set(random.Random(f"{seed}:{name}").sample(sorted(deep_keys), sample))
     for key, s in samples:
-        rep.findings.extend(check_sample(name, key, s, expect, key in deep_keys))
+        try:
+            rep.findings.extend(check_sample(name, key, s, expect, key in deep_keys))
+        except Exception as e:  # noqa: BLE001 - one sample the checks did not foresee costs only itself
+            rep.findings.append(Finding(name, key, CHECK_FAILED, f"cannot check this sample: {_describe(e)}"))
+    if expect.planned is not None:
+        present = set(rep.keys)
+        for key in sorted(set(expect.planned) - present):
+            source = fmt.display(expect.planned[key][0])
+            rep.findings.append(
+                Finding(name, key, MISSING_SAMPLE, f"planned input {source} is in neither this shard nor quarantine")
+            )
+        for key in sorted(present - set(expect.planned)):
+            rep.findings.append(Finding(name, key, UNPLANNED_KEY, "key is not among this shard's planned inputs"))
     if expect.bytes is not None and rep.bytes != expect.bytes:
         rep.findings.append(Finding(name, None, CHECKSUM, f"size {rep.bytes} bytes, manifest says {expect.bytes}"))
     if expect.sha256 is not None and sha != expect.sha256:
@@ -218,7 +316,6 @@ def check_shard(url: str, expect: Expect, sample: int | None = None, seed: int =
         )
     if expect.samples is not None and rep.samples != expect.samples:
         rep.findings.append(Finding(name, None, COUNT, f"{rep.samples} samples, manifest says {expect.samples}"))
-    return rep
 
 
 @dataclass
@@ -242,80 +339,219 @@ class Report:
         }
 
 
-def plan_targets(path: str) -> tuple[list[tuple[str, Expect]], Manifest | None, list[Finding]]:
+@dataclass
+class Target:
+    """What to check in one directory (or one shard URL) and what is known about it."""
+
+    shards: list[tuple[str, Expect]] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    manifest: Manifest | None = None
+    quarantined: dict[str, str] = field(default_factory=dict)  # key -> shard, from quarantine.jsonl
+
+
+_ABSENT = object()
+
+
+def _read_json(base: str, name: str, max_bytes: int, findings: list[Finding]) -> Any:
+    """A JSON file of the dataset; `_ABSENT` when there is none; None (and a `manifest` finding)
+    when it cannot be read or parsed."""
+    try:
+        data = read_bytes(join(base, name), max_bytes)
+        return _ABSENT if data is None else load_json(data, name, max_bytes)
+    except (OSError, ValueError) as e:
+        findings.append(Finding(name, None, MANIFEST, f"unreadable {name}: {e}"))
+        return None
+
+
+def plan_targets(path: str, max_pixels: int = fmt.MAX_PIXELS) -> Target:
     """The shards to check, what to expect of each, and findings about the directory itself.
     `path` is a shard or a directory, local or any fsspec URL."""
     shards = list_shards(path)
     if shards is None:
-        return [(path, Expect())], None, []
+        return Target([(path, Expect(max_pixels=max_pixels))])
+    t = Target()
     on_disk = {u.rsplit("/", 1)[-1]: u for u in shards}
-    text = read_text(join(path, fmt.MANIFEST))
-    if text is None:
-        return [(u, Expect()) for u in shards], None, []
-    try:
-        manifest = Manifest.from_json(json.loads(text))
-        listed = {s.name: s for s in manifest.shards}
-        num_classes = len(manifest.semantic_names)
-        has_classes = bool(manifest.plan.classes)
-    except (ValueError, RecursionError) as e:
-        return (
-            [(u, Expect()) for u in shards],
-            None,
-            [Finding(fmt.MANIFEST, None, MANIFEST, f"unreadable manifest: {e}")],
+    plan: PlanHeader | None = None
+    plan_json = _read_json(path, fmt.PLAN, MAX_INDEX_BYTES, t.findings)
+    if plan_json not in (None, _ABSENT):
+        try:
+            plan = PlanHeader.from_json(plan_json)
+        except ValueError as e:
+            t.findings.append(Finding(fmt.PLAN, None, MANIFEST, f"unreadable {fmt.PLAN}: {e}"))
+    manifest_json = _read_json(path, fmt.MANIFEST, MAX_INDEX_BYTES, t.findings)
+    if manifest_json not in (None, _ABSENT):
+        try:
+            manifest = Manifest.from_json(manifest_json)
+            num_classes = len(manifest.semantic_names)
+            t.manifest = manifest
+        except ValueError as e:
+            t.findings.append(Finding(fmt.MANIFEST, None, MANIFEST, f"unreadable manifest: {e}"))
+    m = t.manifest
+    if m is None:
+        plain = Expect(max_pixels=max_pixels, classes=plan.classes if plan else None)
+        t.shards = [(u, plain) for u in on_disk.values()]
+        if plan is not None and manifest_json is _ABSENT:
+            t.findings += _incomplete(path, plan, on_disk)
+        elif not on_disk and not t.findings:
+            t.findings.append(
+                Finding(path, None, NO_SHARDS, f"no shards in {path} (no PREFIX-NNNNNN.tar, no {fmt.MANIFEST})")
+            )
+        return t
+    if plan is not None and any(
+        getattr(plan, k) != getattr(m.plan, k) for k in ("listing_sha256", "samples_per_shard", "prefix", "num_shards")
+    ):
+        t.findings.append(Finding(fmt.PLAN, None, PLAN, f"{fmt.PLAN} and {fmt.MANIFEST} describe different plans"))
+    if not m.shards:
+        t.findings.append(
+            Finding(path, None, NO_SHARDS, f"the manifest lists no shards ({m.totals.quarantined} inputs quarantined)")
         )
-    findings = [
+    t.quarantined, per_shard = _read_quarantine(path, m, t.findings)
+    planned = _planned_keys(path, m, per_shard, t.findings)
+    listed = {s.name: s for s in m.shards}
+    t.findings += [
         Finding(n, None, UNLISTED_SHARD, "tar is not listed in the manifest") for n in on_disk if n not in listed
     ]
-    targets = []
+    classes = m.plan.classes
     for n, s in sorted(listed.items()):
         if n not in on_disk:
-            findings.append(Finding(n, None, MISSING_SHARD, "listed in the manifest but missing on disk"))
+            t.findings.append(Finding(n, None, MISSING_SHARD, "listed in the manifest but missing on disk"))
             continue
-        targets.append((on_disk[n], Expect(s.samples, s.bytes, s.sha256, num_classes, has_classes)))
-    return targets, manifest, findings
+        exp = Expect(
+            s.samples, s.bytes, s.sha256, num_classes, bool(classes), classes, planned.get(n), max_pixels=max_pixels
+        )
+        t.shards.append((on_disk[n], exp))
+    t.findings += _check_plan(m, per_shard)
+    return t
 
 
-def check_plan(manifest: Manifest, out_dir: str) -> list[Finding]:
-    """Samples + quarantined per shard must add up to the plan's shard sizes."""
-    findings = []
-    plan = manifest.plan
-    quarantined: Counter[str] = Counter()
-    for n, line in enumerate((read_text(join(out_dir, fmt.QUARANTINE)) or "").splitlines(), start=1):
+def _incomplete(path: str, plan: PlanHeader, on_disk: dict[str, str]) -> list[Finding]:
+    """A directory with plan.json and no manifest: the job stopped before it finished. Name the
+    shards it still owes (a shard whose every input was quarantined has stats and no tar)."""
+    empty = set()
+    for n in list_names(path):
+        if n.endswith(fmt.STATS_SUFFIX):
+            try:
+                data = read_bytes(join(path, n), fmt.MAX_JSON_BYTES)
+                st = ShardStats.from_json(load_json(data or b"", n))
+                if st.samples == 0:
+                    empty.add(st.shard)
+            except (OSError, ValueError):
+                continue
+    due = [fmt.shard_name(plan.prefix, i) for i in range(plan.num_shards)]
+    missing = [n for n in due if n not in on_disk and n not in empty]
+    out = [
+        Finding(
+            fmt.MANIFEST,
+            None,
+            INCOMPLETE,
+            f"no {fmt.MANIFEST}: the labeling job did not finish ({len(due) - len(missing)} of {len(due)} planned "
+            "shards present); rerun the same `c2f label` command to complete it",
+        )
+    ]
+    return out + [Finding(n, None, MISSING_SHARD, f"planned in {fmt.PLAN}, not on disk") for n in missing]
+
+
+def _read_quarantine(
+    path: str, m: Manifest, findings: list[Finding]
+) -> tuple[dict[str, str], dict[str, list[Quarantined]]]:
+    """quarantine.jsonl, bounded by the plan's size; every malformed line a finding."""
+    cap = (m.plan.num_inputs + m.plan.skipped + 1) * MAX_LINE_BYTES
+    keys: dict[str, str] = {}
+    per_shard: dict[str, list[Quarantined]] = {}
+    try:
+        data = read_bytes(join(path, fmt.QUARANTINE), cap) or b""
+    except (OSError, ValueError) as e:
+        findings.append(Finding(fmt.QUARANTINE, None, MANIFEST, f"unreadable {fmt.QUARANTINE}: {e}"))
+        return keys, per_shard
+    for n, line in enumerate(data.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            quarantined[Quarantined.from_json(json.loads(line)).shard] += 1
-        except (ValueError, RecursionError) as e:
+            q = Quarantined.from_json(load_json(line, f"line {n}", MAX_LINE_BYTES))
+        except ValueError as e:
             findings.append(Finding(fmt.QUARANTINE, None, MANIFEST, f"line {n} is not a quarantine record: {e}"))
-    samples = {s.name: s.samples for s in manifest.shards}
+            continue
+        per_shard.setdefault(q.shard, []).append(q)
+        if q.shard:
+            keys[q.key] = q.shard
+    return keys, per_shard
+
+
+def _planned_keys(
+    path: str, m: Manifest, per_shard: dict[str, list[Quarantined]], findings: list[Finding]
+) -> dict[str, dict[str, tuple[str, int | None]]]:
+    """shard -> {key: (source, class)} of the inputs it must hold (its plan minus its quarantine),
+    from plan.inputs.jsonl; {} when the directory has no listing (older or foreign datasets)."""
+    plan = m.plan
+    try:
+        data = read_bytes(join(path, fmt.PLAN_INPUTS), (plan.num_inputs + 1) * MAX_LINE_BYTES)
+        if data is None:
+            return {}
+        rows = read_plan_inputs(data)
+    except (OSError, ValueError) as e:
+        findings.append(Finding(fmt.PLAN_INPUTS, None, PLAN, f"unreadable {fmt.PLAN_INPUTS}: {e}"))
+        return {}
+    if len(rows) != plan.num_inputs:
+        findings.append(
+            Finding(fmt.PLAN_INPUTS, None, PLAN, f"{len(rows)} inputs listed, the plan has {plan.num_inputs}")
+        )
+        return {}
+    out = {}
+    n = plan.samples_per_shard
+    for i in range(plan.num_shards):
+        name = fmt.shard_name(plan.prefix, i)
+        gone = {q.key for q in per_shard.get(name, [])}
+        out[name] = {r.key: (r.source, r.class_index) for r in rows[i * n : (i + 1) * n] if r.key not in gone}
+    return out
+
+
+def _check_plan(m: Manifest, per_shard: dict[str, list[Quarantined]]) -> list[Finding]:
+    """Samples + quarantined per shard must add up to the plan's shard sizes, and the entries
+    refused at planning to the plan's count of them."""
+    findings = []
+    plan = m.plan
+    samples = {s.name: s.samples for s in m.shards}
     for i, size in enumerate(plan.shard_sizes):
         name = fmt.shard_name(plan.prefix, i)
-        got = samples.get(name, 0) + quarantined[name]
+        q = len(per_shard.get(name, []))
+        got = samples.get(name, 0) + q
         if got != size:
             findings.append(
                 Finding(
-                    name,
-                    None,
-                    PLAN,
-                    f"plan has {size} inputs, found {samples.get(name, 0)} samples + {quarantined[name]} quarantined",
+                    name, None, PLAN, f"plan has {size} inputs, found {samples.get(name, 0)} samples + {q} quarantined"
                 )
             )
+    refused = len(per_shard.get("", []))
+    if refused != plan.skipped:
+        findings.append(
+            Finding(
+                fmt.QUARANTINE,
+                None,
+                PLAN,
+                f"{refused} entries refused at planning in {fmt.QUARANTINE}, the plan counts {plan.skipped}",
+            )
+        )
     return findings
 
 
 def validate(
-    paths: list[str], workers: int = 2, sample: int | None = None, seed: int = 0, progress: bool = True
+    paths: list[str],
+    workers: int = 2,
+    sample: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    max_pixels: int = fmt.MAX_PIXELS,
 ) -> Report:
     targets: list[tuple[str, Expect]] = []
     findings: list[Finding] = []
+    quarantined: dict[str, str] = {}
     manifest_checked = False
     for path in paths:
-        t, manifest, f = plan_targets(path)
-        targets += t
-        findings += f
-        if manifest is not None:
-            manifest_checked = True
-            findings += check_plan(manifest, path)
+        t = plan_targets(path, max_pixels)
+        targets += t.shards
+        findings += t.findings
+        quarantined.update(t.quarantined)
+        manifest_checked |= t.manifest is not None
     reports: list[ShardReport] = []
     from tqdm import tqdm
 
@@ -326,9 +562,13 @@ def validate(
             bar.update()
     else:
         with ProcessPoolExecutor(workers) as pool:
-            futs = [pool.submit(check_shard, url, exp, sample, seed) for url, exp in targets]
+            futs = {pool.submit(check_shard, url, exp, sample, seed): url for url, exp in targets}
             for fut in as_completed(futs):
-                reports.append(fut.result())
+                try:
+                    reports.append(fut.result())
+                except Exception as e:  # noqa: BLE001 - a worker killed (out of memory) or lost
+                    name = futs[fut].rstrip("/").rsplit("/", 1)[-1]
+                    reports.append(ShardReport(name, findings=[Finding(name, None, CHECK_FAILED, _describe(e))]))
                 bar.update()
     bar.close()
     reports.sort(key=lambda r: r.shard)
@@ -338,17 +578,22 @@ def validate(
         for k in r.keys:
             if k in owner and owner[k] != r.shard:
                 findings.append(Finding(r.shard, k, DUPLICATE_KEY, f"key also in {owner[k]}"))
+            elif k in quarantined:
+                findings.append(Finding(r.shard, k, DUPLICATE_KEY, f"key also in {fmt.QUARANTINE} ({quarantined[k]})"))
             owner.setdefault(k, r.shard)
     return Report(reports, findings, manifest_checked)
 
 
 def format_table(report: Report, seconds: float) -> str:
+    if not report.shards and len(report.findings) == 1:  # nothing to check: one line says why
+        return f"FAILED: {fmt.display(report.findings[0].message)}"
     lines = []
     if report.findings:
         w = max(len(f.shard) for f in report.findings)
         lines.append(f"{'SHARD':<{w}}  {'KEY':<24}  {'PROBLEM':<20}  DETAIL")
         for f in report.findings:
-            lines.append(f"{f.shard:<{w}}  {(f.key or '-'):<24}  {f.code:<20}  {f.message}")
+            key, msg = fmt.display(f.key or "-"), fmt.display(f.message)
+            lines.append(f"{fmt.display(f.shard):<{w}}  {key:<24}  {f.code:<20}  {msg}")
         lines.append("")
     n = sum(r.samples for r in report.shards)
     nbytes = sum(r.bytes for r in report.shards)

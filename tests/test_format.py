@@ -49,3 +49,27 @@ def test_unsafe_member_name(name, bad):
 def test_semantic_dtype_and_ignore():
     assert fmt.semantic_dtype(150) == "uint8" and fmt.semantic_ignore(150) == 255
     assert fmt.semantic_dtype(1000) == "uint16" and fmt.semantic_ignore(1000) == 65535
+
+
+@pytest.mark.parametrize(
+    "key, why",
+    [
+        ("n01440764_10026", None),
+        ("a-b_C9", None),
+        ("dir/k", "key holds a '/' (c2f keys name no directories)"),
+        ("k y", "key holds characters outside [A-Za-z0-9_-]"),
+        ("caf\u00e9", "key holds characters outside [A-Za-z0-9_-]"),
+        ("", "empty key"),
+    ],
+)
+def test_key_rules(key, why):
+    assert fmt.bad_key(key) == why
+
+
+def test_every_generated_key_follows_the_rules():
+    for rel in ["n01440764/n01440764_1.JPEG", "a b/c.d.jpg", "caf\udce9/x.png", "\u732b/\u732b.jpg"]:
+        assert fmt.bad_key(fmt.sample_key(rel, imagenet=False)) is None
+
+
+def test_display_makes_undecodable_names_printable():
+    assert fmt.display("caf\udce9.JPEG") == "caf\\udce9.JPEG"

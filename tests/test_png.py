@@ -1,6 +1,7 @@
 """Mask PNGs: standard files every reader decodes, with a fast path for the layout we write."""
 
 import io
+import struct
 
 import numpy as np
 import pytest
@@ -51,3 +52,41 @@ def test_bad_input_rejected():
         encode_mask(np.zeros((2, 2, 3), np.uint8))
     with pytest.raises(ValueError):
         encode_mask(np.zeros((2, 2), np.int32))
+
+
+def test_header_is_read_before_anything_is_inflated():
+    from shards.png import check_pixels, png_header
+
+    data = encode_mask(np.zeros((30, 20), np.uint16))
+    hdr = png_header(data)
+    assert (hdr.width, hdr.height, hdr.depth, hdr.color, hdr.interlace) == (20, 30, 16, 0, 0)
+    assert png_header(b"GIF89a") is None
+    with pytest.raises(ValueError, match="without an IHDR"):
+        png_header(data[:8] + b"\0\0\0\x0dIDAT" + data[16:])
+    with pytest.raises(ValueError, match="declares 20x30 = 0.0 MP, over the 0.0005 MP limit"):
+        decode_mask_fast(data, max_pixels=500)
+    with pytest.raises(ValueError, match="degenerate size 0x5"):
+        check_pixels(0, 5, 100)
+
+
+def test_inflating_stops_at_what_the_header_declares():
+    """A map whose data inflates past its IHDR is refused without inflating the rest."""
+    import zlib
+
+    from shards.png import SIGNATURE, _chunk
+
+    ihdr = struct.pack(">IIBBBBB", 4, 4, 8, 0, 0, 0, 0)
+    too_much = zlib.compress(b"\0" * (5 * 4 + 10_000_000))
+    data = SIGNATURE + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", too_much) + _chunk(b"IEND", b"")
+    with pytest.raises(ValueError, match="inflates past the 20 bytes its IHDR declares"):
+        decode_mask_fast(data)
+    short = zlib.compress(b"\0" * 15)
+    data = SIGNATURE + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", short) + _chunk(b"IEND", b"")
+    with pytest.raises(ValueError, match="holds 15 bytes, 4 rows of 5 expected"):
+        decode_mask_fast(data)
+
+
+def test_big_endian_view_is_the_same_map():
+    arr = (np.arange(35 * 17, dtype=np.uint32).reshape(35, 17) * 997 % 65536).astype(np.uint16)
+    be = decode_mask_fast(encode_mask(arr), native=False)
+    assert be.dtype.byteorder == ">" and (be == arr).all()
