@@ -19,7 +19,7 @@ import torch
 
 from shards.pack import Instance
 
-from .postprocess import region_stats
+from .postprocess import count_true, region_stats
 
 # Columns of the records `paint_largest_first` returns, one row per input mask in painting order.
 PAINT_FIELDS = ("valid", "instance", "mask", "score", "area", "x0", "y0", "x1", "y1")
@@ -88,7 +88,7 @@ def paint_largest_first(
     if len(chunks) == 1:
         held = get_masks(slice(0, n))
         get_masks = lambda s: held[s]  # noqa: E731 - reuse the masks in every pass
-    areas = torch.cat([get_masks(s).flatten(1).sum(1) for s in chunks])
+    areas = torch.cat([count_true(get_masks(s)) for s in chunks])
     order = painting_order(areas, scores)
     rank = torch.empty(n, dtype=torch.int64, device=device)
     rank[order] = torch.arange(1, n + 1, device=device)

@@ -76,6 +76,12 @@ def resample(
     return out[0].to(x.dtype)
 
 
+def count_true(masks: torch.Tensor) -> torch.Tensor:
+    """masks [N, H, W] bool -> [N] int64 counts. Summing the bytes as uint8 into int32 is 1.5x faster on
+    CPUs than torch's bool reductions (sum, count_nonzero); the same on GPUs."""
+    return masks.view(torch.uint8).sum((1, 2), dtype=torch.int32).long()
+
+
 def _chunks(n: int, pixels: int, budget: int = 1 << 25):
     """Slices of range(n) whose [len, pixels] float32 tensors stay within `budget` elements (128 MB), so
     memory is bounded for any image size while an ImageNet-sized image (~0.2 MP) takes one step."""
@@ -116,12 +122,13 @@ def semantic_from_queries(
     class ids [H, W] int64: argmax over classes of sum_q p(class | q) * sigmoid(mask_q), with the mask
     logits resampled to the target size first (the Mask2Former authors' order)."""
     cls = class_logits.float().softmax(-1)[:, :-1]  # [Q, C]
+    masks = mask_logits.float()
     pixels = size[0] * size[1]
 
     def class_scores(cs: slice) -> torch.Tensor:  # [len(cs), H, W], summed over query chunks
         total = None
         for qs in _chunks(cls.shape[0], pixels):
-            prob = resample(mask_logits[qs].float(), valid, size, step).sigmoid()
+            prob = resample(masks[qs], valid, size, step).sigmoid_()
             part = torch.einsum("qc,qhw->chw", cls[qs, cs], prob)
             total = part if total is None else total + part
         return total
@@ -188,11 +195,12 @@ def panoptic(
         if rule.prob_space:
             prob = resample(m.sigmoid(), valid, size, step)
         else:
-            prob = resample(m, valid, size, step).sigmoid()
+            prob = resample(m, valid, size, step).sigmoid_()
         weighted = prob * score[s, None, None]
         if not compact:  # filtered queries never win a pixel (kept ones weigh >= 0)
-            weighted = torch.where(keep[s, None, None], weighted, -1.0)
-        original[s] = ((weighted if rule.weighted_area else prob) >= params.mask_threshold).flatten(1).sum(1)
+            weighted.masked_fill_(~keep[s, None, None], -1.0)
+        counted = weighted if rule.weighted_area else prob
+        original[s] = count_true(counted >= params.mask_threshold)
         v, a = weighted.max(0)  # ties: the first query, as transformers' argmax
         p = prob.gather(0, a[None])[0] if rule.intersect else None
         if best is None:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from .base import LabelerLoadError
 from .config import SamConfig
+from .postprocess import count_true
 from .timing import StageClock
 
 STABILITY_OFFSET = 1.0  # SamAutomaticMaskGenerator's default stability_score_offset
@@ -113,32 +114,39 @@ class BatchedSamInstances:
 
     # --- filtering -------------------------------------------------------------------------------
 
-    def _filter_low(self, low, iou, image_index, regions, sizes):
-        """Filters on low-res logits: -> (keep [m] bool, boxes [m, 4] in image pixels, stability [m])."""
-        from segment_anything.utils.amg import batched_mask_to_box
-
-        s_h, s_w = low.shape[-2:]
-        logits = low.float()
+    def _inside(self, image_index, regions, shape) -> torch.Tensor:
+        """[m, s, s] bool: the low-res pixels of each mask that lie on its image (not on padding)."""
+        s_h, s_w = shape
         rows = torch.tensor([r for r, _ in regions], device=self.device)[image_index]
         cols = torch.tensor([c for _, c in regions], device=self.device)[image_index]
-        inside = (torch.arange(s_h, device=self.device)[None, :] < rows[:, None])[:, :, None] & (
-            torch.arange(s_w, device=self.device)[None, :] < cols[:, None]
-        )[:, None, :]
-        high = ((logits > STABILITY_OFFSET) & inside).flatten(1).sum(1)
-        union = ((logits > -STABILITY_OFFSET) & inside).flatten(1).sum(1)
-        stability = high / union
+        in_rows = torch.arange(s_h, device=self.device)[None, :] < rows[:, None]
+        in_cols = torch.arange(s_w, device=self.device)[None, :] < cols[:, None]
+        return in_rows[:, :, None] & in_cols[:, None, :]
+
+    def _filter_low(self, low, iou, image_index, regions) -> torch.Tensor:
+        """Predicted-IoU and stability filters on low-res logits [m, s, s] -> keep [m] bool."""
+        logits = low.float()
+        inside = self._inside(image_index, regions, logits.shape[-2:])
         keep = torch.ones_like(iou, dtype=torch.bool)
         if self.cfg.pred_iou_thresh > 0:
             keep &= iou > self.cfg.pred_iou_thresh
         if self.cfg.stability_score_thresh > 0:
-            keep &= stability >= self.cfg.stability_score_thresh
-        box = batched_mask_to_box((logits > 0) & inside).double()  # low-res pixels, inclusive
-        hw = torch.tensor(sizes, dtype=torch.float64, device=self.device)[image_index]  # [m, 2] (H, W)
-        scale_y, scale_x = hw[:, 0] / rows, hw[:, 1] / cols
-        boxes = torch.stack(
-            [box[:, 0] * scale_x, box[:, 1] * scale_y, (box[:, 2] + 1) * scale_x - 1, (box[:, 3] + 1) * scale_y - 1], 1
-        )
-        return keep, boxes, stability
+            high = count_true((logits > STABILITY_OFFSET) & inside)
+            union = count_true((logits > -STABILITY_OFFSET) & inside)
+            keep &= high / union >= self.cfg.stability_score_thresh
+        return keep
+
+    def _boxes_low(self, low, image_index, regions, sizes) -> torch.Tensor:
+        """Boxes of low-res masks [k, s, s] in image pixels (XYXY, inclusive) -> [k, 4] float64."""
+        from segment_anything.utils.amg import batched_mask_to_box
+
+        inside = self._inside(image_index, regions, low.shape[-2:])
+        box = batched_mask_to_box((low.float() > 0) & inside).double()
+        rows = torch.tensor([r for r, _ in regions], dtype=torch.float64, device=self.device)[image_index]
+        cols = torch.tensor([c for _, c in regions], dtype=torch.float64, device=self.device)[image_index]
+        hw = torch.tensor(sizes, dtype=torch.float64, device=self.device)[image_index]  # [k, 2] (H, W)
+        sy, sx = hw[:, 0] / rows, hw[:, 1] / cols
+        return torch.stack([box[:, 0] * sx, box[:, 1] * sy, (box[:, 2] + 1) * sx - 1, (box[:, 3] + 1) * sy - 1], 1)
 
     def _upsample_full(self, low: torch.Tensor, resized, size) -> torch.Tensor:
         """Low-res logits -> logits at the image size, through the stock chain (S x S, crop, resize)."""
@@ -197,10 +205,10 @@ class BatchedSamInstances:
                 low, iou = self._decode_points(features, image_all[c], coords_all[c])
                 with self.clock.stage("postprocess"), torch.inference_mode():
                     image = image_all[c].repeat_interleave(3)
-                    keep, boxes, _ = self._filter_low(low, iou, image, regions, sizes)
-                    idx = keep.nonzero()[:, 0]  # survivors of this decoder batch (a host sync)
-                    for name, value in (("low", low), ("iou", iou), ("image", image), ("boxes", boxes)):
+                    idx = self._filter_low(low, iou, image, regions).nonzero()[:, 0]  # a host sync
+                    for name, value in (("low", low), ("iou", iou), ("image", image)):
                         kept[name].append(value[idx])
+                    kept["boxes"].append(self._boxes_low(low[idx], image[idx], regions, sizes))
 
         with self.clock.stage("postprocess"), torch.inference_mode():
             iou = torch.cat(kept["iou"])
