@@ -13,6 +13,10 @@ postprocess  panoptic and semantic post-processing of one batch (16 images, 100 
 sam          automatic masks per image on the tiny SAM, same grid: SamAutomaticMaskGenerator vs ours
              (low-res filtering). Target >= 3x.
 drift        what filtering on the low-res logits changes against filtering at full resolution.
+grid         16x16 against 32x32 prompts: masks per image, and how many of the 32x32 instances the
+             16x16 grid recovers (IoU >= 0.8). Meaningful with real weights:
+             --sam-checkpoint sam_vit_h_4b8939.pth --sam-type vit_h [--photos DIR] (SAM's own thresholds);
+             without, the tiny SAM only checks that the measurement runs.
 """
 
 from __future__ import annotations
@@ -188,6 +192,16 @@ def bench_postprocess() -> None:
     ours = _timed(lambda: [semantic_from_queries(cls[i], masks[i], (96.0, 96.0), t) for i, t in enumerate(targets)])
     print(f"{'semantic, Mask2Former':<40} {hf:15.2f} {ours:8.3f} {hf / ours:6.1f}x")
 
+    from transformers import SegformerImageProcessor
+
+    from labeler.postprocess import semantic_from_logits
+
+    logits = torch.randn(b, c, 160, 160)  # SegFormer at 640 x 640: 160 x 160 class logits
+    out = SimpleNamespace(logits=logits)
+    hf = _timed(lambda: SegformerImageProcessor().post_process_semantic_segmentation(out, targets), 1)
+    ours = _timed(lambda: [semantic_from_logits(logits[i], (160.0, 160.0), t) for i, t in enumerate(targets)])
+    print(f"{'semantic, SegFormer':<40} {hf:15.2f} {ours:8.3f} {hf / ours:6.1f}x")
+
 
 def _tiny_sam():
     from labeler.sam import load_sam
@@ -224,6 +238,52 @@ def bench_sam(n: int) -> None:
             print(f"{grid:5d} {name:<12} {ms} {t_stock / t_ours:6.1f}x {kept:10.1f}")
 
 
+def _match(a: torch.Tensor, b: torch.Tensor, iou: float = 0.8) -> tuple[int, int]:
+    """Instances of id map a that some instance of id map b overlaps with IoU >= iou: (matched, total).
+    One joint histogram of (a, b) id pairs gives every intersection at once."""
+    na, nb = int(a.max()) + 1, int(b.max()) + 1
+    inter = torch.bincount((a * nb + b).flatten(), minlength=na * nb).reshape(na, nb)[1:, 1:].double()
+    area_a, area_b = torch.bincount(a.flatten(), minlength=na)[1:], torch.bincount(b.flatten(), minlength=nb)[1:]
+    union = area_a[:, None] + area_b[None, :] - inter
+    present = area_a > 0
+    if not present.any():
+        return 0, 0
+    best = (inter / union.clamp(min=1)).max(1).values if nb > 1 else torch.zeros(na - 1, dtype=torch.float64)
+    return int((best[present] >= iou).sum()), int(present.sum())
+
+
+def bench_grid(n: int, checkpoint: str, sam_type: str, photos: str) -> None:
+    from labeler.sam import build_instances, load_sam
+
+    if checkpoint:
+        model, kw = load_sam(sam_type, checkpoint, device="auto"), {}  # SAM's own thresholds
+    else:
+        model, kw = _tiny_sam(), SAM_SETTINGS["filter+nms"]
+    if photos:
+        from shards.image import prepare_image
+
+        paths = sorted(p for p in Path(photos).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:n]
+        images = [prepare_image(p.read_bytes()).rgb for p in paths]
+    else:
+        images = imagenet_sized(n)
+    device = next(model.parameters()).device
+    runs = {}
+    for grid in (16, 32):
+        gen = build_instances(model, SamConfig(points_per_side=grid, **kw))
+        runs[grid] = []
+        for i in range(0, len(images), 8):
+            chunk = images[i : i + 8]
+            runs[grid] += [m.long().cpu() for m, _ in gen.run(chunk, [torch.from_numpy(im).to(device) for im in chunk])]
+    matched = total = 0
+    for a, b in zip(runs[32], runs[16], strict=True):
+        m, t = _match(a, b)
+        matched, total = matched + m, total + t
+    per = {g: np.mean([int((r.unique() > 0).sum()) for r in runs[g]]) for g in runs}
+    print(f"\ngrid 16 vs 32 ({'SAM ' + sam_type if checkpoint else 'tiny SAM'}, {len(images)} images)")
+    print(f"instances/img 32x32: {per[32]:.1f}, 16x16: {per[16]:.1f}; 32x32 instances recovered by 16x16 (IoU>=0.8): ")
+    print(f"{matched}/{total} = {matched / max(total, 1):.1%}")
+
+
 def bench_drift(n: int) -> None:
     """Masks the stock filters keep (full resolution) against those low-res filtering keeps."""
     from labeler.sam import build_instances
@@ -243,12 +303,8 @@ def bench_drift(n: int) -> None:
         same = cover = 0.0
         for (ma, _), (mb, _) in zip(a, b, strict=True):
             ma, mb = ma.long(), mb.long()
-            ids_a, ids_b = [i for i in ma.unique().tolist() if i], [i for i in mb.unique().tolist() if i]
-            n_full, n_low = n_full + len(ids_a), n_low + len(ids_b)
-            for i in ids_a:  # a full-res instance is matched when a low-res one overlaps it with IoU >= 0.8
-                m = ma == i
-                best = max(((m & (mb == j)).sum() / (m | (mb == j)).sum()).item() for j in ids_b) if ids_b else 0
-                matched += best >= 0.8
+            m, t = _match(ma, mb)  # full-res instances that a low-res one overlaps with IoU >= 0.8
+            matched, n_full, n_low = matched + m, n_full + t, n_low + int((mb.unique() > 0).sum())
             same += float((ma == mb).float().mean())
             cover += float(((ma > 0) == (mb > 0)).float().mean())
         print(
@@ -260,7 +316,10 @@ def bench_drift(n: int) -> None:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=16)
-    ap.add_argument("--only", default="shares,postprocess,sam,drift")
+    ap.add_argument("--only", default="shares,postprocess,sam,drift,grid")
+    ap.add_argument("--sam-checkpoint", default="", help="grid: a real SAM checkpoint")
+    ap.add_argument("--sam-type", default="vit_h")
+    ap.add_argument("--photos", default="", help="grid: a folder of photos (default: built-in ImageNet-sized ones)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     parts = set(args.only.split(","))
@@ -272,6 +331,8 @@ def main():
         bench_sam(args.images)
     if "drift" in parts:
         bench_drift(args.images)
+    if "grid" in parts:
+        bench_grid(args.images, args.sam_checkpoint, args.sam_type, args.photos)
 
 
 if __name__ == "__main__":

@@ -161,7 +161,6 @@ class BatchedSamInstances:
         from torchvision.ops.boxes import batched_nms
 
         from .overlap import paint_largest_first
-        from .postprocess import resample
 
         sizes = [tuple(im.shape[:2]) for im in dev_images]
         with self.clock.stage("preprocess"), torch.inference_mode():
@@ -228,10 +227,10 @@ class BatchedSamInstances:
                     chosen = pools[i][sel - int(starts[i])]
                     get = lambda sl, m=chosen: m[sl]  # noqa: E731
                 else:
+                    # Survivors take the stock generator's upsampling (S x S, crop, image size), so a mask
+                    # that both generators keep is the same mask; only which masks survive can differ.
                     chosen = pool[sel]
-                    st = (chosen.shape[-2] / self.size, chosen.shape[-1] / self.size)  # low-res px per input px
-                    region = (resized[i][0] * st[0], resized[i][1] * st[1])
-                    get = lambda sl, m=chosen, r=region, hw=sizes[i], st=st: resample(m[sl].float(), r, hw, st) > 0  # noqa: E731
+                    get = lambda sl, m=chosen, r=resized[i], hw=sizes[i]: self._upsample_full(m[sl], r, hw) > 0  # noqa: E731
                 inst, records = paint_largest_first(get, len(sel), sizes[i], iou[sel], self.cfg.min_instance_area)
                 out.append((inst.to(torch.uint16), records))
         return out

@@ -257,18 +257,19 @@ def save_sam_tiny(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def write_tiny_models(root: Path, seed: int = 0) -> dict[str, Path]:
-    """Save every tiny model under `root`, as a user would lay out real ones."""
+def write_tiny_models(root: Path, seed: int = 0, names: tuple[str, ...] | None = None) -> dict[str, Path]:
+    """Save the tiny models (all, or those in `names`) under `root`, as a user would lay out real ones."""
     root = Path(root)
-    return {
-        "segformer": save_hf(*build_segformer_tiny(seed), root / "segformer"),
-        "mask2former": save_hf(*build_mask2former_tiny(seed), root / "mask2former"),
-        "mask2former_aspect": save_hf(*build_mask2former_tiny(seed, aspect=True), root / "mask2former_aspect"),
-        "segformer_aspect": save_hf(*build_segformer_tiny(seed, aspect=True), root / "segformer_aspect"),
-        "eomt": save_hf(*build_eomt_tiny(seed), root / "eomt"),
-        "oneformer": save_oneformer_tiny(root / "oneformer", seed),
-        "sam": save_sam_tiny(root / "sam_vit_tiny.pth", seed),
+    builders = {
+        "segformer": lambda: save_hf(*build_segformer_tiny(seed), root / "segformer"),
+        "segformer_aspect": lambda: save_hf(*build_segformer_tiny(seed, aspect=True), root / "segformer_aspect"),
+        "mask2former": lambda: save_hf(*build_mask2former_tiny(seed), root / "mask2former"),
+        "mask2former_aspect": lambda: save_hf(*build_mask2former_tiny(seed, aspect=True), root / "mask2former_aspect"),
+        "oneformer": lambda: save_oneformer_tiny(root / "oneformer", seed),
+        "eomt": lambda: save_hf(*build_eomt_tiny(seed), root / "eomt"),
+        "sam": lambda: save_sam_tiny(root / "sam_vit_tiny.pth", seed),
     }
+    return {name: build() for name, build in builders.items() if names is None or name in names}
 
 
 def synthetic_query_logits(batch: int, queries: int, classes: int, size: tuple[int, int], seed: int = 0):

@@ -81,7 +81,7 @@ def test_sdpa_encoder_equals_segment_anythings():
 )
 def test_full_resolution_filtering_equals_stock_generator(sam, thresholds):
     iou, stability, nms = thresholds
-    kw = {"points_per_side": 6, "pred_iou_thresh": iou, "stability_score_thresh": stability, "box_nms_thresh": nms}
+    kw = {"points_per_side": 5, "pred_iou_thresh": iou, "stability_score_thresh": stability, "box_nms_thresh": nms}
     images = _images()
     stock = _run(build_instances(sam, SamConfig(sam_generator="stock", min_instance_area=16, **kw)), images)
     ours = _run(build_instances(sam, SamConfig(sam_filter_resolution="full", min_instance_area=16, **kw)), images)
