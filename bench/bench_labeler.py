@@ -14,9 +14,9 @@ sam          automatic masks per image on the tiny SAM, same grid: SamAutomaticM
              (low-res filtering). Target >= 3x.
 drift        what filtering on the low-res logits changes against filtering at full resolution.
 grid         16x16 against 32x32 prompts: masks per image, and how many of the 32x32 instances the
-             16x16 grid recovers (IoU >= 0.8). Meaningful with real weights:
-             --sam-checkpoint sam_vit_h_4b8939.pth --sam-type vit_h [--photos DIR] (SAM's own thresholds);
-             without, the tiny SAM only checks that the measurement runs.
+             16x16 grid recovers (IoU >= 0.8).
+drift, grid: meaningful with real weights and photos: --sam-checkpoint sam_vit_h_4b8939.pth
+             --sam-type vit_h --photos DIR (SAM's own thresholds); without, the tiny SAM.
 """
 
 from __future__ import annotations
@@ -252,20 +252,30 @@ def _match(a: torch.Tensor, b: torch.Tensor, iou: float = 0.8) -> tuple[int, int
     return int((best[present] >= iou).sum()), int(present.sum())
 
 
-def bench_grid(n: int, checkpoint: str, sam_type: str, photos: str) -> None:
-    from labeler.sam import build_instances, load_sam
+def _bench_sam(checkpoint: str, sam_type: str) -> tuple:
+    """(model, settings): a real SAM with its own thresholds, or the tiny SAM with SAM_SETTINGS."""
+    from labeler.sam import load_sam
 
     if checkpoint:
-        model, kw = load_sam(sam_type, checkpoint, device="auto"), {}  # SAM's own thresholds
-    else:
-        model, kw = _tiny_sam(), SAM_SETTINGS["filter+nms"]
-    if photos:
-        from shards.image import prepare_image
+        return load_sam(sam_type, checkpoint, device="auto"), {"real": {}}
+    return _tiny_sam(), SAM_SETTINGS
 
-        paths = sorted(p for p in Path(photos).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:n]
-        images = [prepare_image(p.read_bytes()).rgb for p in paths]
-    else:
-        images = imagenet_sized(n)
+
+def _bench_images(n: int, photos: str) -> list[np.ndarray]:
+    if not photos:
+        return imagenet_sized(n)
+    from shards.image import prepare_image
+
+    paths = sorted(p for p in Path(photos).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:n]
+    return [prepare_image(p.read_bytes()).rgb for p in paths]
+
+
+def bench_grid(n: int, checkpoint: str, sam_type: str, photos: str) -> None:
+    from labeler.sam import build_instances
+
+    model, settings = _bench_sam(checkpoint, sam_type)
+    kw = next(iter(settings.values()))
+    images = _bench_images(n, photos)
     device = next(model.parameters()).device
     runs = {}
     for grid in (16, 32):
@@ -284,25 +294,27 @@ def bench_grid(n: int, checkpoint: str, sam_type: str, photos: str) -> None:
     print(f"{matched}/{total} = {matched / max(total, 1):.1%}")
 
 
-def bench_drift(n: int) -> None:
+def bench_drift(n: int, checkpoint: str, sam_type: str, photos: str) -> None:
     """Masks the stock filters keep (full resolution) against those low-res filtering keeps."""
     from labeler.sam import build_instances
 
-    model = _tiny_sam()
-    images = imagenet_sized(n)
-    on_device = [torch.from_numpy(im) for im in images]
-    print(f"\nlow-res vs full-res filtering, tiny SAM, {n} images, grid 16")
+    model, settings = _bench_sam(checkpoint, sam_type)
+    images = _bench_images(n, photos)
+    device = next(model.parameters()).device
+    on_device = [torch.from_numpy(im).to(device) for im in images]
+    print(f"\nlow-res vs full-res filtering, {'SAM ' + sam_type if checkpoint else 'tiny SAM'}, {n} images, grid 16")
     print(
         f"{'setting':<12} {'masks full':>11} {'masks low':>10} {'matched':>8} {'id map same':>12} {'covered same':>13}"
     )
-    for name, kw in SAM_SETTINGS.items():
+    for name, kw in settings.items():
         full = build_instances(model, SamConfig(points_per_side=16, sam_filter_resolution="full", **kw))
         low = build_instances(model, SamConfig(points_per_side=16, sam_filter_resolution="low", **kw))
-        a, b = full.run(images, on_device), low.run(images, on_device)
+        a = [m for i in range(0, n, 8) for m, _ in full.run(images[i : i + 8], on_device[i : i + 8])]
+        b = [m for i in range(0, n, 8) for m, _ in low.run(images[i : i + 8], on_device[i : i + 8])]
         n_full = n_low = matched = 0
         same = cover = 0.0
-        for (ma, _), (mb, _) in zip(a, b, strict=True):
-            ma, mb = ma.long(), mb.long()
+        for ma, mb in zip(a, b, strict=True):
+            ma, mb = ma.long().cpu(), mb.long().cpu()
             m, t = _match(ma, mb)  # full-res instances that a low-res one overlaps with IoU >= 0.8
             matched, n_full, n_low = matched + m, n_full + t, n_low + int((mb.unique() > 0).sum())
             same += float((ma == mb).float().mean())
@@ -330,7 +342,7 @@ def main():
     if "sam" in parts:
         bench_sam(args.images)
     if "drift" in parts:
-        bench_drift(args.images)
+        bench_drift(args.images, args.sam_checkpoint, args.sam_type, args.photos)
     if "grid" in parts:
         bench_grid(args.images, args.sam_checkpoint, args.sam_type, args.photos)
 
