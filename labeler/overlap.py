@@ -82,7 +82,9 @@ def paint_largest_first(
     if n >= 32767:
         raise ValueError(f"{n} masks: more than an instance map can hold")
     if n == 0:
-        return torch.zeros(size, dtype=torch.int64, device=device), torch.zeros(0, 9, dtype=torch.float64)
+        return torch.zeros(size, dtype=torch.int64, device=device), torch.zeros(
+            0, 9, dtype=torch.float64, device=device
+        )
     step = max(1, budget // max(size[0] * size[1], 1))
     chunks = [slice(i, min(i + step, n)) for i in range(0, n, step)]
     if len(chunks) == 1:

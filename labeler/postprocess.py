@@ -1,5 +1,5 @@
-"""Semantic and panoptic post-processing in torch, on the model's device, one image at a time
-without host synchronisation.
+"""Semantic and panoptic post-processing in torch, on the model's device, one image at a time and,
+on GPUs, without waiting for the device (see `panoptic(compact=...)`).
 
 What transformers' `post_process_*_segmentation` do per image and per query with a `.item()` each,
 these functions do with whole-tensor operations: the score filter, the mask-probability argmax at the
@@ -185,7 +185,8 @@ def panoptic(
     q = score.shape[0]
     if q == 0:  # nothing passed the filter
         sem = torch.full(size, params.ignore, dtype=torch.int64, device=device)
-        return sem, torch.zeros(size, dtype=torch.int64, device=device), torch.zeros(0, 9, dtype=torch.float64)
+        empty = torch.zeros(0, 9, dtype=torch.float64, device=device)
+        return sem, torch.zeros(size, dtype=torch.int64, device=device), empty
 
     # Score-weighted argmax over queries at the target size, chunk by chunk (memory bounded).
     best = winner = winner_prob = None

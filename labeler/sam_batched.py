@@ -32,11 +32,9 @@ class BatchedSamInstances:
         from segment_anything.utils.amg import build_point_grid
 
         if cfg.crop_n_layers:
-            raise LabelerLoadError(
-                "--sam-crop-n-layers needs --sam-generator stock (the batched generator has no crops)"
-            )
+            raise LabelerLoadError("--crop-n-layers needs --sam-generator stock (the batched generator has no crops)")
         if cfg.min_mask_region_area:
-            raise LabelerLoadError("--sam-min-mask-region-area needs --sam-generator stock (OpenCV clean-up per mask)")
+            raise LabelerLoadError("--min-mask-region-area needs --sam-generator stock (OpenCV clean-up per mask)")
         if cfg.sam_filter_resolution not in ("low", "full"):
             raise LabelerLoadError(f"--sam-filter-resolution must be low or full, not {cfg.sam_filter_resolution!r}")
         self.model, self.cfg = model, cfg
