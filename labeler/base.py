@@ -53,6 +53,11 @@ class LocalLabeler:
     def collect(self, handle: list[Labels | Exception]) -> list[Labels | Exception]:
         return handle
 
+    def timings(self) -> dict[str, float]:
+        """Cumulative per-stage time ({"images": n, "<stage>_ms": ...}); empty for labelers without a
+        model. Model presets report preprocess, forward, postprocess and host (labeler/timing.py)."""
+        return {}
+
 
 def resolve_device(device: str) -> str:
     """`auto` -> `cuda` when a GPU is visible, else `cpu`; anything else as given."""

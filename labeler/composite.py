@@ -1,13 +1,18 @@
 """Composite labelers: the presets' models combined into one `Labeler`.
 
 `SemanticPlusInstances` runs a semantic model for the scene map and SAM for class-agnostic
-instances; `OnePassPanoptic` gets both maps from one panoptic pass. Both isolate failures per image
-(`label_each`), so one bad image costs only itself.
+instances; `OnePassPanoptic` gets both maps from one panoptic pass. Both are `BatchLabeler`s: a batch
+goes to the device in one copy, every model and all post-processing run there, and the finished maps
+and records come back in one copy. `submit` returns once that copy is queued (on a GPU the host can
+decode the next batch meanwhile); `collect` waits for it. A batch that fails is retried image by image,
+so one bad image costs only itself.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -15,6 +20,7 @@ import numpy as np
 from shards.pack import Labels
 
 from .base import LocalLabeler
+from .timing import StageClock
 
 
 def label_each(fn: Callable[[list[np.ndarray]], list[Labels]], images: list[np.ndarray]) -> list[Labels | Exception]:
@@ -27,22 +33,93 @@ def label_each(fn: Callable[[list[np.ndarray]], list[Labels]], images: list[np.n
     return [label_each(fn, [im])[0] for im in images]
 
 
-class SemanticPlusInstances(LocalLabeler):
-    """A semantic model for the scene map and SAM for class-agnostic instances."""
+@dataclass
+class Pending:
+    """A submitted batch: its images (for a per-image retry), the copy in flight, or the error."""
 
-    def __init__(self, semantic, instances, describe: dict[str, Any]):
-        self.semantic, self.instances, self._describe = semantic, instances, describe
+    images: list[np.ndarray]
+    download: Any = None
+    counts: list[int] = field(default_factory=list)  # arrays per image in the download
+    error: Exception | None = None
 
-    def _run(self, images: list[np.ndarray]) -> list[Labels]:
-        sems = self.semantic(images)
-        out = []
-        for im, sem in zip(images, sems, strict=True):
-            inst, records = self.instances(im)
-            out.append(Labels(sem, inst, records))
-        return out
+
+class BatchLabeler(LocalLabeler):
+    """Base of device labelers. Subclasses give `_device_outputs` (per image, the tensors to bring back)
+    and `_labels` (those arrays on the host -> `Labels`)."""
+
+    device: Any  # torch.device
+    clock: StageClock
+
+    def _device_outputs(self, images: list[np.ndarray], on_device: list) -> list[list]:
+        raise NotImplementedError
+
+    def _labels(self, arrays: list[np.ndarray]) -> Labels:
+        raise NotImplementedError
+
+    def submit(self, images: list[np.ndarray]) -> Pending:
+        from .transfer import Download, upload
+
+        try:
+            with self.clock.stage("preprocess"):
+                on_device = upload(images, self.device)
+            outputs = self._device_outputs(images, on_device)
+            return Pending(images, Download([a for item in outputs for a in item]), [len(item) for item in outputs])
+        except Exception as e:  # noqa: BLE001 - retried image by image in collect
+            self.clock.discard()
+            return Pending(images, error=e)
+
+    def collect(self, handle: Pending) -> list[Labels | Exception]:
+        error = handle.error
+        if error is None:
+            try:
+                arrays = handle.download.result()  # the batch's one wait for the device
+                self.clock.settle(len(handle.images))
+                t0 = time.perf_counter()
+                out: list[Labels | Exception] = []
+                offset = 0
+                for n in handle.counts:
+                    try:
+                        out.append(self._labels(arrays[offset : offset + n]))
+                    except Exception as e:  # noqa: BLE001 - that image only
+                        out.append(e)
+                    offset += n
+                self.clock.add("host", time.perf_counter() - t0)
+                return out
+            except Exception as e:  # noqa: BLE001 - a device error surfaces at the wait
+                self.clock.discard()
+                error = e
+        if len(handle.images) == 1:
+            return [error]
+        return [self.collect(self.submit([im]))[0] for im in handle.images]
 
     def label(self, images: list[np.ndarray]) -> list[Labels | Exception]:
-        return label_each(self._run, images)
+        return self.collect(self.submit(images))
+
+    def timings(self) -> dict[str, float]:
+        """Cumulative {"images": n, "preprocess_ms", "forward_ms", "postprocess_ms", "host_ms"}: device
+        time per stage (CUDA events, or wall time on a CPU) and host time building the records."""
+        return self.clock.timings()
+
+
+class SemanticPlusInstances(BatchLabeler):
+    """A semantic model for the scene map and SAM for class-agnostic instances."""
+
+    def __init__(self, semantic, instances, describe: dict[str, Any], clock: StageClock):
+        import torch
+
+        self.semantic, self.instances, self._describe = semantic, instances, describe
+        self.device, self.clock = torch.device(semantic.seg.device), clock
+
+    def _device_outputs(self, images, on_device):
+        sems = self.semantic.run(on_device)
+        insts = self.instances.run(images, on_device)
+        return [[s, i, r] for s, (i, r) in zip(sems, insts, strict=True)]
+
+    def _labels(self, arrays):
+        from .overlap import records_to_instances
+
+        sem, inst, records = arrays
+        return Labels(sem, inst, records_to_instances(records, agnostic=True))
 
     def label_space(self) -> dict[str, Any]:
         names = self.semantic.seg.id2label
@@ -52,12 +129,21 @@ class SemanticPlusInstances(LocalLabeler):
         return self._describe
 
 
-class OnePassPanoptic(LocalLabeler):
+class OnePassPanoptic(BatchLabeler):
     def __init__(self, panoptic, describe: dict[str, Any]):
-        self.panoptic, self._describe = panoptic, describe
+        import torch
 
-    def label(self, images: list[np.ndarray]) -> list[Labels | Exception]:
-        return label_each(self.panoptic.label, images)
+        self.panoptic, self._describe = panoptic, describe
+        self.device, self.clock = torch.device(panoptic.seg.device), panoptic.clock
+
+    def _device_outputs(self, images, on_device):
+        return [list(item) for item in self.panoptic.run(on_device)]
+
+    def _labels(self, arrays):
+        from .overlap import records_to_instances
+
+        sem, inst, records = arrays
+        return Labels(sem, inst, records_to_instances(records))
 
     def label_space(self) -> dict[str, Any]:
         return self.panoptic.label_space()

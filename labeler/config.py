@@ -12,8 +12,8 @@ class LabelerConfig:
     preset: str = field(
         default="panoptic",
         metadata={
-            "help": "labeler preset: panoptic | sam | classical | tiny-random | tiny-random-panoptic | empty "
-            "(docs/LABELERS.md)"
+            "help": "labeler preset: panoptic | eomt | sam | classical | tiny-random | tiny-random-panoptic | "
+            "tiny-random-eomt | empty (docs/LABELERS.md)"
         },
     )
     semantic_model: str = field(
@@ -21,11 +21,21 @@ class LabelerConfig:
         metadata={"help": "semantic model for the `sam` preset: Hugging Face id or local directory"},
     )
     panoptic_model: str = field(
-        default="facebook/mask2former-swin-large-ade-panoptic",
-        metadata={"help": "panoptic model for the `panoptic` preset: Hugging Face id or local directory"},
+        default="",
+        metadata={
+            "help": "panoptic model: Hugging Face id or local directory; empty: the preset's own "
+            "(panoptic: facebook/mask2former-swin-large-ade-panoptic, eomt: tue-mps/ade20k_panoptic_eomt_large_640)"
+        },
     )
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N, or auto (cuda when available)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the models (GPU runs with many images)"})
+    pad_multiple: int = field(
+        default=32,
+        metadata={
+            "help": "Hugging Face models: each image is padded to its resized size rounded up to this (unless the "
+            "processor pads to a fixed size); images with the same padded size share a forward pass"
+        },
+    )
     fixed_cost_seconds: float = field(
         default=0.05, metadata={"help": "`fixed-cost` preset only: seconds spent per image"}
     )
@@ -33,16 +43,43 @@ class LabelerConfig:
 
 @dataclass
 class SamConfig:
-    """SamAutomaticMaskGenerator settings. The defaults are SAM's own, tuned for ViT-H."""
+    """Automatic mask generation. Thresholds are SAM's own defaults, tuned for ViT-H; the grid is sized
+    for ImageNet-sized images (docs/LABELERS.md)."""
 
     sam_checkpoint: str = field(default="", metadata={"help": "SAM checkpoint (.pth state dict) for the `sam` preset"})
     sam_model_type: str = field(
         default="vit_h", metadata={"help": "SAM architecture: vit_h, vit_l, vit_b (must match the checkpoint)"}
     )
-    points_per_side: int = field(
-        default=32, metadata={"help": "SAM: point grid is points_per_side^2 prompts per image"}
+    sam_generator: str = field(
+        default="batched",
+        metadata={
+            "help": "batched: whole batches on the device, filtering on low-res logits, no RLE "
+            "(labeler/sam_batched.py); stock: segment_anything's SamAutomaticMaskGenerator one image at a time",
+            "choices": ["batched", "stock"],
+        },
     )
-    points_per_batch: int = field(default=64, metadata={"help": "SAM: prompts per decoder batch (GPU memory vs speed)"})
+    sam_filter_resolution: str = field(
+        default="low",
+        metadata={
+            "help": "batched generator: apply the IoU/stability filters and box NMS to the 256x256 low-res logits "
+            "(low) or, like the stock generator, to every mask upsampled to the image (full)",
+            "choices": ["low", "full"],
+        },
+    )
+    points_per_side: int = field(
+        default=16,
+        metadata={
+            "help": "SAM: point grid of points_per_side^2 prompts per image; 16 spaces points ~30 px apart on an "
+            "ImageNet image (SAM's own default, 32, was set for 1500 px SA-1B photos)"
+        },
+    )
+    points_per_batch: int = field(
+        default=256,
+        metadata={"help": "SAM: prompts per mask-decoder pass (batched generator: across the batch's images)"},
+    )
+    sam_encoder_batch: int = field(
+        default=8, metadata={"help": "SAM: images per image-encoder pass (GPU memory: ~1 GB each for ViT-H in bf16)"}
+    )
     pred_iou_thresh: float = field(default=0.88, metadata={"help": "SAM: drop masks whose predicted IoU is below this"})
     stability_score_thresh: float = field(
         default=0.95, metadata={"help": "SAM: drop masks whose stability score is below this"}
@@ -51,10 +88,10 @@ class SamConfig:
         default=0.7, metadata={"help": "SAM: box IoU above which duplicate masks are suppressed"}
     )
     crop_n_layers: int = field(
-        default=0, metadata={"help": "SAM: extra layers of image crops (more small objects, slower)"}
+        default=0, metadata={"help": "SAM (stock generator): extra layers of image crops (more small objects, slower)"}
     )
     min_mask_region_area: int = field(
-        default=0, metadata={"help": "SAM: remove holes/islands smaller than this (needs OpenCV)"}
+        default=0, metadata={"help": "SAM (stock generator): remove holes/islands smaller than this (needs OpenCV)"}
     )
     min_instance_area: int = field(
         default=64, metadata={"help": "instances with fewer visible pixels after overlap resolution are dropped"}
@@ -71,8 +108,8 @@ class PanopticConfig:
     thing_ids: str = field(
         default="auto",
         metadata={
-            "help": "panoptic: class ids that are objects (instances), e.g. '0-79,90'; 'auto' reads the model "
-            "config's thing list where it has one, else every class is a thing"
+            "help": "panoptic: class ids that are objects (instances), e.g. '0-79,90'; 'auto': the model config's "
+            "thing list, else the known split of its label space (ADE20K-150: 100 things), else every class"
         },
     )
 

@@ -1,8 +1,15 @@
-"""Hugging Face transformers backends: semantic (SegFormer, UperNet, Mask2Former, OneFormer…)
-and panoptic (Mask2Former, OneFormer) segmentation, loaded in one place (`load_segmenter`)."""
+"""Hugging Face transformers backends: semantic (SegFormer, UperNet, Mask2Former, OneFormer, EoMT...)
+and panoptic (Mask2Former, MaskFormer, OneFormer, EoMT) segmentation, loaded in one place
+(`load_segmenter`).
+
+Everything between the decoded image and the finished maps runs on the model's device, batched:
+`HFPreprocessor` prepares each image as its processor would (canvases that depend on the image only),
+one forward per canvas, and `postprocess` turns the outputs into maps and instance records.
+"""
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -10,12 +17,11 @@ from typing import Any
 import numpy as np
 
 from shards import format as fmt
-from shards.pack import Labels
 
 from .base import LabelerLoadError, resolve_device
-from .overlap import instance_records
+from .timing import StageClock
 
-UNIVERSAL = {"mask2former", "oneformer", "maskformer"}  # one model, semantic/instance/panoptic heads
+UNIVERSAL = {"mask2former", "oneformer", "maskformer", "eomt"}  # mask classification: semantic/instance/panoptic
 
 
 @dataclass
@@ -86,17 +92,6 @@ def load_segmenter(source: str, device: str = "auto", compile: bool = False) -> 
     return Segmenter(processor, model, config.model_type, source, device)
 
 
-def _forward(seg: Segmenter, images: list[np.ndarray], task: str):
-    import torch
-
-    kwargs: dict[str, Any] = {"images": images, "return_tensors": "pt"}
-    if seg.model_type == "oneformer":
-        kwargs["task_inputs"] = [task] * len(images)  # OneFormer conditions its queries on the task
-    inputs = seg.processor(**kwargs).to(seg.device)
-    with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=seg.device.startswith("cuda")):
-        return seg.model(**inputs)
-
-
 def parse_ids(spec: str) -> set[int]:
     """'0-79,90' -> {0..79, 90}."""
     out: set[int] = set()
@@ -106,81 +101,176 @@ def parse_ids(spec: str) -> set[int]:
     return out
 
 
-class SemanticSegmenter:
-    """Per-pixel class ids from any model with `post_process_semantic_segmentation`."""
+class HFRunner:
+    """Preprocessing and forward passes of one model, on its device: images -> (group, outputs) per
+    canvas. `task` conditions OneFormer's queries ("semantic" or "panoptic")."""
 
-    def __init__(self, seg: Segmenter):
+    def __init__(self, seg: Segmenter, task: str, pad_multiple: int, clock: StageClock):
+        import torch
+
+        from .preprocess import HFPreprocessor
+
+        self.seg, self.clock = seg, clock
+        self.device = torch.device(seg.device)
+        self.prep = HFPreprocessor(seg.processor, seg.model_type, pad_multiple)
+        forward = getattr(seg.model, "_orig_mod", seg.model).forward  # through torch.compile's wrapper
+        self.takes_pixel_mask = "pixel_mask" in inspect.signature(forward).parameters
+        self.task_inputs = None
+        if seg.model_type == "oneformer":  # the task text, tokenized once by the model's own processor
+            dummy = np.zeros((32, 32, 3), np.uint8)
+            tokens = seg.processor(images=[dummy], task_inputs=[task], return_tensors="pt")["task_inputs"]
+            self.task_inputs = tokens.to(self.device)
+
+    def __call__(self, images):
+        import torch
+
+        with self.clock.stage("preprocess"):
+            groups = self.prep(images)
+        results = []
+        cuda = self.device.type == "cuda"
+        for g in groups:
+            kwargs: dict[str, Any] = {"pixel_values": g.pixel_values}
+            if self.takes_pixel_mask:
+                kwargs["pixel_mask"] = g.pixel_mask
+            if self.task_inputs is not None:
+                kwargs["task_inputs"] = self.task_inputs.expand(len(g.index), -1)
+            with self.clock.stage("forward"), torch.inference_mode():
+                with torch.autocast("cuda", torch.bfloat16, enabled=cuda):
+                    results.append((g, self.seg.model(**kwargs)))
+        return results
+
+
+def _is_mask_classification(outputs) -> bool:
+    return getattr(outputs, "class_queries_logits", None) is not None
+
+
+class SemanticSegmenter:
+    """Per-pixel class ids at each image's own size, from any semantic or mask-classification model."""
+
+    def __init__(self, seg: Segmenter, pad_multiple: int = 32, clock: StageClock | None = None):
+        import torch
+
         self.seg = seg
+        self.clock = clock or StageClock(seg.device)
+        self.runner = HFRunner(seg, "semantic", pad_multiple, self.clock)
         self.num_classes = len(seg.id2label)
-        self.dtype = np.uint8 if fmt.semantic_dtype(self.num_classes) == "uint8" else np.uint16
+        self.dtype = torch.uint8 if fmt.semantic_dtype(self.num_classes) == "uint8" else torch.uint16
+
+    def run(self, images) -> list:
+        """images: [H, W, 3] uint8 tensors on the device -> class maps [H, W] (uint8/uint16) on the device."""
+        import torch
+
+        from .postprocess import semantic_from_logits, semantic_from_queries
+
+        out: list = [None] * len(images)
+        for g, o in self.runner(images):
+            with self.clock.stage("postprocess"), torch.inference_mode():
+                for j, i in enumerate(g.index):
+                    p = g.placements[j]
+                    if _is_mask_classification(o):
+                        masks = o.masks_queries_logits[j]
+                        hw = masks.shape[-2:]
+                        m = semantic_from_queries(o.class_queries_logits[j], masks, p.region(hw), p.size, p.step(hw))
+                    else:
+                        logits = o.logits[j]
+                        hw = logits.shape[-2:]
+                        m = semantic_from_logits(logits, p.region(hw), p.size, p.step(hw))
+                    out[i] = m.to(self.dtype)
+        return out
 
     def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        out = _forward(self.seg, images, "semantic")
-        maps = self.seg.processor.post_process_semantic_segmentation(out, target_sizes=[im.shape[:2] for im in images])
-        return [m.cpu().numpy().astype(self.dtype) for m in maps]
+        """Host arrays in and out (tests, tools); labelers use `run` inside one upload/download."""
+        from .transfer import Download, upload
+
+        return Download(self.run(upload(images, self.runner.device))).result()
 
 
 class PanopticLabeler:
     """One forward pass of a panoptic model yields both maps.
 
     Each panoptic segment writes its class into the semantic map. Segments of "thing" classes
-    also become instances (ids 1..N in segment order, category = class id); "stuff" segments
+    also become instances (ids 1..N in query order, category = class id); "stuff" segments
     (sky, road, wall) exist only in the semantic map. Pixels that no segment claims are
     `ignore` in the semantic map and 0 in the instance map.
     """
 
-    def __init__(self, seg: Segmenter, threshold: float, mask_threshold: float, overlap: float, thing_ids: str):
-        self.seg = seg
-        self.sem = SemanticSegmenter(seg)
-        self.threshold, self.mask_threshold, self.overlap = threshold, mask_threshold, overlap
-        self.things = self._things(thing_ids)
+    def __init__(
+        self,
+        seg: Segmenter,
+        threshold: float,
+        mask_threshold: float,
+        overlap: float,
+        thing_ids: str,
+        pad_multiple: int = 32,
+        compact: bool | None = None,
+        clock: StageClock | None = None,
+    ):
+        import torch
 
-    def _things(self, spec: str) -> set[int]:
+        from .postprocess import RULES, PanopticParams
+
+        if seg.model_type not in RULES:
+            raise LabelerLoadError(
+                f"{seg.source!r} is a {seg.model_type} model; panoptic presets need a mask-classification model "
+                f"({', '.join(sorted(RULES))})"
+            )
+        self.seg = seg
+        self.clock = clock or StageClock(seg.device)
+        self.runner = HFRunner(seg, "panoptic", pad_multiple, self.clock)
+        self.num_classes = len(seg.id2label)
+        self.sem_dtype = torch.uint8 if fmt.semantic_dtype(self.num_classes) == "uint8" else torch.uint16
+        self.rule = RULES[seg.model_type]
+        self.params = PanopticParams(threshold, mask_threshold, overlap, fmt.semantic_ignore(self.num_classes))
+        self.things, self.thing_source = self._things(thing_ids)
+        is_thing = torch.zeros(self.num_classes, dtype=torch.bool)
+        is_thing[sorted(i for i in self.things if i < self.num_classes)] = True
+        self.is_thing = is_thing.to(self.runner.device)
+        # Dropping filtered queries needs their count on the host: free on a CPU (where pixels are the
+        # cost), a stall on a GPU (where masking them out costs little).
+        self.compact = self.runner.device.type == "cpu" if compact is None else compact
+
+    def _things(self, spec: str) -> tuple[set[int], str]:
+        """Thing ids and where they came from: the flag, the model's config, a known label space, or none."""
+        from .label_spaces import known_things
+
         if spec != "auto":
-            return parse_ids(spec)
+            return parse_ids(spec), "--thing-ids"
         image_processor = getattr(self.seg.processor, "image_processor", self.seg.processor)
         meta = getattr(image_processor, "metadata", None) or {}
         if isinstance(meta, dict) and "thing_ids" in meta:  # OneFormer's processors carry their class info
-            return {int(i) for i in meta["thing_ids"]}
-        return set(self.seg.id2label)
+            return {int(i) for i in meta["thing_ids"]}, "model config (class info)"
+        known = known_things(self.seg.id2label)
+        if known is not None:
+            return known[0], f"{known[1]} (labeler/label_spaces.py)"
+        return set(self.seg.id2label), "unknown label space: every class is a thing (pass --thing-ids)"
 
-    def label(self, images: list[np.ndarray]) -> list[Labels]:
-        out = _forward(self.seg, images, "panoptic")
-        results = self.seg.processor.post_process_panoptic_segmentation(
-            out,
-            threshold=self.threshold,
-            mask_threshold=self.mask_threshold,
-            overlap_mask_area_threshold=self.overlap,
-            label_ids_to_fuse=set(),
-            target_sizes=[im.shape[:2] for im in images],
-        )
-        ignore = fmt.semantic_ignore(self.sem.num_classes)
-        labels = []
-        for res in results:
-            segmap = res["segmentation"].cpu().numpy().astype(np.int64)  # 0 or -1: no segment
-            info = res["segments_info"]
-            sem_lut = np.full(max([s["id"] for s in info], default=0) + 2, ignore, np.int64)
-            inst_lut = np.zeros_like(sem_lut)
-            cats, scores = [], []
-            for s in info:
-                sem_lut[s["id"]] = s["label_id"]
-                if s["label_id"] in self.things:
-                    cats.append(int(s["label_id"]))
-                    scores.append(float(s["score"]))
-                    inst_lut[s["id"]] = len(cats)
-            segmap = np.where(segmap < 0, len(sem_lut) - 1, segmap)  # -1 -> the ignore slot
-            semantic = sem_lut[segmap].astype(self.sem.dtype)
-            inst = inst_lut[segmap].astype(np.uint16)
-            records = instance_records(inst, cats, scores)
-            kept = [r for r in records if r.area > 0]
-            if len(kept) != len(records):  # a segment can vanish at the target size: renumber
-                remap = np.zeros(len(records) + 1, np.uint16)
-                for new, r in enumerate(kept, start=1):
-                    remap[r.id] = new
-                inst = remap[inst]
-                records = instance_records(inst, [r.category for r in kept], [r.score for r in kept])
-            labels.append(Labels(semantic, inst, records))
-        return labels
+    def run(self, images) -> list:
+        """images: [H, W, 3] uint8 tensors on the device -> per image (semantic [H, W] uint8/uint16,
+        instance [H, W] uint16, records [K, 9] float64 with postprocess.RECORD_FIELDS), on the device."""
+        import torch
+
+        from .postprocess import panoptic
+
+        out: list = [None] * len(images)
+        for g, o in self.runner(images):
+            with self.clock.stage("postprocess"), torch.inference_mode():
+                for j, i in enumerate(g.index):
+                    p = g.placements[j]
+                    masks = o.masks_queries_logits[j]
+                    hw = masks.shape[-2:]
+                    sem, inst, records = panoptic(
+                        o.class_queries_logits[j],
+                        masks,
+                        p.region(hw),
+                        p.size,
+                        self.rule,
+                        self.params,
+                        self.is_thing,
+                        self.compact,
+                        p.step(hw),
+                    )
+                    out[i] = (sem.to(self.sem_dtype), inst.to(torch.uint16), records)
+        return out
 
     def label_space(self) -> dict[str, Any]:
         names = {str(k): v for k, v in sorted(self.seg.id2label.items())}

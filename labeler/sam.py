@@ -1,7 +1,9 @@
-"""Segment Anything: class-agnostic instances from the automatic mask generator.
+"""Segment Anything: class-agnostic instances from automatic mask generation.
 
 Checkpoints load in one place (`load_sam`), with `torch.load(weights_only=True)`; the
 architectures come from SAM's own `sam_model_registry` plus `vit_tiny` (labeler.tiny) for tests.
+Two generators: `BatchedSamInstances` (labeler/sam_batched.py, the default) and `StockSamInstances`
+below, segment_anything's `SamAutomaticMaskGenerator` one image at a time, kept for comparison.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import numpy as np
 
 from .base import LabelerLoadError, resolve_device
 from .config import SamConfig
-from .overlap import resolve_overlaps
+from .timing import StageClock
 
 
 def sam_builders() -> dict[str, Any]:
@@ -45,18 +47,29 @@ def load_sam(model_type: str, checkpoint: str, device: str = "auto"):
     return model.to(resolve_device(device)).eval()
 
 
-class SamInstances:
+def build_instances(model, cfg: SamConfig, clock: StageClock | None = None):
+    """The generator `cfg.sam_generator` names."""
+    if cfg.sam_generator == "batched":
+        from .sam_batched import BatchedSamInstances
+
+        return BatchedSamInstances(model, cfg, clock)
+    if cfg.sam_generator == "stock":
+        return StockSamInstances(model, cfg, clock)
+    raise LabelerLoadError(f"unknown --sam-generator {cfg.sam_generator!r}; choose batched or stock")
+
+
+class StockSamInstances:
     """[H, W, 3] uint8 images -> non-overlapping instance maps via SamAutomaticMaskGenerator.
 
-    The generator's masks overlap; `resolve_overlaps` turns them into one uint16 id map. Masks
-    travel as pycocotools RLE (`output_mode="coco_rle"`, a few KB each instead of H*W bytes)
-    and are decoded once, in one batch, for painting.
+    The generator's masks overlap; `overlap.paint_largest_first` turns them into one id map. Masks
+    travel as pycocotools RLE (`output_mode="coco_rle"`) and are decoded once per image for painting.
     """
 
-    def __init__(self, model, cfg: SamConfig):
+    def __init__(self, model, cfg: SamConfig, clock: StageClock | None = None):
         from segment_anything import SamAutomaticMaskGenerator
 
         self.cfg = cfg
+        self.clock = clock or StageClock(str(next(model.parameters()).device))
         self.generator = SamAutomaticMaskGenerator(
             model,
             points_per_side=cfg.points_per_side,
@@ -84,6 +97,24 @@ class SamInstances:
         masks = mask_utils.decode(rles).transpose(2, 0, 1).astype(bool)  # [H, W, N] Fortran -> [N, H, W]
         return masks, [float(a["predicted_iou"]) for a in anns]
 
-    def __call__(self, image: np.ndarray):
-        masks, scores = self.masks(image)
-        return resolve_overlaps(masks, scores, None, self.cfg.min_instance_area)
+    def run(self, host_images: list[np.ndarray], dev_images=None) -> list:
+        """-> per image (instance [H, W] uint16, records [K, 9] float64 with overlap.PAINT_FIELDS), on the CPU."""
+        import torch
+
+        from .overlap import paint_largest_first
+
+        out = []
+        for image in host_images:
+            with self.clock.stage("forward"):  # the generator's model calls and its own post-processing
+                masks, scores = self.masks(image)
+            with self.clock.stage("postprocess"):
+                t = torch.from_numpy(masks)
+                inst, records = paint_largest_first(
+                    lambda s, t=t: t[s],
+                    len(scores),
+                    image.shape[:2],
+                    torch.tensor(scores, dtype=torch.float64),
+                    self.cfg.min_instance_area,
+                )
+            out.append((inst.to(torch.uint16), records))
+        return out

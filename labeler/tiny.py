@@ -1,6 +1,6 @@
 """Tiny, randomly initialised models of the production architectures.
 
-For tests, the demo and CI only: same classes (SegFormer, Mask2Former, OneFormer, SAM) at a few thousand
+For tests, the demo and CI only: same classes (SegFormer, Mask2Former, OneFormer, EoMT, SAM) at a few thousand
 parameters, built from configs with a fixed seed, saved like real checkpoints and loaded back
 through the production loaders. Their labels are random; every manifest built with them says so.
 """
@@ -15,16 +15,22 @@ TINY_THINGS = "6-11"  # the tiny panoptic model's "thing" classes; 0-5 are "stuf
 SAM_TINY_IMG = 256
 
 
-def _id2label(n: int) -> dict[int, str]:
-    return {i: f"random_{i}" for i in range(n)}
+# Processor sizes. `aspect=True` keeps each image's aspect ratio (shortest edge 64, longest at most
+# 128), as most real checkpoints' processors do; the default squashes every image to 128 x 128.
+SQUARE = {"height": 128, "width": 128}
+ASPECT = {"shortest_edge": 64, "longest_edge": 128}
 
 
-def _universal_common(num_labels: int) -> dict:
+def _id2label(n: int, names: list[str] | None = None) -> dict[int, str]:
+    return {i: names[i] if names else f"random_{i}" for i in range(n)}
+
+
+def _universal_common(num_labels: int, names: list[str] | None = None) -> dict:
     """Config fields Mask2Former and OneFormer share: a 4-stage toy Swin backbone, the labels, and
     toy transformer sizes."""
     from transformers import SwinConfig
 
-    id2label = _id2label(num_labels)
+    id2label = _id2label(num_labels, names)
     backbone = SwinConfig(
         embed_dim=16,
         depths=[1, 1, 1, 1],
@@ -49,7 +55,7 @@ def _universal_common(num_labels: int) -> dict:
     }
 
 
-def build_segformer_tiny(seed: int = 0, num_labels: int = TINY_CLASSES):
+def build_segformer_tiny(seed: int = 0, num_labels: int = TINY_CLASSES, aspect: bool = False):
     import torch
     from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
 
@@ -69,10 +75,12 @@ def build_segformer_tiny(seed: int = 0, num_labels: int = TINY_CLASSES):
         id2label=id2label,
         label2id={v: k for k, v in id2label.items()},
     )
-    return SegformerForSemanticSegmentation(cfg).eval(), SegformerImageProcessor(size={"height": 128, "width": 128})
+    return SegformerForSemanticSegmentation(cfg).eval(), SegformerImageProcessor(size=ASPECT if aspect else SQUARE)
 
 
-def build_mask2former_tiny(seed: int = 0, num_labels: int = TINY_CLASSES):
+def build_mask2former_tiny(
+    seed: int = 0, num_labels: int = TINY_CLASSES, aspect: bool = False, names: list[str] | None = None
+):
     import torch
     from transformers import (
         Mask2FormerConfig,
@@ -82,13 +90,43 @@ def build_mask2former_tiny(seed: int = 0, num_labels: int = TINY_CLASSES):
 
     torch.manual_seed(seed)
     cfg = Mask2FormerConfig(
-        **_universal_common(num_labels),
+        **_universal_common(num_labels, names),
         mask_feature_size=32,
         feature_size=32,
         common_stride=4,
     )
-    processor = Mask2FormerImageProcessor(size={"height": 128, "width": 128})
+    processor = Mask2FormerImageProcessor(size=ASPECT if aspect else SQUARE)
     return Mask2FormerForUniversalSegmentation(cfg).eval(), processor
+
+
+def build_eomt_tiny(seed: int = 0, num_labels: int = TINY_CLASSES, names: list[str] | None = None):
+    """A toy EoMT (2-layer ViT, 8-pixel patches, 64-pixel input) with its processor, which keeps the
+    aspect ratio and pads to the square input like the released panoptic checkpoints' (do_pad)."""
+    import torch
+    from transformers import EomtConfig, EomtForUniversalSegmentation, EomtImageProcessor
+
+    torch.manual_seed(seed)
+    id2label = _id2label(num_labels, names)
+    cfg = EomtConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        mlp_ratio=2,
+        image_size=64,
+        patch_size=8,
+        num_blocks=1,
+        num_queries=16,
+        num_register_tokens=1,
+        num_labels=num_labels,
+        id2label=id2label,
+        label2id={v: k for k, v in id2label.items()},
+        initializer_range=0.5,  # at the default 0.02 random queries all predict "no object"
+    )
+    model = EomtForUniversalSegmentation(cfg).eval()
+    # The released checkpoints end training with mask annealing off: inference uses no attention masks.
+    model.attn_mask_probs.zero_()
+    processor = EomtImageProcessor(size={"shortest_edge": 64, "longest_edge": 64}, do_pad=True)
+    return model, processor
 
 
 def save_oneformer_tiny(directory: Path, seed: int = 0, num_labels: int = TINY_CLASSES) -> Path:
@@ -149,7 +187,12 @@ def save_oneformer_tiny(directory: Path, seed: int = 0, num_labels: int = TINY_C
 
 
 def build_sam_tiny(seed: int | None = None):
-    """SAM's three modules at toy size (1 encoder block, 32 channels, 256-pixel input)."""
+    """SAM's three modules at toy size (1 encoder block, 32 channels, 256-pixel input).
+
+    At random weights SAM's decoder gives near-zero, checkerboard logits (every stability score 0,
+    run-length codes of thousands of runs). Three changes make its masks look like a trained SAM's to
+    the code that consumes them, smooth and confident: the transposed convolutions upsample by
+    repetition, the hypernetwork outputs are scaled up, and point prompts get sharper positional codes."""
     import torch
     from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
@@ -157,7 +200,7 @@ def build_sam_tiny(seed: int | None = None):
         torch.manual_seed(seed)
     patch, dim = 16, 32
     emb = SAM_TINY_IMG // patch
-    return Sam(
+    model = Sam(
         image_encoder=ImageEncoderViT(
             depth=1,
             embed_dim=dim,
@@ -188,6 +231,15 @@ def build_sam_tiny(seed: int | None = None):
         pixel_mean=[123.675, 116.28, 103.53],
         pixel_std=[58.395, 57.12, 57.375],
     ).eval()
+    with torch.no_grad():
+        for layer in model.mask_decoder.output_upscaling:
+            if isinstance(layer, torch.nn.ConvTranspose2d):
+                layer.weight.copy_(layer.weight.mean((2, 3), keepdim=True).expand_as(layer.weight))
+        for mlp in model.mask_decoder.output_hypernetworks_mlps:
+            mlp.layers[-1].weight.mul_(150.0)
+            mlp.layers[-1].bias.mul_(150.0)
+        model.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.mul_(5.0)
+    return model
 
 
 def save_hf(model, processor, directory: Path) -> Path:
@@ -205,12 +257,41 @@ def save_sam_tiny(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def write_tiny_models(root: Path, seed: int = 0) -> dict[str, Path]:
-    """Save every tiny model under `root`, as a user would lay out real ones."""
+def write_tiny_models(root: Path, seed: int = 0, names: tuple[str, ...] | None = None) -> dict[str, Path]:
+    """Save the tiny models (all, or those in `names`) under `root`, as a user would lay out real ones."""
     root = Path(root)
-    return {
-        "segformer": save_hf(*build_segformer_tiny(seed), root / "segformer"),
-        "mask2former": save_hf(*build_mask2former_tiny(seed), root / "mask2former"),
-        "oneformer": save_oneformer_tiny(root / "oneformer", seed),
-        "sam": save_sam_tiny(root / "sam_vit_tiny.pth", seed),
+    builders = {
+        "segformer": lambda: save_hf(*build_segformer_tiny(seed), root / "segformer"),
+        "segformer_aspect": lambda: save_hf(*build_segformer_tiny(seed, aspect=True), root / "segformer_aspect"),
+        "mask2former": lambda: save_hf(*build_mask2former_tiny(seed), root / "mask2former"),
+        "mask2former_aspect": lambda: save_hf(*build_mask2former_tiny(seed, aspect=True), root / "mask2former_aspect"),
+        "oneformer": lambda: save_oneformer_tiny(root / "oneformer", seed),
+        "eomt": lambda: save_hf(*build_eomt_tiny(seed), root / "eomt"),
+        "sam": lambda: save_sam_tiny(root / "sam_vit_tiny.pth", seed),
     }
+    return {name: build() for name, build in builders.items() if names is None or name in names}
+
+
+def synthetic_query_logits(batch: int, queries: int, classes: int, size: tuple[int, int], seed: int = 0):
+    """Outputs shaped like a trained mask-classification model's, for post-processing tests and benches
+    (random tiny models give one or two segments per image): class_logits [B, Q, C+1] peaked on one
+    class per query (70% of the queries on "no object"), mask_logits [B, Q, h, w] soft discs of
+    random centre and radius (about +8 inside, -8 outside), overlapping as real queries do."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    h, w = size
+    ys = torch.linspace(0, 1, h)[:, None]
+    xs = torch.linspace(0, 1, w)[None, :]
+    cy, cx = torch.rand(2, batch, queries, 1, 1, generator=g)
+    radius = 0.05 + 0.15 * torch.rand(batch, queries, 1, 1, generator=g)
+    dist2 = ((ys - cy) ** 2 + (xs - cx) ** 2) / radius**2
+    # Noise as smooth as a real model's logits (it varies over ~1/8 of the map, not per pixel).
+    noise = torch.randn(batch, queries, max(2, h // 8), max(2, w // 8), generator=g)
+    noise = torch.nn.functional.interpolate(noise, size=(h, w), mode="bilinear", align_corners=False)
+    masks = 8.0 * (1.0 - dist2) + 2.0 * noise
+    cls = torch.randn(batch, queries, classes + 1, generator=g)
+    label = torch.randint(0, classes, (batch, queries), generator=g)
+    label = torch.where(torch.rand(batch, queries, generator=g) < 0.7, classes, label)
+    cls.scatter_add_(2, label[..., None], 4.0 + 8.0 * torch.rand(batch, queries, 1, generator=g))
+    return cls, masks

@@ -345,4 +345,6 @@ def _run(
         bar.close()
     for timings in ray.get([a.timings.remote() for a in actors]):
         for k, v in timings.items():
-            result.labeler_timings[k] = result.labeler_timings.get(k, 0.0) + v
+            if k.endswith("_ms"):  # cumulative ms per labeler stage (labeler.timing)
+                stage = k.removesuffix("_ms")
+                result.labeler_timings[stage] = result.labeler_timings.get(stage, 0.0) + v

@@ -5,15 +5,16 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from skimage import data as skdata
 
 from labeler.base import LabelerLoadError
-from labeler.composite import label_each
+from labeler.composite import OnePassPanoptic, label_each
 from labeler.config import SamConfig
 from labeler.hf import PanopticLabeler, SemanticSegmenter, load_segmenter
-from labeler.overlap import resolve_overlaps
+from labeler.overlap import records_to_instances, resolve_overlaps
 from labeler.registry import build_labeler
-from labeler.sam import SamInstances, load_sam
+from labeler.sam import StockSamInstances, build_instances, load_sam
 from labeler.tiny import TINY_CLASSES, TINY_THINGS, write_tiny_models
 
 
@@ -30,7 +31,8 @@ def _photos():
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
-    return write_tiny_models(tmp_path_factory.mktemp("tiny-models"), seed=0)
+    names = ("segformer", "mask2former", "oneformer", "sam")
+    return write_tiny_models(tmp_path_factory.mktemp("tiny-models"), seed=0, names=names)
 
 
 def _check_labels(img, lab, num_classes, ignore=255):
@@ -65,7 +67,7 @@ def test_panoptic_mask2former_one_pass(tiny_models):
     assert seg.model_type == "mask2former"
     pan = PanopticLabeler(seg, threshold=0.05, mask_threshold=0.5, overlap=0.3, thing_ids=TINY_THINGS)
     photos = _photos()
-    labels = pan.label(photos)
+    labels = OnePassPanoptic(pan, {}).label(photos)
     things = set(range(6, 12))
     n_inst = 0
     for img, lab in zip(photos, labels, strict=True):
@@ -80,18 +82,28 @@ def test_panoptic_mask2former_one_pass(tiny_models):
     assert pan.label_space()["instance"] == {str(i): f"random_{i}" for i in sorted(things)}
 
 
-def test_sam_instances_through_loader(tiny_models):
+@pytest.mark.parametrize("generator", ["stock", "batched"])
+def test_sam_instances_through_loader(tiny_models, generator):
     model = load_sam("vit_tiny", str(tiny_models["sam"]), device="cpu")
     cfg = SamConfig(
-        points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0, min_instance_area=32
+        sam_generator=generator,
+        points_per_side=4,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+        box_nms_thresh=1.0,
+        min_instance_area=32,
     )
-    sam = SamInstances(model, cfg)
-    for img in _photos()[:3]:
-        masks, scores = sam.masks(img)
-        assert masks.shape[1:] == img.shape[:2] and len(scores) == masks.shape[0] > 1
-        inst, records = sam(img)
+    sam = build_instances(model, cfg)
+    photos = [np.ascontiguousarray(p) for p in _photos()[1:3]]
+    if generator == "stock":
+        masks, scores = sam.masks(photos[0])
+        assert isinstance(sam, StockSamInstances)
+        assert masks.shape[1:] == photos[0].shape[:2] and len(scores) == masks.shape[0] > 1
+    for img, (inst, records) in zip(photos, sam.run(photos, [torch.from_numpy(p) for p in photos]), strict=True):
+        inst, records = inst.numpy(), records_to_instances(records.numpy(), agnostic=True)
         assert inst.shape == img.shape[:2] and inst.dtype == np.uint16
         assert len(records) >= 2 and all(r.area >= 32 and r.category is None for r in records)
+        assert sorted(set(np.unique(inst).tolist()) - {0}) == [r.id for r in records]
 
 
 def test_sam_loader_errors(tiny_models, tmp_path):
@@ -185,6 +197,6 @@ def test_oneformer_through_loader_semantic_and_panoptic(tiny_models):
         assert m.shape == img.shape[:2] and m.dtype == np.uint8 and m.max() < TINY_CLASSES
     pan = PanopticLabeler(seg, threshold=0.05, mask_threshold=0.5, overlap=0.3, thing_ids="auto")
     assert pan.things == set(range(6, 12))
-    for img, lab in zip(photos, pan.label(photos), strict=True):
+    for img, lab in zip(photos, OnePassPanoptic(pan, {}).label(photos), strict=True):
         _check_labels(img, lab, TINY_CLASSES)
         assert all(r.category in pan.things for r in lab.instances)
