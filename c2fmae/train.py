@@ -71,7 +71,7 @@ class TrainConfig:
     ckpt_every: int = field(default=500, metadata={"help": "save a checkpoint every N steps (and at the end)"})
     resume: bool = field(default=False, metadata={"help": "continue from OUTPUT/checkpoint.pt with its saved config"})
     subset: str = field(
-        default="", metadata={"help": "train only on these samples: a subset file from `c2f filter` or a key list"}
+        default="", metadata={"help": "train only on these samples: a .json subset file written by `c2f filter`"}
     )
     stop_after: int = field(
         default=0,
