@@ -114,7 +114,7 @@ class TrainConfig:
     )
     resume: bool = field(default=False, metadata={"help": "continue from OUTPUT/checkpoint.pt with its saved config"})
     subset: str = field(
-        default="", metadata={"help": "train only on these samples: a subset file from `c2f filter` or a key list"}
+        default="", metadata={"help": "train only on these samples: a .json subset file written by `c2f filter`"}
     )
     stop_after: int = field(
         default=0,

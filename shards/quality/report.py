@@ -316,7 +316,7 @@ def page(summary: dict[str, Any], pictures: dict[str, bytes], skipped: dict[str,
     lab = s["labeler"]
     notes = []
     if lab.get("weight_free"):
-        notes.append("Weight-free labels (no learned model): " + str(lab.get("note", "")))
+        notes.append(str(lab.get("note") or "Weight-free labels: no learned model made them."))
     if lab.get("random_labels"):
         notes.append("These labels come from random models and carry no meaning: " + str(lab.get("note", "")))
     if lab.get("empty_labels"):
@@ -414,10 +414,10 @@ def page(summary: dict[str, Any], pictures: dict[str, bytes], skipped: dict[str,
                 ["shard", "key", "problem"], [[p["shard"], p["key"] or "", p["message"]] for p in s["problems"]], left=3
             )
         )
+    example = f"c2f filter {s['output']} --where 'coverage > 0.5 and instances >= 1' --out subset.json"
     parts.append(
         "<p class=muted>Files: report.json (this summary), samples.csv (one row per image). Select images by "
-        "these measures: <code>c2f filter OUTPUT --where 'coverage &gt; 0.5 and instances &gt;= 1' --out "
-        "subset.json</code>.</p>"
+        f"these measures: <code>{render.esc(example)}</code>.</p>"
     )
     return render.page(f"c2f report: {s['output']}", "".join(parts))
 
