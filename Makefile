@@ -22,6 +22,10 @@ demo: $(STAMP)
 	RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 $(VENV)/bin/c2f label samples/train $(DEMO_OUT) --samples-per-shard 4 --preset classical
 	$(VENV)/bin/c2f inspect $(DEMO_OUT) --out $(DEMO_OUT)/grid.png
 	$(VENV)/bin/c2f report $(DEMO_OUT)
+	@echo
+	@echo "next: look at $(DEMO_OUT)/grid.png and open $(DEMO_OUT)/report/report.html in a browser;"
+	@echo "      make pretrain-demo pretrains a micro C2FMAE on these shards and probes it;"
+	@echo "      docs/RUNNING.md labels with a trained model (--preset panoptic) on a GPU cluster."
 
 # The whole path on CPU: label the samples, validate, report, pretrain a micro C2FMAE, probe it;
 # then the same comparison on 300 synthetic scenes (whose classes a probe can score), pretrained on

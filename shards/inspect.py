@@ -108,6 +108,42 @@ def sample_tiles(s: dict[str, bytes], pal: np.ndarray, ignore: int, size: int = 
     ]
 
 
+LEGEND_W = 220  # the class legend beside each sample's tiles
+LEGEND_ROWS = 12  # classes listed per sample
+ROWS_PER_COLUMN = 8  # more samples than this are laid out in columns side by side
+
+
+def draw_grid(rows: list[tuple[str, list[Image.Image], list[int]]], pal, names: dict, ignore: int) -> Image.Image:
+    """One block per sample: its key, then RGB | semantic | instances at their own height, and the
+    legend of its classes beside them. Each block is as tall as its own tiles (or legend), so
+    landscape images leave no empty bands; blocks fill columns of ROWS_PER_COLUMN."""
+    header, gap = 14, 6
+    block_w = 3 * (TILE + 4) + LEGEND_W
+
+    def legend(classes: list[int]) -> list[int]:
+        return [c for c in classes if c != ignore][:LEGEND_ROWS]
+
+    heights = [header + max(max(t.height for t in tiles), 13 * len(legend(cls))) + gap for _, tiles, cls in rows]
+    columns = [list(range(i, min(i + ROWS_PER_COLUMN, len(rows)))) for i in range(0, len(rows), ROWS_PER_COLUMN)]
+    grid_h = max(sum(heights[i] for i in col) for col in columns)
+    grid = Image.new("RGB", (block_w * len(columns), grid_h), (24, 24, 24))
+    draw = ImageDraw.Draw(grid)
+    for c, col in enumerate(columns):
+        x0, y = c * block_w, 0
+        for i in col:
+            key, tiles, classes = rows[i]
+            draw.text((x0 + 4, y + 1), key, fill=(230, 230, 230))
+            for j, t in enumerate(tiles):
+                grid.paste(t, (x0 + j * (TILE + 4), y + header))
+            lx, ly = x0 + 3 * (TILE + 4) + 4, y + header
+            for cid in legend(classes):
+                draw.rectangle((lx, ly, lx + 10, ly + 10), fill=tuple(int(v) for v in pal[min(cid, len(pal) - 1)]))
+                draw.text((lx + 16, ly), f"{cid} {names.get(str(cid), '?')}", fill=(230, 230, 230))
+                ly += 13
+            y += heights[i]
+    return grid
+
+
 def inspect(path: str, out: str, samples: int = 8, seed: int = 0) -> str:
     shards, manifest = _shards(Path(path))
     space = manifest.get("label_space")
@@ -151,20 +187,7 @@ def inspect(path: str, out: str, samples: int = 8, seed: int = 0) -> str:
             raise InspectError(f"{shard_name} {key}: unreadable sample ({e}); run `c2f validate`") from None
     if not rows:
         raise InspectError(f"no samples in {path}")
-    legend_w = 220
-    row_h = max(t.height for _, tiles, _ in rows for t in tiles) + 16
-    grid = Image.new("RGB", (3 * (TILE + 4) + legend_w, row_h * len(rows)), (24, 24, 24))
-    draw = ImageDraw.Draw(grid)
-    for r, (key, tiles, classes) in enumerate(rows):
-        y = r * row_h
-        draw.text((4, y + 1), key, fill=(230, 230, 230))
-        for c, t in enumerate(tiles):
-            grid.paste(t, (c * (TILE + 4), y + 14))
-        ly = y + 14
-        for cid in [c for c in classes if c != ignore][:12]:
-            draw.rectangle((3 * (TILE + 4) + 4, ly, 3 * (TILE + 4) + 14, ly + 10), fill=tuple(int(v) for v in pal[cid]))
-            draw.text((3 * (TILE + 4) + 20, ly), f"{cid} {names.get(str(cid), '?')}", fill=(230, 230, 230))
-            ly += 13
+    grid = draw_grid(rows, pal, names, ignore)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     grid.save(out)
 
