@@ -125,30 +125,28 @@ def _tiny_random(s: Settings) -> Labeler:
     )
 
 
-def _tiny_random_panoptic(s: Settings) -> Labeler:
-    from .tiny import TINY_THINGS, build_mask2former_tiny, save_hf
+def _tiny_one_pass(s: Settings, name: str) -> Labeler:
+    """A tiny random one-pass panoptic model (`mask2former` or `eomt`), saved and loaded back
+    through the production loader; thresholds low enough that random logits yield segments."""
+    from . import tiny
 
-    model = save_hf(*build_mask2former_tiny(seed=0), _tiny_dir() / "mask2former")
+    builder = {"mask2former": tiny.build_mask2former_tiny, "eomt": tiny.build_eomt_tiny}[name]
+    model = tiny.save_hf(*builder(seed=0), _tiny_dir() / name)
     s = dataclasses.replace(
         s,
         panoptic=dataclasses.replace(
-            s.panoptic, panoptic_threshold=0.05, overlap_mask_area_threshold=0.3, thing_ids=TINY_THINGS
+            s.panoptic, panoptic_threshold=0.05, overlap_mask_area_threshold=0.3, thing_ids=tiny.TINY_THINGS
         ),
     )
-    return _panoptic(s, str(model), RANDOM_NOTE, "tiny-random:mask2former")
+    return _panoptic(s, str(model), RANDOM_NOTE, f"tiny-random:{name}")
+
+
+def _tiny_random_panoptic(s: Settings) -> Labeler:
+    return _tiny_one_pass(s, "mask2former")
 
 
 def _tiny_random_eomt(s: Settings) -> Labeler:
-    from .tiny import TINY_THINGS, build_eomt_tiny, save_hf
-
-    model = save_hf(*build_eomt_tiny(seed=0), _tiny_dir() / "eomt")
-    s = dataclasses.replace(
-        s,
-        panoptic=dataclasses.replace(
-            s.panoptic, panoptic_threshold=0.05, overlap_mask_area_threshold=0.3, thing_ids=TINY_THINGS
-        ),
-    )
-    return _panoptic(s, str(model), RANDOM_NOTE, "tiny-random:eomt")
+    return _tiny_one_pass(s, "eomt")
 
 
 PRESETS: dict[str, Callable[[Settings], Labeler]] = {

@@ -12,7 +12,7 @@ from PIL import Image
 
 from . import format as fmt
 from .image import PreparedImage
-from .png import decode_mask_fast, encode_mask, png_header
+from .png import decode_mask_fast, encode_mask, grayscale_header
 
 
 @dataclass
@@ -56,11 +56,7 @@ def decode_png(data: bytes, max_pixels: int = fmt.MAX_PIXELS, native: bool = Tru
     fast = decode_mask_fast(data, max_pixels, native)
     if fast is not None:
         return fast
-    hdr = png_header(data)
-    if hdr is None:
-        raise ValueError("not a PNG")
-    if hdr.color != 0:
-        raise ValueError(f"mask PNG must be single-channel, got PNG colour type {hdr.color}")
+    grayscale_header(data)
     im = Image.open(io.BytesIO(data), formats=["PNG"])
     im.load()
     if im.mode not in ("L", "I;16", "I;16B", "I"):

@@ -75,6 +75,16 @@ def check_pixels(w: int, h: int, max_pixels: int, what: str = "image") -> None:
         raise ValueError(f"{what} declares {w}x{h} = {w * h / 1e6:.1f} MP, over the {max_pixels / 1e6:g} MP limit")
 
 
+def grayscale_header(data: bytes) -> PngHeader:
+    """The IHDR of a mask PNG for a full decoder; ValueError unless `data` is a single-channel PNG."""
+    hdr = png_header(data)
+    if hdr is None:
+        raise ValueError("mask is not a PNG")
+    if hdr.color != 0:
+        raise ValueError(f"mask PNG must be single-channel, got PNG colour type {hdr.color}")
+    return hdr
+
+
 def decode_mask_fast(data: bytes, max_pixels: int = fmt.MAX_PIXELS, native: bool = True) -> np.ndarray | None:
     """The fast path: [H, W] uint8/uint16 for a grayscale, non-interlaced PNG whose rows all use
     filter None; None for any other PNG (the caller falls back to a full decoder, after checking

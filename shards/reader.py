@@ -28,7 +28,7 @@ from . import format as fmt
 from .image import jpeg_size
 from .location import is_local, list_shards, local_path, open_url
 from .manifest import load_json
-from .png import check_pixels, decode_mask_fast, png_header
+from .png import check_pixels, decode_mask_fast, grayscale_header
 from .tar import TarError, group_samples, tar_members
 
 # torchvision 0.29 marks its decoders deprecated in favour of torchcodec; they remain the fastest
@@ -45,11 +45,7 @@ def _decode_mask(data: bytes, max_pixels: int = fmt.MAX_PIXELS) -> np.ndarray:
     fast = decode_mask_fast(data, max_pixels)
     if fast is not None:
         return fast
-    hdr = png_header(data)
-    if hdr is None:
-        raise ValueError("mask is not a PNG")
-    if hdr.color != 0:
-        raise ValueError(f"mask PNG has colour type {hdr.color}, expected 0 (grayscale)")
+    grayscale_header(data)
     m = decode_png(torch.frombuffer(bytearray(data), dtype=torch.uint8))
     if m.shape[0] != 1:
         raise ValueError(f"mask PNG has {m.shape[0]} channels, expected 1")
