@@ -13,6 +13,21 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.pop("RAY_ADDRESS", None)
 # Ray's token authentication stays on; clients that join a cluster must say so to send the token.
 os.environ.setdefault("RAY_AUTH_MODE", "token")
+# `ray start --head` refuses to start without a token, and a fresh machine has none until something
+# has called `ray.init()`: without this the cluster tests would pass or fail by test order. The
+# token lives in this run's own file, never in the user's ~/.ray.
+if not (
+    os.environ.get("RAY_AUTH_TOKEN")
+    or os.environ.get("RAY_AUTH_TOKEN_PATH")
+    or (Path.home() / ".ray" / "auth_token").is_file()
+):
+    import secrets
+    import tempfile
+
+    _token_file = Path(tempfile.mkdtemp(prefix="c2ftoken")) / "auth_token"
+    _token_file.write_text(secrets.token_hex(32))
+    _token_file.chmod(0o600)
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(_token_file)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -88,6 +103,13 @@ def ray_cluster(num_cpus: int, num_gpus: int = 0, dashboard: bool = False, env: 
         f"--num-cpus={num_cpus}",
         f"--num-gpus={num_gpus}",
         f"--ray-client-server-port={free_port()}",
+        # Every port of its own: a default port still held by another cluster (a developer's, or
+        # one a previous test is tearing down) leaves the job agent without its HTTP server, and
+        # `ray job submit` then answers "No available agent" for as long as it runs.
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
         "--disable-usage-stats",
     ]
     cmd += ["--dashboard-host=127.0.0.1", f"--dashboard-port={dash}"] if dashboard else ["--include-dashboard=false"]
