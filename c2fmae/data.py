@@ -29,6 +29,7 @@ import json
 import math
 import os
 import random
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -253,6 +254,7 @@ class StreamConfig:
     rank: int = 0
     world: int = 1
     keys: frozenset[str] | None = None  # a subset (`c2f filter`): only these samples
+    partition: tuple[int, int] | None = None  # (index, count): only that part of the data (SMIR's rounds)
 
 
 class TrainStream(torch.utils.data.IterableDataset):
@@ -316,8 +318,35 @@ class TrainStream(torch.utils.data.IterableDataset):
         raw = interleave(urls, c.interleave, random.Random(f"{tag}:interleave"))
         if c.keys is not None:
             raw = (s for s in raw if s["__key__"] in c.keys)
+        if c.partition is not None:
+            index, count = c.partition
+            raw = (s for s in raw if partition_of(s["__key__"], count) == index)
         size = min(c.shuffle, needed)
         return shuffled(raw, size, random.Random(f"{tag}:shuffle")) if size > 1 else raw
+
+
+def partition_of(key: str, parts: int) -> int:
+    """The data partition a sample belongs to (SMIR's rounds): a hash of its key, stable across runs."""
+    return zlib.crc32(key.encode()) % parts
+
+
+def whole_image_batches(
+    urls: list[str], batch_size: int, img_size: int, cell_size: int, partition: tuple[int, int] | None = None
+) -> Iterator[dict[str, Any]]:
+    """One pass, in shard order, over the samples of `urls` (of one partition), each whole image
+    resized to a square, no augmentation: compact batches as the training stream makes them."""
+    transform = TrainTransform.whole_image(img_size, cell_size)
+    rng = random.Random(0)  # unused by the whole-image transform, required by its signature
+    batch: list[dict[str, Any]] = []
+    for raw in interleave(iter(urls), 1, random.Random(0)):
+        if partition is not None and partition_of(raw["__key__"], partition[1]) != partition[0]:
+            continue
+        batch.append(transform(decode_sample(raw, as_tensors=False), rng))
+        if len(batch) == batch_size:
+            yield collate(batch)
+            batch = []
+    if batch:
+        yield collate(batch)
 
 
 def shuffled(items: Iterator, size: int, rng: random.Random, initial: int = 100):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .masking import NAMES, Curriculum, curriculum_picks
+from .masking import Curriculum, curriculum_picks
 from .model import C2FMAE, MODELS, STAGES, model_config
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "TRAINER.md"
@@ -78,7 +78,7 @@ def curriculum_table(curriculum: Curriculum | None = None) -> str:
     ]
     for t in PROGRESS:
         p = curriculum.probs(t)
-        drawn = torch.bincount(curriculum_picks(DRAWS, p, g), minlength=len(NAMES)).double() / DRAWS
+        drawn = torch.bincount(curriculum_picks(DRAWS, p, g), minlength=len(p)).double() / DRAWS
         rows.append(
             f"| {t:.2f} | {' / '.join(f'{100 * x:.1f}%' for x in p)} "
             f"| {' / '.join(f'{100 * x:.1f}%' for x in drawn.tolist())} |"

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from .masking import NAMES, Masking
+from .methods import MethodSettings, step_inputs, teacher_momentum
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class Loop:
     accum_steps: int = 1  # micro-batches per optimizer step
     grad_clip: float = 0.0  # max gradient norm (0: off)
     bf16: bool = True  # bf16 autocast on CUDA
+    method: MethodSettings = MethodSettings()  # what the encoder sees besides the masks (methods.py)
 
 
 @dataclass
@@ -55,7 +57,7 @@ class StepOutput:
     step: int
     lr: float
     losses: dict[str, torch.Tensor]  # every loss term (scalars), averaged over the micro-batches
-    mix: torch.Tensor  # [3] images masked by each strategy (masking.NAMES order)
+    mix: torch.Tensor  # [4] images masked by each strategy (masking.NAMES order)
     images: int  # images in the step (all micro-batches, this process)
     batch: dict[str, Any]
     mask: torch.Tensor  # [N, L], 1 = removed
@@ -99,6 +101,8 @@ def train_steps(
     and yield each step's output. Nothing here reads a device value: no host sync."""
     device = next(model.parameters()).device
     ddp = hasattr(model, "no_sync")
+    plain = getattr(model, "module", model)  # under DDP
+    plain = getattr(plain, "_orig_mod", plain)  # under torch.compile
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and loop.bf16 else nullcontext()
     generator = torch.Generator(device)
     for step in steps:
@@ -110,12 +114,14 @@ def train_steps(
         for micro in range(loop.accum_steps):
             batch = next(batches)
             generator.manual_seed(hash((loop.mask_seed, step, micro)) & (2**63 - 1))
-            mask, picks = loop.masking(batch["sem_patch"], batch["inst_patch"], loop.schedule.progress(step), generator)
-            mix += (picks.unsqueeze(1) == torch.arange(len(NAMES), device=device)).sum(0)  # bincount would sync
+            with amp:
+                inputs = step_inputs(loop.method, loop.masking, plain, batch, loop.schedule.progress(step), generator)
+            mix += (inputs.picks.unsqueeze(1) == torch.arange(len(NAMES), device=device)).sum(0)  # bincount would sync
             reduce_grads = nullcontext() if not ddp or micro == loop.accum_steps - 1 else model.no_sync()
             with reduce_grads, amp:
-                keep = loop.masking.kept(mask.shape[1])
-                losses, preds = model(batch["image"], mask, batch["sem_cells"], batch["inst_cells"], keep=keep)
+                losses, preds = model(
+                    batch["image"], inputs.mask, batch["sem_cells"], batch["inst_cells"], **inputs.model_kwargs()
+                )
                 (losses["total"] / loop.accum_steps).backward()
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v.detach().float() / loop.accum_steps
@@ -123,8 +129,11 @@ def train_steps(
             torch.nn.utils.clip_grad_norm_(model.parameters(), loop.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if getattr(plain, "teacher", None) is not None:  # FOLK: every rank holds the same student, so the same teacher
+            plain.teacher.update(plain, teacher_momentum(step, loop.schedule.total_steps, loop.method.folk_momentum))
         images = batch["image"].shape[0] * loop.accum_steps
         preds = {k: v.detach() for k, v in preds.items()}
+        mask = inputs.mask if inputs.lowres is None else inputs.lowres  # what the pictures show as masked
         out = StepOutput(step, lr, sums, mix, images, batch, mask, preds, model)
         if after_step is not None:
             after_step(out)

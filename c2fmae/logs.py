@@ -80,7 +80,7 @@ class RunLog:
             **{f"loss_{k}": v for k, v in losses.items()},
             "images_per_s": rate,
             "masking": {name: int(n) for name, n in zip(NAMES, mix, strict=True) if n},
-            "curriculum": dict(zip(NAMES, probs, strict=True)) if probs else None,
+            "curriculum": dict(zip(NAMES, probs, strict=False)) if probs else None,  # 3 or 4 phases
         }
         assert self.metrics is not None
         self.metrics.write(json.dumps(record) + "\n")

@@ -4,9 +4,8 @@
 
 Every strategy removes exactly `num_removed(ratio, L)` patches per image, so batches stack, and
 draws its randomness from `generator` on the generator's device (no host round trip, no sync).
-`MaskInputs` carries what a strategy may look at: patch-level semantic and instance labels
-today; a per-patch loss cache (selective masking), the images (frequency-domain masking) or a
-"degrade instead of remove" map are further optional fields, not a new signature.
+`MaskInputs` carries what a strategy may look at: patch-level semantic and instance labels and,
+for selective masking (SMIR), a per-patch reconstruction loss estimated by c2fmae/methods.py.
 """
 
 from __future__ import annotations
@@ -17,7 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-NAMES = ("semantic", "instance", "random")  # the curriculum's strategies, in its order
+NAMES = ("semantic", "instance", "random", "selective")  # the curriculum's strategies, in its order
+SELECTIVE_MIN_PROB = 1e-3  # a curriculum's selective phase estimates losses only above this share
 
 
 @dataclass
@@ -27,7 +27,7 @@ class MaskInputs:
     sem_patch: torch.Tensor | None = None  # [N, L] dominant semantic class per patch (ignore allowed)
     inst_patch: torch.Tensor | None = None  # [N, L] dominant instance id per patch (0 = none)
     ignore_index: int = 255
-    patch_loss: torch.Tensor | None = None  # [N, L] reserved: per-patch loss from an earlier pass
+    patch_loss: torch.Tensor | None = None  # [N, L] estimated reconstruction loss per patch (selective)
 
 
 def num_removed(ratio: float, num_patches: int) -> int:
@@ -55,6 +55,21 @@ def random_mask(batch: MaskInputs, ratio: float, generator: torch.Generator) -> 
     noise = _rand(generator, n, length)
     mask = torch.zeros(n, length, device=noise.device)
     mask.scatter_(1, noise.argsort(1)[:, length - k :], 1.0)
+    return mask
+
+
+def selective_mask(batch: MaskInputs, ratio: float, generator: torch.Generator) -> torch.Tensor:
+    """SMIR: remove the patches with the highest estimated loss. Ties are broken by the same noise
+    random_mask draws, so equal losses everywhere give exactly random_mask's mask (a tested reduction)."""
+    if batch.patch_loss is None:
+        raise ValueError("selective masking needs per-patch losses (patch_loss)")
+    n, length = batch.batch_size, batch.num_patches
+    k = num_removed(ratio, length)
+    by_noise = _rand(generator, n, length).argsort(1)  # ascending noise
+    # A stable sort by loss of the noise-ordered patches: loss first, noise breaks ties.
+    order = by_noise.gather(1, batch.patch_loss.float().gather(1, by_noise).argsort(dim=1, stable=True))
+    mask = torch.zeros(n, length, device=order.device)
+    mask.scatter_(1, order[:, length - k :], 1.0)
     return mask
 
 
@@ -114,30 +129,45 @@ STRATEGIES: dict[str, Callable[[MaskInputs, float, torch.Generator], torch.Tenso
     "random": random_mask,
     "semantic": semantic_mask,
     "instance": instance_mask,
+    "selective": selective_mask,
 }
 
 
 @dataclass(frozen=True)
 class Curriculum:
-    """Probabilities of (semantic, instance, random) masking as a pure function of progress t in [0, 1].
+    """Probabilities of (semantic, instance, random[, selective]) masking as a pure function of
+    progress t in [0, 1].
 
     Each strategy's weight is a Gaussian bump centred on its phase; the weights are normalised,
-    so the mix moves smoothly from semantic-heavy to instance-heavy to random (docs/TRAINER.md)."""
+    so the mix moves smoothly from semantic-heavy to instance-heavy to random (docs/TRAINER.md).
+    A fourth centre adds selective masking (SMIR) as a late phase: the model's own losses say
+    most about what it has not learned once the semantic and instance phases are behind it."""
 
-    centers: tuple[float, float, float] = (0.0, 0.5, 1.0)  # where semantic, instance, random peak
+    centers: tuple[float, ...] = (0.0, 0.5, 1.0)  # where semantic, instance, random (, selective) peak
     width: float = 0.25  # std of each bump, in units of training progress
 
-    def probs(self, t: float) -> tuple[float, float, float]:
+    def __post_init__(self):
+        if len(self.centers) not in (3, 4):
+            raise ValueError(
+                f"curriculum centres: 3 (semantic, instance, random) or 4 (+ selective), got {self.centers}"
+            )
+
+    def probs(self, t: float) -> tuple[float, ...]:
         t = min(max(t, 0.0), 1.0)
         w = [math.exp(-((t - c) ** 2) / (2 * self.width**2)) for c in self.centers]
         s = sum(w)
-        return w[0] / s, w[1] / s, w[2] / s
+        return tuple(x / s for x in w)
 
 
-def curriculum_picks(n: int, probs: tuple[float, float, float], generator: torch.Generator) -> torch.Tensor:
+def curriculum_picks(n: int, probs: tuple[float, ...], generator: torch.Generator) -> torch.Tensor:
     """[N] strategy index per image (into NAMES), drawn with `probs`, on the generator's device."""
     u = _rand(generator, n)
-    return (u >= probs[0]).long() + (u >= probs[0] + probs[1]).long()
+    picks = torch.zeros(n, dtype=torch.long, device=u.device)
+    edge = 0.0
+    for p in probs[:-1]:
+        edge += p
+        picks += (u >= edge).long()
+    return picks
 
 
 def curriculum_mask(
@@ -148,9 +178,11 @@ def curriculum_mask(
     probs = curriculum.probs(progress)
     picks = curriculum_picks(batch.batch_size, probs, generator)
     mask = None
-    for i, name in enumerate(NAMES):
+    for i, name in enumerate(NAMES[: len(probs)]):
         if probs[i] == 0.0:  # a host-side float: skipping costs no sync
             continue
+        if name == "selective" and batch.patch_loss is None:  # a phase below SELECTIVE_MIN_PROB
+            name = "random"
         m = STRATEGIES[name](batch, ratio, generator)
         mask = m if mask is None else torch.where((picks == i).unsqueeze(1), m, mask)
     assert mask is not None
@@ -161,21 +193,37 @@ def curriculum_mask(
 class Masking:
     """The run's masking: a strategy (or the curriculum), the ratio, and the semantic ignore value."""
 
-    strategy: str = "random"  # curriculum|random|semantic|instance
+    strategy: str = "random"  # curriculum|random|semantic|instance|selective
     ratio: float = 0.75
     curriculum: Curriculum = Curriculum()
     ignore_index: int = 255
 
+    def needs_loss(self, progress: float) -> bool:
+        """Whether a mask drawn at `progress` may be selective (and so needs per-patch losses)."""
+        if self.strategy == "curriculum":
+            probs = self.curriculum.probs(progress)
+            # Below 0.1% of the draws the loss passes would cost every step for a few images:
+            # curriculum_mask masks those few at random instead.
+            return len(probs) > 3 and probs[3] >= SELECTIVE_MIN_PROB
+        return self.strategy == "selective"
+
     def __call__(
-        self, sem_patch: torch.Tensor, inst_patch: torch.Tensor, progress: float, generator: torch.Generator
+        self,
+        sem_patch: torch.Tensor,
+        inst_patch: torch.Tensor,
+        progress: float,
+        generator: torch.Generator,
+        patch_loss: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (mask [N, L], picks [N]: the strategy index per image, into NAMES)."""
         n, length = sem_patch.shape
-        inputs = MaskInputs(length, n, sem_patch, inst_patch, self.ignore_index)
+        inputs = MaskInputs(length, n, sem_patch, inst_patch, self.ignore_index, patch_loss)
         if self.strategy == "curriculum":
             return curriculum_mask(inputs, self.ratio, generator, progress, self.curriculum)
-        mask = STRATEGIES[self.strategy](inputs, self.ratio, generator)
-        return mask, torch.full((n,), NAMES.index(self.strategy), device=mask.device)
+        # SMIR's first round has no earlier model to ask: it masks at random, as the paper's does.
+        strategy = "random" if self.strategy == "selective" and patch_loss is None else self.strategy
+        mask = STRATEGIES[strategy](inputs, self.ratio, generator)
+        return mask, torch.full((n,), NAMES.index(strategy), device=mask.device)
 
     def kept(self, num_patches: int) -> int:
         return num_patches - num_removed(self.ratio, num_patches)

@@ -11,6 +11,7 @@ With `stages=("pixel",)` and random masking the model is exactly MAE (He et al. 
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass
 from functools import partial
 
@@ -45,6 +46,12 @@ class ModelConfig:
     norm_pix_loss: bool = True  # MAE: normalise each target patch by its mean and variance
     loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # semantic, instance, pixel
     norm_eps: float = 1e-6  # LayerNorm epsilon everywhere (MAE's)
+    lowres_factor: int = (
+        0  # SRMAE: patches may reach the encoder downsampled by this factor, through their own embedding (0: off)
+    )
+    distill: bool = False  # FOLK: an EMA teacher encodes the original image; the student predicts its tokens
+    distill_weight: float = 1.0  # FOLK: weight of the distillation term in the total loss
+    projector_hidden: int = 0  # FOLK: hidden width of the student's projector (0: 4 x embed_dim)
 
     def __post_init__(self):
         problems = []
@@ -59,6 +66,8 @@ class ModelConfig:
             problems.append(f"stages {','.join(self.stages)}: use distinct ones of {', '.join(STAGES)}")
         if len(self.decoder_depths) != len(self.stages) or min(self.decoder_depths, default=0) < 1:
             problems.append(f"decoder_depths {self.decoder_depths}: one depth >= 1 per stage {self.stages}")
+        if self.lowres_factor < 0 or (self.lowres_factor and self.patch_size % self.lowres_factor):
+            problems.append(f"lowres_factor {self.lowres_factor} must divide patch_size {self.patch_size}")
         if self.cascade_link not in LINKS:
             problems.append(f"cascade_link {self.cascade_link!r}: choose {' or '.join(LINKS)}")
         if problems:
@@ -225,6 +234,35 @@ class DecoderStage(nn.Module):
         return x, self.head(x[:, 1:])
 
 
+class Teacher(nn.Module):
+    """FOLK's teacher: an exponential moving average of the student's encoder, never trained by
+    gradients. It sees the original image, whole; its normalised tokens are the student's targets."""
+
+    PARTS = ("patch_embed", "cls_token", "blocks", "norm")  # the student's encoder
+
+    def __init__(self, student: C2FMAE):
+        super().__init__()
+        for name in self.PARTS:
+            setattr(self, name, copy.deepcopy(getattr(student, name)))
+        self.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, student: C2FMAE, momentum: float) -> None:
+        """teacher = momentum * teacher + (1 - momentum) * student, parameter by parameter."""
+        for name, t in self.named_parameters():
+            t.lerp_(student.get_parameter(name), 1.0 - momentum)
+
+    @torch.no_grad()
+    def forward(self, imgs: torch.Tensor, pos_embed: torch.Tensor) -> torch.Tensor:
+        """imgs [N, 3, H, W] -> layer-normalised tokens [N, 1+L, D] (CLS first)."""
+        x = self.patch_embed(imgs).flatten(2).transpose(1, 2) + pos_embed[:, 1:]
+        x = torch.cat([(self.cls_token + pos_embed[:, :1]).expand(x.shape[0], -1, -1), x], dim=1)
+        for blk in self.blocks:
+            x = blk(x)
+        x = self.norm(x)
+        return F.layer_norm(x, x.shape[-1:])  # scale-free targets: the student cannot win by shrinking them
+
+
 class C2FMAE(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -234,6 +272,8 @@ class C2FMAE(nn.Module):
         self.cells = p // cfg.cell_size  # cells per patch side
         num_patches = self.grid**2
         self.patch_embed = nn.Conv2d(3, d, kernel_size=p, stride=p)
+        low = p // cfg.lowres_factor if cfg.lowres_factor else 0
+        self.lowres_embed = nn.Conv2d(3, d, kernel_size=low, stride=low) if low else None
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.register_buffer("pos_embed", sincos_pos_embed(d, self.grid, True).unsqueeze(0), persistent=False)
         self.map_embed = MapEmbed(cfg.num_classes, self.cells, d) if cfg.multimodal_input else None
@@ -260,11 +300,16 @@ class C2FMAE(nn.Module):
             }
         )
         self.num_patches = num_patches
+        hidden = cfg.projector_hidden or 4 * d
+        self.projector = nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, d)) if cfg.distill else None
         self._init_weights()
+        self.teacher = Teacher(self) if cfg.distill else None  # starts as the student (BYOL, DINO)
 
     def _init_weights(self):
-        w = self.patch_embed.weight.data
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        for embed in (self.patch_embed, self.lowres_embed):
+            if embed is not None:
+                w = embed.weight.data
+                nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.normal_(self.cls_token, std=0.02)
         nn.init.normal_(self.mask_token, std=0.02)
         for m in self.modules():
@@ -278,9 +323,18 @@ class C2FMAE(nn.Module):
 
     # --- the algorithm -----------------------------------------------------------------------
 
-    def forward_encoder(self, imgs, mask, sem=None, inst=None, keep: int | None = None):
+    def embed_patches(self, imgs, lowres=None):
+        """imgs [N, 3, H, W] -> patch tokens [N, L, D]; where lowres [N, L] is 1 (SRMAE), the token
+        embeds the patch downsampled by `lowres_factor` (area average), through its own embedding."""
+        x = self.patch_embed(imgs).flatten(2).transpose(1, 2)
+        if lowres is not None and self.lowres_embed is not None:
+            small = self.lowres_embed(F.avg_pool2d(imgs, self.cfg.lowres_factor)).flatten(2).transpose(1, 2)
+            x = torch.where(lowres.bool().unsqueeze(-1), small, x)
+        return x
+
+    def forward_encoder(self, imgs, mask, sem=None, inst=None, keep: int | None = None, lowres=None):
         """imgs [N, 3, H, W], mask [N, L] -> (latent [N, 1+K(+2K), D], ids_restore [N, L])."""
-        x = self.patch_embed(imgs).flatten(2).transpose(1, 2) + self.pos_embed[:, 1:]
+        x = self.embed_patches(imgs, lowres) + self.pos_embed[:, 1:]
         ids_keep, ids_restore = mask_to_ids(mask, keep)
         tokens = [gather_tokens(x, ids_keep)]
         if self.map_embed is not None:
@@ -348,12 +402,29 @@ class C2FMAE(nn.Module):
         losses["total"] = sum(weights[k] * v for k, v in losses.items())
         return (losses, patch) if per_patch else losses
 
-    def forward(self, imgs, mask, sem=None, inst=None, keep: int | None = None):
+    def distill_loss(self, latent, imgs):
+        """FOLK's self-distillation: the student's tokens, through the projector, regress the
+        teacher's tokens of the original image (mean squared error over tokens and channels)."""
+        assert self.teacher is not None and self.projector is not None
+        target = self.teacher(imgs, self.pos_embed)
+        return F.mse_loss(self.projector(latent[:, : target.shape[1]]).float(), target.float())
+
+    def forward(
+        self, imgs, mask, sem=None, inst=None, keep: int | None = None, *, view=None, lowres=None, loss_on=None
+    ):
         """-> (losses {stage: scalar, "total": scalar}, predictions {stage: [N, L, out]}).
+
+        imgs are the targets; the encoder sees `view` instead where given (FOLK: the image with
+        Fourier components removed), minus the `mask`ed patches, with `lowres` patches downsampled
+        (SRMAE). Losses count where `loss_on` [N, L] is 1 (default: the masked patches).
         `keep`: patches kept per image, when the caller knows it (saves a device -> host sync)."""
-        latent, ids_restore = self.forward_encoder(imgs, mask, sem, inst, keep)
+        latent, ids_restore = self.forward_encoder(imgs if view is None else view, mask, sem, inst, keep, lowres)
         preds = self.forward_decoder(latent, ids_restore)
-        return self.forward_loss(preds, self.targets(imgs, sem, inst), mask), preds
+        losses = self.forward_loss(preds, self.targets(imgs, sem, inst), mask if loss_on is None else loss_on)
+        if self.teacher is not None:
+            losses["distill"] = self.distill_loss(latent, imgs)
+            losses["total"] = losses["total"] + self.cfg.distill_weight * losses["distill"]
+        return losses, preds
 
     def features(self, imgs, pool: str = "mean"):
         """Frozen features for probes, nothing masked: [N, D]. `pool`: "cls" (the CLS token, MAE's

@@ -9,6 +9,7 @@ stopped (same data order, crops, masks and LR).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +24,20 @@ class TrainConfig:
     output: str = field(
         default="out/pretrain", metadata={"help": "directory for checkpoints, metrics.jsonl and pictures"}
     )
+    # method
+    method: str = field(
+        default="c2fmae",
+        metadata={
+            "help": "mae|c2fmae|smir|folk|srmae: sets --stages, --masking and --mask-ratio where they are left "
+            "empty (docs/TRAINER.md, Methods)",
+            "choices": ["mae", "c2fmae", "smir", "folk", "srmae"],
+        },
+    )
     # model
     model: str = field(
         default="c2fmae_vit_tiny", metadata={"help": "c2fmae_vit_micro|tiny|small|base|large|huge (huge: patch 14)"}
     )
+    img_size: int = field(default=0, metadata={"help": "training image side in pixels (0: the model's, 224)"})
     patch_size: int = field(default=0, metadata={"help": "ViT patch side in pixels (0: the model's)"})
     cell_size: int = field(
         default=0, metadata={"help": "semantic/instance target cell side in pixels (0: 4 at patch 16, 7 at patch 14)"}
@@ -42,7 +53,7 @@ class TrainConfig:
             "choices": ["add", "xattn"],
         },
     )
-    stages: str = field(default="semantic,instance,pixel", metadata={"help": "decoder stages, coarse to fine"})
+    stages: str = field(default="", metadata={"help": "decoder stages, coarse to fine (empty: the method's)"})
     decoder_dim: int = field(default=0, metadata={"help": "decoder width (0: the model's, docs/TRAINER.md)"})
     decoder_depth: int = field(
         default=0, metadata={"help": "decoder blocks over all stages (0: the model's; 8 from base up, as MAE)"}
@@ -75,20 +86,41 @@ class TrainConfig:
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (none on norms, biases, tokens)"})
     grad_clip: float = field(default=0.0, metadata={"help": "clip the gradient norm (0: off)"})
     # masking
-    mask_ratio: float = field(default=0.75, metadata={"help": "fraction of patches removed"})
+    mask_ratio: float = field(
+        default=-1.0, metadata={"help": "fraction of patches removed (srmae: downsampled; -1: the method's)"}
+    )
     masking: str = field(
-        default="curriculum",
+        default="",
         metadata={
-            "help": "curriculum|random|semantic|instance",
-            "choices": ["curriculum", "random", "semantic", "instance"],
+            "help": "curriculum|random|semantic|instance|selective (empty: the method's)",
+            "choices": ["", "curriculum", "random", "semantic", "instance", "selective"],
         },
     )
     curriculum_centers: str = field(
-        default="0.0,0.5,1.0", metadata={"help": "training progress where semantic, instance, random peak"}
+        default="0.0,0.5,1.0",
+        metadata={"help": "progress where semantic, instance, random (and, given a 4th, selective) masking peak"},
     )
     curriculum_width: float = field(
         default=0.25, metadata={"help": "width (std) of each curriculum phase, in progress units"}
     )
+    # methods (docs/TRAINER.md, Methods)
+    selective_passes: int = field(
+        default=2, metadata={"help": "SMIR online: no-grad random-mask passes per batch that estimate patch losses"}
+    )
+    selective_rounds: int = field(
+        default=0,
+        metadata={"help": "SMIR iterative: rounds over as many data partitions, each scored by the last (0: online)"},
+    )
+    folk_thresholds: str = field(
+        default="0.005,0.01,0.05",
+        metadata={"help": "FOLK: fractions of each image's spectral energy removed (weakest components first)"},
+    )
+    folk_momentum: float = field(default=0.996, metadata={"help": "FOLK: teacher EMA momentum (cosine to 1)"})
+    distill_weight: float = field(default=1.0, metadata={"help": "FOLK: weight of the self-distillation loss"})
+    projector_hidden: int = field(
+        default=0, metadata={"help": "FOLK: hidden width of the student's projector (0: 4 x encoder width)"}
+    )
+    lowres_factor: int = field(default=4, metadata={"help": "SRMAE: downsampling factor of the degraded patches"})
     # data
     augment: bool = field(
         default=True, metadata={"help": "RandomResizedCrop(0.2-1, bicubic) + flip (off: whole image, overfit checks)"}
@@ -129,6 +161,42 @@ def _floats(s: str) -> tuple[float, ...]:
     return tuple(float(x) for x in s.split(","))
 
 
+def with_method(cfg: TrainConfig) -> TrainConfig:
+    """The config with the method's defaults filled in where flags were left empty, checked; what
+    the checkpoint saves, so a run's settings never depend on defaults that may change."""
+    from shards.errors import UsageError
+
+    from .methods import METHODS
+
+    d = METHODS[cfg.method]
+    cfg = dataclasses.replace(
+        cfg,
+        stages=cfg.stages or d.stages,
+        masking=cfg.masking or d.masking,
+        mask_ratio=d.mask_ratio if cfg.mask_ratio < 0 else cfg.mask_ratio,
+    )
+    stages = cfg.stages.split(",")
+    problems = []
+    if cfg.method in ("folk", "srmae") and "pixel" not in stages:
+        problems.append(f"--method {cfg.method} reconstructs pixels: --stages must include pixel")
+    if cfg.method == "folk" and cfg.mask_ratio > 0:
+        problems.append("--method folk removes frequencies, not patches: leave --mask-ratio at 0")
+    if cfg.selective_rounds and (cfg.selective_rounds < 2 or cfg.masking != "selective"):
+        problems.append("--selective-rounds needs 2 or more rounds and --masking selective")
+    if cfg.selective_passes < 1:
+        problems.append("--selective-passes must be at least 1")
+    if not 0 <= cfg.mask_ratio < 1:
+        problems.append(f"--mask-ratio must be in [0, 1), got {cfg.mask_ratio}")
+    try:
+        if any(not 0 <= t < 1 for t in _floats(cfg.folk_thresholds)):
+            problems.append("--folk-thresholds are energy fractions in [0, 1)")
+    except ValueError:
+        problems.append(f"--folk-thresholds: numbers separated by commas, got {cfg.folk_thresholds!r}")
+    if problems:
+        raise UsageError("; ".join(problems))
+    return cfg
+
+
 def model_config_for(cfg: TrainConfig, spec):
     """The ModelConfig this run trains: the named size, the flags that override it, the shards' label space."""
     from shards.errors import UsageError
@@ -143,8 +211,12 @@ def model_config_for(cfg: TrainConfig, spec):
         "cascade_link": cfg.cascade_link,
         "multimodal_input": cfg.multimodal_input,
         "decoder_mlp_ratio": cfg.decoder_mlp_ratio,
+        "lowres_factor": cfg.lowres_factor if cfg.method == "srmae" else 0,
+        "distill": cfg.method == "folk",
+        "distill_weight": cfg.distill_weight,
+        "projector_hidden": cfg.projector_hidden,
     }
-    for name in ("patch_size", "cell_size", "decoder_dim", "decoder_heads"):
+    for name in ("img_size", "patch_size", "cell_size", "decoder_dim", "decoder_heads"):
         if getattr(cfg, name):
             overrides[name] = getattr(cfg, name)
     try:
@@ -171,8 +243,22 @@ def make_schedule(cfg: TrainConfig, num_samples: int, world: int):
 def make_loop(cfg: TrainConfig, schedule, ignore_index: int, rank: int):
     from .engine import Loop
     from .masking import Curriculum, Masking
+    from .methods import MethodSettings
 
-    masking = Masking(cfg.masking, cfg.mask_ratio, Curriculum(_floats(cfg.curriculum_centers), cfg.curriculum_width))
+    try:
+        curriculum = Curriculum(_floats(cfg.curriculum_centers), cfg.curriculum_width)
+    except ValueError as e:
+        from shards.errors import UsageError
+
+        raise UsageError(f"--curriculum-centers: {e}") from None
+    masking = Masking(cfg.masking, cfg.mask_ratio, curriculum)
+    method = MethodSettings(
+        cfg.method,
+        selective_passes=cfg.selective_passes,
+        selective_rounds=cfg.selective_rounds,
+        folk_thresholds=_floats(cfg.folk_thresholds),
+        folk_momentum=cfg.folk_momentum,
+    )
     return Loop(
         schedule,
         masking=dataclasses.replace(masking, ignore_index=ignore_index),
@@ -180,6 +266,7 @@ def make_loop(cfg: TrainConfig, schedule, ignore_index: int, rank: int):
         accum_steps=cfg.accum_steps,
         grad_clip=cfg.grad_clip,
         bf16=cfg.bf16,
+        method=method,
     )
 
 
@@ -217,12 +304,14 @@ def run(cfg: TrainConfig) -> int:
     from .engine import make_optimizer, train_steps
     from .logs import RunLog
     from .model import C2FMAE
+    from .rounds import round_scores, segments, with_scores
 
     out = Path(cfg.output)
     ckpt, state = out / CHECKPOINT, None
     if cfg.resume:
         state = load_checkpoint(ckpt)
         cfg = resumed_config(cfg, state, ckpt)
+    cfg = with_method(cfg)
     spec = read_shards(cfg.shards, read_spec)
     env = init_distributed()
     torch.manual_seed(cfg.seed)
@@ -240,28 +329,50 @@ def run(cfg: TrainConfig) -> int:
     if env.world > 1:
         ids = [env.local] if env.device.type == "cuda" else None
         train_model = torch.nn.parallel.DistributedDataParallel(train_model, device_ids=ids)
-    loader = make_loader(stream_config(cfg, schedule, model.cfg, env, start), run_info["workers"])
-    batches = device_batches(loader, env.device, model.cells)
     end = min(schedule.total_steps, start + cfg.stop_after) if cfg.stop_after else schedule.total_steps
     curriculum = loop.masking.curriculum if cfg.masking == "curriculum" else None
     log = RunLog(out, env.rank, env.world, start, cfg.log_every, cfg.vis_every, curriculum)
     if env.rank == 0:
         print(banner(cfg, model, env, schedule, start, run_info["workers"]))
 
-    for step_out in train_steps(train_model, optimizer, batches, range(start, end), loop):
-        step, last = step_out.step, step_out.step == end - 1
-        log.step(step_out, schedule.progress(step), model.cfg, last)
-        if (step + 1) % cfg.ckpt_every == 0 or last:
-            log.flush(console=False)
-            if env.rank == 0:
-                save_checkpoint(out, checkpoint_state(model, optimizer, step + 1, cfg, run_info), cfg.keep_checkpoints)
+    # One piece of steps, one data stream; SMIR's iterative form has a piece (and partition) per round.
+    for first, stop, rnd in segments(start, end, schedule.total_steps, cfg.selective_rounds):
+        partition = (rnd, cfg.selective_rounds) if rnd is not None else None
+        loader = make_loader(stream_config(cfg, schedule, model.cfg, env, first, partition), run_info["workers"])
+        batches = device_batches(loader, env.device, model.cells)
+        if rnd:  # rounds after the first mask by the previous round's model's scores
+            scores = round_scores(out, rnd, functools.partial(score_round, cfg, model, env, rnd), env.rank, env.world)
+            batches = with_scores(batches, scores, model.grid)
+        for step_out in train_steps(train_model, optimizer, batches, range(first, stop), loop):
+            step, last = step_out.step, step_out.step == end - 1
+            log.step(step_out, schedule.progress(step), model.cfg, last)
+            if (step + 1) % cfg.ckpt_every == 0 or last or step + 1 == stop:
+                log.flush(console=False)
+                if env.rank == 0:
+                    state = checkpoint_state(model, optimizer, step + 1, cfg, run_info)
+                    save_checkpoint(out, state, cfg.keep_checkpoints)
     log.close()
     if env.world > 1:
         dist.destroy_process_group()
     return 0
 
 
-def stream_config(cfg: TrainConfig, schedule, mcfg, env: Dist, start: int):
+def score_round(cfg: TrainConfig, model, env: Dist, rnd: int):
+    """SMIR: this rank's share of round `rnd`'s partition, scored by the model as it is now."""
+    import torch
+
+    from .data import device_batches, expand_urls, whole_image_batches
+    from .rounds import score_partition
+
+    urls = expand_urls(cfg.shards)[env.rank :: env.world]
+    raw = whole_image_batches(
+        urls, cfg.batch_size, model.cfg.img_size, model.cfg.cell_size, (rnd, cfg.selective_rounds)
+    )
+    generator = torch.Generator(env.device).manual_seed(cfg.seed * 1_000_003 + 7919 * rnd + env.rank)
+    return score_partition(model, device_batches(raw, env.device, model.cells), cfg.selective_passes, 0.75, generator)
+
+
+def stream_config(cfg: TrainConfig, schedule, mcfg, env: Dist, start: int, partition=None):
     """This rank's data stream, from step `start` on (micro-batches are counted from step 0)."""
     from .data import StreamConfig, expand_urls
 
@@ -285,6 +396,7 @@ def stream_config(cfg: TrainConfig, schedule, mcfg, env: Dist, start: int):
         interleave=cfg.interleave,
         rank=env.rank,
         world=env.world,
+        partition=partition,
     )
 
 
@@ -304,10 +416,11 @@ def banner(cfg: TrainConfig, model, env: Dist, s, start: int, workers: int) -> s
     if m.cascade and len(m.stages) > 1:
         decoder += f", link {m.cascade_link}"
     return (
-        f"c2fmae: {cfg.model}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, "
+        f"c2fmae: {cfg.method} on {cfg.model}, "
+        f"{sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6:.1f}M trained params, "
         f"decoder {decoder}, stages {','.join(m.stages)}; {env.world} process(es), global batch {global_batch}, "
         f"lr {s.peak_lr:.2e}, warmup {s.warmup_steps}, steps {start}->{s.total_steps} ({s.steps_per_epoch}/epoch), "
-        f"masking {cfg.masking}, device {env.device}, {workers} loader workers"
+        f"masking {cfg.masking} {cfg.mask_ratio:g}, device {env.device}, {workers} loader workers"
     )
 
 

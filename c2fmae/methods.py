@@ -1,0 +1,191 @@
+"""The masked-image-modeling methods one trainer runs: what the encoder sees and where the loss counts.
+
+    mae     random masking, pixel stage (He et al. 2021)
+    c2fmae  the cascade under the semantic -> instance -> random curriculum
+    smir    selective masking: remove the patches the model reconstructs worst (arXiv 2512.06981)
+    folk    frequency masking + self-distillation: remove Fourier components, an EMA teacher sees
+            the original (arXiv 2409.10362)
+    srmae   scale masking: selected patches reach the encoder downsampled, a super-resolution
+            head restores them (SRMAE)
+
+Each method is a set of defaults for the trainer's flags (METHODS) plus one function per step,
+`step_inputs`, that turns a prepared batch into the model's arguments. Everything here runs on the
+training device and draws its randomness from the step's generator (no host sync, exact resume).
+Choices the papers leave open are argued in docs/TRAINER.md (Methods).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .masking import Masking, MaskInputs, random_mask
+from .model import STAGES
+
+
+@dataclass(frozen=True)
+class MethodDefaults:
+    """What `--method` sets where the flag is left empty (an explicit flag always wins)."""
+
+    stages: str  # decoder stages
+    masking: str  # patch masking strategy
+    mask_ratio: float  # fraction of patches removed (srmae: downsampled; folk: none)
+
+
+METHODS: dict[str, MethodDefaults] = {
+    "mae": MethodDefaults("pixel", "random", 0.75),
+    "c2fmae": MethodDefaults("semantic,instance,pixel", "curriculum", 0.75),
+    "smir": MethodDefaults("pixel", "selective", 0.5),  # the paper masks the highest-loss half
+    "folk": MethodDefaults("pixel", "random", 0.0),  # frequencies are removed, not patches
+    "srmae": MethodDefaults("pixel", "random", 0.75),  # the fraction of patches seen at low resolution
+}
+
+
+@dataclass(frozen=True)
+class MethodSettings:
+    """The method and its per-step settings (built from TrainConfig, saved in every checkpoint)."""
+
+    name: str = "c2fmae"  # mae|c2fmae|smir|folk|srmae
+    selective_passes: int = 2  # SMIR online: no-grad random-mask passes that estimate per-patch losses
+    selective_probe_ratio: float = 0.75  # SMIR: mask ratio of those estimating passes (MAE's)
+    selective_rounds: int = 0  # SMIR iterative: rounds over as many data partitions (0: the online form)
+    folk_thresholds: tuple[float, ...] = field(default=(0.005, 0.01, 0.05))  # FOLK: energy fractions removed
+    folk_momentum: float = 0.996  # FOLK: the teacher's EMA momentum at step 0 (cosine to 1 at the end)
+
+
+@dataclass
+class StepInputs:
+    """The model's arguments for one micro-batch besides the images and labels."""
+
+    mask: torch.Tensor  # [N, L] removed from the encoder (1 = removed)
+    keep: int  # patches kept per image
+    picks: torch.Tensor  # [N] masking strategy per image (into masking.NAMES; -1: none)
+    view: torch.Tensor | None = None  # what the encoder sees instead of the image (FOLK)
+    lowres: torch.Tensor | None = None  # [N, L] patches the encoder sees downsampled (SRMAE)
+    loss_on: torch.Tensor | None = None  # [N, L] where the reconstruction losses count (default: mask)
+
+    def model_kwargs(self) -> dict[str, Any]:
+        return {"keep": self.keep, "view": self.view, "lowres": self.lowres, "loss_on": self.loss_on}
+
+
+def step_inputs(
+    method: MethodSettings,
+    masking: Masking,
+    model: torch.nn.Module,
+    batch: dict[str, Any],
+    progress: float,
+    generator: torch.Generator,
+) -> StepInputs:
+    """One micro-batch's masks (and views) for `method`. `model` is the plain module (no DDP):
+    SMIR's online form asks it for per-patch losses without gradients."""
+    n, length = batch["sem_patch"].shape
+    dev = batch["image"].device
+    if method.name == "folk":  # nothing removed: the whole filtered image in, the whole image's loss
+        none = torch.full((n,), -1, dtype=torch.long, device=dev)
+        view = frequency_filter(batch["image"], method.folk_thresholds, generator)
+        return StepInputs(
+            torch.zeros(n, length, device=dev), length, none, view=view, loss_on=torch.ones(n, length, device=dev)
+        )
+    patch_loss = batch.get("patch_loss")  # SMIR iterative: from the previous round's model
+    if patch_loss is None and masking.needs_loss(progress) and not method.selective_rounds:
+        patch_loss = estimate_patch_loss(model, batch, method.selective_passes, method.selective_probe_ratio, generator)
+    mask, picks = masking(batch["sem_patch"], batch["inst_patch"], progress, generator, patch_loss)
+    if method.name == "srmae":  # the chosen patches are degraded, not removed
+        return StepInputs(torch.zeros_like(mask), length, picks, lowres=mask, loss_on=mask)
+    return StepInputs(mask, masking.kept(length), picks)
+
+
+# --- SMIR: per-patch losses ---------------------------------------------------------------------
+
+
+def patch_losses(model, imgs, mask, sem, inst, keep: int) -> torch.Tensor:
+    """[N, L] the model's loss at every patch for this mask: the stage terms, weighted as in training."""
+    latent, ids_restore = model.forward_encoder(imgs, mask, sem, inst, keep)
+    preds = model.forward_decoder(latent, ids_restore)
+    _, per_patch = model.forward_loss(preds, model.targets(imgs, sem, inst), mask, per_patch=True)
+    weights = dict(zip(STAGES, model.cfg.loss_weights, strict=True))
+    return sum(weights[k] * v.float() for k, v in per_patch.items())
+
+
+@torch.no_grad()
+def estimate_patch_loss(model, batch, passes: int, ratio: float, generator: torch.Generator) -> torch.Tensor:
+    """SMIR's estimate: each patch's reconstruction loss averaged over the passes that removed it
+    (`passes` random masks at `ratio`); a patch no pass removed gets its image's mean. [N, L].
+    Cost: `passes` forward passes without gradients, about passes / 3 of a training step."""
+    n, length = batch["sem_patch"].shape
+    inputs = MaskInputs(length, n)
+    keep = length - round(ratio * length)
+    total = torch.zeros(n, length, device=batch["image"].device)
+    count = torch.zeros_like(total)
+    for _ in range(passes):
+        m = random_mask(inputs, ratio, generator)
+        total += patch_losses(model, batch["image"], m, batch["sem_cells"], batch["inst_cells"], keep) * m
+        count += m
+    mean = total.sum(1, keepdim=True) / count.sum(1, keepdim=True).clamp_min(1)
+    return torch.where(count > 0, total / count.clamp_min(1), mean)
+
+
+def round_start(r: int, total_steps: int, rounds: int) -> int:
+    """First step of round r when `total_steps` are split into `rounds` equal rounds."""
+    return math.ceil(r * total_steps / rounds)
+
+
+def round_of(step: int, total_steps: int, rounds: int) -> int:
+    return step * rounds // total_steps
+
+
+def loss_in_crop(cache: torch.Tensor, crop: torch.Tensor, grid: int) -> torch.Tensor:
+    """Per-patch losses scored on the whole image (cache [N, g, g], the image squashed to a square)
+    -> the training crop's patches [N, grid*grid], by the crop geometry (data.CROP_FIELDS:
+    top, left, height, width, flipped, image height, image width): each crop patch takes the
+    loss of the scored cell under its centre."""
+    c = crop.to(cache.device).float()
+    top, left, h, w, flipped, height, width = c.unbind(1)
+    centre = (torch.arange(grid, device=cache.device).float() + 0.5) / grid  # [grid], in crop units
+    ys = top[:, None] + centre[None] * h[:, None]  # [N, grid] source rows
+    xs = left[:, None] + centre[None] * w[:, None]
+    xs = torch.where(flipped[:, None] > 0, left[:, None] + w[:, None] - (xs - left[:, None]), xs)
+    g = cache.shape[-1]
+    iy = (ys / height[:, None] * g).long().clamp(0, g - 1)  # [N, grid]
+    ix = (xs / width[:, None] * g).long().clamp(0, g - 1)
+    rows = cache.gather(1, iy[:, :, None].expand(-1, -1, g))  # [N, grid, g]
+    return rows.gather(2, ix[:, None, :].expand(-1, grid, -1)).reshape(cache.shape[0], grid * grid)
+
+
+# --- FOLK: the filtered view and the teacher's momentum --------------------------------------------
+
+
+def frequency_filter(images: torch.Tensor, thresholds: tuple[float, ...], generator: torch.Generator) -> torch.Tensor:
+    """FOLK's view of each image: remove the weakest Fourier components of its own spectrum that
+    together hold at most a fraction t of its energy (the DC term excluded and always kept), as a
+    compressor drops coefficients; t is drawn per image from `thresholds`. The three colour channels
+    share one selection. images [N, 3, H, W] -> [N, 3, H, W]; t = 0 returns the image unchanged."""
+    if max(thresholds) <= 0.0:
+        return images
+    n, _, h, w = images.shape
+    spec = torch.fft.rfft2(images.float())  # [N, 3, H, W//2+1]: each column but the first and
+    # (for even W) the last stands for a conjugate pair, whose energy counts twice
+    weight = torch.full((w // 2 + 1,), 2.0, device=images.device)
+    weight[0] = 1.0
+    if w % 2 == 0:
+        weight[-1] = 1.0
+    power = (spec.abs().pow(2).sum(1) * weight).flatten(1)  # [N, F]
+    power[:, 0] = float("inf")  # DC: never removed
+    ascending, order = power.sort(1)
+    finite = ascending[:, :-1]
+    share = finite.cumsum(1) / finite.sum(1, keepdim=True).clamp_min(1e-12)
+    t = torch.tensor(thresholds, device=images.device)
+    t = t[torch.randint(len(thresholds), (n,), generator=generator, device=generator.device).to(images.device)]
+    drop_sorted = torch.cat([share <= t[:, None], torch.zeros(n, 1, dtype=torch.bool, device=images.device)], 1)
+    drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted).reshape(n, 1, h, w // 2 + 1)
+    removed = torch.fft.irfft2(spec * drop, s=(h, w))
+    return (images.float() - removed).to(images.dtype)
+
+
+def teacher_momentum(step: int, total_steps: int, base: float) -> float:
+    """EMA momentum: `base` at step 0, cosine to 1 at the end (BYOL, DINO): a pure function of the step."""
+    t = min(step / max(1, total_steps - 1), 1.0)
+    return 1.0 - (1.0 - base) * 0.5 * (1.0 + math.cos(math.pi * t))
