@@ -8,6 +8,9 @@ import pytest
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("TQDM_DISABLE", "1")
+# The tests' models are tiny: one thread each is as fast as two on an idle machine, and several
+# times faster on a busy one, where OpenMP threads wait for each other's cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Tests choose their Ray cluster explicitly; an address exported in the developer's shell must not
 # send them to another cluster.
 os.environ.pop("RAY_ADDRESS", None)
