@@ -198,7 +198,7 @@ def test_each_method_overfits_a_few_scenes(method, scenes, tmp_path):
 
 
 @pytest.mark.parametrize("method", ["smir", "smir-rounds", "folk", "srmae"])
-def test_each_method_resumes_exactly(method, scenes, tmp_path):
+def test_each_method_resumes_exactly(method, scenes, tmp_path, capsys):
     _, big = scenes
     common = [str(big), "--steps", "8", "--steps-per-epoch", "3", "--batch-size", "4", "--warmup-steps", "2"]
     common += [*METHODS[method], *MICRO]
@@ -219,6 +219,8 @@ def test_each_method_resumes_exactly(method, scenes, tmp_path):
         assert set(ma[0]["masking"]) == {"random"} and set(ma[-1]["masking"]) == {"selective"}
     for ra, rb in zip(_metrics(straight), _metrics(split), strict=True):
         assert ra["loss_total"] == pytest.approx(rb["loss_total"], rel=1e-4) and ra["masking"] == rb["masking"]
+    assert c2f(["probe", str(big), "--checkpoint", str(split / "checkpoint.pt"), "--batch-size", "8"]) == 0
+    assert "kNN(k=" in capsys.readouterr().out
 
 
 def _free_port() -> int:
