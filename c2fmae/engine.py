@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .masking import NAMES, Masking
-from .methods import MethodSettings, step_inputs, teacher_momentum
+from .methods import MethodSettings, encoder_view, step_inputs, teacher_momentum
 
 
 @dataclass(frozen=True)
@@ -60,9 +60,10 @@ class StepOutput:
     mix: torch.Tensor  # [4] images masked by each strategy (masking.NAMES order)
     images: int  # images in the step (all micro-batches, this process)
     batch: dict[str, Any]
-    mask: torch.Tensor  # [N, L], 1 = removed
+    mask: torch.Tensor  # [N, L], 1 = where the loss counted (removed, or degraded by SRMAE)
     preds: dict[str, torch.Tensor]
     model: torch.nn.Module  # the module that stepped (for after-step hooks: EMA teachers, probes)
+    seen: torch.Tensor | None = None  # [N, 3, H, W] what the encoder saw, where it is not the image (FOLK, SRMAE)
 
 
 def lr_at(step: int, total: int, warmup: int, peak: float, floor: float) -> float:
@@ -133,8 +134,9 @@ def train_steps(
             plain.teacher.update(plain, teacher_momentum(step, loop.schedule.total_steps, loop.method.folk_momentum))
         images = batch["image"].shape[0] * loop.accum_steps
         preds = {k: v.detach() for k, v in preds.items()}
-        mask = inputs.mask if inputs.lowres is None else inputs.lowres  # what the pictures show as masked
-        out = StepOutput(step, lr, sums, mix, images, batch, mask, preds, model)
+        mask = inputs.mask if inputs.loss_on is None else inputs.loss_on
+        seen = encoder_view(batch["image"], inputs, getattr(plain.cfg, "lowres_factor", 0))
+        out = StepOutput(step, lr, sums, mix, images, batch, mask, preds, model, seen)
         if after_step is not None:
             after_step(out)
         yield out

@@ -47,7 +47,8 @@ class RunLog:
         if self.rank == 0 and self.vis_every and (out.step % self.vis_every == 0 or last):
             from .visualize import save_reconstruction
 
-            save_reconstruction(self.out / f"recon_{out.step:07d}.png", out.batch, out.mask, out.preds, model_cfg)
+            path = self.out / f"recon_{out.step:07d}.png"
+            save_reconstruction(path, out.batch, out.mask, out.preds, model_cfg, seen=out.seen)
 
     def flush(self, console: bool = True) -> None:
         """Write the pending steps (a sync; under DDP a collective: every rank calls it at the same

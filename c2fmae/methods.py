@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from .masking import Masking, MaskInputs, random_mask
 from .model import STAGES
@@ -96,6 +97,23 @@ def step_inputs(
     if method.name == "srmae":  # the chosen patches are degraded, not removed
         return StepInputs(torch.zeros_like(mask), length, picks, lowres=mask, loss_on=mask)
     return StepInputs(mask, masking.kept(length), picks)
+
+
+def encoder_view(images: torch.Tensor, inputs: StepInputs, lowres_factor: int) -> torch.Tensor | None:
+    """What the encoder saw where it differs from the image (for the pictures; no copy otherwise):
+    FOLK's filtered view, SRMAE's degraded patches at their low resolution. [N, 3, H, W] or None."""
+    if inputs.view is None and (inputs.lowres is None or not lowres_factor):
+        return None
+    x = images if inputs.view is None else inputs.view
+    if inputs.lowres is not None and lowres_factor:
+        f = lowres_factor
+        small = F.interpolate(F.avg_pool2d(x, f), scale_factor=f, mode="nearest")
+        n, length = inputs.lowres.shape
+        g = math.isqrt(length)
+        where = inputs.lowres.reshape(n, 1, g, g)
+        where = F.interpolate(where.float(), size=x.shape[-2:], mode="nearest") > 0
+        x = torch.where(where, small, x)
+    return x
 
 
 # --- SMIR: per-patch losses ---------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""One PNG per logged step: input | masked input | pixel reconstruction | semantic target |
-semantic prediction | instance target (foreground + boundaries) | instance prediction."""
+"""One PNG per logged step: input | what the encoder saw (masked; FOLK's filtered view; SRMAE's
+low-resolution patches) | pixel reconstruction | semantic target | semantic prediction |
+instance target (foreground + boundaries) | instance prediction."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from .data import MEAN, STD
 from .model import patchify, unpatchify
 
 TILE = 160
-LABELS = ["input", "masked", "pixels", "semantic", "sem. pred", "instances", "inst. pred"]
 
 
 def _palette(n: int) -> np.ndarray:
@@ -29,37 +29,41 @@ def _tile(arr: np.ndarray) -> Image.Image:
 
 
 @torch.no_grad()
-def save_reconstruction(path: Path, batch, mask, preds, mcfg) -> None:
+def save_reconstruction(path: Path, batch, mask, preds, mcfg, seen=None) -> None:
+    """`mask` [N, L]: where the loss counted (the reconstruction is shown there, the image
+    elsewhere); `seen`: the encoder's input where it is not the masked image (FOLK, SRMAE)."""
     p, cells = mcfg.patch_size, mcfg.patch_size // mcfg.cell_size
     img = batch["image"][:1].float().cpu()
     m = mask[:1].float().cpu()  # [1, L]
-    tiles = [_tile(_rgb(img[0]))]
-    masked = patchify(img, p) * (1 - m).unsqueeze(-1)
-    tiles.append(_tile(_rgb(unpatchify(masked, p)[0])))
+    tiles = [("input", _tile(_rgb(img[0])))]
+    if seen is not None:
+        tiles.append(("encoder in", _tile(_rgb(seen[0].float().cpu()))))
+    else:
+        masked = patchify(img, p) * (1 - m).unsqueeze(-1)
+        tiles.append(("masked", _tile(_rgb(unpatchify(masked, p)[0]))))
     if "pixel" in preds:
         rec = preds["pixel"][:1].float().cpu()
         if mcfg.norm_pix_loss:  # undo the per-patch normalisation with the true patch statistics
             t = patchify(img, p)
             rec = rec * (t.var(-1, keepdim=True) + 1e-6) ** 0.5 + t.mean(-1, keepdim=True)
         rec = rec * m.unsqueeze(-1) + patchify(img, p) * (1 - m).unsqueeze(-1)
-        tiles.append(_tile(_rgb(unpatchify(rec, p)[0])))
+        tiles.append(("pixels", _tile(_rgb(unpatchify(rec, p)[0]))))
     pal = _palette(mcfg.num_classes)
     sem = batch["sem_cells"][0].cpu().clamp(max=mcfg.num_classes).numpy()
-    tiles.append(_tile(pal[sem]))
+    tiles.append(("semantic", _tile(pal[sem])))
     if "semantic" in preds:
         logits = preds["semantic"][:1].float().cpu().reshape(1, -1, cells * cells, mcfg.num_classes).argmax(-1)
-        tiles.append(_tile(pal[unpatchify(logits.float(), cells, 1)[0, 0].long().numpy()]))
+        tiles.append(("sem. pred", _tile(pal[unpatchify(logits.float(), cells, 1)[0, 0].long().numpy()])))
     inst_t = batch["inst_cells"][0].cpu().numpy()
-    tiles.append(_tile((np.stack([inst_t[1], inst_t[0], inst_t[0] * 0.3], -1) * 255).astype(np.uint8)))
+    tiles.append(("instances", _tile((np.stack([inst_t[1], inst_t[0], inst_t[0] * 0.3], -1) * 255).astype(np.uint8))))
     if "instance" in preds:
         pred = torch.sigmoid(preds["instance"][:1].float().cpu())  # [1, L, cells*cells*4]
         maps = unpatchify(pred, cells, 4)[0].numpy()  # [4, Hc, Wc]
-        tiles.append(_tile((np.stack([maps[1], maps[0], maps[0] * 0.3], -1) * 255).astype(np.uint8)))
+        tiles.append(("inst. pred", _tile((np.stack([maps[1], maps[0], maps[0] * 0.3], -1) * 255).astype(np.uint8))))
     canvas = Image.new("RGB", (len(tiles) * (TILE + 4), TILE + 16), (24, 24, 24))
     draw = ImageDraw.Draw(canvas)
-    names = [n for n in LABELS if n not in ("pixels",) or "pixel" in preds]
-    for i, t in enumerate(tiles):
+    for i, (name, t) in enumerate(tiles):
         canvas.paste(t, (i * (TILE + 4), 16))
-        draw.text((i * (TILE + 4) + 2, 2), names[i] if i < len(names) else "", fill=(230, 230, 230))
+        draw.text((i * (TILE + 4) + 2, 2), name, fill=(230, 230, 230))
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
