@@ -8,7 +8,6 @@ the same input gives byte-identical shards and a shard can never hold a key twic
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import tarfile
@@ -33,6 +32,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+
+def _padding(size: int) -> bytes:
+    return bytes(-size % tarfile.BLOCKSIZE)
 
 
 @dataclass
@@ -60,7 +63,6 @@ class ShardWriter:
         self._tmp = self.path.with_name(fmt.temp_name(self.path.name, os.getpid()))
         self._file = open(self._tmp, "wb")
         self._hashing = HashingWriter(self._file)
-        self._tar = tarfile.open(fileobj=self._hashing, mode="w", format=tarfile.PAX_FORMAT)
         self._last_key: str | None = None
         self.samples = 0
 
@@ -72,6 +74,7 @@ class ShardWriter:
         missing = [ext for ext in fmt.REQUIRED_MEMBERS if ext not in members]
         if missing:
             raise ValueError(f"{key}: missing members {missing}")
+        parts = []
         for ext in sorted(members):
             data = members[ext]
             ti = tarfile.TarInfo(f"{key}.{ext}")
@@ -80,12 +83,18 @@ class ShardWriter:
             ti.mode = 0o444
             ti.uid = ti.gid = 0
             ti.uname = ti.gname = ""
-            self._tar.addfile(ti, io.BytesIO(data))
+            # What tarfile.addfile writes (header, data, zero padding to a block), in one write and
+            # one hash update per sample instead of a copy through 16 KB reads per member.
+            parts += [ti.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape"), data, _padding(len(data))]
+        self._hashing.write(b"".join(parts))
         self._last_key = key
         self.samples += 1
 
     def close(self) -> ShardInfo:
-        self._tar.close()
+        # The end of the archive as tarfile.close writes it: two zero blocks, then zeros up to a
+        # whole record.
+        end = self._hashing.size + 2 * tarfile.BLOCKSIZE
+        self._hashing.write(bytes(2 * tarfile.BLOCKSIZE + -end % tarfile.RECORDSIZE))
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()

@@ -1,0 +1,133 @@
+"""`c2f label --preset empty` against decoding the same JPEGs with 2 processes.
+
+The `empty` preset computes no labels, so what it costs beyond decoding is the pipeline's own
+per-image cost (read, decode, pack, PNG-encode, tar write, Ray scheduling): the CPU share every
+GPU run pays too. Target: the job (validation off, Ray start-up included) at >= 0.5x the rate of
+a multiprocessing pool of 2 that reads each file and decodes it in full with PIL (`convert("RGB")`).
+
+The inputs are made once and cached under `--cache` (keyed by N): ImageNet-sized JPEGs (500x375
+or 375x500, quality 90, ~110 KB), random crops of the photos in samples/train, flipped, tinted and
+given sensor-like luma grain so that they compress like photos rather than flat colour. The baseline
+runs before and after the job and its mean is the reference (the machine is shared and noisy).
+
+    .venv/bin/python bench/bench_empty.py [--images 10000] [--rounds 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+QUALITY = 90
+GRAIN = 22.0  # std of the luma noise added: brings q90 (4:2:0) files to ImageNet's ~110 KB
+
+
+def _make_one(args: tuple[int, str, str]) -> int:
+    i, src, dst = args
+    rng = np.random.default_rng(i)
+    im = Image.open(src).convert("RGB")
+    w, h = (500, 375) if rng.random() < 0.75 else (375, 500)  # ImageNet: mostly landscape
+    scale = rng.uniform(0.5, 1.0)
+    cw = min(im.width, int(im.width * scale))
+    ch = min(im.height, max(1, int(cw * h / w)))
+    x0, y0 = int(rng.integers(0, im.width - cw + 1)), int(rng.integers(0, im.height - ch + 1))
+    crop = im.crop((x0, y0, x0 + cw, y0 + ch)).resize((w, h), Image.BICUBIC)
+    if rng.random() < 0.5:
+        crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+    rgb = np.asarray(crop, np.float32) * rng.uniform(0.8, 1.2, size=3)
+    rgb += rng.normal(0.0, GRAIN, size=(h, w, 1))
+    Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).save(dst, format="JPEG", quality=QUALITY)
+    return os.path.getsize(dst)
+
+
+def make_inputs(cache: Path, n: int) -> Path:
+    """An ImageNet-style tree `<wnid>/<wnid>_<i>.JPEG` of n images; made once per n."""
+    tree, done = cache / f"empty-{n}", cache / f"empty-{n}.done"
+    if done.exists():
+        return tree
+    shutil.rmtree(tree, ignore_errors=True)
+    sources = sorted(str(p) for p in (ROOT / "samples" / "train").glob("*/*.JPEG"))
+    jobs = []
+    for i in range(n):
+        wnid = f"n{1000000 + i % 100:08d}"
+        (tree / wnid).mkdir(parents=True, exist_ok=True)
+        jobs.append((i, sources[i % len(sources)], str(tree / wnid / f"{wnid}_{i:06d}.JPEG")))
+    t0 = time.perf_counter()
+    with Pool(2) as pool:
+        sizes = pool.map(_make_one, jobs, chunksize=64)
+    done.write_text(f"{n} images, mean {np.mean(sizes) / 1e3:.0f} KB\n")
+    print(f"made {n} inputs in {time.perf_counter() - t0:.0f}s: mean {np.mean(sizes) / 1e3:.0f} KB", flush=True)
+    return tree
+
+
+def _decode(path: str) -> int:
+    with open(path, "rb") as f:
+        im = Image.open(f)
+        return im.convert("RGB").width
+
+
+def baseline(files: list[str]) -> float:
+    """Images/s of 2 processes that read and fully decode every file (pool start included)."""
+    t0 = time.perf_counter()
+    with Pool(2) as pool:
+        for _ in pool.imap_unordered(_decode, files, chunksize=64):
+            pass
+    return len(files) / (time.perf_counter() - t0)
+
+
+def run_job(tree: Path, n: int, extra: list[str]) -> tuple[float, str]:
+    """Images/s of the whole `c2f label --preset empty` process (Ray start-up included), and its output."""
+    out = Path(tempfile.mkdtemp(prefix="c2f-bench-empty-"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    cmd = [sys.executable, "-m", "c2f", "label", str(tree), str(out / "out"), "--preset", "empty", "--no-validate"]
+    try:
+        t0 = time.perf_counter()
+        proc = subprocess.run([*cmd, *extra], env=env, capture_output=True, text=True, cwd=ROOT)
+        secs = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise SystemExit(f"c2f label failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        done = re.search(r"done: (\d+) images", proc.stdout)
+        if not done or int(done.group(1)) != n:
+            raise SystemExit(f"c2f label did not pack all {n} images:\n{proc.stdout}")
+        return n / secs, proc.stdout
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=10000)
+    ap.add_argument("--rounds", type=int, default=1, help="job runs, each between two baseline runs")
+    ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "c2f-bench-inputs"))
+    ap.add_argument("job_args", nargs="*", help="extra `c2f label` flags, after --")
+    args = ap.parse_args()
+    tree = make_inputs(Path(args.cache), args.images)
+    files = sorted(str(p) for p in tree.glob("*/*.JPEG"))
+    print(f"{len(files)} inputs in {tree} ({os.getloadavg()[0]:.1f} load average)", flush=True)
+    base = [baseline(files)]
+    for r in range(args.rounds):
+        job, out = run_job(tree, len(files), args.job_args)
+        base.append(baseline(files))
+        ref = float(np.mean(base[-2:]))
+        print(f"round {r + 1}: decode, 2 processes {ref:7.1f} images/s ({base[-2]:.0f}, {base[-1]:.0f})")
+        print(f"round {r + 1}: c2f label --preset empty {job:7.1f} images/s   ratio {job / ref:.2f}  (target >= 0.5)")
+        for line in out.splitlines():
+            if line.startswith(("done:", "time per image")):
+                print(f"    {line}")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
