@@ -133,3 +133,15 @@ def test_tar_bytes_are_what_tarfile_writes(tmp_path, key):
     data = path.read_bytes()
     assert data == ref.getvalue()
     assert w.info.bytes == len(data) and w.info.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_member_headers_are_tarfiles():
+    from shards.writer import member_header
+
+    for name in ["a.jpg", "n" * 95 + ".json", "n" * 96 + ".json", "x" * 101, "é.jpg"]:  # 100 chars: ustar; 101: pax
+        for size in [0, 1, 511, 512, 110_000, 8**11 - 1, 8**11]:
+            ti = tarfile.TarInfo(name)
+            ti.size, ti.mtime, ti.mode = size, FIXED_MTIME, 0o444
+            ti.uid = ti.gid = 0
+            ti.uname = ti.gname = ""
+            assert member_header(name, size) == ti.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
