@@ -8,9 +8,10 @@ a multiprocessing pool of 2 that reads each file and decodes it in full with PIL
 The inputs are made once and cached under `--cache` (keyed by N): ImageNet-sized JPEGs (500x375
 or 375x500, quality 90, ~110 KB), random crops of the photos in samples/train, flipped, tinted and
 given sensor-like luma grain so that they compress like photos rather than flat colour. The baseline
-runs before and after the job and its mean is the reference (the machine is shared and noisy).
+runs before and after the job and its mean is the reference (the machine is shared and noisy);
+its CPU time per image is printed too (the job's own breakdown per stage is its last line).
 
-    .venv/bin/python bench/bench_empty.py [--images 10000] [--rounds 1]
+    .venv/bin/python bench/bench_empty.py [--images 10000] [--rounds 1] [--actor] [-- c2f label flags]
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -78,20 +80,29 @@ def _decode(path: str) -> int:
         return im.convert("RGB").width
 
 
-def baseline(files: list[str]) -> float:
-    """Images/s of 2 processes that read and fully decode every file (pool start included)."""
-    t0 = time.perf_counter()
+def _children_cpu() -> float:
+    """CPU seconds of the finished child processes (and theirs, once reaped)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def baseline(files: list[str]) -> tuple[float, float]:
+    """Images/s of 2 processes that read and fully decode every file (pool start included), and
+    their CPU ms per image."""
+    t0, c0 = time.perf_counter(), _children_cpu()
     with Pool(2) as pool:
         for _ in pool.imap_unordered(_decode, files, chunksize=64):
             pass
-    return len(files) / (time.perf_counter() - t0)
+    pool.join()
+    return len(files) / (time.perf_counter() - t0), 1000 * (_children_cpu() - c0) / len(files)
 
 
-def run_job(tree: Path, n: int, extra: list[str]) -> tuple[float, str]:
-    """Images/s of the whole `c2f label --preset empty` process (Ray start-up included), and its output."""
+def run_job(tree: Path, n: int, preset: list[str], extra: list[str]) -> tuple[float, str]:
+    """Images/s of the whole `c2f label --preset empty` process (Ray start-up included), and its
+    output. (Its CPU time cannot be had from getrusage: Ray's workers are not reaped through it.)"""
     out = Path(tempfile.mkdtemp(prefix="c2f-bench-empty-"))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    cmd = [sys.executable, "-m", "c2f", "label", str(tree), str(out / "out"), "--preset", "empty", "--no-validate"]
+    cmd = [sys.executable, "-m", "c2f", "label", str(tree), str(out / "out"), *preset, "--no-validate"]
     try:
         t0 = time.perf_counter()
         proc = subprocess.run([*cmd, *extra], env=env, capture_output=True, text=True, cwd=ROOT)
@@ -111,18 +122,31 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=10000)
     ap.add_argument("--rounds", type=int, default=1, help="job runs, each between two baseline runs")
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "c2f-bench-inputs"))
+    ap.add_argument(
+        "--actor",
+        action="store_true",
+        help="run `--preset fixed-cost --fixed-cost-seconds 0` instead: a labeler that costs nothing, on the "
+        "path a GPU run takes (full decode, an actor, real masks to encode)",
+    )
     ap.add_argument("job_args", nargs="*", help="extra `c2f label` flags, after --")
     args = ap.parse_args()
     tree = make_inputs(Path(args.cache), args.images)
     files = sorted(str(p) for p in tree.glob("*/*.JPEG"))
     print(f"{len(files)} inputs in {tree} ({os.getloadavg()[0]:.1f} load average)", flush=True)
+    preset = ["--preset", "fixed-cost", "--fixed-cost-seconds", "0"] if args.actor else ["--preset", "empty"]
     base = [baseline(files)]
     for r in range(args.rounds):
-        job, out = run_job(tree, len(files), args.job_args)
+        job, out = run_job(tree, len(files), preset, args.job_args)
         base.append(baseline(files))
-        ref = float(np.mean(base[-2:]))
-        print(f"round {r + 1}: decode, 2 processes {ref:7.1f} images/s ({base[-2]:.0f}, {base[-1]:.0f})")
-        print(f"round {r + 1}: c2f label --preset empty {job:7.1f} images/s   ratio {job / ref:.2f}  (target >= 0.5)")
+        ref, ref_cpu = np.mean(base[-2:], axis=0)
+        print(
+            f"round {r + 1}: decode, 2 processes {'':14} {ref:7.1f} images/s ({base[-2][0]:.0f}, {base[-1][0]:.0f}), "
+            f"{ref_cpu:.2f} CPU ms/image"
+        )
+        print(
+            f"round {r + 1}: c2f label {' '.join(preset):22} {job:7.1f} images/s   "
+            f"ratio {job / ref:.2f}  (target >= 0.5)"
+        )
         for line in out.splitlines():
             if line.startswith(("done:", "time per image")):
                 print(f"    {line}")
