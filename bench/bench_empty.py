@@ -8,10 +8,12 @@ a multiprocessing pool of 2 that reads each file and decodes it in full with PIL
 The inputs are made once and cached under `--cache` (keyed by N): ImageNet-sized JPEGs (500x375
 or 375x500, quality 90, ~110 KB), random crops of the photos in samples/train, flipped, tinted and
 given sensor-like luma grain so that they compress like photos rather than flat colour. The baseline
-runs before and after the job and its mean is the reference (the machine is shared and noisy);
-its CPU time per image is printed too (the job's own breakdown per stage is its last line).
+runs before and after the job and its mean is the reference. The machine is shared and a loaded
+one flatters the job (its many processes get a larger share of the cores than the baseline's 2),
+so the CPU time per image of both process trees is printed too; their ratio is what an idle
+machine would give if the job kept both cores busy throughout (its start-up does not).
 
-    .venv/bin/python bench/bench_empty.py [--images 10000] [--rounds 1] [--actor] [-- c2f label flags]
+    .venv/bin/python bench/bench_empty.py [--images 10000] [--rounds 1] [-- c2f label flags]
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
+import psutil
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,22 +101,54 @@ def baseline(files: list[str]) -> tuple[float, float]:
     return len(files) / (time.perf_counter() - t0), 1000 * (_children_cpu() - c0) / len(files)
 
 
-def run_job(tree: Path, n: int, preset: list[str], extra: list[str]) -> tuple[float, str]:
-    """Images/s of the whole `c2f label --preset empty` process (Ray start-up included), and its
-    output. (Its CPU time cannot be had from getrusage: Ray's workers are not reaped through it.)"""
+class TreeCpu(threading.Thread):
+    """CPU seconds of a process and all its descendants (Ray's GCS, raylet, agents and workers),
+    polled: they are not reaped through the bench, so getrusage does not see them."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.root, self.seen, self.done = psutil.Process(pid), {}, threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            try:
+                procs = [self.root, *self.root.children(recursive=True)]
+            except psutil.Error:
+                procs = []
+            for p in procs:
+                try:
+                    t = p.cpu_times()
+                    self.seen[(p.pid, p.create_time())] = t.user + t.system
+                except psutil.Error:
+                    continue
+            self.done.wait(0.1)
+
+    def seconds(self) -> float:
+        return sum(self.seen.values())
+
+
+def run_job(tree: Path, n: int, preset: list[str], extra: list[str]) -> tuple[float, float, str]:
+    """Images/s of the whole `c2f label` process (Ray start-up included), CPU ms per image of its
+    process tree (Ray's processes included; polled, so a last fraction of a second is missed), and
+    its output."""
     out = Path(tempfile.mkdtemp(prefix="c2f-bench-empty-"))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     cmd = [sys.executable, "-m", "c2f", "label", str(tree), str(out / "out"), *preset, "--no-validate"]
     try:
         t0 = time.perf_counter()
-        proc = subprocess.run([*cmd, *extra], env=env, capture_output=True, text=True, cwd=ROOT)
+        proc = subprocess.Popen([*cmd, *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cpu = TreeCpu(proc.pid)
+        cpu.start()
+        stdout, stderr = proc.communicate()
         secs = time.perf_counter() - t0
+        cpu.done.set()
+        cpu.join()
         if proc.returncode != 0:
-            raise SystemExit(f"c2f label failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-        done = re.search(r"done: (\d+) images", proc.stdout)
+            raise SystemExit(f"c2f label failed ({proc.returncode}):\n{stdout}\n{stderr}")
+        done = re.search(r"done: (\d+) images", stdout)
         if not done or int(done.group(1)) != n:
-            raise SystemExit(f"c2f label did not pack all {n} images:\n{proc.stdout}")
-        return n / secs, proc.stdout
+            raise SystemExit(f"c2f label did not pack all {n} images:\n{stdout}")
+        return n / secs, 1000 * cpu.seconds() / n, stdout
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
@@ -122,21 +158,15 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=10000)
     ap.add_argument("--rounds", type=int, default=1, help="job runs, each between two baseline runs")
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "c2f-bench-inputs"))
-    ap.add_argument(
-        "--actor",
-        action="store_true",
-        help="run `--preset fixed-cost --fixed-cost-seconds 0` instead: a labeler that costs nothing, on the "
-        "path a GPU run takes (full decode, an actor, real masks to encode)",
-    )
     ap.add_argument("job_args", nargs="*", help="extra `c2f label` flags, after --")
     args = ap.parse_args()
     tree = make_inputs(Path(args.cache), args.images)
     files = sorted(str(p) for p in tree.glob("*/*.JPEG"))
     print(f"{len(files)} inputs in {tree} ({os.getloadavg()[0]:.1f} load average)", flush=True)
-    preset = ["--preset", "fixed-cost", "--fixed-cost-seconds", "0"] if args.actor else ["--preset", "empty"]
+    preset = ["--preset", "empty"]
     base = [baseline(files)]
     for r in range(args.rounds):
-        job, out = run_job(tree, len(files), preset, args.job_args)
+        job, job_cpu, out = run_job(tree, len(files), preset, args.job_args)
         base.append(baseline(files))
         ref, ref_cpu = np.mean(base[-2:], axis=0)
         print(
@@ -144,8 +174,8 @@ def main() -> None:
             f"{ref_cpu:.2f} CPU ms/image"
         )
         print(
-            f"round {r + 1}: c2f label {' '.join(preset):22} {job:7.1f} images/s   "
-            f"ratio {job / ref:.2f}  (target >= 0.5)"
+            f"round {r + 1}: c2f label {' '.join(preset):22} {job:7.1f} images/s, {job_cpu:.2f} CPU ms/image   "
+            f"ratio {job / ref:.2f} (rates; target >= 0.5), {ref_cpu / job_cpu:.2f} (CPU per image)"
         )
         for line in out.splitlines():
             if line.startswith(("done:", "time per image")):
