@@ -97,7 +97,7 @@ def baseline(files: list[str]) -> tuple[float, float]:
     with Pool(2) as pool:
         for _ in pool.imap_unordered(_decode, files, chunksize=64):
             pass
-    pool.join()
+    pool.join()  # reaped, so getrusage counts the workers
     return len(files) / (time.perf_counter() - t0), 1000 * (_children_cpu() - c0) / len(files)
 
 
@@ -127,13 +127,13 @@ class TreeCpu(threading.Thread):
         return sum(self.seen.values())
 
 
-def run_job(tree: Path, n: int, preset: list[str], extra: list[str]) -> tuple[float, float, str]:
+def run_job(tree: Path, n: int, extra: list[str]) -> tuple[float, float, str]:
     """Images/s of the whole `c2f label` process (Ray start-up included), CPU ms per image of its
     process tree (Ray's processes included; polled, so a last fraction of a second is missed), and
     its output."""
     out = Path(tempfile.mkdtemp(prefix="c2f-bench-empty-"))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    cmd = [sys.executable, "-m", "c2f", "label", str(tree), str(out / "out"), *preset, "--no-validate"]
+    cmd = [sys.executable, "-m", "c2f", "label", str(tree), str(out / "out"), "--preset", "empty", "--no-validate"]
     try:
         t0 = time.perf_counter()
         proc = subprocess.Popen([*cmd, *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -163,10 +163,9 @@ def main() -> None:
     tree = make_inputs(Path(args.cache), args.images)
     files = sorted(str(p) for p in tree.glob("*/*.JPEG"))
     print(f"{len(files)} inputs in {tree} ({os.getloadavg()[0]:.1f} load average)", flush=True)
-    preset = ["--preset", "empty"]
     base = [baseline(files)]
     for r in range(args.rounds):
-        job, job_cpu, out = run_job(tree, len(files), preset, args.job_args)
+        job, job_cpu, out = run_job(tree, len(files), args.job_args)
         base.append(baseline(files))
         ref, ref_cpu = np.mean(base[-2:], axis=0)
         print(
@@ -174,7 +173,7 @@ def main() -> None:
             f"{ref_cpu:.2f} CPU ms/image"
         )
         print(
-            f"round {r + 1}: c2f label {' '.join(preset):22} {job:7.1f} images/s, {job_cpu:.2f} CPU ms/image   "
+            f"round {r + 1}: c2f label --preset empty {'':7} {job:7.1f} images/s, {job_cpu:.2f} CPU ms/image   "
             f"ratio {job / ref:.2f} (rates; target >= 0.5), {ref_cpu / job_cpu:.2f} (CPU per image)"
         )
         for line in out.splitlines():
