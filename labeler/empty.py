@@ -17,9 +17,15 @@ from .base import LocalLabeler
 
 
 class EmptyLabeler(LocalLabeler):
+    # Only the images' sizes are read: the pipeline checks each input with a DCT-scaled decode
+    # instead of decoding it into an array (shards.image.prepare_image(pixels=False)).
+    needs_pixels = False
+
     def label(self, images: list[np.ndarray]) -> list[Labels]:
-        ignore = fmt.semantic_ignore(0)
-        return [Labels(np.full(im.shape[:2], ignore, np.uint8), np.zeros(im.shape[:2], np.uint16), []) for im in images]
+        # Constant maps as zero-stride views: no memory per pixel, and shards.png encodes each
+        # (size, value) once instead of deflating every map.
+        ignore, zero = np.uint8(fmt.semantic_ignore(0)), np.uint16(0)
+        return [Labels(np.broadcast_to(ignore, im.shape[:2]), np.broadcast_to(zero, im.shape[:2]), []) for im in images]
 
     def label_space(self) -> dict[str, Any]:
         return {"semantic": {}, "instance": "class-agnostic"}

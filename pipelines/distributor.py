@@ -10,6 +10,8 @@ so memory stays bounded whatever the dataset size. An actor whose process dies i
 `actor_restarts` times and its in-flight calls are retried on the new process; a shard task that
 fails is resubmitted up to `max_retries` times, then reported. A labeler that cannot be built (a
 missing checkpoint, an unknown model id) stops the job at once: retrying cannot fix configuration.
+A preset without a model (`IN_TASK_PRESETS`: `empty`) has no actor pool: each shard task labels
+in its own process, and the actor flags do not apply.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ from .worker import DecodeLimits, ShardJob
 
 LABELER_FILE = "labeler.json"  # what the labeler of this output directory says of itself
 POLL_SECONDS = 1.0  # how often a waiting job looks at the cluster's free resources
+
+# Presets without a model: each shard task builds its own labeler (there is nothing to load or to
+# share), so no labeling actor is started, none holds a CPU, and no image or mask crosses processes.
+IN_TASK_PRESETS = frozenset({"empty"})
 
 
 class RayUnavailable(UsageError):
@@ -137,9 +143,15 @@ class RemoteLabeler:
         return self.collect(self.submit(images))
 
 
-def _shard_task(job: ShardJob, actor) -> ShardStats:
+def _shard_task(job: ShardJob, actor, settings=None) -> ShardStats:
+    """One shard, labeled by `actor`, or with no actor (`IN_TASK_PRESETS`) by a labeler built
+    here from `settings`."""
     from .worker import process_shard
 
+    if actor is None:
+        from labeler.registry import build_labeler
+
+        return process_shard(job, build_labeler(settings))
     return process_shard(job, RemoteLabeler(actor))
 
 
@@ -248,9 +260,15 @@ def wait_for_resources(req: Request, timeout: float | None, static: bool) -> Non
 
 
 def start_actors(cfg: PoolSettings, settings) -> tuple[list, dict[str, Any]]:
-    """Create the actor pool and wait until every actor has its labeler (or one failed to build it)."""
+    """Create the actor pool and wait until every actor has its labeler (or one failed to build it).
+    A preset of `IN_TASK_PRESETS` gets no actors: its labeler is built here only to describe it."""
     import ray
 
+    if settings.labeler.preset in IN_TASK_PRESETS:
+        from labeler.registry import build_labeler
+
+        wait_for_resources(Request(0, 0.0, 0.0, cfg.cpus_per_shard), cfg.wait_timeout, static=cfg.address == "local")
+        return [], labeler_info(build_labeler(settings))
     n, gpus = _pool_shape(cfg)
     req = Request(n, cfg.cpus_per_actor, gpus, cfg.cpus_per_shard)
     wait_for_resources(req, cfg.wait_timeout, static=cfg.address == "local")
@@ -286,7 +304,7 @@ def run_shards(
         result.labeler_info = info
         result.pool_gpus = len(actors) * _pool_shape(cfg)[1]
         out.write_json(LABELER_FILE, info)
-        _run(plan, todo, out.root, cfg, actors, result, limits)
+        _run(plan, todo, out.root, cfg, actors, result, limits, settings)
     finally:
         if started:
             ray.shutdown()  # the job owns the local cluster (or connection) it started
@@ -301,7 +319,10 @@ def _run(
     actors: list,
     result: RunResult,
     limits: DecodeLimits | None = None,
+    settings=None,
 ) -> None:
+    """Run the shards of `todo`, labeled by `actors` round-robin, or with no actors by labelers
+    the shard tasks build from `settings`."""
     import ray
     from tqdm import tqdm
 
@@ -316,7 +337,7 @@ def _run(
             while queue and len(running) < max_in_flight:
                 i = queue.pop(0)
                 attempts[i] += 1
-                actor = actors[i % len(actors)]
+                actor = actors[i % len(actors)] if actors else None
                 job = ShardJob(
                     i,
                     plan.shard_name(i),
@@ -326,7 +347,7 @@ def _run(
                     cfg.batch_size,
                     limits or DecodeLimits(),
                 )
-                ref = task.remote(job, actor)
+                ref = task.remote(job, actor, None if actors else settings)
                 running[ref] = i
             ready, _ = ray.wait(list(running), num_returns=1)
             i = running.pop(ready[0])

@@ -133,11 +133,13 @@ def decode_batches(
     quarantine: Quarantine,
     stamps: dict[str, list[int]] | None = None,
     timer: StageTimer | None = None,
+    pixels: bool = True,
 ) -> Iterator[list[tuple[Item, PreparedImage]]]:
     """read -> decode, in batches; inputs that cannot be read or decoded go to `quarantine` with
     the stage and the reason (exception type and message), whatever the exception. `stamps`
     receives `[size, mtime_ns]` of every input as read (as planned when it could not be read), so a
-    rerun can tell which inputs changed since this shard was made."""
+    rerun can tell which inputs changed since this shard was made. `pixels=False` (a labeler that
+    needs none): inputs are decoded to be checked, not into arrays (`shards.image.prepare_image`)."""
     timer = timer if timer is not None else StageTimer()
     stamps = {} if stamps is None else stamps
     for b in range(0, len(job.items), job.batch_size):
@@ -155,7 +157,7 @@ def decode_batches(
                 continue
             try:
                 with timer("decode"):
-                    batch.append((item, prepare_image(data, job.limits.max_pixels)))
+                    batch.append((item, prepare_image(data, job.limits.max_pixels, pixels)))
             except BadImage as e:
                 quarantine.add(item, "decode", str(e))
             except Exception as e:  # noqa: BLE001 - any decoder failure (plugins raise anything, MemoryError)
@@ -190,7 +192,8 @@ def write_labeled(
 
 def process_shard(job: ShardJob, labeler: Labeler) -> ShardStats:
     """Label and write one shard. The labeler's `submit` returns at once for a remote actor, so
-    the next batch is read and decoded while the current one is labeled."""
+    the next batch is read and decoded while the current one is labeled. A labeler whose
+    `needs_pixels` is False (the `empty` preset) gets images checked but not decoded into arrays."""
     t0 = time.perf_counter()
     quarantine, timer = Quarantine(job.shard), StageTimer()
     stamps: dict[str, list[int]] = {}
@@ -232,8 +235,9 @@ def _write_shard(
             write_labeled(writer, batch, results, quarantine, timer)
 
         pending = None
-        for batch in decode_batches(job, quarantine, stamps, timer):
-            handle = labeler.submit([im.rgb for _, im in batch]) if batch else None
+        pixels = getattr(labeler, "needs_pixels", True)
+        for batch in decode_batches(job, quarantine, stamps, timer, pixels):
+            handle = labeler.submit([im.labeler_input() for _, im in batch]) if batch else None
             if pending is not None:
                 finish(*pending)
             pending = (batch, handle)

@@ -7,7 +7,11 @@ Policy (docs/FORMAT.md):
 - The declared size is checked against `max_pixels` from the header, before a pixel is decoded:
   a 300-byte JPEG that declares 9000x9000 costs nothing (docs/LABELERS.md, "Memory", says what an
   accepted pixel costs the labeler). Pillow's decompression-bomb guard stays on as a second line.
-- A JPEG that decodes as RGB or L is stored byte for byte.
+- A JPEG that decodes as RGB or L is stored byte for byte. When the labeler needs no pixels
+  (`prepare_image(pixels=False)`, the `empty` preset), such a JPEG is decoded with libjpeg's 1/8
+  DCT scaling, as `c2f validate` checks JPEGs: every marker is parsed and every Huffman-coded
+  coefficient decoded, so it fails exactly when a full decode fails, but the full-size inverse
+  DCT, upsampling and colour conversion (which cannot fail) and the RGB array are skipped.
 - Anything else that decodes (CMYK JPEG, PNG or WebP named .JPEG, 16-bit, palette, alpha) is
   converted to RGB once and re-encoded at quality 95; the sample's JSON says so and why.
 - EXIF orientation is *not* applied: every map is aligned with the stored pixel grid as decoders
@@ -47,18 +51,19 @@ class BadImage(Exception):
 @dataclass
 class PreparedImage:
     jpg: bytes  # bytes stored as `{key}.jpg`
-    rgb: np.ndarray  # [H, W, 3] uint8, what the labelers see
+    rgb: np.ndarray | None  # [H, W, 3] uint8, what the labelers see; None from `prepare_image(pixels=False)`
     reencoded: bool
     reencode_reason: str | None  # e.g. "format PNG", "mode CMYK"
     exif_orientation: int | None  # EXIF tag 2..8 when present, never applied
+    width: int
+    height: int
 
-    @property
-    def height(self) -> int:
-        return self.rgb.shape[0]
-
-    @property
-    def width(self) -> int:
-        return self.rgb.shape[1]
+    def labeler_input(self) -> np.ndarray:
+        """[H, W, 3] uint8: the pixels, or for an image prepared without them a read-only all-zero
+        view of that shape holding no memory (what a labeler with `needs_pixels = False` gets)."""
+        if self.rgb is not None:
+            return self.rgb
+        return np.broadcast_to(np.zeros((), np.uint8), (self.height, self.width, 3))
 
 
 def sniff_format(head: bytes) -> str | None:
@@ -141,23 +146,42 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def prepare_image(data: bytes, max_pixels: int = fmt.MAX_PIXELS) -> PreparedImage:
-    """Decode `data` under the policy above. Raises `BadImage` with the quarantine reason."""
+def prepare_image(data: bytes, max_pixels: int = fmt.MAX_PIXELS, pixels: bool = True) -> PreparedImage:
+    """Decode `data` under the policy above. Raises `BadImage` with the quarantine reason.
+    `pixels=False`: the caller needs no RGB array (`rgb` is None); a JPEG stored as it is is then
+    checked by a DCT-scaled decode, which fails on exactly the inputs a full decode fails on."""
     with warnings.catch_warnings():
         # Warnings about metadata we do not use (corrupt EXIF, unknown chunks) would flood the
         # job's log once per worker; the bomb guard's warning tier is an error like its other tier.
         warnings.simplefilter("ignore")
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        return _prepare(data, max_pixels)
+        return _prepare(data, max_pixels, pixels)
 
 
-def _prepare(data: bytes, max_pixels: int) -> PreparedImage:
-    im = load_image(open_image(data, ALLOWED_FORMATS, max_pixels))
+def check_scaled(im: Image.Image) -> Image.Image:
+    """Decode an opened JPEG at 1/8 scale: every marker and entropy-coded coefficient is read, so
+    this raises BadImage exactly when a full decode would (tests/test_image.py fuzzes it against
+    one); only the DC term goes through the inverse DCT. `im.size` becomes the scaled size."""
+    try:
+        im.draft(im.mode, (max(1, im.width // 8), max(1, im.height // 8)))
+    except Exception:  # noqa: BLE001, S110 - a layout draft() cannot scale: the full decode below checks it
+        pass
+    return load_image(im)
+
+
+def _prepare(data: bytes, max_pixels: int, pixels: bool) -> PreparedImage:
+    im = open_image(data, ALLOWED_FORMATS, max_pixels)
+    (w, h), fmt_id, mode = im.size, im.format, im.mode  # draft() changes the size to the scaled one
+    stored_as_is = fmt_id == "JPEG" and mode in ("RGB", "L")
+    if stored_as_is and not pixels:
+        im = check_scaled(im)
+        return PreparedImage(data, None, False, None, _orientation(im), w, h)
+    im = load_image(im)
     orientation = _orientation(im)
     try:
-        if im.format == "JPEG" and im.mode in ("RGB", "L"):
+        if stored_as_is:
             rgb = np.asarray(im.convert("RGB") if im.mode == "L" else im)
-            return PreparedImage(data, rgb, False, None, orientation)
+            return PreparedImage(data, rgb, False, None, orientation, w, h)
         reason = f"format {im.format}" if im.format != "JPEG" else f"mode {im.mode}"
         if im.format != "JPEG" and im.mode not in ("RGB", "L"):
             reason += f", mode {im.mode}"
@@ -167,7 +191,8 @@ def _prepare(data: bytes, max_pixels: int) -> PreparedImage:
             raise BadImage(f"cannot convert {reason} to RGB: {e}") from None
         buf = io.BytesIO()
         rgb_im.save(buf, format="JPEG", quality=REENCODE_QUALITY)
-        return PreparedImage(buf.getvalue(), np.asarray(rgb_im), True, reason, orientation)
+        rgb = np.asarray(rgb_im) if pixels else None
+        return PreparedImage(buf.getvalue(), rgb, True, reason, orientation, *rgb_im.size)
     except BadImage:
         raise
     except Exception as e:  # noqa: BLE001 - conversion and re-encoding can fail like decoding

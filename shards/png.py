@@ -13,6 +13,7 @@ declares (docs/FORMAT.md, "What readers refuse").
 
 from __future__ import annotations
 
+import functools
 import struct
 import zlib
 from dataclasses import dataclass
@@ -31,9 +32,22 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 
 
 def encode_mask(arr: np.ndarray) -> bytes:
-    """[H, W] uint8 or uint16 -> PNG bytes (grayscale, filter None on every row)."""
+    """[H, W] uint8 or uint16 -> PNG bytes (grayscale, filter None on every row). A constant map
+    given as a zero-stride view (`np.broadcast_to(value, (h, w))`) is encoded once per size and
+    value and then served from a cache: the same bytes, without deflating it again."""
     if arr.ndim != 2 or arr.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"masks are [H, W] uint8 or uint16, got {arr.shape} {arr.dtype}")
+    if arr.strides == (0, 0) and arr.size:
+        return _encode_constant(arr.shape, arr.dtype.str, int(arr.flat[0]))
+    return _encode(arr)
+
+
+@functools.lru_cache(maxsize=256)  # a few KB per entry; ImageNet has 500x375 or 375x500 mostly
+def _encode_constant(shape: tuple[int, int], dtype: str, value: int) -> bytes:
+    return _encode(np.full(shape, value, np.dtype(dtype)))
+
+
+def _encode(arr: np.ndarray) -> bytes:
     h, w = arr.shape
     depth = 8 * arr.dtype.itemsize
     rows = np.ascontiguousarray(arr, dtype=">u2" if depth == 16 else np.uint8).view(np.uint8).reshape(h, -1)

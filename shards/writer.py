@@ -8,7 +8,6 @@ the same input gives byte-identical shards and a shard can never hold a key twic
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import tarfile
@@ -33,6 +32,26 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+
+def member_header(name: str, size: int) -> bytes:
+    """The header tarfile writes (PAX format) for a member of a shard: mode 0o444, uid/gid 0, no
+    user names, `FIXED_MTIME`. An ASCII name of at most 100 characters (every key c2f makes from
+    ImageNet) gets a plain ustar block, laid out here because `TarInfo.tobuf` costs ~50 µs a
+    member; any other name gets tarfile's own, with a pax record before it."""
+    if len(name) > 100 or not name.isascii() or size >= 8**11:
+        ti = tarfile.TarInfo(name)
+        ti.size, ti.mtime, ti.mode = size, fmt.FIXED_MTIME, 0o444
+        ti.uid = ti.gid = 0
+        ti.uname = ti.gname = ""
+        return ti.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
+    block = bytearray(tarfile.BLOCKSIZE)  # unset fields (link name, user names, device numbers) are NULs
+    block[0 : len(name)] = name.encode("ascii")
+    block[100:156] = b"0000444\x000000000\x000000000\x00%011o\x00%011o\x00        " % (size, fmt.FIXED_MTIME)
+    block[156:157] = tarfile.REGTYPE
+    block[257:265] = tarfile.POSIX_MAGIC
+    block[148:155] = b"%06o\x00" % sum(block)  # summed with the checksum field as 8 spaces, as tarfile does
+    return bytes(block)
 
 
 @dataclass
@@ -60,7 +79,6 @@ class ShardWriter:
         self._tmp = self.path.with_name(fmt.temp_name(self.path.name, os.getpid()))
         self._file = open(self._tmp, "wb")
         self._hashing = HashingWriter(self._file)
-        self._tar = tarfile.open(fileobj=self._hashing, mode="w", format=tarfile.PAX_FORMAT)
         self._last_key: str | None = None
         self.samples = 0
 
@@ -72,20 +90,21 @@ class ShardWriter:
         missing = [ext for ext in fmt.REQUIRED_MEMBERS if ext not in members]
         if missing:
             raise ValueError(f"{key}: missing members {missing}")
+        parts = []
         for ext in sorted(members):
             data = members[ext]
-            ti = tarfile.TarInfo(f"{key}.{ext}")
-            ti.size = len(data)
-            ti.mtime = fmt.FIXED_MTIME
-            ti.mode = 0o444
-            ti.uid = ti.gid = 0
-            ti.uname = ti.gname = ""
-            self._tar.addfile(ti, io.BytesIO(data))
+            # What tarfile.addfile writes (header, data, zero padding to a block), in one write and
+            # one hash update per sample instead of a copy through 16 KB reads per member.
+            parts += [member_header(f"{key}.{ext}", len(data)), data, bytes(-len(data) % tarfile.BLOCKSIZE)]
+        self._hashing.write(b"".join(parts))
         self._last_key = key
         self.samples += 1
 
     def close(self) -> ShardInfo:
-        self._tar.close()
+        # The end of the archive as tarfile.close writes it: two zero blocks, then zeros up to a
+        # whole record.
+        end = self._hashing.size + 2 * tarfile.BLOCKSIZE
+        self._hashing.write(bytes(2 * tarfile.BLOCKSIZE + -end % tarfile.RECORDSIZE))
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()

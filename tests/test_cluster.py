@@ -12,12 +12,15 @@ from c2f.cli import main
 
 pytestmark = pytest.mark.slow
 
+# A preset with a labeling actor, but no model to load (`empty` has no actors at all).
+ACTOR_PRESET = ["--preset", "fixed-cost", "--fixed-cost-seconds", "0"]
+
 
 def test_request_no_node_can_hold_exits_2_within_seconds(sample_tree, tmp_path, capsys):
     with ray_cluster(num_cpus=1) as cluster:
         for flag, value in [("--cpus-per-actor", "2"), ("--gpus-per-actor", "1"), ("--cpus-per-shard", "1.5")]:
             t0 = time.monotonic()
-            args = [str(sample_tree), str(tmp_path / "o"), "--preset", "empty", "--address", cluster.address]
+            args = [str(sample_tree), str(tmp_path / "o"), *ACTOR_PRESET, "--address", cluster.address]
             code = main(["label", *args, flag, value])
             err = capsys.readouterr().err
             assert code == 2, err
@@ -39,7 +42,7 @@ def test_busy_cluster_says_what_it_waits_for_and_wait_timeout_ends_it(sample_tre
 
             hog = ray.remote(num_cpus=0, num_gpus=1)(Hog).remote()
             ray.get(hog.ping.remote())
-            args = [str(sample_tree), str(tmp_path / "o"), "--preset", "empty", "--address", cluster.address]
+            args = [str(sample_tree), str(tmp_path / "o"), *ACTOR_PRESET, "--address", cluster.address]
             t0 = time.monotonic()
             code = main(["label", *args, "--gpus-per-actor", "1", "--wait-timeout", "3"])
             out, err = capsys.readouterr()

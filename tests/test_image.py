@@ -94,3 +94,64 @@ def test_decompression_bomb_guard_kept(monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     with pytest.raises(BadImage, match="decompression-bomb"):
         prepare_image(_encode(Image.fromarray(_photo()), "JPEG"))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: _encode(Image.fromarray(_photo()), "JPEG", quality=80),  # stored as is, checked scaled
+        lambda: _encode(Image.fromarray(_photo(5, 3)[..., 0]), "JPEG"),  # grayscale, smaller than 8 px
+        lambda: _encode(Image.fromarray(_photo()).convert("CMYK"), "JPEG"),  # re-encoded
+        lambda: _encode(Image.fromarray(_photo()).convert("RGBA"), "PNG"),  # re-encoded
+    ],
+)
+def test_without_pixels_everything_but_the_array_is_the_same(make):
+    data = make()
+    full, checked = prepare_image(data), prepare_image(data, pixels=False)
+    assert checked.rgb is None and full.rgb.shape == (full.height, full.width, 3)
+    assert (checked.jpg, checked.reencoded, checked.reencode_reason, checked.exif_orientation) == (
+        full.jpg,
+        full.reencoded,
+        full.reencode_reason,
+        full.exif_orientation,
+    )
+    assert (checked.width, checked.height) == (full.width, full.height)
+    placeholder = checked.labeler_input()
+    assert placeholder.shape == full.rgb.shape and placeholder.dtype == np.uint8 and placeholder.strides == (0, 0, 0)
+
+
+def test_checking_without_pixels_fails_exactly_when_a_full_decode_fails():
+    """`pixels=False` decodes stored-as-is JPEGs with 1/8 DCT scaling: on truncated, corrupted and
+    cut JPEGs (baseline, progressive, grayscale) it must quarantine exactly what the full decode does."""
+    import random
+
+    def fails(data: bytes, pixels: bool) -> bool:
+        try:
+            prepare_image(data, pixels=pixels)
+            return False
+        except BadImage:
+            return True
+
+    rng = random.Random(1)
+    photo = Image.fromarray(_photo(96, 128))
+    bases = [
+        _encode(photo, "JPEG", quality=90),
+        _encode(photo, "JPEG", progressive=True),
+        _encode(photo.convert("L"), "JPEG", quality=75),
+    ]
+    failed = 0
+    for _ in range(300):
+        d = bytearray(rng.choice(bases))
+        op = rng.randrange(3)
+        if op == 0:
+            d = d[: rng.randrange(len(d))]
+        elif op == 1:
+            for _ in range(rng.randint(1, 5)):
+                d[rng.randrange(len(d))] = rng.randrange(256)
+        else:
+            i = rng.randrange(len(d))
+            del d[i : i + rng.randrange(1, 50)]
+        full = fails(bytes(d), True)
+        assert fails(bytes(d), False) == full, bytes(d)[:64]
+        failed += full
+    assert 100 < failed < 300  # the cases exercised both outcomes

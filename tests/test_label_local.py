@@ -13,6 +13,7 @@ from PIL import Image
 
 from c2f.cli import main as c2f_main
 from pipelines.plan import PlanError, make_plan
+from shards.pack import decode_png
 
 
 def label_main(args):
@@ -122,6 +123,18 @@ def test_label_gauntlet_resume_and_plan_checks(gauntlet, tmp_path, capsys):
     assert len(list(out.glob("*.tar"))) == 3
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["labeler"]["preset"] == "fixed-cost" and manifest["label_space"]["semantic"]["0"] == "dark"
+
+
+def test_empty_preset_labels_in_the_shard_tasks_without_an_actor(sample_tree, tmp_path, capsys):
+    # An actor of 64 CPUs would be refused on this machine (exit 2): `empty` starts none.
+    out = tmp_path / "out"
+    assert label_main([str(sample_tree), str(out), "--preset", "empty", "--cpus-per-actor", "64"]) == 0
+    assert "OK:" in capsys.readouterr().out
+    members = _tar_members(out)
+    sems = [decode_png(data) for name, data in members.items() if name.endswith(".sem.png")]
+    insts = [decode_png(data) for name, data in members.items() if name.endswith(".inst.png")]
+    assert len(sems) == len(insts) == 7
+    assert all((m == 255).all() for m in sems) and all((m == 0).all() for m in insts)
 
 
 def test_unloadable_model_stops_the_job_with_exit_2(sample_tree, tmp_path, capsys, monkeypatch):

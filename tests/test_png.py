@@ -90,3 +90,13 @@ def test_big_endian_view_is_the_same_map():
     arr = (np.arange(35 * 17, dtype=np.uint32).reshape(35, 17) * 997 % 65536).astype(np.uint16)
     be = decode_mask_fast(encode_mask(arr), native=False)
     assert be.dtype.byteorder == ">" and (be == arr).all()
+
+
+@pytest.mark.parametrize(("dtype", "value"), [(np.uint8, 255), (np.uint16, 0), (np.uint16, 4097)])
+def test_constant_views_encode_to_the_same_bytes_as_full_maps(dtype, value):
+    for shape in [(375, 500), (1, 1), (3, 700)]:
+        view = np.broadcast_to(dtype(value), shape)
+        data = encode_mask(view)
+        assert data == encode_mask(np.full(shape, value, dtype))
+        assert encode_mask(view) is data  # served from the cache
+        assert np.array_equal(decode_mask_fast(data), view)

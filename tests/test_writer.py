@@ -7,6 +7,7 @@ import tarfile
 import numpy as np
 import pytest
 
+from shards.format import FIXED_MTIME
 from shards.image import prepare_image
 from shards.pack import Instance, Labels, decode_png, encode_png, pack_sample
 from shards.synthetic import encode_jpeg, make_scene, write_synthetic_dataset
@@ -106,3 +107,41 @@ def test_gnu_tar_reads_shards(synthetic_ds, tmp_path):
     with tarfile.open(shard) as tf:
         assert (tmp_path / "scene_00000000.jpg").read_bytes() == tf.extractfile("scene_00000000.jpg").read()
     assert io.BytesIO((tmp_path / "scene_00000000.inst.png").read_bytes()).read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("key", ["n01440764_10026", "ключ_0001", "k" * 150])  # ustar, pax (non-ASCII, long)
+def test_tar_bytes_are_what_tarfile_writes(tmp_path, key):
+    """The writer lays out headers, data and padding itself: byte for byte what tarfile.addfile and
+    tarfile.close write, for plain ustar names and names that need a pax header."""
+    samples = [
+        (f"{key}{i}", {"jpg": bytes(range(256)) * (i + 1), "json": b"{}", "sem.png": b"x" * 511, "inst.png": b""})
+        for i in range(3)
+    ]
+    path = tmp_path / "w.tar"
+    with ShardWriter(path) as w:
+        for k, members in samples:
+            w.write(k, members)
+    ref = io.BytesIO()
+    with tarfile.open(fileobj=ref, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for k, members in samples:
+            for ext in sorted(members):
+                ti = tarfile.TarInfo(f"{k}.{ext}")
+                ti.size, ti.mtime, ti.mode = len(members[ext]), FIXED_MTIME, 0o444
+                ti.uid = ti.gid = 0
+                ti.uname = ti.gname = ""
+                tf.addfile(ti, io.BytesIO(members[ext]))
+    data = path.read_bytes()
+    assert data == ref.getvalue()
+    assert w.info.bytes == len(data) and w.info.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_member_headers_are_tarfiles():
+    from shards.writer import member_header
+
+    for name in ["a.jpg", "n" * 95 + ".json", "n" * 96 + ".json", "x" * 101, "é.jpg"]:  # 100 chars: ustar; 101: pax
+        for size in [0, 1, 511, 512, 110_000, 8**11 - 1, 8**11]:
+            ti = tarfile.TarInfo(name)
+            ti.size, ti.mtime, ti.mode = size, FIXED_MTIME, 0o444
+            ti.uid = ti.gid = 0
+            ti.uname = ti.gname = ""
+            assert member_header(name, size) == ti.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
