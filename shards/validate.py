@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from . import format as fmt
-from .image import BadImage, load_image, open_image
+from .image import BadImage, check_scaled, load_image, open_image
 from .location import join, list_names, list_shards, open_url, read_bytes
 from .manifest import (
     Manifest,
@@ -184,9 +184,10 @@ def check_sample(shard: str, key: str, s: dict[str, bytes], expect: Expect, deep
     try:
         im = open_image(s[fmt.JPG], ("JPEG",), expect.max_pixels)
         size = im.size
-        if JPEG_DCT_SCALING:
-            im.draft(im.mode, (im.width // 8, im.height // 8))
-        load_image(im)
+        if JPEG_DCT_SCALING:  # the same check as a full decode, at 1/8 of its cost (image.check_scaled)
+            check_scaled(im)
+        else:
+            load_image(im)
     except BadImage as e:
         out.append(Finding(shard, key, BAD_JPEG, f".jpg does not decode: {e}"))
     maps = {}

@@ -203,3 +203,19 @@ def test_no_ray_cluster_at_the_address_is_a_clear_error(sample_tree, tmp_path, c
     code = label_main([str(sample_tree), str(tmp_path / "o"), "--preset", "empty", "--address", address])
     err = capsys.readouterr().err
     assert code == 2 and f"cannot start or join Ray at --address '{address}'" in err and "Traceback" not in err
+
+
+def test_images_smaller_than_a_dct_block_are_labeled_and_validated(sample_tree, tmp_path, capsys):
+    """JPEG checks decode at 1/8 scale: an image under 8 pixels a side must not become 0 x 0."""
+    root = tmp_path / "in"
+    shutil.copytree(sample_tree, root)
+    photo = np.asarray(Image.open(next(sample_tree.glob("*/*.JPEG"))).convert("RGB"))
+    for name, (h, w) in {"n02123045_tiny": (3, 5), "n02123045_line": (1, 40)}.items():
+        Image.fromarray(np.ascontiguousarray(photo[:h, :w])).save(root / "n02123045" / f"{name}.JPEG", quality=90)
+    out = tmp_path / "out"
+    assert label_main([str(root), str(out), "--samples-per-shard", "4", "--preset", "empty"]) == 0
+    text = capsys.readouterr().out
+    assert "OK:" in text and "0 quarantined" in text, text
+    assert c2f_main(["validate", str(out)]) == 0
+    members = _tar_members(out)
+    assert json.loads(members["n02123045_tiny.json"])["width"] == 5
