@@ -25,6 +25,10 @@ class Labeler(Protocol):
     `submit`, so the caller decodes the next batch meanwhile; a local one labels in `submit`.
     """
 
+    # False for a labeler that reads only the images' sizes (`empty`): the shard task then checks each
+    # JPEG at 1/8 scale instead of decoding it into an array (shards.image.check_scaled).
+    needs_pixels: bool
+
     def label(self, images: list[np.ndarray]) -> list[Labels | Exception]:  # images: [H, W, 3] uint8
         ...
 
@@ -43,6 +47,8 @@ class Labeler(Protocol):
 
 class LocalLabeler:
     """Base of in-process labelers: `submit` labels at once and `collect` hands the result back."""
+
+    needs_pixels = True
 
     def label(self, images: list[np.ndarray]) -> list[Labels | Exception]:
         raise NotImplementedError

@@ -128,6 +128,8 @@ class LabelActor:
 class RemoteLabeler:
     """The shard task's view of an actor: `submit` returns at once, `collect` waits."""
 
+    needs_pixels = True  # model labelers run in actors; a labeler without a model runs in the task
+
     def __init__(self, actor):
         self.actor = actor
 

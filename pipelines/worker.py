@@ -235,8 +235,7 @@ def _write_shard(
             write_labeled(writer, batch, results, quarantine, timer)
 
         pending = None
-        pixels = getattr(labeler, "needs_pixels", True)
-        for batch in decode_batches(job, quarantine, stamps, timer, pixels):
+        for batch in decode_batches(job, quarantine, stamps, timer, labeler.needs_pixels):
             handle = labeler.submit([im.labeler_input() for _, im in batch]) if batch else None
             if pending is not None:
                 finish(*pending)
