@@ -12,9 +12,10 @@
    so the step alone; the rounds' scoring is a forward pass per image once per round), FOLK (the
    whole filtered image in, EMA teacher on the original) and SRMAE (all patches in, 3/4 of them
    downsampled). Each arm's images/s, its step time relative to MAE mode's and, on CUDA, peak
-   memory. On CUDA (auto-detected): bf16, defaults ViT-B, batch 256; on CPU: fp32, defaults tiny,
-   batch 16 (`--img-size 112` to quarter the cost). Target on the GPU: cascade >= 0.8x MAE mode's
-   images/s.
+   memory; next to it the step's FLOPs per image counted from the model code (3x the trained
+   forward, 1x the passes without gradients), the ratio a GPU should approach. On CUDA
+   (auto-detected): bf16, defaults ViT-B, batch 256; on CPU: fp32, defaults tiny, batch 16
+   (`--img-size 112` to quarter the cost). Target on the GPU: cascade >= 0.8x MAE mode's images/s.
 3. Loader throughput with --workers processes against what one step consumes.
 
     .venv/bin/python bench/bench_train.py                       # CPU: tiny, batch 16
@@ -153,6 +154,36 @@ LABELS = {
 }
 
 
+def step_flops(arm: Arm, img: int) -> float:
+    """Estimated FLOPs of one training step per image: 3x the forward of what is trained (forward +
+    backward), plus 1x what runs without gradients (SMIR's estimating passes, FOLK's teacher);
+    counted by torch's FlopCounterMode on a meta-device model (shapes only, nothing computed)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def count(fn) -> float:
+        with FlopCounterMode(display=False) as c:
+            fn()
+        return c.get_total_flops()
+
+    with torch.device("meta"):
+        model = C2FMAE(arm.model).to("meta")
+        n, length, c = 1, model.num_patches, img // 4
+        imgs, sem, inst = torch.empty(n, 3, img, img), torch.zeros(n, c, c, dtype=torch.long), torch.zeros(n, 4, c, c)
+        none, every = torch.zeros(n, length), torch.ones(n, length)
+        method = arm.method.name
+        if method == "folk":  # every patch of the view in; the teacher's forward has no backward
+            teacher = count(lambda: model.teacher(imgs, model.pos_embed))
+            whole = count(lambda: model(imgs, none, sem, inst, keep=length, view=imgs, loss_on=every))
+            return 3 * (whole - teacher) + teacher
+        if method == "srmae":  # every patch in, all of them embedded at low resolution (the upper bound)
+            return 3 * count(lambda: model(imgs, none, sem, inst, keep=length, lowres=every, loss_on=every))
+        flops = 3 * count(lambda: model(imgs, none, sem, inst, keep=arm.masking.kept(length)))
+        if method == "smir" and not arm.cached_losses:
+            keep = length - round(arm.method.selective_probe_ratio * length)
+            flops += arm.method.selective_passes * count(lambda: model(imgs, none, sem, inst, keep=keep))
+        return flops
+
+
 def step_rate(model, data, arm: Arm, steps: int, bf16: bool) -> tuple[float, float]:
     """(images/s, peak GB on CUDA) over `steps` optimizer steps after two warm-up steps."""
     cuda = data[0]["image"].is_cuda
@@ -230,11 +261,15 @@ def main():
             f"docs/TRAINER.md, {args.steps} timed steps x {args.repeats} repeats (median)"
         )
         mae = statistics.median(rates["mae"])
+        flops = {name: step_flops(arm, args.img_size) for name, arm in arms.items()}
         for name in arms:
             r = statistics.median(rates[name])
             mem = f", peak {peaks[name]:.1f} GB" if cuda else ""
             ms = 1e3 * args.batch_size / r
-            print(f"  {LABELS[name]:34s} {r:8.1f} images/s, {ms:8.1f} ms/step = {mae / r:.2f}x MAE mode's step{mem}")
+            print(
+                f"  {LABELS[name]:34s} {r:8.1f} images/s, {ms:8.1f} ms/step = {mae / r:.2f}x MAE mode's step "
+                f"(FLOPs: {flops[name] / 1e9:.1f} G/image = {flops[name] / flops['mae']:.2f}x){mem}"
+            )
         if "smir" in arms and "smir-rounds" in arms:
             online, cached = (statistics.median(rates[k]) for k in ("smir", "smir-rounds"))
             print(
