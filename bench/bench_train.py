@@ -19,7 +19,7 @@
 3. Loader throughput with --workers processes against what one step consumes.
 
     .venv/bin/python bench/bench_train.py                       # CPU: tiny, batch 16
-    .venv/bin/python bench/bench_train.py --skip-loader --img-size 112 --steps 3    # CPU, quicker
+    .venv/bin/python bench/bench_train.py --skip-loader --img-size 112 --cpu-time   # CPU, shared machine
     .venv/bin/python bench/bench_train.py --steps 20            # on a GPU: ViT-B, batch 256, bf16
     .venv/bin/python bench/bench_train.py --arms mae,smir,smir-rounds    # a subset of the arms
 """
@@ -184,8 +184,9 @@ def step_flops(arm: Arm, img: int) -> float:
         return flops
 
 
-def step_rate(model, data, arm: Arm, steps: int, bf16: bool) -> tuple[float, float]:
-    """(images/s, peak GB on CUDA) over `steps` optimizer steps after two warm-up steps."""
+def step_rate(model, data, arm: Arm, steps: int, bf16: bool, clock=time.perf_counter) -> tuple[float, float]:
+    """(images per second of `clock`, peak GB on CUDA) over `steps` optimizer steps after two warm-up
+    steps. On a shared CPU, `clock=time.process_time` counts this process's CPU seconds only."""
     cuda = data[0]["image"].is_cuda
     if not arm.cached_losses:  # only SMIR's rounds read cached losses; elsewhere they must not exist
         data = [{k: v for k, v in b.items() if k != "patch_loss"} for b in data]
@@ -197,13 +198,13 @@ def step_rate(model, data, arm: Arm, steps: int, bf16: bool) -> tuple[float, flo
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
+    t0 = clock()
     for out in train_steps(model, opt, it, range(2, steps + 2), loop):
         last = out.losses["total"]
     float(last)  # the sync that ends the timed window
     if cuda:
         torch.cuda.synchronize()
-    rate = steps * data[0]["image"].shape[0] / (time.perf_counter() - t0)
+    rate = steps * data[0]["image"].shape[0] / (clock() - t0)
     return rate, (torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0)
 
 
@@ -220,6 +221,12 @@ def main():
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--samples", type=int, default=256, help="synthetic 375x500 samples for the loader")
     ap.add_argument("--skip-loader", action="store_true")
+    ap.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="CPU: time the steps by this process's CPU seconds on one thread (wall time on a machine "
+        "shared with other jobs measures their load more than the step)",
+    )
     args = ap.parse_args()
     device = torch.device("cuda" if cuda else "cpu")
 
@@ -248,14 +255,20 @@ def main():
         ref = arms["mae"].model
         data = device_batches(2, args.batch_size, 150, device, g, args.img_size, ref.patch_size // ref.cell_size)
         models = {name: C2FMAE(arm.model).to(device) for name, arm in arms.items()}
+        clock = time.perf_counter
+        if args.cpu_time and not cuda:
+            torch.set_num_threads(1)  # CPU seconds of one thread: no spinning of idle OpenMP threads counted
+            clock = time.process_time
         rates: dict[str, list[float]] = {name: [] for name in arms}
         peaks: dict[str, float] = {}
         for _ in range(args.repeats):  # alternate, so drifts of a shared machine hit every arm
             for name, arm in arms.items():
-                rate, peak = step_rate(models[name], data, arm, args.steps, bf16=cuda)
+                rate, peak = step_rate(models[name], data, arm, args.steps, bf16=cuda, clock=clock)
                 rates[name].append(rate)
                 peaks[name] = max(peaks.get(name, 0.0), peak)
         where = "CUDA bf16" if cuda else f"CPU fp32, {torch.get_num_threads()} threads"
+        if clock is time.process_time:
+            where += ", rates per CPU second of this process"
         print(
             f"steps: {args.model} at {args.img_size} px, batch {args.batch_size}, {where}, decoder blocks as "
             f"docs/TRAINER.md, {args.steps} timed steps x {args.repeats} repeats (median)"
