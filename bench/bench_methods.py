@@ -1,6 +1,6 @@
 """Every pretraining method end to end on CPU: pretrain, then probe, same data, steps and seed.
 
-.venv/bin/python bench/bench_methods.py [--images 400] [--steps 150] [--img-size 64 --patch-size 8]
+.venv/bin/python bench/bench_methods.py [--images 400] [--steps 100] [--img-size 64 --patch-size 8]
 
 Input: synthetic scenes (shards.synthetic.write_synthetic_dataset) whose image class (`.cls`) is
 the class of the largest object (disc, box or triangle), so a probe has something to find. A micro
@@ -62,7 +62,7 @@ def final_losses(run: Path, tail: int = 10) -> dict[str, float]:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=400)
-    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--img-size", type=int, default=64)
     ap.add_argument("--patch-size", type=int, default=8)

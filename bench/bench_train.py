@@ -175,7 +175,7 @@ def step_flops(arm: Arm, img: int) -> float:
             teacher = count(lambda: model.teacher(imgs, model.pos_embed))
             whole = count(lambda: model(imgs, none, sem, inst, keep=length, view=imgs, loss_on=every))
             return 3 * (whole - teacher) + teacher
-        if method == "srmae":  # every patch in, all of them embedded at low resolution (the upper bound)
+        if method == "srmae":  # every patch in; each is embedded both ways and one kept, whatever the map
             return 3 * count(lambda: model(imgs, none, sem, inst, keep=length, lowres=every, loss_on=every))
         flops = 3 * count(lambda: model(imgs, none, sem, inst, keep=arm.masking.kept(length)))
         if method == "smir" and not arm.cached_losses:
