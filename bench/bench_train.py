@@ -37,7 +37,7 @@ import torch
 from c2fmae.data import StreamConfig, TrainStream, TrainTransform, collate, make_loader, patch_mode
 from c2fmae.engine import Loop, Schedule, make_optimizer, train_steps
 from c2fmae.masking import Curriculum, Masking
-from c2fmae.methods import METHODS, MethodSettings
+from c2fmae.methods import METHODS, PROBE_RATIO, MethodSettings
 from c2fmae.model import C2FMAE, ModelConfig, model_config
 from shards.reader import _decode_mask, _decode_rgb, decode_sample, expand_urls, shard_samples
 from shards.synthetic import write_synthetic_dataset
@@ -179,7 +179,7 @@ def step_flops(arm: Arm, img: int) -> float:
             return 3 * count(lambda: model(imgs, none, sem, inst, keep=length, lowres=every, loss_on=every))
         flops = 3 * count(lambda: model(imgs, none, sem, inst, keep=arm.masking.kept(length)))
         if method == "smir" and not arm.cached_losses:
-            keep = length - round(arm.method.selective_probe_ratio * length)
+            keep = length - round(PROBE_RATIO * length)
             flops += arm.method.selective_passes * count(lambda: model(imgs, none, sem, inst, keep=keep))
         return flops
 

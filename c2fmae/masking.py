@@ -182,7 +182,8 @@ def curriculum_mask(
         if probs[i] == 0.0:  # a host-side float: skipping costs no sync
             continue
         if name == "selective" and batch.patch_loss is None:  # a phase below SELECTIVE_MIN_PROB
-            name = "random"
+            name, i = "random", NAMES.index("random")
+            picks = torch.where(picks == NAMES.index("selective"), i, picks)  # the log counts what was drawn
         m = STRATEGIES[name](batch, ratio, generator)
         mask = m if mask is None else torch.where((picks == i).unsqueeze(1), m, mask)
     assert mask is not None

@@ -45,13 +45,15 @@ METHODS: dict[str, MethodDefaults] = {
 }
 
 
+PROBE_RATIO = 0.75  # SMIR: mask ratio of the passes that estimate patch losses (MAE's: a patch's loss as MAE sees it)
+
+
 @dataclass(frozen=True)
 class MethodSettings:
     """The method and its per-step settings (built from TrainConfig, saved in every checkpoint)."""
 
     name: str = "c2fmae"  # mae|c2fmae|smir|folk|srmae
     selective_passes: int = 2  # SMIR online: no-grad random-mask passes that estimate per-patch losses
-    selective_probe_ratio: float = 0.75  # SMIR: mask ratio of those estimating passes (MAE's)
     selective_rounds: int = 0  # SMIR iterative: rounds over as many data partitions (0: the online form)
     folk_thresholds: tuple[float, ...] = field(default=(0.005, 0.01, 0.05))  # FOLK: energy fractions removed
     folk_momentum: float = 0.996  # FOLK: the teacher's EMA momentum at step 0 (cosine to 1 at the end)
@@ -92,7 +94,7 @@ def step_inputs(
         )
     patch_loss = batch.get("patch_loss")  # SMIR iterative: from the previous round's model
     if patch_loss is None and masking.needs_loss(progress) and not method.selective_rounds:
-        patch_loss = estimate_patch_loss(model, batch, method.selective_passes, method.selective_probe_ratio, generator)
+        patch_loss = estimate_patch_loss(model, batch, method.selective_passes, PROBE_RATIO, generator)
     mask, picks = masking(batch["sem_patch"], batch["inst_patch"], progress, generator, patch_loss)
     if method.name == "srmae":  # the chosen patches are degraded, not removed
         return StepInputs(torch.zeros_like(mask), length, picks, lowres=mask, loss_on=mask)
@@ -199,6 +201,11 @@ def frequency_filter(images: torch.Tensor, thresholds: tuple[float, ...], genera
     t = t[torch.randint(len(thresholds), (n,), generator=generator, device=generator.device).to(images.device)]
     drop_sorted = torch.cat([share <= t[:, None], torch.zeros(n, 1, dtype=torch.bool, device=images.device)], 1)
     drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted).reshape(n, 1, h, w // 2 + 1)
+    # The first column (and the last, at even W) holds conjugate pairs of its own (rows k and -k, of
+    # equal energy): remove a pair only whole, so the removed part stays a real image.
+    mirror = (-torch.arange(h, device=images.device)) % h
+    for col in (0, w // 2) if w % 2 == 0 else (0,):
+        drop[..., col] &= drop[..., mirror, col]
     removed = torch.fft.irfft2(spec * drop, s=(h, w))
     return (images.float() - removed).to(images.dtype)
 

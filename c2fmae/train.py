@@ -183,6 +183,8 @@ def with_method(cfg: TrainConfig) -> TrainConfig:
         problems.append("--method folk removes frequencies, not patches: leave --mask-ratio at 0")
     if cfg.selective_rounds and (cfg.selective_rounds < 2 or cfg.masking != "selective"):
         problems.append("--selective-rounds needs 2 or more rounds and --masking selective")
+    if cfg.method == "srmae" and cfg.lowres_factor < 2:
+        problems.append(f"--method srmae degrades patches: --lowres-factor must be 2 or more, got {cfg.lowres_factor}")
     if cfg.selective_passes < 1:
         problems.append("--selective-passes must be at least 1")
     if not 0 <= cfg.mask_ratio < 1:
@@ -362,6 +364,7 @@ def score_round(cfg: TrainConfig, model, env: Dist, rnd: int):
     import torch
 
     from .data import device_batches, expand_urls, whole_image_batches
+    from .methods import PROBE_RATIO
     from .rounds import score_partition
 
     urls = expand_urls(cfg.shards)[env.rank :: env.world]
@@ -369,7 +372,8 @@ def score_round(cfg: TrainConfig, model, env: Dist, rnd: int):
         urls, cfg.batch_size, model.cfg.img_size, model.cfg.cell_size, (rnd, cfg.selective_rounds)
     )
     generator = torch.Generator(env.device).manual_seed(cfg.seed * 1_000_003 + 7919 * rnd + env.rank)
-    return score_partition(model, device_batches(raw, env.device, model.cells), cfg.selective_passes, 0.75, generator)
+    batches = device_batches(raw, env.device, model.cells)
+    return score_partition(model, batches, cfg.selective_passes, PROBE_RATIO, generator)
 
 
 def stream_config(cfg: TrainConfig, schedule, mcfg, env: Dist, start: int, partition=None):

@@ -43,3 +43,29 @@ def test_generated_tables_in_the_docs_are_current():
     text = doc_tables.DOC.read_text()
     assert text.count("<!-- generated:") == 2
     assert doc_tables.render(text) == text, "docs/TRAINER.md is stale: run python -m c2fmae.doc_tables"
+
+
+METHOD_RECIPES = {p.stem: p for p in sorted((CONFIGS / "methods").glob("*.args"))}
+
+
+@pytest.mark.parametrize("name", sorted(METHOD_RECIPES))
+def test_method_recipes_parse_and_build_at_vit_base(name):
+    import torch
+
+    from c2fmae.model import C2FMAE
+    from c2fmae.train import with_method
+
+    cfg = with_method(parse(METHOD_RECIPES[name]))
+    ref = parse(ARMS["vit_base_mae"])
+    assert (cfg.model, cfg.epochs, cfg.batch_size, cfg.blr) == (ref.model, ref.epochs, ref.batch_size, ref.blr)
+    m = model_config_for(cfg, DataSpec(150, 255, 1000, 1_281_167))
+    assert m.embed_dim == 768 and (m.decoder_dim, sum(m.decoder_depths)) == (512, 8)
+    with torch.device("meta"):
+        model = C2FMAE(m)
+    assert (model.teacher is not None) == (cfg.method == "folk")
+    assert (model.lowres_embed is not None) == (cfg.method == "srmae")
+
+
+def test_every_method_has_a_recipe():
+    methods = {parse(p).method for p in [*ARMS.values(), *METHOD_RECIPES.values()]}
+    assert {"smir", "folk", "srmae"} <= methods  # MAE and C2FMAE: vit_base_mae, vit_base_cascade_add

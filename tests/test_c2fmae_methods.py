@@ -54,6 +54,8 @@ def test_a_fourth_curriculum_phase_draws_selective_masks_late():
     sem = torch.zeros(n, length, dtype=torch.long)
     loss = torch.rand(n, length, generator=_gen(2))
     assert not m.needs_loss(0.0) and m.needs_loss(1.0)
+    early, early_picks = m(sem, sem, 0.0, _gen(0))  # below 0.1%: the rare selective draws are random ones
+    assert (early_picks != NAMES.index("selective")).all() and (early.sum(1) == 98).all()
     mask, picks = m(sem, sem, 1.0, _gen(0), loss)
     sel = picks == NAMES.index("selective")
     assert sel.float().mean() > 0.5 and (mask.sum(1) == 98).all()
@@ -267,6 +269,7 @@ def test_method_flag_errors_are_one_line(scenes, tmp_path, capsys):
     for extra, msg in [
         (["--method", "folk", "--mask-ratio", "0.5"], "removes frequencies"),
         (["--method", "srmae", "--stages", "semantic"], "must include pixel"),
+        (["--method", "srmae", "--lowres-factor", "1"], "--lowres-factor must be 2"),
         (["--selective-rounds", "3"], "--masking selective"),
         (["--method", "folk", "--folk-thresholds", "0.1,x"], "--folk-thresholds"),
         (["--curriculum-centers", "0,1"], "--curriculum-centers"),
