@@ -44,6 +44,18 @@ def _synthetic_master(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def scenes(tmp_path_factory) -> tuple[Path, Path]:
+    """Synthetic scenes for training tests (read only): 8 in 2 shards, and 48 in 6 shards."""
+    from shards.synthetic import write_synthetic_dataset
+
+    small = tmp_path_factory.mktemp("scenes8")
+    write_synthetic_dataset(small, 8, 4, seed=0)
+    big = tmp_path_factory.mktemp("scenes48")
+    write_synthetic_dataset(big, 48, 8, seed=1)
+    return small, big
+
+
 @pytest.fixture
 def synthetic_ds(_synthetic_master, tmp_path) -> Path:
     """A fresh copy of a valid 3-shard synthetic dataset that a test may damage."""

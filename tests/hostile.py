@@ -172,3 +172,22 @@ def write_tar(path, members: list[tuple[str, bytes]], raw_tail: bytes = b"", ext
     body = buf.getvalue()[:end]
     with open(path, "wb") as f:
         f.write(body + raw_tail + b"\0" * 1024)
+
+
+def damaged_copies(bases: list[bytes], n: int, seed: int):
+    """n damaged copies of files drawn from `bases`: cut short, bytes overwritten, or a run deleted."""
+    import random
+
+    rng = random.Random(seed)
+    for _ in range(n):
+        d = bytearray(rng.choice(bases))
+        op = rng.randrange(3)
+        if op == 0:
+            d = d[: rng.randrange(len(d))]
+        elif op == 1:
+            for _ in range(rng.randint(1, 5)):
+                d[rng.randrange(len(d))] = rng.randrange(256)
+        else:
+            i = rng.randrange(len(d))
+            del d[i : i + rng.randrange(1, 50)]
+        yield bytes(d)

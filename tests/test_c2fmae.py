@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import free_port
 
 from c2f.cli import main as c2f
 from c2fmae.checkpoint import load_checkpoint
@@ -195,17 +196,6 @@ def test_lr_schedule_is_a_pure_function():
 # --- training -----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory):
-    from shards.synthetic import write_synthetic_dataset
-
-    small = tmp_path_factory.mktemp("scenes8")
-    write_synthetic_dataset(small, 8, 4, seed=0)
-    big = tmp_path_factory.mktemp("scenes48")
-    write_synthetic_dataset(big, 48, 8, seed=1)
-    return small, big
-
-
 MICRO = ["--model", "c2fmae_vit_micro", "--workers", "0", "--vis-every", "0", "--log-every", "1000"]
 
 
@@ -278,14 +268,6 @@ def test_resume_without_checkpoint_is_a_usage_error(scenes, tmp_path, capsys):
     assert "no checkpoint" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ddp_two_processes_gloo(scenes, tmp_path):
     _, big = scenes
     out = tmp_path / "ddp"
@@ -300,7 +282,7 @@ def test_ddp_two_processes_gloo(scenes, tmp_path):
             "--master-addr",
             "127.0.0.1",
             "--master-port",
-            str(_free_port()),
+            str(free_port()),
             "-m",
             "c2f",
             "pretrain",

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from conftest import free_port
 
 from c2f.cli import main as c2f
 from c2fmae.checkpoint import load_checkpoint
@@ -157,17 +158,6 @@ def test_rounds_split_the_steps():
 # --- training ----------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory):
-    from shards.synthetic import write_synthetic_dataset
-
-    small = tmp_path_factory.mktemp("m-scenes8")
-    write_synthetic_dataset(small, 8, 4, seed=0)
-    big = tmp_path_factory.mktemp("m-scenes32")
-    write_synthetic_dataset(big, 32, 8, seed=1)
-    return small, big
-
-
 MICRO = ["--model", "c2fmae_vit_micro", "--img-size", "64", "--workers", "0", "--vis-every", "0", "--log-every", "1000"]
 METHODS = {
     "smir": ["--method", "smir"],
@@ -225,21 +215,13 @@ def test_each_method_resumes_exactly(method, scenes, tmp_path, capsys):
     assert "kNN(k=" in capsys.readouterr().out
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("method", ["smir-rounds", "folk", "srmae"])
 def test_each_method_runs_under_two_process_ddp(method, scenes, tmp_path):
     _, big = scenes
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1"]
-    cmd += ["--master-port", str(_free_port()), "-m", "c2f", "pretrain", str(big), "--output", str(out)]
+    cmd += ["--master-port", str(free_port()), "-m", "c2f", "pretrain", str(big), "--output", str(out)]
     cmd += ["--steps", "4", "--batch-size", "4", *METHODS[method], *MICRO]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
