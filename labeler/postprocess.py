@@ -108,6 +108,9 @@ def _running_argmax(maps, n: int, pixels: int) -> torch.Tensor:
 # grain size, so that its many small operations run without thread hand-offs, which cost 10-50x on
 # a busy machine (measured).
 BORDER_BLOCK = 1 << 15
+# Scoring a pixel over all classes from gathered source pixels costs about twice as much as in the
+# dense path: beyond this share of such pixels (white noise, not a model's output) the dense path wins.
+DENSE_ABOVE = 0.25
 
 
 def _taps(n_out: int, extent: float, n_in: int, step: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -151,31 +154,36 @@ class _Grid:
         """A map per source cell [h, w] -> per output pixel [H, W]: the value of the pixel's cell."""
         return m.reshape(-1).index_select(0, self.cell).view(self.size)
 
-    def sample(self, rows: torch.Tensor, py: torch.Tensor, px: torch.Tensor) -> torch.Tensor:
-        """rows [h * w, N] (x [N, h, w] with one row per source pixel) sampled bilinearly at output
-        pixels (py, px) [P] -> [P, N], in small blocks."""
-        w = self.width
+    def pixels(self, todo: torch.Tensor) -> torch.Tensor:
+        """todo [H, W] bool -> the flat indices of its pixels (a host sync: CPUs only)."""
+        return todo.view(-1).nonzero()[:, 0]
+
+    def sample(self, x: torch.Tensor, rows: torch.Tensor | None, at: torch.Tensor) -> torch.Tensor:
+        """x [N, h, w] sampled bilinearly at flat output pixels `at` [P] -> [P, N], in small blocks,
+        gathering from rows = x as [h * w, N] if given (2x faster per pixel, but a transposed copy)."""
+        w, flat = self.width, x.flatten(1)
+        py, px = at // self.size[1], at % self.size[1]
         y0, y1 = self.y0.index_select(0, py) * w, self.y1.index_select(0, py) * w
         x0, x1 = self.x0.index_select(0, px), self.x1.index_select(0, px)
-        corners = y0 + x0, y0 + x1, y1 + x0, y1 + x1  # each [P]: row indices
+        corners = y0 + x0, y0 + x1, y1 + x0, y1 + x1  # each [P]: indices of source pixels
         wy, wx = self.ly.index_select(0, py)[:, None], self.lx.index_select(0, px)[:, None]
         blocks = []
-        for s in _chunks(py.shape[0], rows.shape[1], BORDER_BLOCK):
-            v00, v01, v10, v11 = (rows.index_select(0, i[s]) for i in corners)
+        for s in _chunks(at.shape[0], x.shape[0], BORDER_BLOCK):
+            if rows is not None:
+                v00, v01, v10, v11 = (rows.index_select(0, i[s]) for i in corners)
+            else:
+                v00, v01, v10, v11 = (flat.index_select(1, i[s]).T for i in corners)
             blocks.append(torch.lerp(torch.lerp(v00, v01, wx[s]), torch.lerp(v10, v11, wx[s]), wy[s]))
-        return torch.cat(blocks) if blocks else rows.new_empty(0, rows.shape[1])
+        return torch.cat(blocks) if blocks else x.new_empty(0, x.shape[0])
 
-    def score(self, x: torch.Tensor, todo: torch.Tensor, out: torch.Tensor, decide, width: int) -> torch.Tensor:
-        """out [H, W] with its `todo` pixels replaced by decide(xs, at) [P]: their labels from x
-        [N, h, w] sampled there, xs [P, N], and their flat indices `at` [P] (to look up per-pixel
-        candidates); `width`: decide's widest intermediate [P, width]."""
-        at = todo.flatten().nonzero()[:, 0]  # a host sync: CPUs only
-        if at.shape[0] == 0:
-            return out
-        py, px, flat = at // out.shape[1], at % out.shape[1], out.view(-1)
-        rows = x.flatten(1).T.contiguous()  # gathering whole rows is 2x faster than columns
+    def score(self, x: torch.Tensor, at: torch.Tensor, out: torch.Tensor, decide, width: int) -> torch.Tensor:
+        """out [H, W] with its pixels `at` (flat indices [P]) replaced by decide(xs, at) [P]: their
+        labels from x [N, h, w] sampled there, xs [P, N] (`at` to look up per-pixel candidates);
+        `width`: decide's widest intermediate [P, width]."""
+        rows = x.flatten(1).T.contiguous() if 4 * at.shape[0] > x[0].numel() else None
+        flat = out.view(-1)
         for s in _chunks(at.shape[0], max(x.shape[0], width)):
-            flat.index_copy_(0, at[s], decide(self.sample(rows, py[s], px[s]), at[s]))
+            flat.index_copy_(0, at[s], decide(self.sample(x, rows, at[s]), at[s]))
         return out
 
 
@@ -209,8 +217,9 @@ def semantic_from_logits(
     wins the cell; where the same two classes are the best two at all four, only those two are
     resampled, and compared exactly as in a full resampling; the remaining pixels (where three
     classes meet: ~3% on model-shaped logits) are interpolated over all classes, which can differ
-    from F.interpolate in the last bit. "Best" means by more than float rounding (1e-5 of the largest
-    logit), so that no excluded class can tie after interpolation."""
+    from F.interpolate in the last bit; beyond a quarter of the pixels (white noise) the dense path
+    takes over. "Best" means by more than float rounding, so that no excluded class can tie after
+    interpolation."""
     logits = logits.float()
     if dense if dense is not None else logits.device.type != "cpu" or logits.shape[0] < 3:
         return _running_argmax(lambda s: resample(logits[s], valid, size, step), logits.shape[0], size[0] * size[1])
@@ -220,16 +229,23 @@ def semantic_from_logits(
     v2, c2 = rest.max(0)
     v3 = rest.scatter_(0, c2[None], -torch.inf).amax(0)
     lo, hi, in_order = torch.minimum(c1, c2), torch.maximum(c1, c2), c1 < c2
-    tol = 1e-5 * torch.stack(torch.aminmax(logits)).abs().max()
+    # Interpolation rounds each compared value by ~1e-7 of the larger magnitude: margins of 1e-5 of the
+    # largest magnitude among the best three leave no excluded class a tie (larger ones lose by more).
+    tol = 1e-5 * torch.maximum(v1.abs().max(), v3.abs().max())
     single = _same_at_corners(c1, v1 - v2 > tol)
     pair = _same_at_corners(lo, hi, v2 - v3 > tol) & ~single
     grid = _Grid(logits, valid, size, step)
+    rest = grid.pixels(grid.cells(~(single | pair)))
+    if rest.shape[0] > DENSE_ABOVE * size[0] * size[1]:
+        return semantic_from_logits(logits, valid, size, step, dense=True)
+    # Per cell, the candidates (lo, hi) of a pair; a single class twice. The resampled values of the
+    # pair's two classes decide between them (elsewhere they do not matter).
+    first, second = torch.where(pair, lo, c1), torch.where(pair, hi, c1)
     pair_values = resample(
         torch.stack([torch.where(in_order, v1, v2), torch.where(in_order, v2, v1)]), valid, size, step
     )
-    out = _pick(grid.cells(lo), grid.cells(hi), pair_values[0], pair_values[1])
-    out = torch.where(grid.cells(pair), out, grid.cells(c1))
-    return grid.score(logits, grid.cells(~(single | pair)), out, lambda xs, at: xs.argmax(1), logits.shape[0])
+    out = _pick(grid.cells(first), grid.cells(second), pair_values[0], pair_values[1])
+    return grid.score(logits, rest, out, lambda xs, at: xs.argmax(1), logits.shape[0])
 
 
 def semantic_from_queries(
@@ -281,16 +297,19 @@ def semantic_from_queries(
     single = best > rival * (1 + 1e-4)
     pair = best > third * (1 + 1e-4)  # every class but the two is out
     grid = _Grid(masks, valid, size, step)
-    out = grid.cells(label)
-    lo, hi = grid.cells(torch.minimum(label, runner)).view(-1), grid.cells(torch.maximum(label, runner)).view(-1)
+    rest = grid.pixels(grid.cells(~pair))
+    if rest.shape[0] > DENSE_ABOVE * size[0] * size[1]:
+        return semantic_from_queries(class_logits, mask_logits, valid, size, step, dense=True)
+    lo, hi = torch.minimum(label, runner).view(-1), torch.maximum(label, runner).view(-1)  # per cell
     by_class = cls.T.contiguous()  # [C, Q]
 
     def two(xs: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
-        a, b, p = lo[at], hi[at], prob(xs)
+        cell = grid.cell[at]
+        a, b, p = lo[cell], hi[cell], prob(xs)
         return _pick(a, b, (p * by_class.index_select(0, a)).sum(1), (p * by_class.index_select(0, b)).sum(1))
 
-    out = grid.score(masks, grid.cells(pair & ~single), out, two, cls.shape[0])
-    return grid.score(masks, grid.cells(~pair), out, lambda xs, at: (prob(xs) @ cls).argmax(1), cls.shape[1])
+    out = grid.score(masks, grid.pixels(grid.cells(pair & ~single)), grid.cells(label), two, cls.shape[0])
+    return grid.score(masks, rest, out, lambda xs, at: (prob(xs) @ cls).argmax(1), cls.shape[1])
 
 
 def region_stats(bins: torch.Tensor, n: int) -> torch.Tensor:

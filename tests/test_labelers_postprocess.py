@@ -191,14 +191,20 @@ PLACEMENTS = [((40.0, 40.0), None), ((30.0, 40.0), (0.25, 0.25)), ((40.0, 27.5),
 
 
 @pytest.mark.parametrize("kind", ["smooth", "noise"])
-def test_semantic_from_logits_equals_dense_argmax(kind):
+def test_semantic_from_logits_equals_dense_argmax(kind, monkeypatch):
     """The CPU path (cells decided at low resolution, pairs, all classes where three meet) against
     the argmax of all 150 resampled logits: on model-shaped logits (mostly decided cells and pairs)
-    and white noise (mostly full interpolation); padded canvases included."""
+    and white noise (mostly full interpolation, which it would hand to the dense path); padded
+    canvases included."""
+    import labeler.postprocess as pp
+
     if kind == "smooth":
         logits = synthetic_semantic_logits(len(PLACEMENTS), 150, (40, 40), seed=5)
     else:
         logits = torch.randn(len(PLACEMENTS), 150, 40, 40, generator=torch.Generator().manual_seed(5))
+        scores = resample(logits[0], PLACEMENTS[0][0], (300, 400))
+        assert torch.equal(semantic_from_logits(logits[0], PLACEMENTS[0][0], (300, 400)), scores.argmax(0))
+    monkeypatch.setattr(pp, "DENSE_ABOVE", 1.0)  # never hand over to the dense path
     differ = 0
     for i, (region, step) in enumerate(PLACEMENTS):
         for size in [(300, 400), (171, 256), (40, 600)]:
@@ -209,9 +215,12 @@ def test_semantic_from_logits_equals_dense_argmax(kind):
     assert differ <= 5, differ
 
 
-def test_semantic_from_queries_equals_dense_argmax():
+def test_semantic_from_queries_equals_dense_argmax(monkeypatch):
     """The CPU path (class bounds per cell, pairs scored per pixel, all classes elsewhere) against
     scoring every class at every pixel; padded canvases included."""
+    import labeler.postprocess as pp
+
+    monkeypatch.setattr(pp, "DENSE_ABOVE", 1.0)  # never hand over to the dense path
     cls, masks = synthetic_query_logits(len(PLACEMENTS), 100, 150, (40, 40), seed=6)
     differ = 0
     for i, (region, step) in enumerate(PLACEMENTS):
