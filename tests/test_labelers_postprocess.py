@@ -7,7 +7,8 @@ transformers' Mask2Former goes through a fixed 384x384 grid and then probabiliti
 the padded canvas. Pixels on segment borders can therefore differ; the bar is 99.9% of all pixels
 (docs/LABELERS.md records the measured figures). Logits are model-shaped: smooth discs at the model's
 output resolution (labeler.tiny.synthetic_query_logits), since random tiny models give one or two
-segments, plus one end-to-end check on a real tiny Mask2Former.
+segments, plus one end-to-end check on a real tiny Mask2Former. Semantic maps on CPUs decide most
+cells at the model's resolution; they are checked against scoring every class at every pixel too.
 """
 
 from types import SimpleNamespace
