@@ -221,7 +221,9 @@ def semantic_from_logits(
     takes over. "Best" means by more than float rounding, so that no excluded class can tie after
     interpolation."""
     logits = logits.float()
-    if dense if dense is not None else logits.device.type != "cpu" or logits.shape[0] < 3:
+    if dense is None:
+        dense = logits.device.type != "cpu"
+    if dense or logits.shape[0] < 3:
         return _running_argmax(lambda s: resample(logits[s], valid, size, step), logits.shape[0], size[0] * size[1])
     # The best three per source pixel (topk is 2x slower on CPUs than masking the best out twice).
     v1, c1 = logits.max(0)
@@ -268,7 +270,9 @@ def semantic_from_queries(
     two are, only those two are scored per pixel; elsewhere all classes are."""
     cls = class_logits.float().softmax(-1)[:, :-1]  # [Q, C]
     masks = mask_logits.float()
-    if dense if dense is not None else masks.device.type != "cpu":
+    if dense is None:
+        dense = masks.device.type != "cpu"
+    if dense:
         pixels = size[0] * size[1]
 
         def class_scores(cs: slice) -> torch.Tensor:  # [len(cs), H, W], summed over query chunks
