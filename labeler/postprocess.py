@@ -167,14 +167,14 @@ class _Grid:
         x0, x1 = self.x0.index_select(0, px), self.x1.index_select(0, px)
         corners = y0 + x0, y0 + x1, y1 + x0, y1 + x1  # each [P]: indices of source pixels
         wy, wx = self.ly.index_select(0, py)[:, None], self.lx.index_select(0, px)[:, None]
-        blocks = []
+        out = x.new_empty(at.shape[0], x.shape[0])
         for s in _chunks(at.shape[0], x.shape[0], BORDER_BLOCK):
             if rows is not None:
                 v00, v01, v10, v11 = (rows.index_select(0, i[s]) for i in corners)
             else:
                 v00, v01, v10, v11 = (flat.index_select(1, i[s]).T for i in corners)
-            blocks.append(torch.lerp(torch.lerp(v00, v01, wx[s]), torch.lerp(v10, v11, wx[s]), wy[s]))
-        return torch.cat(blocks) if blocks else x.new_empty(0, x.shape[0])
+            torch.lerp(torch.lerp(v00, v01, wx[s]), torch.lerp(v10, v11, wx[s]), wy[s], out=out[s])
+        return out
 
     def score(self, x: torch.Tensor, at: torch.Tensor, out: torch.Tensor, decide, width: int) -> torch.Tensor:
         """out [H, W] with its pixels `at` (flat indices [P]) replaced by decide(xs, at) [P]: their
