@@ -306,11 +306,11 @@ def semantic_from_queries(
         return semantic_from_queries(class_logits, mask_logits, valid, size, step, dense=True)
     lo, hi = torch.minimum(label, runner).view(-1), torch.maximum(label, runner).view(-1)  # per cell
     by_class = cls.T.contiguous()  # [C, Q]
+    weights = by_class.index_select(0, hi) - by_class.index_select(0, lo)  # [h * w, Q]: score(hi) - score(lo)
 
     def two(xs: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
         cell = grid.cell[at]
-        a, b, p = lo[cell], hi[cell], prob(xs)
-        return _pick(a, b, (p * by_class.index_select(0, a)).sum(1), (p * by_class.index_select(0, b)).sum(1))
+        return torch.where((prob(xs) * weights.index_select(0, cell)).sum(1) > 0, hi[cell], lo[cell])
 
     out = grid.score(masks, grid.pixels(grid.cells(pair & ~single)), grid.cells(label), two, cls.shape[0])
     return grid.score(masks, rest, out, lambda xs, at: (prob(xs) @ cls).argmax(1), cls.shape[1])
