@@ -103,12 +103,151 @@ def _running_argmax(maps, n: int, pixels: int) -> torch.Tensor:
     return winner
 
 
+# Elements per [channels, pixels] block when sampling at class borders: 128 KB blocks stay in the
+# CPU's caches (128 MB blocks, `_chunks`' default, make the sampling 3-5x slower) and within torch's
+# grain size, so that its many small operations run without thread hand-offs, which cost 10-50x on
+# a busy machine (measured).
+BORDER_BLOCK = 1 << 15
+# Scoring a pixel over all classes from gathered source pixels costs about twice as much as in the
+# dense path: beyond this share of such pixels (white noise, not a model's output) the dense path wins.
+DENSE_ABOVE = 0.25
+
+
+def _taps(n_out: int, extent: float, n_in: int, step: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`resample`'s sampling along one axis -> (i0, i1, lam) [n_out]: the two source indices each
+    output index mixes and the weight of the second. Where the image fills the axis, F.interpolate's:
+    float32 scale, (i + 0.5) * scale - 0.5 rounded once as its CPU kernel's fused multiply-add does,
+    clamped at 0; otherwise `resample`'s clamped grid (grid_sample's own float rounding aside)."""
+    i = torch.arange(n_out, dtype=torch.float64)
+    if extent == n_in:
+        scale = float(torch.tensor(n_in, dtype=torch.float32) / n_out)
+        src = ((i + 0.5) * scale - 0.5).clamp(min=0.0)
+    else:
+        src = ((i + 0.5) * (extent / n_out) - 0.5).clamp(0.0, min(extent - 0.5 * step - 0.5, n_in - 1.0))
+    src = src.to(torch.float32)
+    i0 = src.long().clamp(max=n_in - 1)
+    return i0, (i0 + 1).clamp(max=n_in - 1), (src - i0).clamp(0.0, 1.0)
+
+
+def _corners(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """x [..., h, w] -> the values at the four corners of each source cell (y, x)-(y+1, x+1), each
+    [..., h, w]; the last row and column are their own neighbours, as in the samplers."""
+    h, w = x.shape[-2:]
+    below = x.index_select(-2, torch.arange(1, h + 1, device=x.device).clamp(max=h - 1))
+    right = torch.arange(1, w + 1, device=x.device).clamp(max=w - 1)
+    return x, x.index_select(-1, right), below, below.index_select(-1, right)
+
+
+class _Grid:
+    """Where `resample` samples x [N, h, w] for a target: per output row (y0, y1, ly) and column
+    (x0, x1, lx), the source indices mixed and the second one's weight (`_taps`)."""
+
+    def __init__(self, x: torch.Tensor, valid, size, step):
+        h, w = x.shape[-2:]
+        sh, sw = step if step is not None else (1.0, 1.0)
+        self.y0, self.y1, self.ly = (t.to(x.device) for t in _taps(size[0], valid[0], h, sh))
+        self.x0, self.x1, self.lx = (t.to(x.device) for t in _taps(size[1], valid[1], w, sw))
+        self.width, self.size = w, size
+        self.cell = (self.y0[:, None] * w + self.x0[None, :]).view(-1)  # [H * W]: each pixel's cell
+
+    def cells(self, m: torch.Tensor) -> torch.Tensor:
+        """A map per source cell [h, w] -> per output pixel [H, W]: the value of the pixel's cell."""
+        return m.reshape(-1).index_select(0, self.cell).view(self.size)
+
+    def pixels(self, todo: torch.Tensor) -> torch.Tensor:
+        """todo [H, W] bool -> the flat indices of its pixels (a host sync: CPUs only)."""
+        return todo.view(-1).nonzero()[:, 0]
+
+    def sample(self, x: torch.Tensor, rows: torch.Tensor | None, at: torch.Tensor) -> torch.Tensor:
+        """x [N, h, w] sampled bilinearly at flat output pixels `at` [P] -> [P, N], in small blocks,
+        gathering from rows = x as [h * w, N] if given (2x faster per pixel, but a transposed copy)."""
+        w, flat = self.width, x.flatten(1)
+        py, px = at // self.size[1], at % self.size[1]
+        y0, y1 = self.y0.index_select(0, py) * w, self.y1.index_select(0, py) * w
+        x0, x1 = self.x0.index_select(0, px), self.x1.index_select(0, px)
+        corners = y0 + x0, y0 + x1, y1 + x0, y1 + x1  # each [P]: indices of source pixels
+        wy, wx = self.ly.index_select(0, py)[:, None], self.lx.index_select(0, px)[:, None]
+        out = x.new_empty(at.shape[0], x.shape[0])
+        for s in _chunks(at.shape[0], x.shape[0], BORDER_BLOCK):
+            if rows is not None:
+                v00, v01, v10, v11 = (rows.index_select(0, i[s]) for i in corners)
+            else:
+                v00, v01, v10, v11 = (flat.index_select(1, i[s]).T for i in corners)
+            torch.lerp(torch.lerp(v00, v01, wx[s]), torch.lerp(v10, v11, wx[s]), wy[s], out=out[s])
+        return out
+
+    def score(self, x: torch.Tensor, at: torch.Tensor, out: torch.Tensor, decide, width: int) -> torch.Tensor:
+        """out [H, W] with its pixels `at` (flat indices [P]) replaced by decide(xs, at) [P]: their
+        labels from x [N, h, w] sampled there, xs [P, N] (`at` to look up per-pixel candidates);
+        `width`: decide's widest intermediate [P, width]."""
+        rows = x.flatten(1).T.contiguous() if 4 * at.shape[0] > x[0].numel() else None
+        flat = out.view(-1)
+        for s in _chunks(at.shape[0], max(x.shape[0], width)):
+            flat.index_copy_(0, at[s], decide(self.sample(x, rows, at[s]), at[s]))
+        return out
+
+
+def _same_at_corners(*maps: torch.Tensor) -> torch.Tensor:
+    """maps [h, w] -> [h, w] bool: each map has one value at all four corners of the cell."""
+    same = None
+    for m in maps:
+        for corner in _corners(m)[1:]:
+            same = corner == m if same is None else same & (corner == m)
+    return same
+
+
+def _pick(lo: torch.Tensor, hi: torch.Tensor, score_lo: torch.Tensor, score_hi: torch.Tensor) -> torch.Tensor:
+    """The better of two classes lo < hi per pixel; a tie goes to lo, as with argmax."""
+    return torch.where(score_hi > score_lo, hi, lo)
+
+
 def semantic_from_logits(
-    logits: torch.Tensor, valid: tuple[float, float], size: tuple[int, int], step: tuple[float, float] | None = None
+    logits: torch.Tensor,
+    valid: tuple[float, float],
+    size: tuple[int, int],
+    step: tuple[float, float] | None = None,
+    dense: bool | None = None,
 ) -> torch.Tensor:
-    """Per-pixel class scores (SegFormer, UperNet, BEiT...) logits [C, h, w] -> class ids [H, W] int64."""
+    """Per-pixel class scores (SegFormer, UperNet, BEiT...) logits [C, h, w] -> class ids [H, W] int64:
+    argmax over classes of the logits resampled to the target size.
+
+    `dense` (default: on GPUs) resamples all C maps. Otherwise (CPUs), as few as needed: a bilinear
+    sample is a convex combination of its cell's four corners, so a class that beats another at all
+    four beats it at every sample in the cell. Where one class is the best at all four corners, it
+    wins the cell; where the same two classes are the best two at all four, only those two are
+    resampled, and compared exactly as in a full resampling; the remaining pixels (where three
+    classes meet: ~3% on model-shaped logits) are interpolated over all classes, which can differ
+    from F.interpolate in the last bit; beyond a quarter of the pixels (white noise) the dense path
+    takes over. "Best" means by more than float rounding, so that no excluded class can tie after
+    interpolation."""
     logits = logits.float()
-    return _running_argmax(lambda s: resample(logits[s], valid, size, step), logits.shape[0], size[0] * size[1])
+    if dense is None:
+        dense = logits.device.type != "cpu"
+    if dense or logits.shape[0] < 3:
+        return _running_argmax(lambda s: resample(logits[s], valid, size, step), logits.shape[0], size[0] * size[1])
+    # The best three per source pixel (topk is 2x slower on CPUs than masking the best out twice).
+    v1, c1 = logits.max(0)
+    rest = logits.scatter(0, c1[None], -torch.inf)
+    v2, c2 = rest.max(0)
+    v3 = rest.scatter_(0, c2[None], -torch.inf).amax(0)
+    lo, hi, in_order = torch.minimum(c1, c2), torch.maximum(c1, c2), c1 < c2
+    # Interpolation rounds each compared value by ~1e-7 of the larger magnitude: margins of 1e-5 of the
+    # largest magnitude among the best three leave no excluded class a tie (larger ones lose by more).
+    tol = 1e-5 * torch.maximum(v1.abs().max(), v3.abs().max())
+    single = _same_at_corners(c1, v1 - v2 > tol)
+    pair = _same_at_corners(lo, hi, v2 - v3 > tol) & ~single
+    grid = _Grid(logits, valid, size, step)
+    rest = grid.pixels(grid.cells(~(single | pair)))
+    if rest.shape[0] > DENSE_ABOVE * size[0] * size[1]:
+        return semantic_from_logits(logits, valid, size, step, dense=True)
+    # Per cell, the candidates (lo, hi) of a pair; a single class twice. The resampled values of the
+    # pair's two classes decide between them (elsewhere they do not matter).
+    first, second = torch.where(pair, lo, c1), torch.where(pair, hi, c1)
+    pair_values = resample(
+        torch.stack([torch.where(in_order, v1, v2), torch.where(in_order, v2, v1)]), valid, size, step
+    )
+    out = _pick(grid.cells(first), grid.cells(second), pair_values[0], pair_values[1])
+    return grid.score(logits, rest, out, lambda xs, at: xs.argmax(1), logits.shape[0])
 
 
 def semantic_from_queries(
@@ -117,23 +256,64 @@ def semantic_from_queries(
     valid: tuple[float, float],
     size: tuple[int, int],
     step: tuple[float, float] | None = None,
+    dense: bool | None = None,
 ) -> torch.Tensor:
     """Mask-classification models' semantic map: class_logits [Q, C+1], mask_logits [Q, h, w] ->
     class ids [H, W] int64: argmax over classes of sum_q p(class | q) * sigmoid(mask_q), with the mask
-    logits resampled to the target size first (the Mask2Former authors' order)."""
+    logits resampled to the target size first (the Mask2Former authors' order).
+
+    `dense` (default: on GPUs) scores every class at every pixel. Otherwise (CPUs): within a source
+    cell each resampled mask logit lies between the minimum and maximum of the cell's four corners
+    and the sigmoid is increasing, so each class's score lies in [sum_q p sigmoid(min), sum_q p
+    sigmoid(max)]. A class whose upper bound is below the best lower bound cannot win the cell (with
+    a relative margin of 1e-4 for float rounding). Where one class is left, it wins the cell; where
+    two are, only those two are scored per pixel; elsewhere all classes are."""
     cls = class_logits.float().softmax(-1)[:, :-1]  # [Q, C]
     masks = mask_logits.float()
-    pixels = size[0] * size[1]
+    if dense is None:
+        dense = masks.device.type != "cpu"
+    if dense:
+        pixels = size[0] * size[1]
 
-    def class_scores(cs: slice) -> torch.Tensor:  # [len(cs), H, W], summed over query chunks
-        total = None
-        for qs in _chunks(cls.shape[0], pixels):
-            prob = resample(masks[qs], valid, size, step).sigmoid_()
-            part = torch.einsum("qc,qhw->chw", cls[qs, cs], prob)
-            total = part if total is None else total + part
-        return total
+        def class_scores(cs: slice) -> torch.Tensor:  # [len(cs), H, W], summed over query chunks
+            total = None
+            for qs in _chunks(cls.shape[0], pixels):
+                prob = resample(masks[qs], valid, size, step).sigmoid_()
+                part = torch.einsum("qc,qhw->chw", cls[qs, cs], prob)
+                total = part if total is None else total + part
+            return total
 
-    return _running_argmax(class_scores, cls.shape[1], pixels)
+        return _running_argmax(class_scores, cls.shape[1], pixels)
+
+    def prob(m: torch.Tensor) -> torch.Tensor:
+        # Scaled by 2^64 (exact; the argmax stays): mask logits below -87 give subnormal floats,
+        # which make CPU matrix products 10x slower.
+        return m.sigmoid_().mul_(2.0**64)
+
+    c00, c01, c10, c11 = _corners(masks)
+    low = prob(torch.minimum(torch.minimum(c00, c01), torch.minimum(c10, c11)))
+    high = prob(torch.maximum(torch.maximum(c00, c01), torch.maximum(c10, c11)))
+    low, high = (torch.einsum("qc,qhw->chw", cls, m) for m in (low, high))
+    best, label = low.max(0)
+    others = high.scatter(0, label[None], -1.0)  # upper bounds of the classes but the best
+    rival, runner = others.max(0)
+    third = others.scatter_(0, runner[None], -1.0).amax(0)
+    single = best > rival * (1 + 1e-4)
+    pair = best > third * (1 + 1e-4)  # every class but the two is out
+    grid = _Grid(masks, valid, size, step)
+    rest = grid.pixels(grid.cells(~pair))
+    if rest.shape[0] > DENSE_ABOVE * size[0] * size[1]:
+        return semantic_from_queries(class_logits, mask_logits, valid, size, step, dense=True)
+    lo, hi = torch.minimum(label, runner).view(-1), torch.maximum(label, runner).view(-1)  # per cell
+    by_class = cls.T.contiguous()  # [C, Q]
+    weights = by_class.index_select(0, hi) - by_class.index_select(0, lo)  # [h * w, Q]: score(hi) - score(lo)
+
+    def two(xs: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        cell = grid.cell[at]
+        return torch.where((prob(xs) * weights.index_select(0, cell)).sum(1) > 0, hi[cell], lo[cell])
+
+    out = grid.score(masks, grid.pixels(grid.cells(pair & ~single)), grid.cells(label), two, cls.shape[0])
+    return grid.score(masks, rest, out, lambda xs, at: (prob(xs) @ cls).argmax(1), cls.shape[1])
 
 
 def region_stats(bins: torch.Tensor, n: int) -> torch.Tensor:

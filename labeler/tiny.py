@@ -295,3 +295,25 @@ def synthetic_query_logits(batch: int, queries: int, classes: int, size: tuple[i
     label = torch.where(torch.rand(batch, queries, generator=g) < 0.7, classes, label)
     cls.scatter_add_(2, label[..., None], 4.0 + 8.0 * torch.rand(batch, queries, 1, generator=g))
     return cls, masks
+
+
+def synthetic_semantic_logits(batch: int, classes: int, size: tuple[int, int], seed: int = 0, present: int = 16):
+    """Per-pixel class logits [B, C, h, w] shaped like a trained semantic model's (SegFormer's), for
+    post-processing tests and benches: `present` classes per image whose smooth fields (varying over
+    ~1/6 of the map) take turns winning, so the argmax is a dozen or more regions with smooth borders,
+    and every other class lies well below; smooth noise on all. White noise, by contrast, has a class
+    border in every cell, which no real model's output has."""
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed)
+    h, w = size
+
+    def smooth(n: int, cells: int) -> torch.Tensor:  # [B, n, h, w], varying over 1/cells of the map
+        z = torch.randn(batch, n, cells, cells, generator=g)
+        return F.interpolate(z, size=(h, w), mode="bicubic", align_corners=False)
+
+    logits = -4.0 + 2.0 * smooth(classes, max(2, h // 8))
+    chosen = torch.rand(batch, classes, generator=g).argsort(1)[:, :present]
+    fields = 4.0 + 6.0 * smooth(present, 6) + smooth(present, max(2, h // 8))
+    return logits.scatter_(1, chosen[..., None, None].expand(-1, -1, h, w), fields)

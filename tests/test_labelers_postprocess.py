@@ -7,7 +7,8 @@ transformers' Mask2Former goes through a fixed 384x384 grid and then probabiliti
 the padded canvas. Pixels on segment borders can therefore differ; the bar is 99.9% of all pixels
 (docs/LABELERS.md records the measured figures). Logits are model-shaped: smooth discs at the model's
 output resolution (labeler.tiny.synthetic_query_logits), since random tiny models give one or two
-segments, plus one end-to-end check on a real tiny Mask2Former.
+segments, plus one end-to-end check on a real tiny Mask2Former. Semantic maps on CPUs decide most
+cells at the model's resolution; they are checked against scoring every class at every pixel too.
 """
 
 from types import SimpleNamespace
@@ -25,7 +26,12 @@ from labeler.postprocess import (
     semantic_from_logits,
     semantic_from_queries,
 )
-from labeler.tiny import build_mask2former_tiny, build_segformer_tiny, synthetic_query_logits
+from labeler.tiny import (
+    build_mask2former_tiny,
+    build_segformer_tiny,
+    synthetic_query_logits,
+    synthetic_semantic_logits,
+)
 
 IGNORE = 255
 TARGETS = [(300, 400), (400, 300), (333, 333), (40, 600), (225, 300), (171, 256)]
@@ -140,14 +146,36 @@ def test_panoptic_pixels_agree_with_transformers(family):
     assert equal / total >= 0.999, equal / total
 
 
+def _near_ties_only(ours: torch.Tensor, scores: torch.Tensor, rel: float) -> int:
+    """ours [H, W] against reference class scores [C, H, W]: wherever ours is not the reference's
+    argmax, its class scores within `rel` (of the largest score) of the best. -> such pixels."""
+    differ = ours != scores.argmax(0)
+    gap = scores.max(0).values - scores.gather(0, ours[None])[0]
+    assert float((gap * differ).max()) <= rel * float(scores.abs().max())  # gap >= 0
+    return int(differ.sum())
+
+
+def _query_scores(cls, masks, region, size, step=None):
+    """The dense reference: class scores of resampled mask probabilities [C, H, W]."""
+    prob = resample(masks.float(), region, size, step).sigmoid()
+    return torch.einsum("qc,qhw->chw", cls.float().softmax(-1)[:, :-1], prob)
+
+
 def test_semantic_matches_transformers():
+    """SegFormer: transformers' map exactly, but where our border interpolation (torch.lerp) and
+    F.interpolate round differently in the last bit and that decides a near-tie."""
     from transformers import Mask2FormerImageProcessor
 
     _, segformer_processor = build_segformer_tiny()
-    logits = torch.randn(len(TARGETS), 12, 32, 32)
+    logits = torch.randn(len(TARGETS), 12, 32, 32, generator=torch.Generator().manual_seed(0))
     ref = segformer_processor.post_process_semantic_segmentation(SimpleNamespace(logits=logits), TARGETS)
+    differ = 0
     for i, size in enumerate(TARGETS):
-        assert torch.equal(semantic_from_logits(logits[i], (32.0, 32.0), size), ref[i])  # exactly
+        ours = semantic_from_logits(logits[i], (32.0, 32.0), size)
+        scores = F.interpolate(logits[i][None], size=size, mode="bilinear", align_corners=False)[0]
+        assert torch.equal(scores.argmax(0), ref[i])
+        differ += _near_ties_only(ours, scores, 1e-6)
+    assert differ <= 5, differ
 
     cls, masks = synthetic_query_logits(len(TARGETS), 60, 40, (96, 96), seed=3)
     ref = Mask2FormerImageProcessor().post_process_semantic_segmentation(
@@ -157,6 +185,87 @@ def test_semantic_matches_transformers():
         int((semantic_from_queries(cls[i], masks[i], (96.0, 96.0), t) == ref[i]).sum()) for i, t in enumerate(TARGETS)
     )
     assert equal / sum(h * w for h, w in TARGETS) >= 0.999
+
+
+# Image regions inside a padded canvas (in the logits' pixels) and canvas steps: full, landscape, portrait.
+PLACEMENTS = [((40.0, 40.0), None), ((30.0, 40.0), (0.25, 0.25)), ((40.0, 27.5), (0.25, 0.25))]
+
+
+@pytest.mark.parametrize("kind", ["smooth", "noise"])
+def test_semantic_from_logits_equals_dense_argmax(kind, monkeypatch):
+    """The CPU path (cells decided at low resolution, pairs, all classes where three meet) against
+    the argmax of all 150 resampled logits: on model-shaped logits (mostly decided cells and pairs)
+    and white noise (mostly full interpolation, which it would hand to the dense path); padded
+    canvases included."""
+    import labeler.postprocess as pp
+
+    if kind == "smooth":
+        logits = synthetic_semantic_logits(len(PLACEMENTS), 150, (40, 40), seed=5)
+    else:
+        logits = torch.randn(len(PLACEMENTS), 150, 40, 40, generator=torch.Generator().manual_seed(5))
+        scores = resample(logits[0], PLACEMENTS[0][0], (300, 400))
+        assert torch.equal(semantic_from_logits(logits[0], PLACEMENTS[0][0], (300, 400)), scores.argmax(0))
+    monkeypatch.setattr(pp, "DENSE_ABOVE", 1.0)  # never hand over to the dense path
+    differ = 0
+    for i, (region, step) in enumerate(PLACEMENTS):
+        for size in [(300, 400), (171, 256), (40, 600)]:
+            ours = semantic_from_logits(logits[i], region, size, step)
+            scores = resample(logits[i], region, size, step)
+            assert torch.equal(semantic_from_logits(logits[i], region, size, step, dense=True), scores.argmax(0))
+            differ += _near_ties_only(ours, scores, 1e-6)
+    assert differ <= 5, differ
+
+
+def test_semantic_from_queries_equals_dense_argmax(monkeypatch):
+    """The CPU path (class bounds per cell, pairs scored per pixel, all classes elsewhere) against
+    scoring every class at every pixel; padded canvases included."""
+    import labeler.postprocess as pp
+
+    monkeypatch.setattr(pp, "DENSE_ABOVE", 1.0)  # never hand over to the dense path
+    cls, masks = synthetic_query_logits(len(PLACEMENTS), 100, 150, (40, 40), seed=6)
+    differ = 0
+    for i, (region, step) in enumerate(PLACEMENTS):
+        for size in [(300, 400), (171, 256)]:
+            scores = _query_scores(cls[i], masks[i], region, size, step)
+            for dense in (False, True):
+                ours = semantic_from_queries(cls[i], masks[i], region, size, step, dense)
+                differ += _near_ties_only(ours, scores, 1e-5)
+            assert len(ours.unique()) >= 5
+    assert differ <= 5, differ
+
+
+def test_semantic_ties_go_to_the_first_class():
+    """Classes with equal scores everywhere: the lower id wins at every pixel, as with argmax."""
+    logits = synthetic_semantic_logits(1, 20, (24, 24), seed=7)[0]
+    logits[11] = logits[4] = logits.max(0).values + 1.0  # a pair tied at every pixel
+    assert (semantic_from_logits(logits, (24.0, 24.0), (100, 130)) == 4).all()
+    logits[2] = logits[4]  # three tied: the full interpolation decides
+    assert (semantic_from_logits(logits, (24.0, 24.0), (100, 130)) == 2).all()
+
+    cls, masks = synthetic_query_logits(1, 30, 20, (24, 24), seed=8)
+    cls[0, :, 9] = cls[0, :, 3]  # classes 3 and 9 equally likely for every query
+    ours = semantic_from_queries(cls[0], masks[0], (24.0, 24.0), (100, 130))
+    scores = _query_scores(cls[0], masks[0], (24.0, 24.0), (100, 130))
+    assert (ours != 9).all() and ((ours == 3) == (scores.argmax(0) == 3)).float().mean() >= 0.999
+
+
+def test_semantic_blocks_do_not_change_maps(monkeypatch):
+    """Tiny memory chunks and sampling blocks (as for a huge image) give the same maps."""
+    import labeler.postprocess as pp
+
+    logits = synthetic_semantic_logits(1, 50, (24, 24), seed=9)[0]
+    cls, masks = synthetic_query_logits(1, 30, 50, (24, 24), seed=9)
+    whole = (
+        semantic_from_logits(logits, (24.0, 24.0), (90, 70)),
+        semantic_from_queries(cls[0], masks[0], (24.0, 24.0), (90, 70)),
+    )
+    monkeypatch.setattr(pp, "BORDER_BLOCK", 64)
+    monkeypatch.setattr(pp._chunks, "__defaults__", (90 * 70,))
+    small = (
+        semantic_from_logits(logits, (24.0, 24.0), (90, 70)),
+        semantic_from_queries(cls[0], masks[0], (24.0, 24.0), (90, 70)),
+    )
+    assert torch.equal(whole[0], small[0]) and torch.equal(whole[1], small[1])
 
 
 def test_tiny_mask2former_end_to_end_against_transformers():
