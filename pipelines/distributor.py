@@ -279,7 +279,9 @@ def start_actors(cfg: PoolSettings, settings) -> tuple[list, dict[str, Any]]:
     )
     actors = [cls.remote(settings, int(max(1, cfg.cpus_per_actor))) for _ in range(n)]
     try:
-        infos = ray.get([a.info.remote() for a in actors])
+        refs = [a.info.remote() for a in actors]
+        await_actors(refs)
+        infos = ray.get(refs)
     except ray.exceptions.RayTaskError as e:
         for a in actors:
             ray.kill(a)
@@ -287,6 +289,28 @@ def start_actors(cfg: PoolSettings, settings) -> tuple[list, dict[str, Any]]:
             raise e.cause from None
         raise
     return actors, infos[0]
+
+
+def await_actors(refs: list) -> None:
+    """Wait until every actor answers (placed, its labeler built or failed), saying what it waits for
+    every `REPORT_EVERY` seconds. What was free at the check may have been taken by another job
+    since, and a large model takes a while to load: neither is a reason to give up, so
+    `--wait-timeout` is not applied here, but the wait is never silent."""
+    import ray
+
+    from .resources import REPORT_EVERY, cluster_view, describe
+
+    t0 = time.monotonic()
+    while True:
+        _, pending = ray.wait(refs, num_returns=len(refs), timeout=REPORT_EVERY)
+        if not pending:
+            return
+        print(
+            f"waiting ({time.monotonic() - t0:.0f}s) for {len(pending)} of {len(refs)} labeling actor(s) to start "
+            f"(placed by Ray as resources free up, then loading their models); "
+            f"cluster free now: {describe(cluster_view().free)}",
+            flush=True,
+        )
 
 
 def run_shards(

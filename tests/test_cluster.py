@@ -42,6 +42,11 @@ def test_busy_cluster_says_what_it_waits_for_and_wait_timeout_ends_it(sample_tre
 
             hog = ray.remote(num_cpus=0, num_gpus=1)(Hog).remote()
             ray.get(hog.ping.remote())
+            # The cluster's free-resource view trails the placement by up to a second or so: the
+            # job must see the GPU taken, or it would start its actor and wait for the GPU instead.
+            deadline = time.monotonic() + 30
+            while ray.available_resources().get("GPU", 0) > 0 and time.monotonic() < deadline:
+                time.sleep(0.1)
             args = [str(sample_tree), str(tmp_path / "o"), *ACTOR_PRESET, "--address", cluster.address]
             t0 = time.monotonic()
             code = main(["label", *args, "--gpus-per-actor", "1", "--wait-timeout", "3"])
