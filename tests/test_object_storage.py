@@ -2,6 +2,7 @@
 server, started by the test; a real HTTP endpoint, not a mocked client), is killed mid-run, resumes,
 and every input ends in exactly one shard or in the quarantine."""
 
+import contextlib
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import sys
 import tarfile
 import time
 
+import psutil
 import pytest
 from conftest import REPO, free_port
 
@@ -80,7 +82,13 @@ def test_label_to_s3_resumes_after_a_killed_driver(s3, tmp_path):
         while len(done()) < 2 and time.time() < deadline and driver.poll() is None:
             time.sleep(0.3)
         assert driver.poll() is None, driver.stdout.read()
-        driver.send_signal(signal.SIGKILL)  # the job's driver (and with it its local Ray) dies mid-run
+        # The job's driver and its local Ray die mid-run, all at once, as when their node dies: a
+        # Ray worker left running would finish its shard after `partial` is counted.
+        tree = [driver, *psutil.Process(driver.pid).children(recursive=True)]
+        for p in tree:
+            with contextlib.suppress(psutil.Error):
+                p.send_signal(signal.SIGKILL)
+        psutil.wait_procs([p for p in tree if p is not driver], timeout=30)
         driver.wait(30)
     finally:
         if driver.poll() is None:
