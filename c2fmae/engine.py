@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .masking import NAMES, Masking
-from .methods import MethodSettings, encoder_view, step_inputs, teacher_momentum
+from .methods import MethodSettings, StepInputs, step_inputs, teacher_momentum
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class StepOutput:
     mask: torch.Tensor  # [N, L], 1 = where the loss counted (removed, or degraded by SRMAE)
     preds: dict[str, torch.Tensor]
     model: torch.nn.Module  # the module that stepped (for after-step hooks: EMA teachers, probes)
-    seen: torch.Tensor | None = None  # [N, 3, H, W] what the encoder saw, where it is not the image (FOLK, SRMAE)
+    inputs: StepInputs | None = None  # its last micro-batch's method inputs (what the encoder saw, for pictures)
 
 
 def lr_at(step: int, total: int, warmup: int, peak: float, floor: float) -> float:
@@ -135,8 +135,7 @@ def train_steps(
         images = batch["image"].shape[0] * loop.accum_steps
         preds = {k: v.detach() for k, v in preds.items()}
         mask = inputs.mask if inputs.loss_on is None else inputs.loss_on
-        seen = encoder_view(batch["image"], inputs, getattr(plain.cfg, "lowres_factor", 0))
-        out = StepOutput(step, lr, sums, mix, images, batch, mask, preds, model, seen)
+        out = StepOutput(step, lr, sums, mix, images, batch, mask, preds, model, inputs)
         if after_step is not None:
             after_step(out)
         yield out

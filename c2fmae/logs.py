@@ -45,10 +45,12 @@ class RunLog:
         if (out.step + 1) % self.log_every == 0 or last or self.first:
             self.flush()
         if self.rank == 0 and self.vis_every and (out.step % self.vis_every == 0 or last):
+            from .methods import encoder_view
             from .visualize import save_reconstruction
 
             path = self.out / f"recon_{out.step:07d}.png"
-            save_reconstruction(path, out.batch, out.mask, out.preds, model_cfg, seen=out.seen)
+            seen = encoder_view(out.batch["image"], out.inputs, model_cfg.lowres_factor) if out.inputs else None
+            save_reconstruction(path, out.batch, out.mask, out.preds, model_cfg, seen=seen)
 
     def flush(self, console: bool = True) -> None:
         """Write the pending steps (a sync; under DDP a collective: every rank calls it at the same

@@ -249,8 +249,8 @@ class Teacher(nn.Module):
     @torch.no_grad()
     def update(self, student: C2FMAE, momentum: float) -> None:
         """teacher = momentum * teacher + (1 - momentum) * student, parameter by parameter."""
-        for name, t in self.named_parameters():
-            t.lerp_(student.get_parameter(name), 1.0 - momentum)
+        names, params = zip(*self.named_parameters(), strict=True)
+        torch._foreach_lerp_(list(params), [student.get_parameter(n) for n in names], 1.0 - momentum)
 
     @torch.no_grad()
     def forward(self, imgs: torch.Tensor, pos_embed: torch.Tensor) -> torch.Tensor:

@@ -77,22 +77,19 @@ def round_scores(out: Path, r: int, score, rank: int, world: int) -> Scores:
     path = cache_path(out, r)
     if not path.exists():
         mine = score()
-        parts = [mine]
+        parts = [(mine.keys, mine.loss)]
         if world > 1:
             import torch.distributed as dist
 
             parts = [None] * world
             dist.all_gather_object(parts, (mine.keys, mine.loss))
-            parts = [Scores(k, v) for k, v in parts]
-        merged = Scores(sum((p.keys for p in parts), []), torch.cat([p.loss for p in parts]))
+        merged = Scores([k for keys, _ in parts for k in keys], torch.cat([loss for _, loss in parts]))
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(fmt.temp_name(path.name, os.getpid()))
             torch.save({"keys": merged.keys, "loss": merged.loss}, tmp)
             os.replace(tmp, path)
         if world > 1:
-            import torch.distributed as dist
-
             dist.barrier()
         return merged
     try:

@@ -378,6 +378,7 @@ def panoptic(
     # Score-weighted argmax over queries at the target size, chunk by chunk (memory bounded).
     best = winner = winner_prob = None
     original = torch.empty(q, dtype=torch.int64, device=device)
+    reuse = rule.weighted_area and not rule.intersect  # prob is not read after weighting: weigh in place
     for s in _chunks(q, size[0] * size[1]):
         m = mask_logits[s].float()
         x = resample(m.sigmoid(), valid, size, step) if rule.prob_space else resample(m, valid, size, step)
@@ -387,7 +388,6 @@ def panoptic(
         vs, as_, ps = [], [], []
         for rows in _bands(x.shape[0] * size[1], size[0]):
             prob = x[:, rows] if rule.prob_space else x[:, rows].sigmoid_()
-            reuse = rule.weighted_area and not rule.intersect  # prob is not read after weighting
             weighted = prob.mul_(score[s, None, None]) if reuse else prob * score[s, None, None]
             if not compact:  # filtered queries never win a pixel (kept ones weigh >= 0)
                 weighted.masked_fill_(~keep[s, None, None], -1.0)

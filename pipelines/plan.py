@@ -161,6 +161,14 @@ class Plan:
         return lines
 
 
+def add_listed(out, rel: str, st: os.stat_result) -> None:
+    """A listed input: planned when it is a regular file (with size and mtime), else skipped with its kind."""
+    if stat.S_ISREG(st.st_mode):
+        out.files.append((rel, st.st_size, st.st_mtime_ns))
+    else:
+        out.skipped.append(Skipped(rel, f"not a regular file ({file_kind(st.st_mode)})"))
+
+
 def file_kind(mode: int) -> str:
     for test, name in (
         (stat.S_ISFIFO, "FIFO"),
@@ -250,10 +258,7 @@ def _scan(root: Path) -> Listing:
                 else:
                     out.skipped.append(Skipped(r, f"cannot stat: {ex.strerror or ex}"))
                 continue
-            if not stat.S_ISREG(fst.st_mode):
-                out.skipped.append(Skipped(r, f"not a regular file ({file_kind(fst.st_mode)})"))
-                continue
-            out.files.append((r, fst.st_size, fst.st_mtime_ns))
+            add_listed(out, r, fst)
         stack.extend(reversed(subdirs))  # popped in name order
     return out
 
@@ -299,10 +304,7 @@ def _read_list(list_file: Path) -> Listing:
         except OSError as e:
             out.skipped.append(Skipped(rel, f"listed but cannot stat: {e.strerror or e}"))
             continue
-        if not stat.S_ISREG(st.st_mode):
-            out.skipped.append(Skipped(rel, f"not a regular file ({file_kind(st.st_mode)})"))
-            continue
-        out.files.append((rel, st.st_size, st.st_mtime_ns))
+        add_listed(out, rel, st)
     return out
 
 
