@@ -259,3 +259,14 @@ def test_method_flag_errors_are_one_line(scenes, tmp_path, capsys):
         assert c2f([*base, *extra]) == 2, extra
         err = capsys.readouterr().err
         assert msg in err and "Traceback" not in err, (extra, err)
+
+
+def test_damaged_smir_scores_are_a_one_line_error(scenes, tmp_path, capsys):
+    _, big = scenes
+    out = tmp_path / "r"
+    args = [str(big), "--output", str(out), "--steps", "4", "--batch-size", "4", *METHODS["smir-rounds"], *MICRO]
+    assert c2f(["pretrain", *args, "--stop-after", "3"]) == 0  # inside round 1: its scores are saved
+    (out / "smir_round001.pt").write_bytes(b"not a torch file")
+    assert c2f(["pretrain", str(big), "--output", str(out), "--resume", "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "smir_round001.pt: unreadable SMIR scores" in err and "delete it" in err and "Traceback" not in err
