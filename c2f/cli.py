@@ -163,13 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def main(argv: list[str] | None = None) -> int:
-    from shards.errors import C2FError
+    from shards.errors import C2FError, first_line
 
     ns = build_parser().parse_args(argv)
     cmd = COMMANDS[ns.command]

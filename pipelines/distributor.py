@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from labeler.base import LabelerLoadError
-from shards.errors import UsageError
+from shards.errors import UsageError, first_line
 from shards.manifest import ShardStats
 from shards.store import Store
 
@@ -232,7 +232,7 @@ def init_ray(address: str) -> None:
         else:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
     except Exception as e:  # noqa: BLE001 - no cluster there, refused, wrong auth token
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         hint = ""
         if address != "local" and os.environ.get("RAY_AUTH_MODE") != "token":
             hint = " (a cluster with token authentication needs RAY_AUTH_MODE=token here: docs/RUNNING.md)"

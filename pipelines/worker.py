@@ -24,6 +24,7 @@ from pathlib import Path
 
 from labeler.base import Labeler
 from shards import format as fmt
+from shards.errors import first_line
 from shards.image import BadImage, PreparedImage, prepare_image
 from shards.manifest import Quarantined, ShardStats, write_stats
 from shards.pack import Labels, pack_sample
@@ -100,11 +101,6 @@ def _read_remote(url: str, max_bytes: int) -> tuple[bytes, list[int]]:
     return data, [-1 if size is None else size, remote_mtime_ns(info)]
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
-
-
 class StageTimer(dict):
     """Milliseconds spent per stage of one shard: `with timer("decode"): …`."""
 
@@ -153,7 +149,7 @@ def decode_batches(
                 quarantine.add(item, "read", str(e))
                 continue
             except Exception as e:  # noqa: BLE001 - one unreadable input costs only itself
-                quarantine.add(item, "read", _first_line(e))
+                quarantine.add(item, "read", first_line(e, typed=True))
                 continue
             try:
                 with timer("decode"):
@@ -161,7 +157,7 @@ def decode_batches(
             except BadImage as e:
                 quarantine.add(item, "decode", str(e))
             except Exception as e:  # noqa: BLE001 - any decoder failure (plugins raise anything, MemoryError)
-                quarantine.add(item, "decode", _first_line(e))
+                quarantine.add(item, "decode", first_line(e, typed=True))
         yield batch
 
 
@@ -176,7 +172,7 @@ def write_labeled(
     timer = timer if timer is not None else StageTimer()
     for (item, im), labels in zip(batch, results, strict=True):
         if isinstance(labels, Exception):
-            quarantine.add(item, "label", _first_line(labels))
+            quarantine.add(item, "label", first_line(labels, typed=True))
             continue
         if not isinstance(labels, Labels):
             quarantine.add(item, "label", f"labeler returned {type(labels).__name__}, not Labels")
@@ -187,7 +183,7 @@ def write_labeled(
             with timer("write"):
                 writer.write(item.key, members)  # checks key and members before writing a byte
         except (ValueError, TypeError, OverflowError) as e:
-            quarantine.add(item, "pack", _first_line(e))
+            quarantine.add(item, "pack", first_line(e, typed=True))
 
 
 def process_shard(job: ShardJob, labeler: Labeler) -> ShardStats:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from . import format as fmt
+from .errors import first_line
 from .image import BadImage, check_scaled, load_image, open_image
 from .location import join, list_names, list_shards, open_url, read_bytes
 from .manifest import (
@@ -249,11 +250,6 @@ def check_sample(shard: str, key: str, s: dict[str, bytes], expect: Expect, deep
     return out
 
 
-def _describe(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
-
-
 def check_shard(url: str, expect: Expect, sample: int | None = None, seed: int = 0) -> ShardReport:
     """Every check that needs only this shard. `sample`: decode-check only that many random samples.
     Never raises: a failure of the check itself (a bug, MemoryError) is a `check-failed` finding."""
@@ -262,7 +258,9 @@ def check_shard(url: str, expect: Expect, sample: int | None = None, seed: int =
     try:
         _check_shard(url, name, rep, expect, sample, seed)
     except Exception as e:  # noqa: BLE001 - the validator reports, it does not crash
-        rep.findings.append(Finding(name, None, CHECK_FAILED, f"cannot check this shard: {_describe(e)}"))
+        rep.findings.append(
+            Finding(name, None, CHECK_FAILED, f"cannot check this shard: {first_line(e, 200, typed=True)}")
+        )
     return rep
 
 
@@ -299,7 +297,9 @@ def _check_shard(url: str, name: str, rep: ShardReport, expect: Expect, sample: 
         try:
             rep.findings.extend(check_sample(name, key, s, expect, key in deep_keys))
         except Exception as e:  # noqa: BLE001 - one sample the checks did not foresee costs only itself
-            rep.findings.append(Finding(name, key, CHECK_FAILED, f"cannot check this sample: {_describe(e)}"))
+            rep.findings.append(
+                Finding(name, key, CHECK_FAILED, f"cannot check this sample: {first_line(e, 200, typed=True)}")
+            )
     if expect.planned is not None:
         present = set(rep.keys)
         for key in sorted(set(expect.planned) - present):
@@ -569,7 +569,9 @@ def validate(
                     reports.append(fut.result())
                 except Exception as e:  # noqa: BLE001 - a worker killed (out of memory) or lost
                     name = futs[fut].rstrip("/").rsplit("/", 1)[-1]
-                    reports.append(ShardReport(name, findings=[Finding(name, None, CHECK_FAILED, _describe(e))]))
+                    reports.append(
+                        ShardReport(name, findings=[Finding(name, None, CHECK_FAILED, first_line(e, 200, typed=True))])
+                    )
                 bar.update()
     bar.close()
     reports.sort(key=lambda r: r.shard)
