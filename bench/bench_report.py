@@ -14,8 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from shards.quality.config import ReportConfig
-from shards.quality.report import run as run_report
+from quality.config import ReportConfig
+from quality.report import run as run_report
 from shards.synthetic import write_synthetic_dataset
 from shards.validate import validate
 

@@ -20,8 +20,8 @@ from c2fmae.train import TrainConfig
 from labeler.config import LabelerConfig, PanopticConfig, SamConfig
 from pipelines.distributor import PoolSettings
 from pipelines.label import LabelConfig
+from quality.config import CompareConfig, FilterConfig, ReportConfig
 from shards.format import MAX_PIXELS
-from shards.quality.config import CompareConfig, FilterConfig, ReportConfig
 
 from .flags import add_flags, from_args
 
@@ -89,19 +89,19 @@ LABEL_GROUPS = {
 
 
 def cmd_report(cfg: ReportConfig) -> int:
-    from shards.quality.report import run
+    from quality.report import run
 
     return run(cfg)
 
 
 def cmd_compare(cfg: CompareConfig) -> int:
-    from shards.quality.compare import run
+    from quality.compare import run
 
     return run(cfg)
 
 
 def cmd_filter(cfg: FilterConfig) -> int:
-    from shards.quality.select import run
+    from quality.filter import run
 
     return run(cfg)
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from shards import format as fmt
 from shards.errors import first_line
+from shards.manifest import LabelSpace
 
 from .base import LabelerLoadError, resolve_device
 from .timing import StageClock
@@ -272,6 +273,6 @@ class PanopticLabeler:
                     out[i] = (sem.to(self.sem_dtype), inst.to(torch.uint16), records)
         return out
 
-    def label_space(self) -> dict[str, Any]:
+    def label_space(self) -> LabelSpace:
         names = {str(k): v for k, v in sorted(self.seg.id2label.items())}
-        return {"semantic": names, "instance": {k: v for k, v in names.items() if int(k) in self.things}}
+        return LabelSpace(names, {k: v for k, v in names.items() if int(k) in self.things})

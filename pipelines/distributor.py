@@ -23,14 +23,13 @@ from typing import Any
 
 from labeler.base import LabelerLoadError
 from shards.errors import UsageError, first_line
-from shards.manifest import ShardStats
+from shards.manifest import LabelerRecord, ShardStats, read_labeler_record, write_labeler_record
 from shards.store import Store
 
 from .plan import Plan
 from .resources import Request, Waiter, check_possible, cluster_view, shortfall
 from .worker import DecodeLimits, ShardJob
 
-LABELER_FILE = "labeler.json"  # what the labeler of this output directory says of itself
 POLL_SECONDS = 1.0  # how often a waiting job looks at the cluster's free resources
 
 # Presets without a model: each shard task builds its own labeler (there is nothing to load or to
@@ -81,8 +80,8 @@ class PoolSettings:
     )
 
 
-def labeler_info(labeler) -> dict[str, Any]:
-    return {"label_space": labeler.label_space(), "labeler": labeler.describe()}
+def labeler_info(labeler) -> LabelerRecord:
+    return LabelerRecord(labeler.label_space(), labeler.describe())
 
 
 class LabelActor:
@@ -108,7 +107,7 @@ class LabelActor:
                 f"cannot build the {settings.labeler.preset!r} labeler: {type(e).__name__}: {e}"
             )
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> LabelerRecord:
         if self.error is not None:
             raise self.error
         return labeler_info(self.labeler)
@@ -159,7 +158,7 @@ def _shard_task(job: ShardJob, actor, settings=None) -> ShardStats:
 
 @dataclass
 class RunResult:
-    labeler_info: dict[str, Any] = field(default_factory=dict)
+    labeler_info: LabelerRecord | None = None  # None: no shard ran and the output has no labeler.json
     errors: list[str] = field(default_factory=list)
     images: int = 0  # inputs of the shards this run finished
     pool_gpus: float = 0.0  # GPUs held by the labeling pool
@@ -261,7 +260,7 @@ def wait_for_resources(req: Request, timeout: float | None, static: bool) -> Non
         view = cluster_view()
 
 
-def start_actors(cfg: PoolSettings, settings) -> tuple[list, dict[str, Any]]:
+def start_actors(cfg: PoolSettings, settings) -> tuple[list, LabelerRecord]:
     """Create the actor pool and wait until every actor has its labeler (or one failed to build it).
     A preset of `IN_TASK_PRESETS` gets no actors: its labeler is built here only to describe it."""
     import ray
@@ -318,7 +317,7 @@ def run_shards(
 ) -> RunResult:
     import ray
 
-    result = RunResult(labeler_info=out.read_json(LABELER_FILE) or {})
+    result = RunResult(labeler_info=read_labeler_record(out))
     if not todo:
         return result
     started = not ray.is_initialized()
@@ -329,7 +328,7 @@ def run_shards(
         # output directory, so this only differs from a stored labeler.json after --overwrite).
         result.labeler_info = info
         result.pool_gpus = len(actors) * _pool_shape(cfg)[1]
-        out.write_json(LABELER_FILE, info)
+        write_labeler_record(out, info)
         _run(plan, todo, out.root, cfg, actors, result, limits, settings)
     finally:
         if started:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from labeler.config import Settings
 from shards import format as fmt
+from shards.errors import DataError
 
 from .distributor import PoolSettings
 
@@ -99,12 +100,12 @@ def run(cfg: LabelConfig, pool: PoolSettings | None = None, settings: Settings |
     done = read_done(out)
     missing = [plan.shard_name(i) for i in range(plan.num_shards) if i not in done]
 
-    info = result.labeler_info
+    info = result.labeler_info or described_by_manifest(out)
     config = {**dataclasses.asdict(cfg), **dataclasses.asdict(pool)}
     manifest = write_dataset_files(
         out,
-        info.get("label_space", {}),
-        info.get("labeler", {}),
+        info.label_space,
+        info.labeler,
         plan.header(),
         list(done.values()),
         config,
@@ -119,10 +120,10 @@ def run(cfg: LabelConfig, pool: PoolSettings | None = None, settings: Settings |
     if summary := result.summary():
         print(summary)
     labeler = manifest.labeler
-    if labeler.get("empty_labels"):
+    if labeler.empty_labels:
         print("note: preset 'empty' packs empty masks (all ignore, no instances): no labels were computed")
-    if labeler.get("random_labels"):
-        print(f"note: preset {preset!r}: {labeler.get('note', 'the labels are random')}")
+    if labeler.random_labels:
+        print(f"note: preset {preset!r}: {labeler.note or 'the labels are random'}")
     if missing:
         print(f"error: {len(missing)} shard(s) still missing after retries: {', '.join(missing[:10])}", file=sys.stderr)
         for err in result.errors[:10]:
@@ -136,6 +137,20 @@ def run(cfg: LabelConfig, pool: PoolSettings | None = None, settings: Settings |
             return 1
     print(f"manifest: {out.url(fmt.MANIFEST)}; look at samples with: c2f inspect {out} --out grid.png")
     return 0
+
+
+def described_by_manifest(out):
+    """What labeled an output whose every shard was done by an earlier run that left no labeler.json
+    (an older version): its manifest says it."""
+    from shards.manifest import LabelerRecord, ManifestMissing, read_manifest
+
+    try:
+        m = read_manifest(out)
+    except ManifestMissing:
+        raise DataError(
+            f"{out} holds finished shards but no {fmt.LABELER} or {fmt.MANIFEST}: rerun with --overwrite"
+        ) from None
+    return LabelerRecord(m.label_space, m.labeler)
 
 
 def decode_limits(cfg: LabelConfig):

@@ -31,7 +31,8 @@ from shards.pack import Labels, pack_sample
 from shards.store import Store
 from shards.writer import ShardInfo, ShardWriter
 
-from .plan import Item, file_kind, remote_mtime_ns
+from .listing import file_kind, remote_mtime_ns
+from .plan import Item
 
 
 @dataclass(frozen=True)

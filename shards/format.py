@@ -28,6 +28,8 @@ QUARANTINE = "quarantine.jsonl"
 STATS_SUFFIX = ".stats.json"
 PLAN = "plan.json"  # the plan header, written before the first shard
 PLAN_INPUTS = "plan.inputs.jsonl"  # the plan's inputs in plan order: shard i = lines [i*n, (i+1)*n)
+LABELER = "labeler.json"  # what the labeler of an output directory says of itself (shards.manifest.LabelerRecord)
+LABELER_SETTINGS = "labeler_settings.json"  # the labeler settings an output directory is pinned to
 
 # Size limits of the format: what every writer stays within and every reader refuses beyond, so a
 # file that claims more (a header declaring 60000x60000, a member declaring gigabytes) costs nothing.
@@ -37,6 +39,7 @@ PLAN_INPUTS = "plan.inputs.jsonl"  # the plan's inputs in plan order: shard i = 
 MAX_PIXELS = 50_000_000
 MAX_MEMBER_BYTES = 64 << 20  # one tar member, and one input file (ImageNet's largest JPEG is ~15 MB)
 MAX_JSON_BYTES = 16 << 20  # one `.json` member, plan.json, a stats file: far above any real one
+MAX_MANIFEST_BYTES = 256 << 20  # manifest.json and plan.json (a 1.28M-shard manifest is ~200 MB)
 
 _SHARD_RE = re.compile(r"^(?P<prefix>.+)-(?P<index>\d{6})\.tar$")
 _KEY_BAD_CHARS = re.compile(r"[^A-Za-z0-9_\-]")

@@ -298,7 +298,7 @@ def make_dataset(
     urls = expand_urls(source)
     keep = None
     if subset:
-        from .quality.select import subset_for_stream
+        from .subset import subset_for_stream
 
         urls, keep = subset_for_stream(subset, urls, str(source), repeating=repeat or resampled)
     stages: list[Any] = []

@@ -15,7 +15,7 @@ from PIL import Image
 
 from . import format as fmt
 from .image import prepare_image
-from .manifest import Manifest, PlanHeader, ShardStats, write_dataset_files, write_stats
+from .manifest import LabelerInfo, LabelSpace, Manifest, PlanHeader, ShardStats, write_dataset_files, write_stats
 from .pack import Instance, Labels, pack_sample
 from .writer import ShardWriter
 
@@ -117,6 +117,5 @@ def write_synthetic_dataset(
         listing_sha256="",
         shard_sizes=shard_sizes,
     )
-    label_space = {"semantic": {str(i): c for i, c in enumerate(CLASS_NAMES)}, "instance": "class-agnostic"}
-    labeler = {"preset": "synthetic", "models": [], "seed": seed}
-    return write_dataset_files(out, label_space, labeler, plan, all_stats)
+    label_space = LabelSpace(semantic={str(i): c for i, c in enumerate(CLASS_NAMES)})
+    return write_dataset_files(out, label_space, LabelerInfo("synthetic", settings={"seed": seed}), plan, all_stats)

@@ -30,12 +30,15 @@ from .image import BadImage, check_scaled, load_image, open_image
 from .location import join, list_names, list_shards, open_url, read_bytes
 from .manifest import (
     Manifest,
+    ManifestError,
+    ManifestMissing,
     PlanHeader,
     Quarantined,
     SampleMeta,
     ShardStats,
     from_json,
     load_json,
+    read_manifest,
     read_plan_inputs,
 )
 from .pack import decode_png
@@ -81,7 +84,6 @@ CHECK_FAILED = "check-failed"
 # conversion, steps that cannot fail. It saves about a fifth of the decode (docs/BENCHMARKS.md).
 JPEG_DCT_SCALING = True
 
-MAX_INDEX_BYTES = 256 << 20  # manifest.json and plan.json (a 1.28M-shard manifest is ~200 MB)
 MAX_LINE_BYTES = 8192  # per input, for plan.inputs.jsonl and quarantine.jsonl (paths are < 4 KB)
 
 
@@ -373,25 +375,24 @@ def plan_targets(path: str, max_pixels: int = fmt.MAX_PIXELS) -> Target:
     t = Target()
     on_disk = {u.rsplit("/", 1)[-1]: u for u in shards}
     plan: PlanHeader | None = None
-    plan_json = _read_json(path, fmt.PLAN, MAX_INDEX_BYTES, t.findings)
+    plan_json = _read_json(path, fmt.PLAN, fmt.MAX_MANIFEST_BYTES, t.findings)
     if plan_json not in (None, _ABSENT):
         try:
             plan = PlanHeader.from_json(plan_json)
         except ValueError as e:
             t.findings.append(Finding(fmt.PLAN, None, MANIFEST, f"unreadable {fmt.PLAN}: {e}"))
-    manifest_json = _read_json(path, fmt.MANIFEST, MAX_INDEX_BYTES, t.findings)
-    if manifest_json not in (None, _ABSENT):
-        try:
-            manifest = Manifest.from_json(manifest_json)
-            num_classes = len(manifest.semantic_names)
-            t.manifest = manifest
-        except ValueError as e:
-            t.findings.append(Finding(fmt.MANIFEST, None, MANIFEST, f"unreadable manifest: {e}"))
+    absent = False
+    try:
+        t.manifest = read_manifest(path)
+    except ManifestMissing:
+        absent = True
+    except ManifestError as e:
+        t.findings.append(Finding(fmt.MANIFEST, None, MANIFEST, f"unreadable {fmt.MANIFEST}: {e}"))
     m = t.manifest
     if m is None:
         plain = Expect(max_pixels=max_pixels, classes=plan.classes if plan else None)
         t.shards = [(u, plain) for u in on_disk.values()]
-        if plan is not None and manifest_json is _ABSENT:
+        if plan is not None and absent:
             t.findings += _incomplete(path, plan, on_disk)
         elif not on_disk and not t.findings:
             t.findings.append(
@@ -417,9 +418,8 @@ def plan_targets(path: str, max_pixels: int = fmt.MAX_PIXELS) -> Target:
         if n not in on_disk:
             t.findings.append(Finding(n, None, MISSING_SHARD, "listed in the manifest but missing on disk"))
             continue
-        exp = Expect(
-            s.samples, s.bytes, s.sha256, num_classes, bool(classes), classes, planned.get(n), max_pixels=max_pixels
-        )
+        k = m.label_space.num_classes
+        exp = Expect(s.samples, s.bytes, s.sha256, k, bool(classes), classes, planned.get(n), max_pixels=max_pixels)
         t.shards.append((on_disk[n], exp))
     t.findings += _check_plan(m, per_shard)
     return t

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from c2f.cli import main
-from shards.quality.select import ExprError, load_subset, parse, select
-from shards.quality.table import read_csv
+from quality.table import read_csv
+from quality.where import ExprError, parse, select
+from shards.subset import load_subset
 
 
 @pytest.fixture

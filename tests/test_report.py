@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from c2f.cli import main
+from quality.table import read_csv
 from shards import format as fmt
 from shards.image import prepare_image
-from shards.manifest import PlanHeader, ShardStats, write_dataset_files, write_stats
+from shards.manifest import LabelerInfo, LabelSpace, PlanHeader, ShardStats, write_dataset_files, write_stats
 from shards.pack import Instance, Labels, pack_sample
-from shards.quality.table import read_csv
 from shards.synthetic import encode_jpeg, make_scene
 from shards.writer import ShardWriter
 
@@ -95,13 +95,13 @@ def write_handmade(out, label_space):
     stats = ShardStats(0, wr.info.name, 2, 2, wr.info.bytes, wr.info.sha256)
     write_stats(out, stats)
     plan = PlanHeader("x", True, ["n0"], 2, "hm", 2, 1, "", [2])
-    write_dataset_files(out, label_space, {"preset": "handmade"}, plan, [stats])
+    write_dataset_files(out, label_space, LabelerInfo("handmade"), plan, [stats])
 
 
 def test_measures_worked_out_by_hand(tmp_path, capsys):
     names = {"0": "road", "1": "car", "2": "sky"}
     ds = tmp_path / "hm"
-    write_handmade(ds, {"semantic": names, "instance": {"1": "car"}})  # the manifest names the things
+    write_handmade(ds, LabelSpace(names, {"1": "car"}))  # the manifest names the things
     assert main(["report", str(ds), "--no-progress", "--worst", "1"]) == 0
     rows = read_csv(ds / "report" / "samples.csv")
     a, b = ({k: v[i] for k, v in rows.items()} for i in (0, 1))

@@ -27,15 +27,16 @@ from typing import Any
 
 import numpy as np
 
-from .. import format as fmt
-from ..errors import UsageError
-from ..location import is_local, local_path
-from ..pack import decode_png
-from ..tar import TarError
-from ..writer import atomic_write_bytes, atomic_write_json
+from shards import format as fmt
+from shards.errors import UsageError
+from shards.location import is_local, local_path
+from shards.pack import decode_png
+from shards.tar import TarError
+from shards.writer import atomic_write_bytes, atomic_write_json
+
 from . import render
 from .config import CompareConfig
-from .output import LabelSpace, Output, iter_samples, label_space, map_shards, open_output, read_some
+from .output import Output, SemanticClasses, iter_samples, map_shards, open_output, read_some, semantic_classes
 from .report import write_pictures
 from .table import write_csv
 
@@ -46,7 +47,7 @@ WORST = {"pixel_accuracy": "lowest semantic pixel accuracy", "instance_f1": "low
 TILE = 160
 
 
-def compact_lut(space: LabelSpace) -> np.ndarray:
+def compact_lut(space: SemanticClasses) -> np.ndarray:
     """Raw map value -> 0..K-1 for a class, K for ignore or anything out of range."""
     lut = np.full(space.ignore + 1, space.num_classes, np.int64)
     lut[: space.num_classes] = np.arange(space.num_classes)
@@ -68,7 +69,7 @@ def name_key(name: str) -> str:
     return " ".join(name.lower().replace("_", " ").replace("-", " ").split())
 
 
-def match_by_names(a: LabelSpace, b: LabelSpace) -> np.ndarray:
+def match_by_names(a: SemanticClasses, b: SemanticClasses) -> np.ndarray:
     by_name = {name_key(n): i for i, n in sorted(b.names.items(), reverse=True)}  # first id wins
     lut = np.full(a.num_classes + 1, b.num_classes, np.int64)
     for i, n in a.names.items():
@@ -89,7 +90,7 @@ def match_hungarian(confusion: np.ndarray, ka: int, kb: int) -> np.ndarray:
     return lut
 
 
-def choose_rule(rule: str, a: LabelSpace, b: LabelSpace) -> str:
+def choose_rule(rule: str, a: SemanticClasses, b: SemanticClasses) -> str:
     if rule != "auto":
         return rule
     if a.names == b.names:
@@ -276,8 +277,8 @@ def collect(jobs: list[tuple], workers: int, desc: str, progress: bool) -> tuple
 def summarize(
     a: Output,
     b: Output,
-    sa: LabelSpace,
-    sb: LabelSpace,
+    sa: SemanticClasses,
+    sb: SemanticClasses,
     matching: Matching,
     parts: list[PairResult],
     raw: np.ndarray,
@@ -311,8 +312,8 @@ def summarize(
     return (
         {
             "kind": COMPARE_KIND,
-            "a": {"output": a.path, "preset": a.manifest.labeler.get("preset"), "classes": sa.num_classes},
-            "b": {"output": b.path, "preset": b.manifest.labeler.get("preset"), "classes": sb.num_classes},
+            "a": {"output": a.path, "preset": a.manifest.labeler.preset, "classes": sa.num_classes},
+            "b": {"output": b.path, "preset": b.manifest.labeler.preset, "classes": sb.num_classes},
             "samples": len(cols["key"]),
             "only_in_a": sum(p.only_a for p in parts),
             "only_in_b": sum(p.only_b for p in parts),
@@ -357,8 +358,8 @@ def draw_pairs(
     a: Output,
     b: Output,
     pairs: list[tuple[str, str]],
-    sa: LabelSpace,
-    sb: LabelSpace,
+    sa: SemanticClasses,
+    sb: SemanticClasses,
     matching: Matching,
     worst: dict[str, list[dict]],
     workers: int,
@@ -368,7 +369,7 @@ def draw_pairs(
 
     from PIL import Image
 
-    from ..inspect import _tile, instance_overlay, palette, semantic_overlay
+    from shards.inspect import instance_overlay, palette, semantic_overlay, tile
 
     by_name = {ua.rsplit("/", 1)[-1]: (ua, ub) for ua, ub in pairs}
     wanted: dict[str, set[str]] = {}
@@ -404,7 +405,7 @@ def draw_pairs(
                 instance_overlay(rgb, decode_png(x[fmt.INST])),
                 instance_overlay(rgb, decode_png(y[fmt.INST])),
             ]
-            rows.append((f"{p['key']}  {name} = {render.fmt_num(p['value'])}", [_tile(t, TILE) for t in tiles]))
+            rows.append((f"{p['key']}  {name} = {render.fmt_num(p['value'])}", [tile(t, TILE) for t in tiles]))
         if rows:
             strips[name] = render.strip(rows, per_row=1)
     return strips
@@ -460,7 +461,7 @@ def page(s: dict[str, Any], pictures: dict[str, bytes]) -> str:
 
 
 def plots(
-    s: dict[str, Any], cols: dict[str, np.ndarray], raw: np.ndarray, sa: LabelSpace, sb: LabelSpace
+    s: dict[str, Any], cols: dict[str, np.ndarray], raw: np.ndarray, sa: SemanticClasses, sb: SemanticClasses
 ) -> dict[str, bytes]:
     panels = []
     for name in ("pixel_accuracy", "miou", "instance_f1", "instance_iou", "pq"):
@@ -497,7 +498,7 @@ def run(cfg: CompareConfig) -> int:
     out_dir = default_dir(cfg.a, cfg.b, cfg.out)
     t0 = time.perf_counter()
     a, b = open_output(cfg.a), open_output(cfg.b)
-    sa, sb = label_space(a.manifest), label_space(b.manifest)
+    sa, sb = semantic_classes(a.manifest), semantic_classes(b.manifest)
     if (sa.num_classes + 1) * (sb.num_classes + 1) > MAX_CONFUSION:
         raise UsageError(f"label spaces of {sa.num_classes} and {sb.num_classes} classes are too large to compare")
     pairs = pair_shards(a, b)

@@ -1,8 +1,8 @@
-"""`c2f filter OUTPUT --where EXPR --out LIST`: pick samples by their report measures, and the
-subset files that the reader and `c2f pretrain --subset` accept. No shard is rewritten.
+"""The `--where` condition language of `c2f filter`: a condition over the columns of a report's
+samples.csv -> a bool mask of the rows that satisfy it.
 
-The condition language is parsed here, by hand, and evaluated on whole columns with numpy; it is
-never handed to `eval` (a --where string is data, whoever wrote it):
+The language is parsed here, by hand, and evaluated on whole columns with numpy; it is never
+handed to `eval` (a --where string is data, whoever wrote it):
 
     expr    := or
     or      := and ("or" and)*
@@ -17,32 +17,19 @@ never handed to `eval` (a --where string is data, whoever wrote it):
 NAMEs are samples.csv's columns (the measures, `cls`, `width`, `height`, `index`, `key`,
 `shard`); STRINGs ('...' or "...") compare only with `==` / `!=` against `key` and `shard`.
 An undefined measure (a mean score without instances) is NaN: every comparison with it is
-false, so `not (score >= 0)` selects the images that have no score.
-
-Subset files: `.txt` is one key per line. `.json` is a wids dataset description (`wids_version`,
-`shardlist` of the shards that hold a selected sample, with URLs relative to the file) plus a
-`c2f_subset` object: the keys by shard, their positions in the shardlist's samples (`indices`,
-for `torch.utils.data.Subset(wids.ShardListDataset(path), indices)`), the condition, and the
-fingerprint of the labeled data it was made from.
+false, so `not (score >= 0)` selects the images that have no score. `select` is the whole
+interface: the command (quality/filter.py) needs nothing else of this module.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import UsageError
-from ..location import is_local, local_path
-from ..writer import atomic_write_bytes, atomic_write_json
-from .config import FilterConfig
-
-SUBSET_KIND = "c2f-subset-v1"
+from shards.errors import UsageError
 
 # --- the condition language ----------------------------------------------------------------------------
 
@@ -272,138 +259,3 @@ def select(where: str, columns: dict[str, np.ndarray]) -> np.ndarray:
     if not (isinstance(result, np.ndarray) and result.dtype == bool):
         raise ExprError(f"--where must be a condition (e.g. 'coverage > 0.5'), not a value: {where}")
     return np.broadcast_to(result, (n,)).copy()
-
-
-# --- subset files ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Subset:
-    """Samples to keep: their keys, and the shards that hold them (None: unknown, read every shard)."""
-
-    keys: frozenset[str]
-    shards: frozenset[str] | None
-
-    def wants(self, sample: dict[str, Any]) -> bool:
-        return sample.get("__key__") in self.keys
-
-    def restrict(self, urls: list[str]) -> list[str]:
-        """The shard URLs that can hold a selected sample (all of them for a plain key list)."""
-        if self.shards is None:
-            return urls
-        return [u for u in urls if u.rstrip("/").rsplit("/", 1)[-1] in self.shards]
-
-
-def subset_for_stream(subset: str, urls: list[str], source: str, repeating: bool) -> tuple[list[str], Subset]:
-    """The shards a stream over `urls` must read for `subset`, and the subset; refuses a subset that
-    selects nothing, and a plain key list for a repeating stream."""
-    keep = load_subset(subset)
-    urls = keep.restrict(urls)
-    if not urls or not keep.keys:
-        raise UsageError(f"the subset {subset} selects no sample of {source}")
-    if keep.shards is None and repeating:
-        # A worker whose shards hold none of the keys would read them forever and never yield.
-        raise UsageError(
-            f"{subset} is a plain key list: a repeating stream needs the .json subset that `c2f filter` "
-            "writes, which also names the shards that hold the keys"
-        )
-    return urls, keep
-
-
-def load_subset(path: str | os.PathLike) -> Subset:
-    """A subset file written by `c2f filter` (.json) or any list of keys, one per line."""
-    try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise UsageError(f"cannot read the subset file {path}: {e.strerror or e}") from None
-    if text.lstrip().startswith("{"):
-        try:
-            d = json.loads(text)
-            by_shard = d["c2f_subset"]["keys"]
-            if not isinstance(by_shard, dict) or not all(isinstance(v, list) for v in by_shard.values()):
-                raise ValueError("c2f_subset.keys is not an object of key lists")
-        except (ValueError, KeyError, TypeError) as e:
-            raise UsageError(f"{path} is not a c2f subset file ({e})") from None
-        keys = frozenset(str(k) for ks in by_shard.values() for k in ks)
-        return Subset(keys, frozenset(by_shard))
-    keys = frozenset(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
-    return Subset(keys, None)
-
-
-def write_subset(
-    out: Path, output: str, columns: dict[str, np.ndarray], mask: np.ndarray, info: dict[str, Any]
-) -> None:
-    keys, shards, index = columns["key"][mask], columns["shard"][mask], columns["index"][mask].astype(np.int64)
-    if out.suffix == ".txt":
-        atomic_write_bytes(out, "".join(f"{k}\n" for k in keys).encode())
-        return
-    from ..manifest import read_manifest
-
-    if not is_local(output):
-        raise UsageError("a .json subset of a URL output is not supported yet: use --out LIST.txt")
-    root = Path(local_path(output))
-    entries = {s.name: s for s in read_manifest(root).shards}
-    by_shard: dict[str, list[str]] = {}
-    offsets: dict[str, int] = {}
-    shardlist = []
-    indices: list[int] = []
-    base = 0
-    for name in dict.fromkeys(shards.tolist()):  # shards in report order, each once
-        e = entries[name]
-        offsets[name] = base
-        rel = os.path.relpath(root / name, out.resolve().parent)
-        shardlist.append({"url": rel, "nsamples": e.samples, "filesize": e.bytes})
-        base += e.samples
-    for k, s, i in zip(keys.tolist(), shards.tolist(), index.tolist(), strict=True):
-        by_shard.setdefault(s, []).append(k)
-        indices.append(offsets[s] + i)
-    atomic_write_json(
-        out,
-        {
-            "__kind__": SUBSET_KIND,
-            "wids_version": 1,
-            "name": f"{root.name}-subset",
-            "shardlist": shardlist,
-            "c2f_subset": {
-                **info,
-                "selected": int(mask.sum()),
-                "of": int(mask.size),
-                "indices": indices,
-                "keys": by_shard,
-            },
-        },
-    )
-
-
-def run(cfg: FilterConfig) -> int:
-    from .output import open_output
-    from .report import default_dir, fingerprint, load_summary
-    from .table import read_csv
-
-    out = Path(cfg.out)
-    if out.suffix not in (".json", ".txt"):
-        raise UsageError(f"--out {cfg.out}: name it .json (wids-compatible subset index) or .txt (key list)")
-    report_dir = Path(cfg.report) if cfg.report else default_dir(cfg.output, "")
-    summary = load_summary(report_dir)
-    output = open_output(cfg.output)
-    if summary.get("fingerprint") != fingerprint(output.manifest):
-        raise UsageError(
-            f"the report in {report_dir} describes other shards than {cfg.output} holds now: run `c2f report` again"
-        )
-    try:
-        columns = read_csv(report_dir / "samples.csv")
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot read {report_dir / 'samples.csv'}: {e}; run `c2f report` again") from None
-    mask = select(cfg.where, columns)
-    write_subset(
-        out,
-        cfg.output,
-        columns,
-        mask,
-        {"where": cfg.where, "output": cfg.output, "fingerprint": summary["fingerprint"]},
-    )
-    n, total = int(mask.sum()), mask.size
-    print(f"filter: {n} of {total} samples ({100 * n / max(total, 1):.1f}%) match {cfg.where!r} -> {out}")
-    if n:
-        print(f"train on them: c2f pretrain {cfg.output} --subset {out}")
-    return 0

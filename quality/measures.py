@@ -19,10 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from .. import format as fmt
-from ..pack import decode_png
-from ..tar import TarError
-from .output import LabelSpace, iter_samples
+from shards import format as fmt
+from shards.pack import decode_png
+from shards.tar import TarError
+
+from .output import SemanticClasses, iter_samples
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ def joint_counts(inst: np.ndarray, sem: np.ndarray, k: int) -> tuple[np.ndarray,
 class Accumulator:
     """Measures every sample `add`ed, for one shard of one output."""
 
-    def __init__(self, shard: str, space: LabelSpace):
+    def __init__(self, shard: str, space: SemanticClasses):
         self.space = space
         k = space.num_classes
         self.n_raw = space.ignore + 1  # raw semantic ids run 0..ignore
@@ -178,7 +179,7 @@ def _bin(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return np.clip(np.floor((values - lo) * (n / (hi - lo)) + 1e-9), 0, n - 1).astype(np.int64)
 
 
-def measure_shard(url: str, space: LabelSpace) -> ShardMeasures:
+def measure_shard(url: str, space: SemanticClasses) -> ShardMeasures:
     """Every sample of one shard. A sample that does not decode, or a shard that is not a tar, is
     recorded as a problem (the report lists them and points at `c2f validate`), never raised."""
     name = url.rstrip("/").rsplit("/", 1)[-1]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..writer import atomic_write_bytes
+from shards.writer import atomic_write_bytes
 
 TEXT_COLUMNS = {"key", "shard", "synset"}
 

@@ -22,10 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UsageError
-from ..location import is_local, local_path
-from ..manifest import Manifest
-from ..writer import atomic_write_bytes, atomic_write_json
+from shards.errors import UsageError
+from shards.location import is_local, local_path
+from shards.manifest import LabelerInfo, Manifest
+from shards.writer import atomic_write_bytes, atomic_write_json
+
 from . import render
 from .config import ReportConfig
 from .measures import (
@@ -36,7 +37,7 @@ from .measures import (
     ShardMeasures,
     measure_shard,
 )
-from .output import LabelSpace, Output, label_space, map_shards, open_output, read_some
+from .output import Output, SemanticClasses, map_shards, open_output, read_some, semantic_classes
 from .table import write_csv
 
 REPORT_KIND = "c2f-report-v1"
@@ -111,7 +112,7 @@ class Merger:
         return self.m
 
 
-def measure_edges(name: str, values: np.ndarray, space: LabelSpace) -> np.ndarray:
+def measure_edges(name: str, values: np.ndarray, space: SemanticClasses) -> np.ndarray:
     """Histogram bins per measure: shares on [0, 1], counts one bin per integer, entropy up to log2 K."""
     if name in ("classes", "instances"):
         top = int(np.nanmax(values)) if values.size and np.isfinite(values).any() else 1
@@ -163,7 +164,7 @@ def pick_worst(columns: dict[str, np.ndarray], n: int) -> tuple[dict[str, list[d
     return worst, skipped
 
 
-def summarize(output: Output, space: LabelSpace, m: Measured, seconds: float) -> dict[str, Any]:
+def summarize(output: Output, space: SemanticClasses, m: Measured, seconds: float) -> dict[str, Any]:
     cols, k = m.columns, space.num_classes
     n = len(cols["key"])
     total_px = int(m.class_pixels.sum())
@@ -197,16 +198,11 @@ def summarize(output: Output, space: LabelSpace, m: Measured, seconds: float) ->
                 ],
             }
         )
-    labeler = output.manifest.labeler
     return {
         "kind": REPORT_KIND,
         "output": output.path,
         "fingerprint": fingerprint(output.manifest),
-        "labeler": {
-            key: labeler.get(key)
-            for key in ("preset", "models", "weight_free", "random_labels", "empty_labels", "note")
-            if key in labeler
-        },
+        "labeler": output.manifest.labeler.brief(),
         "samples": n,
         "shards": len(output.shards),
         "seconds": round(seconds, 2),
@@ -235,9 +231,9 @@ def summarize(output: Output, space: LabelSpace, m: Measured, seconds: float) ->
     }
 
 
-def draw_worst(output: Output, space: LabelSpace, worst: dict[str, list[dict]], workers: int) -> dict[str, bytes]:
+def draw_worst(output: Output, space: SemanticClasses, worst: dict[str, list[dict]], workers: int) -> dict[str, bytes]:
     """One overlay strip per measure: RGB | semantic | instances of each of its worst images."""
-    from ..inspect import palette, sample_tiles
+    from shards.inspect import palette, sample_tiles
 
     wanted: dict[str, set[str]] = {}
     for picks in worst.values():
@@ -310,20 +306,19 @@ def plots(summary: dict[str, Any]) -> dict[str, bytes]:
     return out
 
 
-def page(summary: dict[str, Any], pictures: dict[str, bytes], skipped: dict[str, str]) -> str:
+def page(summary: dict[str, Any], lab: LabelerInfo, pictures: dict[str, bytes], skipped: dict[str, str]) -> str:
     fmt_n = render.fmt_num
     s, parts = summary, []
-    lab = s["labeler"]
     notes = []
-    if lab.get("weight_free"):
-        notes.append(str(lab.get("note") or "Weight-free labels: no learned model made them."))
-    if lab.get("random_labels"):
-        notes.append("These labels come from random models and carry no meaning: " + str(lab.get("note", "")))
-    if lab.get("empty_labels"):
+    if lab.weight_free:
+        notes.append(lab.note or "Weight-free labels: no learned model made them.")
+    if lab.random_labels:
+        notes.append("These labels come from random models and carry no meaning: " + (lab.note or ""))
+    if lab.empty_labels:
         notes.append("These shards carry empty labels (preset 'empty').")
     parts.append(
         f"<p><b>{render.esc(s['output'])}</b>: {s['samples']} images in {s['shards']} shards, labeler "
-        f"<b>{render.esc(lab.get('preset'))}</b>; measured in {s['seconds']} s.</p>"
+        f"<b>{render.esc(lab.preset)}</b>; measured in {s['seconds']} s.</p>"
     )
     parts += [f'<p class="note">{render.esc(n)}</p>' for n in notes]
     if s["problem_count"]:
@@ -428,7 +423,7 @@ def run(cfg: ReportConfig) -> int:
     out_dir = default_dir(cfg.output, cfg.out)
     t0 = time.perf_counter()
     output = open_output(cfg.output)
-    space = label_space(output.manifest, cfg.things)
+    space = semantic_classes(output.manifest, cfg.things)
     merger = Merger(len(output.shards), space.num_classes)
     for i, part in map_shards(measure_shard, [(u, space) for u in output.shards], cfg.workers, "report", cfg.progress):
         merger.add(i, part)
@@ -446,7 +441,7 @@ def run(cfg: ReportConfig) -> int:
     write_pictures(out_dir / "img", pictures)
     write_csv(out_dir / "samples.csv", measured.columns)
     atomic_write_json(out_dir / "report.json", render.json_safe(summary))
-    atomic_write_bytes(out_dir / "report.html", page(summary, pictures, skipped).encode())
+    atomic_write_bytes(out_dir / "report.html", page(summary, output.manifest.labeler, pictures, skipped).encode())
     n = summary["samples"]
     print(
         f"report: {n} images in {summary['shards']} shards, measured in {seconds:.1f}s "
