@@ -147,6 +147,15 @@ def instance_agreement(inst_a: np.ndarray, inst_b: np.ndarray, threshold: float)
     return n_a, n_b, int(hit.sum()), float(iou[hit].sum())
 
 
+def matching_scores(n_a: int, n_b: int, matched: int, iou_sum: float) -> tuple[float, float, float]:
+    """(F1 of the matching, mean IoU of the matches, PQ) from the counts of one image or a whole run;
+    NaN where a score is undefined (no instances at all; no match for the mean IoU)."""
+    n = n_a + n_b
+    if not n:
+        return math.nan, math.nan, math.nan
+    return 2 * matched / n, iou_sum / matched if matched else math.nan, iou_sum / (0.5 * n)
+
+
 # --- per shard pair ----------------------------------------------------------------------------------
 
 
@@ -209,6 +218,7 @@ def compare_shards(
             except (KeyError, ValueError, OSError) as e:
                 r.problems.append((key, f"not compared: {type(e).__name__}: {e}"))
                 continue
+            f1, mean_iou, pq = matching_scores(n_a, n_b, m, iou_sum)
             row = {
                 "key": key,
                 "shard": name,
@@ -217,9 +227,9 @@ def compare_shards(
                 "instances_a": n_a,
                 "instances_b": n_b,
                 "matched": m,
-                "instance_f1": 2 * m / (n_a + n_b) if n_a + n_b else math.nan,
-                "instance_iou": iou_sum / m if m else math.nan,
-                "pq": iou_sum / (0.5 * (n_a + n_b)) if n_a + n_b else math.nan,
+                "instance_f1": f1,
+                "instance_iou": mean_iou,
+                "pq": pq,
             }
             for c, v in row.items():
                 r.columns[c].append(v)
@@ -290,6 +300,7 @@ def summarize(
     cols = columns_of(parts)
     n_a, n_b, m = (int(np.nansum(cols[c])) for c in ("instances_a", "instances_b", "matched"))
     iou_sum = float(np.nansum(cols["instance_iou"] * cols["matched"]))  # NaN only where nothing matched
+    f1, mean_iou, pq = matching_scores(n_a, n_b, m, iou_sum)
     per_class = [
         {"id": c, "name": sb.name(c), "iou": float(tp[c] / union[c]), "union_pixels": int(union[c])}
         for c in range(kb)
@@ -329,11 +340,11 @@ def summarize(
                 "in_a": n_a,
                 "in_b": n_b,
                 "matched": m,
-                "matched_fraction": 2 * m / (n_a + n_b) if n_a + n_b else math.nan,
+                "matched_fraction": f1,
                 "matched_of_a": m / n_a if n_a else math.nan,
                 "matched_of_b": m / n_b if n_b else math.nan,
-                "mean_iou": iou_sum / m if m else math.nan,
-                "pq": iou_sum / (0.5 * (n_a + n_b)) if n_a + n_b else math.nan,
+                "mean_iou": mean_iou,
+                "pq": pq,
             },
             "per_image": {name: dist(name) for name in ("pixel_accuracy", "miou", "instance_f1", "instance_iou", "pq")},
             "problems": [{"shard": p.shard, "key": k, "message": msg} for p in parts for k, msg in p.problems][:1000],
