@@ -356,7 +356,7 @@ def _run(
     attempts = {i: 0 for i in todo}
     queue = list(todo)
     running: dict[Any, int] = {}
-    bar = tqdm(total=sum(len(plan.shard_items(i)) for i in todo), unit="img", desc="label", smoothing=0.05)
+    bar = tqdm(total=sum(plan.shard_size(i) for i in todo), unit="img", desc="label", smoothing=0.05)
     try:
         while queue or running:
             while queue and len(running) < max_in_flight:

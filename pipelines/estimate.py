@@ -44,8 +44,8 @@ class Estimate:
 
 def sample_plan(plan: Plan, n: int, shard_size: int) -> Plan:
     """n items spread evenly over the plan (so over its classes and folders), in small shards."""
-    n = max(1, min(n, len(plan.items)))
-    step = len(plan.items) / n
+    n = max(1, min(n, plan.num_inputs))
+    step = plan.num_inputs / n
     items = sorted({plan.items[int(i * step)] for i in range(n)}, key=lambda it: it.key)
     return Plan(plan.root, plan.imagenet, plan.classes, shard_size, "estimate", items)
 
@@ -59,9 +59,9 @@ def estimate(
         done = read_done(tmp)
     samples = sum(s.samples for s in done.values()) or 1
     return Estimate(
-        images=len(plan.items),
+        images=plan.num_inputs,
         shards=plan.num_shards,
-        sampled=len(sub.items),
+        sampled=sub.num_inputs,
         images_per_s=result.steady_rate(),
         gpus=result.pool_gpus,
         bytes_per_sample=sum(s.bytes for s in done.values()) / samples,

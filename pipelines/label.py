@@ -58,12 +58,12 @@ def run(cfg: LabelConfig, pool: PoolSettings | None = None, settings: Settings |
     from labeler.base import LabelerLoadError
     from labeler.registry import PRESETS
     from shards import format as fmt
-    from shards.manifest import read_done, write_dataset_files
+    from shards.manifest import DoneShards, iter_done, write_dataset_files
     from shards.store import Store
     from shards.validate import format_table, validate
 
     from .distributor import run_shards
-    from .plan import changed_inputs, check_or_write_plan, check_or_write_settings, make_plan
+    from .plan import check_or_write_plan, check_or_write_settings, make_plan
 
     pool, settings = pool or PoolSettings(), settings or Settings()
     preset = settings.labeler.preset
@@ -84,38 +84,44 @@ def run(cfg: LabelConfig, pool: PoolSettings | None = None, settings: Settings |
     if out.local:
         lock_output(Path(out.root))  # held until this process exits, however it exits
         remove_stale_temp_files(Path(out.root))
-    check_or_write_plan(out, plan, cfg.overwrite)
+    if note := check_or_write_plan(out, plan, cfg.overwrite):
+        print(note)
     check_or_write_settings(out, settings.to_json(), cfg.overwrite)
-    done = read_done(out)
-    changed = changed_inputs(plan, done)
-    for i, what in sorted(changed.items()):
-        del done[i]  # redone from its inputs as they are now
-        more = f"; and {len(what) - 5} more" if len(what) > 5 else ""
-        print(f"changed since {plan.shard_name(i)} was made, so it is redone: {'; '.join(what[:5])}{more}")
-    todo = [i for i in range(plan.num_shards) if i not in done]
-    print(f"plan: {len(plan.items)} images -> {plan.num_shards} shards; {len(done)} already done, {len(todo)} to do")
+    # The done shards, one stats file at a time: a shard whose inputs changed since it was made
+    # is redone from its inputs as they are now; the others are kept as shard indices only.
+    done = DoneShards()
+    for stats in iter_done(out):
+        if what := plan.changes(stats):
+            more = f"; and {len(what) - 5} more" if len(what) > 5 else ""
+            name = plan.shard_name(stats.index)
+            print(f"changed since {name} was made, so it is redone: {'; '.join(what[:5])}{more}")
+        elif stats.index < plan.num_shards:
+            done.add(stats.index)
+    plan.drop_inputs()  # from here on each shard's inputs are read from plan.inputs.jsonl
+    todo = done.missing(plan.num_shards)
+    print(f"plan: {plan.num_inputs} images -> {plan.num_shards} shards; {len(done)} already done, {len(todo)} to do")
     for line in plan.summary():
         print(line)
     result = run_shards(plan, todo, out, pool, settings, limits)
-    done = read_done(out)
-    missing = [plan.shard_name(i) for i in range(plan.num_shards) if i not in done]
 
     info = result.labeler_info or described_by_manifest(out)
     config = {**dataclasses.asdict(cfg), **dataclasses.asdict(pool)}
+    done = DoneShards()
     manifest = write_dataset_files(
         out,
         info.label_space,
         info.labeler,
         plan.header(),
-        list(done.values()),
+        done.track(iter_done(out)),
         config,
         plan.unplanned(),
     )
+    missing = [plan.shard_name(i) for i in done.missing(plan.num_shards)]
     secs = time.perf_counter() - t0
     tot = manifest.totals
     print(
         f"done: {tot.samples} images in {tot.shards} shards, {tot.quarantined} quarantined "
-        f"({out.url(fmt.QUARANTINE)}), {secs:.1f}s, {len(plan.items) / secs:.1f} images/s"
+        f"({out.url(fmt.QUARANTINE)}), {secs:.1f}s, {plan.num_inputs / secs:.1f} images/s"
     )
     if summary := result.summary():
         print(summary)

@@ -19,12 +19,16 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from array import array
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from shards.errors import UsageError
+
+from .compact import Strings
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
@@ -41,12 +45,44 @@ class Skipped:
     reason: str
 
 
+class Files:
+    """Listed files as (relative path, size, mtime_ns) rows, held as columns: the paths in one
+    buffer (`compact.Strings`), sizes and times in arrays. ImageNet-1K's 1.28M files take ~55 bytes
+    each (as tuples of str and ints they took ~230)."""
+
+    def __init__(self, rows: Iterable[tuple[str, int, int]] = ()):
+        self.paths = Strings()
+        self.sizes = array("q")
+        self.mtimes = array("q")
+        for row in rows:
+            self.append(row)
+
+    def append(self, row: tuple[str, int, int]) -> None:
+        rel, size, mtime = row
+        self.paths.append(rel)
+        self.sizes.append(size)
+        self.mtimes.append(mtime)
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def __getitem__(self, i: int) -> tuple[str, int, int]:
+        return self.paths[i], self.sizes[i], self.mtimes[i]
+
+    def __iter__(self) -> Iterator[tuple[str, int, int]]:
+        return zip(self.paths, self.sizes, self.mtimes, strict=True)
+
+
 @dataclass
 class Listing:
     root: str
-    files: list[tuple[str, int, int]]  # (relative path, size, mtime_ns) of regular image files
+    files: Files  # (relative path, size, mtime_ns) of regular image files; a list of such rows is taken too
     skipped: list[Skipped] = field(default_factory=list)
     ignored: Counter[str] = field(default_factory=Counter)  # what was passed over on purpose, counted
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.files, Files):
+            self.files = Files(self.files)
 
 
 def add_listed(out, rel: str, st: os.stat_result) -> None:
@@ -95,7 +131,7 @@ def scan_dir(root: Path) -> Listing:
     """Every regular image file under `root` with its size and mtime, depth first in name order
     (deterministic whatever the filesystem's order). Symlinks are followed; a directory that leads
     back to one of its ancestors is a loop and refused; one reached a second time is listed once."""
-    out = Listing(str(root), [])
+    out = Listing(str(root), Files())
     st = os.stat(root)
     first_path = {(st.st_dev, st.st_ino): ""}
     stack: list[tuple[str, tuple]] = [("", ((st.st_dev, st.st_ino),))]
@@ -157,7 +193,7 @@ def scan_url(root: str) -> Listing:
 
     fs, path = fsspec.core.url_to_fs(root)
     path = path.rstrip("/")
-    out = Listing(root.rstrip("/"), [])
+    out = Listing(root.rstrip("/"), Files())
     for p, info in sorted(fs.find(path, detail=True).items()):
         rel = p[len(path) + 1 :]
         if any(part.startswith(".") for part in rel.split("/")):
@@ -182,9 +218,9 @@ def read_list(list_file: Path) -> Listing:
         if line and not line.startswith("#"):
             paths.append(os.path.normpath(line if os.path.isabs(line) else base / line))
     if not paths:
-        return Listing(str(base), [])
+        return Listing(str(base), Files())
     root = os.path.commonpath([os.path.dirname(p) for p in paths])
-    out = Listing(root, [])
+    out = Listing(root, Files())
     for p in paths:
         rel = os.path.relpath(p, root).replace(os.sep, "/")
         try:

@@ -20,20 +20,34 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import heapq
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
 
 from shards import format as fmt
 from shards.errors import UsageError
-from shards.manifest import PlanHeader, Quarantined, ShardStats, load_json, read_plan_inputs, write_plan_inputs
+from shards.manifest import (
+    PlanHeader,
+    PlanInputsFile,
+    Quarantined,
+    ShardStats,
+    load_json,
+    scan_plan_inputs,
+    write_plan_inputs,
+)
 from shards.store import Store
 
-from .listing import IMAGE_SUFFIXES, Listing, ListingError, Skipped, list_inputs
+from .compact import Strings, sort_strings
+from .listing import IMAGE_SUFFIXES, Files, Listing, ListingError, Skipped, list_inputs
 
 ORDER_SEED = 0  # plan.json records it; plans made before it existed (key order) are refused on resume
 _WNID = re.compile(r"^n\d{8}$")
+_CHUNK = 1 << 16  # inputs handled per numpy step where a step builds Python objects
 
 
 class PlanError(UsageError):
@@ -51,46 +65,182 @@ class Item:
 
 
 @dataclass
+class Inputs:
+    """The listed inputs as columns (`pipelines.compact`): ~110 bytes per input while planning
+    (ImageNet-1K: ~140 MB), where `Item`s cost ~600. Rows are in listing order; `by_key` lists the
+    planned rows in key order (rows refused at planning are in no plan)."""
+
+    sources: Strings  # path relative to the input root
+    keys: Strings  # "" for rows outside the plan
+    sizes: np.ndarray  # int64, -1: unknown
+    mtimes: np.ndarray  # int64 ns, -1: unknown
+    classes: np.ndarray  # int32 class index, -1: none
+    by_key: np.ndarray  # int64 rows in key order
+
+    @classmethod
+    def of_items(cls, items: Iterable[Item]) -> Inputs:
+        """Columns of `items`, which must be in key order."""
+        sources, keys, sizes, mtimes, classes = Strings(), Strings(), [], [], []
+        for it in items:
+            sources.append(it.source)
+            keys.append(it.key)
+            sizes.append(it.size)
+            mtimes.append(it.mtime_ns)
+            classes.append(-1 if it.class_index is None else it.class_index)
+        n = len(sizes)
+        return cls(
+            sources,
+            keys,
+            np.array(sizes, np.int64),
+            np.array(mtimes, np.int64),
+            np.array(classes, np.int32),
+            np.arange(n, dtype=np.int64),
+        )
+
+
+class PlanItems(Sequence):
+    """`plan.items`: the planned inputs in key order, made into `Item`s one at a time."""
+
+    def __init__(self, plan: Plan):
+        self._plan = plan
+
+    def __len__(self) -> int:
+        return self._plan.num_inputs
+
+    def __getitem__(self, i):
+        rows = self._plan._inputs_held().by_key
+        if isinstance(i, slice):
+            return [self._plan._item(int(r)) for r in rows[i]]
+        return self._plan._item(int(rows[i]))
+
+    def __iter__(self) -> Iterator[Item]:
+        rows = self._plan._inputs_held().by_key
+        return (self._plan._item(int(r)) for r in rows)
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, (PlanItems, list)):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 class Plan:
-    root: str
-    imagenet: bool  # ImageNet layout: `<root>/<wnid>/<file>`, class index = sorted synset order
-    classes: list[str]  # synsets in class-index order; empty when the input has no classes
-    samples_per_shard: int
-    prefix: str
-    items: list[Item] = field(repr=False)  # sorted by key
-    skipped: list[Skipped] = field(default_factory=list, repr=False)  # refused at planning
-    ignored: dict[str, int] = field(default_factory=dict)
-    order_seed: int = ORDER_SEED  # shards take the items in the order of blake2b(f"{order_seed}:{key}")
+    """The inputs sorted by key, in a seeded order cut into shards (module docstring).
+
+    While it is made, the plan holds its inputs as columns (`Inputs`); once `plan.inputs.jsonl`
+    is written or checked (`check_or_write_plan`), `drop_inputs()` lets them go and each shard's
+    inputs are read from that file when the shard is dispatched: a labeling driver holds a few
+    bytes per shard, not per input."""
+
+    def __init__(
+        self,
+        root: str,
+        imagenet: bool,  # ImageNet layout: `<root>/<wnid>/<file>`, class index = sorted synset order
+        classes: list[str],  # synsets in class-index order; empty when the input has no classes
+        samples_per_shard: int,
+        prefix: str,
+        items: Iterable[Item] | Inputs = (),  # in key order
+        skipped: list[Skipped] | None = None,  # refused at planning
+        ignored: dict[str, int] | None = None,
+        order_seed: int = ORDER_SEED,  # shards take the items in the order of blake2b(f"{order_seed}:{key}")
+    ):
+        self.root, self.imagenet, self.classes = root, imagenet, classes
+        self.samples_per_shard, self.prefix, self.order_seed = samples_per_shard, prefix, order_seed
+        self.skipped = skipped if skipped is not None else []
+        self.ignored = ignored if ignored is not None else {}
+        self._inputs: Inputs | None = items if isinstance(items, Inputs) else Inputs.of_items(items)
+        self.num_inputs = len(self._inputs.by_key)
+        self._file: PlanInputsFile | None = None  # plan.inputs.jsonl, once written or checked
+        # Inputs whose size or mtime differ from plan.inputs.jsonl's (edited since the plan was
+        # made): position in shard order -> (size, mtime_ns) as listed now.
+        self._restamped: dict[int, tuple[int, int]] = {}
+
+    def __repr__(self) -> str:
+        return f"Plan({self.root!r}, {self.num_inputs} inputs, {self.num_shards} shards of {self.samples_per_shard})"
 
     @property
     def num_shards(self) -> int:
-        return -(-len(self.items) // self.samples_per_shard)
+        return -(-self.num_inputs // self.samples_per_shard)
 
-    @functools.cached_property
-    def _order(self) -> list[int]:
-        """Indices of `items` in the seeded order: a hash of (seed, key), so it depends on nothing
-        but the keys (no RNG whose stream could change between Python or numpy versions)."""
-        seed = str(self.order_seed)
-        return sorted(
-            range(len(self.items)),
-            key=lambda i: hashlib.blake2b(f"{seed}:{self.items[i].key}".encode(), digest_size=8).digest(),
+    @property
+    def items(self) -> PlanItems:
+        return PlanItems(self)
+
+    def _inputs_held(self) -> Inputs:
+        if self._inputs is None:
+            raise RuntimeError("the plan's inputs were dropped: shards are read from plan.inputs.jsonl")
+        return self._inputs
+
+    def _item(self, row: int) -> Item:
+        t = self._inputs_held()
+        ci = int(t.classes[row])
+        return Item(
+            t.keys[row],
+            t.sources[row],
+            None if ci < 0 else ci,
+            self.classes[ci] if ci >= 0 else None,
+            int(t.sizes[row]),
+            int(t.mtimes[row]),
         )
 
-    def shard_items(self, index: int) -> list[Item]:
-        """Shard `index`'s items, in increasing key order (the ShardWriter requires it)."""
+    @functools.cached_property
+    def _order(self) -> np.ndarray:
+        """Positions in key order, in the seeded order: a hash of (seed, key), so it depends on
+        nothing but the keys (no RNG whose stream could change between Python or numpy versions);
+        ties (never seen) keep key order."""
+        t = self._inputs_held()
+        seed = f"{self.order_seed}:".encode()
+        digest = np.fromiter(
+            (
+                int.from_bytes(hashlib.blake2b(seed + t.keys.raw(int(r)), digest_size=8).digest(), "big")
+                for r in t.by_key
+            ),
+            np.uint64,
+            count=len(t.by_key),
+        )
+        return np.argsort(digest, kind="stable")
+
+    def _shard_rows(self, index: int) -> np.ndarray:
+        """Rows of shard `index`, in key order."""
         n = self.samples_per_shard
-        return [self.items[i] for i in sorted(self._order[index * n : (index + 1) * n])]
+        return self._inputs_held().by_key[np.sort(self._order[index * n : (index + 1) * n])]
+
+    def shard_size(self, index: int) -> int:
+        n = self.samples_per_shard
+        return max(0, min(n, self.num_inputs - index * n))
+
+    def shard_items(self, index: int) -> list[Item]:
+        """Shard `index`'s items, in increasing key order (the ShardWriter requires it): from
+        `plan.inputs.jsonl` once the plan is bound to it, else from the listing."""
+        if self._file is None:
+            return [self._item(int(r)) for r in self._shard_rows(index)]
+        first = index * self.samples_per_shard
+        items = []
+        for k, row in enumerate(self._file.rows(index)):
+            size, mtime = self._restamped.get(first + k, (row.size, row.mtime_ns))
+            synset = self.classes[row.class_index] if row.class_index is not None and self.imagenet else None
+            items.append(Item(row.key, row.source, row.class_index, synset, size, mtime))
+        if len(items) != self.shard_size(index):
+            want = self.shard_size(index)
+            raise ValueError(f"{fmt.PLAN_INPUTS}: shard {index} holds {len(items)} inputs, the plan {want}")
+        return items
 
     def shard_name(self, index: int) -> str:
         return fmt.shard_name(self.prefix, index)
 
-    @property
+    @functools.cached_property
     def listing_sha256(self) -> str:
-        """Names, keys and classes in plan order (not sizes or times: an edited input redoes its
+        """Names, keys and classes in key order (not sizes or times: an edited input redoes its
         shard, it does not make another plan)."""
+        t = self._inputs_held()
         h = hashlib.sha256()
-        for it in self.items:
-            h.update(f"{it.key}\t{it.source}\t{it.class_index}\n".encode("utf-8", "surrogateescape"))
+        for lo in range(0, len(t.by_key), _CHUNK):
+            lines = []
+            for r in t.by_key[lo : lo + _CHUNK].tolist():
+                ci = int(t.classes[r])
+                lines.append(f"{t.keys[r]}\t{t.sources[r]}\t{None if ci < 0 else ci}\n")
+            h.update("".join(lines).encode("utf-8", "surrogateescape"))
         return h.hexdigest()
 
     def header(self) -> PlanHeader:
@@ -101,13 +251,78 @@ class Plan:
             classes=self.classes,
             samples_per_shard=self.samples_per_shard,
             prefix=self.prefix,
-            num_inputs=len(self.items),
+            num_inputs=self.num_inputs,
             num_shards=self.num_shards,
             listing_sha256=self.listing_sha256,
-            shard_sizes=[len(self.shard_items(i)) for i in range(self.num_shards)],
+            shard_sizes=[self.shard_size(i) for i in range(self.num_shards)],
             order_seed=self.order_seed,
             skipped=len(self.skipped),
         )
+
+    def rows(self) -> Iterator[tuple[str, str, int | None, int, int]]:
+        """(key, source, class, size, mtime_ns) of every input in shard order: plan.inputs.jsonl."""
+        t = self._inputs_held()
+        for i in range(self.num_shards):
+            for r in self._shard_rows(i).tolist():
+                ci = int(t.classes[r])
+                yield t.keys[r], t.sources[r], None if ci < 0 else ci, int(t.sizes[r]), int(t.mtimes[r])
+
+    def write_inputs(self, out: Store) -> None:
+        """Write plan.inputs.jsonl from the listing, and read shards from it from now on."""
+        self._file = write_plan_inputs(out, self.rows(), self.samples_per_shard)
+        self._restamped = {}
+
+    def bind_inputs(self, out: Store) -> bool:
+        """Read the plan.inputs.jsonl of an earlier run of this plan from start to end against the
+        listing: index where each shard begins, note the inputs edited since (their size and mtime
+        as listed now go to the shard tasks, as they would from the listing), and read shards from
+        it from now on. False, and nothing bound, when it does not hold this plan's inputs (a
+        damaged or foreign file), or cannot be read."""
+        starts, restamped = [], {}
+        rows = self.rows()
+        try:
+            for start, got in scan_plan_inputs(out, self.samples_per_shard):
+                starts.append(start)
+                first = (len(starts) - 1) * self.samples_per_shard
+                for k, row in enumerate(got):
+                    want = next(rows, None)
+                    if want is None or (row.key, row.source, row.class_index) != want[:3]:
+                        return False
+                    if (row.size, row.mtime_ns) != want[3:]:
+                        restamped[first + k] = want[3:]
+        except (OSError, ValueError):
+            return False
+        if next(rows, None) is not None or len(starts) != self.num_shards + 1:
+            return False
+        self._file, self._restamped = PlanInputsFile(out, starts), restamped
+        return True
+
+    def drop_inputs(self) -> None:
+        """Let the listing's columns go (the header is kept); shards are read from plan.inputs.jsonl."""
+        if self._file is None:
+            raise RuntimeError("the plan is not bound to its plan.inputs.jsonl")
+        _ = self.listing_sha256
+        self._inputs = None
+        self.__dict__.pop("_order", None)
+
+    def changes(self, stats: ShardStats) -> list[str]:
+        """What changed among a done shard's inputs since the shard was made (size or mtime differ
+        from what its task read), named; [] for stats written before inputs were recorded, which
+        say nothing and are trusted."""
+        if not stats.inputs or stats.index >= self.num_shards:
+            return []
+        changes = []
+        for it in (self._item(int(r)) for r in self._shard_rows(stats.index)):
+            old = stats.inputs.get(it.key)
+            if old is None or len(old) != 2:
+                changes.append(f"{fmt.display(it.source)} (new in this shard)")
+                continue
+            size, mtime = old
+            if size >= 0 and it.size >= 0 and size != it.size:
+                changes.append(f"{fmt.display(it.source)} (size {size} -> {it.size} bytes)")
+            elif mtime >= 0 and it.mtime_ns >= 0 and mtime != it.mtime_ns:
+                changes.append(f"{fmt.display(it.source)} (modified)")
+        return changes
 
     def unplanned(self) -> list[Quarantined]:
         """The inputs refused at planning, as quarantine records (stage `plan`, in no shard)."""
@@ -149,62 +364,116 @@ def make_plan(source: str | os.PathLike, samples_per_shard: int, prefix: str = "
 
 
 def plan_from_listing(listing: Listing, samples_per_shard: int, prefix: str) -> Plan:
-    files, skipped = listing.files, list(listing.skipped)
-    if not files:
+    files: Files = listing.files
+    skipped = list(listing.skipped)
+    if not len(files):
         first = skipped[0] if skipped else None
         refused = (
             f" ({len(skipped)} entries refused, e.g. {fmt.display(first.source)}: {first.reason})" if first else ""
         )
         raise PlanError(f"no images (by suffix: {', '.join(sorted(IMAGE_SUFFIXES))}) under {listing.root}{refused}")
-    fits = [f[0].count("/") == 1 and bool(_WNID.match(f[0].split("/", 1)[0])) for f in files]
-    imagenet = 2 * sum(fits) > len(files)  # by majority: one stray file does not decide
-    if imagenet and not all(fits):
-        why = f"outside the ImageNet layout <wnid>/<file> that {sum(fits)} of {len(files)} inputs follow"
-        skipped += [Skipped(f[0], why) for f, ok in zip(files, fits, strict=True) if not ok]
-        files = [f for f, ok in zip(files, fits, strict=True) if ok]
-    classes = sorted({f[0].split("/", 1)[0] for f in files}) if imagenet else []
-    class_of = {s: i for i, s in enumerate(classes)}
-    items = []
-    for r, size, mtime in files:
-        syn = r.split("/", 1)[0] if imagenet else None
-        items.append(Item(fmt.sample_key(r, imagenet), r, class_of.get(syn), syn, size, mtime))
-    items.sort(key=lambda it: it.key)
-    for a, b in zip(items, items[1:], strict=False):
-        if a.key == b.key:
-            raise PlanError(
-                f"two inputs map to the same sample key {a.key!r}: {fmt.display(a.source)} and {fmt.display(b.source)}"
-            )
+    fits = np.fromiter((_imagenet_path(p) for p in files.paths), bool, count=len(files))
+    imagenet = 2 * int(fits.sum()) > len(files)  # by majority: one stray file does not decide
+    planned = np.flatnonzero(fits) if imagenet else np.arange(len(files), dtype=np.int64)
+    if imagenet and not fits.all():
+        why = f"outside the ImageNet layout <wnid>/<file> that {int(fits.sum())} of {len(files)} inputs follow"
+        skipped += [Skipped(files.paths[int(r)], why) for r in np.flatnonzero(~fits)]
+    del fits
+    # One pass: each planned input's key and synset (numbered as first seen, then in sorted order).
+    keys, seen = Strings(), np.full(len(files), -1, np.int32)
+    synset_ids: dict[str, int] = {}
+    is_planned = np.zeros(len(files), bool)
+    is_planned[planned] = True
+    for r, source in enumerate(files.paths):
+        if not is_planned[r]:
+            keys.append("")
+            continue
+        keys.append(fmt.sample_key(source, imagenet))
+        if imagenet:
+            seen[r] = synset_ids.setdefault(source.split("/", 1)[0], len(synset_ids))
+    del is_planned
+    classes = sorted(synset_ids)
+    to_class = np.zeros(len(synset_ids) + 1, np.int32)  # the last entry maps -1 (no class) to -1
+    to_class[-1] = -1
+    for i, synset in enumerate(classes):
+        to_class[synset_ids[synset]] = i
+    class_index = to_class[seen]
+    del seen
+    by_key, duplicate = sort_strings(keys, planned)
+    if duplicate:
+        a, b = duplicate
+        raise PlanError(
+            f"two inputs map to the same sample key {keys[a]!r}: "
+            f"{fmt.display(files.paths[a])} and {fmt.display(files.paths[b])}"
+        )
     skipped.sort(key=lambda s: s.source)
-    return Plan(listing.root, imagenet, classes, samples_per_shard, prefix, items, skipped, dict(listing.ignored))
+    inputs = Inputs(
+        files.paths,
+        keys,
+        np.frombuffer(files.sizes, np.int64),
+        np.frombuffer(files.mtimes, np.int64),
+        class_index,
+        by_key,
+    )
+    return Plan(listing.root, imagenet, classes, samples_per_shard, prefix, inputs, skipped, dict(listing.ignored))
 
 
-def _names(sources: list[str], n: int = 5) -> str:
-    shown = ", ".join(fmt.display(s) for s in sources[:n])
-    return shown + (f", … ({len(sources) - n} more)" if len(sources) > n else "")
+def _imagenet_path(path: str) -> bool:
+    """`<wnid>/<file>`."""
+    return path.count("/") == 1 and bool(_WNID.match(path.split("/", 1)[0]))
+
+
+def _names(first: list[str], count: int) -> str:
+    shown = ", ".join(fmt.display(s) for s in first)
+    return shown + (f", … ({count - len(first)} more)" if count > len(first) else "")
 
 
 def describe_listing_change(out: Store, plan: Plan) -> str:
     """What differs between the plan recorded in `out` and `plan`: inputs added and removed,
-    named (the first five of each), or '' when the old listing is not there to compare."""
+    named (the first five of each), or '' when the old listing cannot be read. Compares 64-bit
+    hashes of the sources (an array per side, not a set of strings), then reads both sides again
+    to name the first five."""
+    t = plan._inputs_held()
+
+    def old_sources() -> Iterator[list[str]]:
+        try:
+            for _, rows in scan_plan_inputs(out, _CHUNK):
+                yield [row.source for row in rows]
+        except FileNotFoundError:  # no listing recorded: every input is new to it
+            return
+
+    def new_sources() -> Iterator[list[str]]:
+        for lo in range(0, len(t.by_key), _CHUNK):
+            yield [t.sources[r] for r in t.by_key[lo : lo + _CHUNK].tolist()]
+
+    def hashes(chunks: Iterable[list[str]]) -> np.ndarray:
+        return np.concatenate([np.array([hash(s) for s in c], np.int64) for c in chunks] or [np.zeros(0, np.int64)])
+
+    def first(chunks: Iterable[list[str]], wanted: np.ndarray) -> list[str]:
+        return heapq.nsmallest(
+            5,
+            (s for c in chunks for s, hit in zip(c, np.isin(hashes([c]), wanted), strict=True) if hit),
+        )
+
     try:
-        old = read_plan_inputs(out.read_bytes(fmt.PLAN_INPUTS) or b"")
+        before = hashes(old_sources())
     except (OSError, ValueError):
         return ""
-    before = {r.source for r in old}
-    now = {it.source for it in plan.items}
-    added, removed = sorted(now - before), sorted(before - now)
+    now = hashes(new_sources())
+    added, removed = np.setdiff1d(now, before), np.setdiff1d(before, now)
     parts = []
-    if added:
-        parts.append(f"{len(added)} input(s) added: {_names(added)}")
-    if removed:
-        parts.append(f"{len(removed)} input(s) removed: {_names(removed)}")
+    if len(added):
+        parts.append(f"{len(added)} input(s) added: {_names(first(new_sources(), added), len(added))}")
+    if len(removed):
+        parts.append(f"{len(removed)} input(s) removed: {_names(first(old_sources(), removed), len(removed))}")
     if not parts:
         parts.append("the same inputs with other keys, classes or order")
     return "; " + "; ".join(parts)
 
 
-def check_or_write_plan(out: Store, plan: Plan, overwrite: bool) -> None:
-    """Refuse to mix two plans in one output directory; record the plan (header and inputs)."""
+def check_or_write_plan(out: Store, plan: Plan, overwrite: bool) -> str | None:
+    """Refuse to mix two plans in one output directory; record the plan (header and inputs) and
+    bind the plan to its `plan.inputs.jsonl`. Returns a note for the job's output, or None."""
     want = plan.header().to_json()
     data = out.read_bytes(fmt.PLAN)
     if data is not None and not overwrite:
@@ -231,38 +500,20 @@ def check_or_write_plan(out: Store, plan: Plan, overwrite: bool) -> None:
     # The inputs first: a plan.json always has its complete listing beside it. The listing is
     # written with a new plan (sizes and times as listed then; what each shard read is in its
     # stats), in shard order; plan.json on every run (the count of refused entries may change).
+    # A rerun reads it back against its own listing: shard tasks get their inputs from it.
+    note = None
     if overwrite or data is None or out.size(fmt.PLAN_INPUTS) is None:
-        rows = [plan_input_row(it) for i in range(plan.num_shards) for it in plan.shard_items(i)]
-        write_plan_inputs(out, rows)
+        plan.write_inputs(out)
+    elif not plan.bind_inputs(out):
+        note = f"note: {out.url(fmt.PLAN_INPUTS)} did not hold this plan's inputs; written again from the listing"
+        plan.write_inputs(out)
     out.write_json(fmt.PLAN, want)
+    return note
 
 
-def plan_input_row(it: Item) -> tuple[str, str, int | None, int, int]:
-    return (it.key, it.source, it.class_index, it.size, it.mtime_ns)
-
-
-def changed_inputs(plan: Plan, done: dict[int, ShardStats]) -> dict[int, list[str]]:
-    """Done shards whose inputs changed since the shard was made (size or mtime differ from what
-    the shard task read), with what changed. Stats written before inputs were recorded say
-    nothing and are trusted."""
-    out: dict[int, list[str]] = {}
-    for i, stats in done.items():
-        if not stats.inputs or i >= plan.num_shards:
-            continue
-        changes = []
-        for it in plan.shard_items(i):
-            old = stats.inputs.get(it.key)
-            if old is None or len(old) != 2:
-                changes.append(f"{fmt.display(it.source)} (new in this shard)")
-                continue
-            size, mtime = old
-            if size >= 0 and it.size >= 0 and size != it.size:
-                changes.append(f"{fmt.display(it.source)} (size {size} -> {it.size} bytes)")
-            elif mtime >= 0 and it.mtime_ns >= 0 and mtime != it.mtime_ns:
-                changes.append(f"{fmt.display(it.source)} (modified)")
-        if changes:
-            out[i] = changes
-    return out
+def changed_inputs(plan: Plan, done: Mapping[int, ShardStats]) -> dict[int, list[str]]:
+    """Done shards whose inputs changed since the shard was made (`Plan.changes`), with what changed."""
+    return {i: what for i, stats in done.items() if (what := plan.changes(stats))}
 
 
 def check_or_write_settings(out: Store, settings: dict, overwrite: bool) -> None:

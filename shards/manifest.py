@@ -25,9 +25,12 @@ import math
 import os
 import types
 import typing
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+
+import numpy as np
 
 from . import format as fmt
 from .errors import UsageError
@@ -442,60 +445,169 @@ class PlanInput:
     mtime_ns: int
 
 
-def read_plan_inputs(data: bytes) -> list[PlanInput]:
-    """Parse `plan.inputs.jsonl` (parsed as one JSON array: 1.28M lines in seconds); a malformed
-    line is a ValueError naming it."""
-    lines = [line for line in data.splitlines() if line.strip()]
-    rows = load_json(b"[" + b",".join(lines) + b"]", fmt.PLAN_INPUTS, len(data) + len(lines) + 2)
+def _plan_input(row: Any, line: int) -> PlanInput:
+    if (
+        type(row) is not list
+        or len(row) != 5
+        or type(row[0]) is not str
+        or type(row[1]) is not str
+        or not (row[2] is None or type(row[2]) is int)
+        or type(row[3]) is not int
+        or type(row[4]) is not int
+    ):
+        raise ValueError(f"{fmt.PLAN_INPUTS} line {line}: expected [key, source, class, size, mtime_ns]")
+    return PlanInput(*row)
+
+
+def parse_plan_inputs(lines: list[bytes], first_line: int = 1) -> list[PlanInput]:
+    """Lines of `plan.inputs.jsonl` (none blank), parsed as one JSON array (1.28M lines in
+    seconds); a malformed line is a ValueError naming it (`first_line`: the number of the first)."""
+    size = sum(len(line) for line in lines) + len(lines) + 2
+    rows = load_json(b"[" + b",".join(lines) + b"]", fmt.PLAN_INPUTS, size)
     if not isinstance(rows, list) or len(rows) != len(lines):  # a line holding two values
         raise ValueError(f"{fmt.PLAN_INPUTS}: expected one [key, source, class, size, mtime_ns] per line")
-    out = []
-    for n, row in enumerate(rows, start=1):
-        if (
-            type(row) is not list
-            or len(row) != 5
-            or type(row[0]) is not str
-            or type(row[1]) is not str
-            or not (row[2] is None or type(row[2]) is int)
-            or type(row[3]) is not int
-            or type(row[4]) is not int
-        ):
-            raise ValueError(f"{fmt.PLAN_INPUTS} line {n}: expected [key, source, class, size, mtime_ns]")
-        out.append(PlanInput(*row))
-    return out
+    return [_plan_input(row, n) for n, row in enumerate(rows, start=first_line)]
+
+
+def read_plan_inputs(data: bytes) -> list[PlanInput]:
+    """Parse a whole `plan.inputs.jsonl` (blank lines skipped); a malformed line is a ValueError
+    naming it."""
+    return parse_plan_inputs([line for line in data.splitlines() if line.strip()])
+
+
+def plan_input_line(key: str, source: str, class_index: int | None, size: int, mtime_ns: int) -> bytes:
+    """One line of `plan.inputs.jsonl`: the one place it is formatted."""
+    return (json.dumps([key, source, class_index, size, mtime_ns]) + "\n").encode()
 
 
 def as_store(out: Store | str | os.PathLike) -> Store:
     return out if isinstance(out, Store) else Store(out)
 
 
-def write_plan_inputs(out: Store | str | os.PathLike, rows: list[tuple[str, str, int | None, int, int]]) -> None:
-    """The plan's inputs in shard order, one JSON array per line (shard i = lines i*n .. (i+1)*n-1)."""
-    as_store(out).write_bytes(fmt.PLAN_INPUTS, "".join(json.dumps(list(r)) + "\n" for r in rows).encode())
+class PlanInputsFile:
+    """`plan.inputs.jsonl` read one shard at a time: the byte offset where each shard's lines begin
+    (one integer per shard, whatever the number of inputs), and one ranged read per shard."""
+
+    def __init__(self, out: Store | str | os.PathLike, starts: Sequence[int]):
+        self.store = as_store(out)
+        self.starts = array("q", starts)  # shard i is bytes [starts[i], starts[i + 1]); the last is the end
+
+    @property
+    def num_shards(self) -> int:
+        return len(self.starts) - 1
+
+    def rows(self, i: int) -> list[PlanInput]:
+        """Shard `i`'s inputs, in the order of the file (key order within the shard)."""
+        data = self.store.read_range(fmt.PLAN_INPUTS, self.starts[i], self.starts[i + 1])
+        if len(data) != self.starts[i + 1] - self.starts[i]:
+            raise ValueError(f"{self.store.url(fmt.PLAN_INPUTS)} changed during the job (shard {i} cut short)")
+        return parse_plan_inputs(data.splitlines())
+
+
+def scan_plan_inputs(out: Store | str | os.PathLike, per_shard: int) -> Iterator[tuple[int, list[PlanInput]]]:
+    """`plan.inputs.jsonl` read from start to end, `per_shard` rows at a time: (byte offset of the
+    piece, its rows), then a last (file size, []). FileNotFoundError when there is none; ValueError
+    at a malformed or blank line."""
+    offset, line_no, lines, start = 0, 1, [], 0
+    with as_store(out).reader(fmt.PLAN_INPUTS) as f:
+        for line in f:
+            if not lines:
+                start = offset
+            offset += len(line)
+            lines.append(line)
+            if len(lines) == per_shard:
+                yield start, parse_plan_inputs(lines, line_no)
+                line_no += len(lines)
+                lines = []
+    if lines:
+        yield start, parse_plan_inputs(lines, line_no)
+    yield offset, []
+
+
+def write_plan_inputs(
+    out: Store | str | os.PathLike, rows: Iterable[tuple[str, str, int | None, int, int]], per_shard: int
+) -> PlanInputsFile:
+    """The plan's inputs in shard order, one JSON array per line (shard i = lines i*n .. (i+1)*n-1),
+    written as they come; returns the file, indexed by shard."""
+    starts, offset, n = array("q"), 0, 0
+    with as_store(out).writer(fmt.PLAN_INPUTS) as f:
+        for row in rows:
+            if n % per_shard == 0:
+                starts.append(offset)
+            line = plan_input_line(*row)
+            f.write(line)
+            offset += len(line)
+            n += 1
+    starts.append(offset)
+    return PlanInputsFile(out, starts)
 
 
 def write_stats(out: Store | str | os.PathLike, stats: ShardStats) -> None:
     as_store(out).write_json(fmt.stats_name(stats.shard), stats.to_json())
 
 
-def read_done(out: Store | str | os.PathLike) -> dict[int, ShardStats]:
-    """Stats of every finished shard, by shard index, from one listing of the output. A stats file
-    that does not parse, or whose tar is missing or differs in size (someone deleted or replaced
-    it), is not "done": that shard is redone."""
+def _stats_order(name: str) -> tuple:
+    """Stats files in shard order (`c2f-1000000.tar` after `c2f-999999.tar`), others by name."""
+    parsed = fmt.parse_shard_name(name.removesuffix(fmt.STATS_SUFFIX))
+    return (0, parsed[0], parsed[1], name) if parsed else (1, "", 0, name)
+
+
+def iter_done(out: Store | str | os.PathLike) -> Iterator[ShardStats]:
+    """Stats of every finished shard, one at a time in shard order, from one listing of the
+    output: a driver never holds every shard's per-input lists at once. A stats file that does not
+    parse, or whose tar is missing or differs in size (someone deleted or replaced it), is not
+    "done": that shard is redone."""
     store = as_store(out)
     files = store.list()
-    done: dict[int, ShardStats] = {}
-    for name in sorted(files):
-        if not name.endswith(fmt.STATS_SUFFIX):
-            continue
+    for name in sorted((n for n in files if n.endswith(fmt.STATS_SUFFIX)), key=_stats_order):
         try:
             stats = ShardStats.from_json(load_json(store.read_bytes(name) or b"", name))
         except (OSError, ValueError):
             continue
         if stats.samples > 0 and files.get(stats.shard) != stats.bytes:
             continue
-        done[stats.index] = stats
-    return done
+        yield stats
+
+
+def read_done(out: Store | str | os.PathLike) -> dict[int, ShardStats]:
+    """Stats of every finished shard, by shard index (`iter_done`), all in memory: for small outputs."""
+    return {stats.index: stats for stats in iter_done(out)}
+
+
+class DoneShards:
+    """The finished shards of a job as the driver keeps them: their indices in an array, nothing
+    per input (a shard's inputs and quarantine records stay in its stats file)."""
+
+    def __init__(self, indices: Iterable[int] = ()):
+        self._indices = array("q", indices)
+        self._sorted: np.ndarray | None = None
+
+    def add(self, index: int) -> None:
+        self._indices.append(index)
+        self._sorted = None
+
+    def track(self, stats: Iterable[ShardStats]) -> Iterator[ShardStats]:
+        """`stats`, passed through, each one's shard added."""
+        for s in stats:
+            self.add(s.index)
+            yield s
+
+    def _index(self) -> np.ndarray:
+        if self._sorted is None:
+            self._sorted = np.unique(np.frombuffer(self._indices, np.int64))
+        return self._sorted
+
+    def __contains__(self, index: int) -> bool:
+        found = self._index()
+        k = int(np.searchsorted(found, index))
+        return k < len(found) and int(found[k]) == index
+
+    def __len__(self) -> int:
+        return len(self._index())
+
+    def missing(self, num_shards: int) -> list[int]:
+        """The shards of `range(num_shards)` not done."""
+        return np.setdiff1d(np.arange(num_shards), self._index(), assume_unique=True).tolist()
 
 
 class ManifestError(UsageError):
@@ -538,35 +650,46 @@ def write_dataset_files(
     label_space: LabelSpace,
     labeler: LabelerInfo,
     plan: PlanHeader,
-    stats: list[ShardStats],
+    stats: Iterable[ShardStats],
     config: dict[str, Any] | None = None,
-    unplanned: list[Quarantined] | tuple = (),
+    unplanned: Iterable[Quarantined] = (),
 ) -> Manifest:
     """Write `manifest.json`, `quarantine.jsonl` and the wids index from the finished shards.
 
-    Shards that ended with zero samples (every image quarantined) have no tar and are listed in
-    the manifest's `empty_shards`, so that the plan's arithmetic still adds up. `unplanned`: the
-    entries refused at planning (stage `plan`), listed first in `quarantine.jsonl`.
+    `stats` is read once: a list (sorted here), or an iterator in shard order (`iter_done`), so
+    the quarantine records are streamed into `quarantine.jsonl` a shard at a time and only a few
+    numbers per shard are kept. Shards that ended with zero samples (every image quarantined) have
+    no tar and are listed in the manifest's `empty_shards`, so that the plan's arithmetic still adds
+    up. `unplanned`: the entries refused at planning (stage `plan`), listed first in `quarantine.jsonl`.
     """
     store = as_store(out)
-    stats = sorted(stats, key=lambda s: s.index)
-    shards = [ShardEntry(s.shard, s.index, s.samples, s.bytes, s.sha256) for s in stats if s.samples > 0]
+    if isinstance(stats, list):
+        stats = sorted(stats, key=lambda s: s.index)
+    shards: list[ShardEntry] = []
+    empty: list[str] = []
+    samples = nbytes = quarantined = 0
+    with store.writer(fmt.QUARANTINE) as f:
+        for q in unplanned:
+            f.write(_quarantine_line(q))
+            quarantined += 1
+        for s in stats:
+            if s.samples > 0:
+                shards.append(ShardEntry(s.shard, s.index, s.samples, s.bytes, s.sha256))
+            else:
+                empty.append(s.shard)
+            samples, nbytes = samples + s.samples, nbytes + s.bytes
+            for q in s.quarantined:
+                f.write(_quarantine_line(q))
+            quarantined += len(s.quarantined)
     manifest = Manifest(
         label_space=label_space,
         labeler=labeler,
         plan=plan,
         shards=shards,
-        empty_shards=[s.shard for s in stats if s.samples == 0],
-        totals=Totals(
-            samples=sum(s.samples for s in stats),
-            quarantined=len(unplanned) + sum(len(s.quarantined) for s in stats),
-            bytes=sum(s.bytes for s in stats),
-            shards=len(shards),
-        ),
+        empty_shards=empty,
+        totals=Totals(samples=samples, quarantined=quarantined, bytes=nbytes, shards=len(shards)),
         config=config or {},
     )
-    quarantine = [q.to_json() for q in unplanned] + [q.to_json() for s in stats for q in s.quarantined]
-    store.write_bytes(fmt.QUARANTINE, "".join(json.dumps(q, sort_keys=True) + "\n" for q in quarantine).encode())
     store.write_json(
         fmt.wids_index_name(plan.prefix),
         {
@@ -578,3 +701,7 @@ def write_dataset_files(
     )
     store.write_json(fmt.MANIFEST, manifest.to_json())
     return manifest
+
+
+def _quarantine_line(q: Quarantined) -> bytes:
+    return (json.dumps(q.to_json(), sort_keys=True) + "\n").encode()

@@ -10,15 +10,17 @@ Shards are written to local staging space first (`staging_dir`) and published wi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .location import is_local, local_path
-from .writer import atomic_write_bytes
+from .writer import atomic_write_bytes, atomic_writer
 
 
 class Store:
@@ -59,6 +61,34 @@ class Store:
             atomic_write_bytes(Path(self.root) / name, data)
         else:
             self._fs.pipe_file(self._key(name), data)  # one PUT
+
+    @contextlib.contextmanager
+    def writer(self, name: str) -> Iterator[BinaryIO]:
+        """A file written in pieces, atomic like `write_bytes`: locally a temp file renamed when
+        complete; on object storage a local temp file uploaded when complete."""
+        if self.local:
+            with atomic_writer(Path(self.root) / name) as f:
+                yield f
+            return
+        with tempfile.TemporaryDirectory(prefix="c2f-upload-") as tmp:
+            with open(Path(tmp) / name, "wb") as f:
+                yield f
+            self._fs.put_file(str(Path(tmp) / name), self._key(name))
+
+    def reader(self, name: str) -> BinaryIO:
+        """The file opened for reading in pieces (buffered; seekable, by ranged reads on object
+        storage). FileNotFoundError when it does not exist."""
+        if self.local:
+            return open(Path(self.root) / name, "rb")  # noqa: SIM115 - the caller closes it
+        return self._fs.open(self._key(name), "rb")
+
+    def read_range(self, name: str, start: int, end: int) -> bytes:
+        """Bytes [start, end) of the file (one ranged read on object storage)."""
+        if self.local:
+            with open(Path(self.root) / name, "rb") as f:
+                f.seek(start)
+                return f.read(end - start)
+        return self._fs.cat_file(self._key(name), start=start, end=end)
 
     def write_json(self, name: str, obj: Any) -> None:
         self.write_bytes(name, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())

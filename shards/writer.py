@@ -8,12 +8,14 @@ the same input gives byte-identical shards and a shard can never hold a key twic
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tarfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from . import format as fmt
 from .tar import HashingWriter
@@ -21,13 +23,25 @@ from .tar import HashingWriter
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` via a temp file + fsync + rename."""
+    with atomic_writer(path) as f:
+        f.write(data)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A file written in pieces (a listing of millions of lines is never one string in memory)
+    that appears at `path` whole or not at all: a temp file, fsync, rename; removed on error."""
     path = Path(path)
     tmp = path.with_name(fmt.temp_name(path.name, os.getpid()))
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
