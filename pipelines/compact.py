@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 
 ENCODING, ERRORS = "utf-8", "surrogatepass"
+_TAKE = 8192  # strings gathered per numpy step (their bytes and an index of 8 bytes per byte)
 
 
 class Strings:
@@ -49,6 +50,39 @@ class Strings:
             yield self.buf[start:end].decode(ENCODING, ERRORS)
             start = end
 
+    def extend(self, values: list[str]) -> None:
+        encoded = [v.encode(ENCODING, ERRORS) for v in values]
+        base = len(self.buf)
+        self.buf += b"".join(encoded)
+        self.ends.extend(base + int(e) for e in np.cumsum([len(b) for b in encoded], dtype=np.int64))
+
+    def take(self, rows: np.ndarray | list[int]) -> list[str]:
+        """Strings `rows`, decoded: their bytes gathered by numpy and, when ASCII (ImageNet's
+        names), decoded at once and cut, not one decode per string."""
+        rows = np.asarray(rows, np.int64)
+        out: list[str] = []
+        for lo in range(0, len(rows), _TAKE):
+            out += self._take(rows[lo : lo + _TAKE])
+        return out
+
+    def _take(self, rows: np.ndarray) -> list[str]:
+        ends = np.frombuffer(self.ends, np.int64)
+        end = ends[rows]
+        start = np.where(rows > 0, ends[np.maximum(rows - 1, 0)], 0)
+        del ends  # the view would pin the buffer's size
+        length = end - start
+        bounds = np.cumsum(length)
+        gather = np.arange(int(bounds[-1]) if len(bounds) else 0, dtype=np.int64)
+        gather += np.repeat(start - (bounds - length), length)
+        buf = np.frombuffer(self.buf, np.uint8)
+        blob = buf[gather].tobytes()
+        del buf
+        cuts = [0, *bounds.tolist()]
+        if blob.isascii():
+            text = blob.decode("ascii")
+            return [text[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
+        return [blob[a:b].decode(ENCODING, ERRORS) for a, b in zip(cuts, cuts[1:], strict=False)]
+
     def nbytes(self) -> int:
         return len(self.buf) + self.ends.itemsize * len(self.ends)
 
@@ -60,8 +94,8 @@ def sort_strings(col: Strings, rows: np.ndarray) -> tuple[np.ndarray, tuple[int,
     """`rows` of `col` in the strings' order (stable: equal strings keep the order of `rows`), and
     the first pair of adjacent equal strings in that order (or None).
 
-    Sorting 1.28M Python strings needs 1.28M objects; this sorts their first 32 bytes as four
-    big-endian integers per string (numpy's stable lexsort; 32 bytes per string, briefly), then
+    Sorting 1.28M Python strings needs 1.28M objects; this sorts their first up to 32 bytes as
+    big-endian 64-bit words (numpy's stable lexsort: at most 32 bytes per string, briefly), then
     the runs that share those bytes and hold longer strings by their next 32 bytes, and so on."""
     rows = np.asarray(rows, dtype=np.int64)
     if len(rows) == 0:
@@ -85,34 +119,57 @@ def sort_strings(col: Strings, rows: np.ndarray) -> tuple[np.ndarray, tuple[int,
 
 _WIDTH = 32  # bytes compared per pass
 _SMALL_RUN = 64  # runs this short that share a pass's bytes are ordered in Python
+_FILL = 1 << 15  # rows whose bytes are gathered per numpy step
 
 
 def _sort_from(
     col: Strings, buf: np.ndarray, ends: np.ndarray, lengths: np.ndarray, rows: np.ndarray, offset: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """`rows` sorted by their bytes from `offset` on (stable), and for each adjacent pair whether
-    they share the pass's `_WIDTH` bytes."""
+    they share the pass's bytes."""
     length = lengths[rows] - offset
-    start = ends[rows] - lengths[rows] + offset
-    prefix = np.zeros((len(rows), _WIDTH), np.uint8)  # shorter strings padded with NUL, which sorts first
-    for c in range(_WIDTH):
-        has = np.flatnonzero(length > c)
-        if not len(has):
-            break
-        prefix[has, c] = buf[start[has] + c]
-    words = prefix.view(">u8").astype(np.uint64)
-    del prefix, start
-    order = np.lexsort(tuple(words[:, k] for k in reversed(range(words.shape[1]))))
-    words = words[order]
-    same = (words[1:] == words[:-1]).all(axis=1)
+    nwords = int(min(_WIDTH, max(8, -(-int(length.max()) // 8) * 8))) // 8
+    width = 8 * nwords
+    words = np.empty((nwords, len(rows)), np.uint64)  # big-endian words, NUL-padded (NUL sorts first)
+    cols = np.arange(width)
+    for lo in range(0, len(rows), _FILL):  # a block at a time: the gathers cost width x 8 bytes per row
+        part = rows[lo : lo + _FILL]
+        start = ends[part] - lengths[part] + offset
+        inside = cols < length[lo : lo + _FILL, None]
+        if len(buf):
+            block = np.where(inside, buf[np.where(inside, start[:, None] + cols, 0)], 0).astype(np.uint8)
+        else:  # only empty strings
+            block = np.zeros(inside.shape, np.uint8)
+        words[:, lo : lo + len(part)] = block.view(">u8").astype(np.uint64).T
+    del block, inside
+    order = np.lexsort(words[::-1])  # the last key is the primary one
+    same = np.ones(len(rows) - 1, bool)
+    for w in words:
+        w = w[order]
+        same &= w[1:] == w[:-1]
     del words
     out = rows[order]
-    longer = length[order] > _WIDTH
+    longer = length[order] > width
+    del order, length
     run = np.concatenate(([0], np.cumsum(~same)))
     for r in np.unique(run[1:][same & (longer[1:] | longer[:-1])]):
         lo, hi = int(np.searchsorted(run, r)), int(np.searchsorted(run, r, side="right"))
         if hi - lo <= _SMALL_RUN:
-            out[lo:hi] = sorted(out[lo:hi].tolist(), key=lambda k: col.raw(k)[offset + _WIDTH :])
+            out[lo:hi] = sorted(out[lo:hi].tolist(), key=lambda k: col.raw(k)[offset + width :])
         else:
-            out[lo:hi] = _sort_from(col, buf, ends, lengths, out[lo:hi], offset + _WIDTH)[0]
+            out[lo:hi] = _sort_from(col, buf, ends, lengths, out[lo:hi], offset + width)[0]
     return out, same
+
+
+def return_freed_memory() -> None:
+    """Hand the memory freed by a large phase (planning millions of inputs) back to the system.
+    glibc keeps freed blocks of its heap for reuse, so a driver's RSS would stay at its planning
+    peak for a multi-day job; `malloc_trim` returns them. A no-op where there is no glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

