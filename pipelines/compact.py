@@ -101,20 +101,16 @@ def sort_strings(col: Strings, rows: np.ndarray) -> tuple[np.ndarray, tuple[int,
     if len(rows) == 0:
         return rows, None
     ends = np.frombuffer(col.ends, np.int64)
-    lengths = np.diff(ends, prepend=0)
     buf = np.frombuffer(col.buf, np.uint8)
     try:
-        order, same = _sort_from(col, buf, ends, lengths, rows, 0)
+        order, same = _sort_from(col, buf, ends, rows, 0)
     finally:
         del buf, ends  # views pin the column's buffers: it could not grow while they live
-    first = None
-    length = lengths[order]
-    for p in np.flatnonzero(same & (length[1:] == length[:-1])):
+    for p in np.flatnonzero(same):  # shares its first bytes with the next: equal when all of it is equal
         a, b = int(order[p]), int(order[p + 1])
-        if length[p] <= _WIDTH or col.raw(a) == col.raw(b):
-            first = (a, b)
-            break
-    return order, first
+        if col.raw(a) == col.raw(b):
+            return order, (a, b)
+    return order, None
 
 
 _WIDTH = 32  # bytes compared per pass
@@ -122,42 +118,50 @@ _SMALL_RUN = 64  # runs this short that share a pass's bytes are ordered in Pyth
 _FILL = 1 << 15  # rows whose bytes are gathered per numpy step
 
 
+def _lengths(ends: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    return ends[rows] - np.where(rows > 0, ends[np.maximum(rows - 1, 0)], 0)
+
+
 def _sort_from(
-    col: Strings, buf: np.ndarray, ends: np.ndarray, lengths: np.ndarray, rows: np.ndarray, offset: int
+    col: Strings, buf: np.ndarray, ends: np.ndarray, rows: np.ndarray, offset: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """`rows` sorted by their bytes from `offset` on (stable), and for each adjacent pair whether
-    they share the pass's bytes."""
-    length = lengths[rows] - offset
-    nwords = int(min(_WIDTH, max(8, -(-int(length.max()) // 8) * 8))) // 8
-    width = 8 * nwords
-    words = np.empty((nwords, len(rows)), np.uint64)  # big-endian words, NUL-padded (NUL sorts first)
+    they share the pass's bytes (and are no longer than them, or have equal lengths)."""
+    longest = max(int(_lengths(ends, rows[lo : lo + _FILL]).max()) for lo in range(0, len(rows), _FILL))
+    width = min(_WIDTH, max(8, -(-(longest - offset) // 8) * 8))
+    words = np.empty((width // 8, len(rows)), np.uint64)  # big-endian words, NUL-padded (NUL sorts first)
+    longer = np.empty(len(rows), bool)  # bytes beyond this pass's
     cols = np.arange(width)
     for lo in range(0, len(rows), _FILL):  # a block at a time: the gathers cost width x 8 bytes per row
         part = rows[lo : lo + _FILL]
-        start = ends[part] - lengths[part] + offset
-        inside = cols < length[lo : lo + _FILL, None]
+        length = _lengths(ends, part)
+        start = ends[part] - length + offset
+        length -= offset
+        longer[lo : lo + len(part)] = length > width
+        inside = cols < length[:, None]
         if len(buf):
             block = np.where(inside, buf[np.where(inside, start[:, None] + cols, 0)], 0).astype(np.uint8)
         else:  # only empty strings
             block = np.zeros(inside.shape, np.uint8)
         words[:, lo : lo + len(part)] = block.view(">u8").astype(np.uint64).T
-    del block, inside
+        del block, inside
     order = np.lexsort(words[::-1])  # the last key is the primary one
     same = np.ones(len(rows) - 1, bool)
     for w in words:
         w = w[order]
         same &= w[1:] == w[:-1]
     del words
-    out = rows[order]
-    longer = length[order] > width
-    del order, length
-    run = np.concatenate(([0], np.cumsum(~same)))
-    for r in np.unique(run[1:][same & (longer[1:] | longer[:-1])]):
-        lo, hi = int(np.searchsorted(run, r)), int(np.searchsorted(run, r, side="right"))
-        if hi - lo <= _SMALL_RUN:
-            out[lo:hi] = sorted(out[lo:hi].tolist(), key=lambda k: col.raw(k)[offset + width :])
-        else:
-            out[lo:hi] = _sort_from(col, buf, ends, lengths, out[lo:hi], offset + width)[0]
+    out, longer = rows[order], longer[order]
+    del order
+    tied = np.flatnonzero(same & (longer[1:] | longer[:-1]))  # pairs whose order needs more bytes
+    if len(tied):
+        run = np.concatenate(([0], np.cumsum(~same)))
+        for r in np.unique(run[tied + 1]):
+            lo, hi = int(np.searchsorted(run, r)), int(np.searchsorted(run, r, side="right"))
+            if hi - lo <= _SMALL_RUN:
+                out[lo:hi] = sorted(out[lo:hi].tolist(), key=lambda k: col.raw(k)[offset + width :])
+            else:
+                out[lo:hi] = _sort_from(col, buf, ends, out[lo:hi], offset + width)[0]
     return out, same
 
 

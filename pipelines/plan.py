@@ -49,7 +49,7 @@ from .listing import IMAGE_SUFFIXES, Files, Listing, ListingError, Skipped, list
 
 ORDER_SEED = 0  # plan.json records it; plans made before it existed (key order) are refused on resume
 _WNID = re.compile(r"^n\d{8}$")
-_CHUNK = 1 << 16  # inputs handled per numpy step where a step builds Python objects
+_CHUNK = 1 << 13  # inputs handled per step where a step builds Python objects (their memory is per chunk)
 
 
 class PlanError(UsageError):
