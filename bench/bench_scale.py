@@ -225,14 +225,15 @@ def main() -> None:
 
         print(f"validate, load average {os.getloadavg()[0]:.1f}", flush=True)
         vcmd = [sys.executable, "-m", "c2f", "validate", str(out), "--workers", "2", "--no-progress"]
-        t0 = time.perf_counter()
-        v = subprocess.run(vcmd, env=env, capture_output=True, text=True)
-        vsecs = time.perf_counter() - t0
-        if v.returncode != 0 or "OK:" not in v.stdout:
-            raise SystemExit(f"validate failed ({v.returncode}):\n{v.stdout[-3000:]}\n{v.stderr[-3000:]}")
-        m = re.search(r"OK: (\d+) shards, (\d+) samples", v.stdout)
+        check = Run(vcmd, env, out)
+        rc = check.wait(shards)
+        vsecs = time.perf_counter() - check.t0
+        vtext = "\n".join(x for _, x in check.lines)
+        if rc != 0 or "OK:" not in vtext:
+            raise SystemExit(f"validate failed ({rc}):\n{vtext[-5000:]}")
+        m = re.search(r"OK: (\d+) shards, (\d+) samples", vtext)
         if not m or int(m.group(2)) != args.images:
-            raise SystemExit(f"validate did not find all {args.images} samples:\n{v.stdout[-2000:]}")
+            raise SystemExit(f"validate did not find all {args.images} samples:\n{vtext[-2000:]}")
 
         mb = 1 / 2**20
         print()
