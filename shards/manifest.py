@@ -596,10 +596,14 @@ class DoneShards:
         self._sorted = None
 
     def track(self, stats: Iterable[ShardStats]) -> Iterator[ShardStats]:
-        """`stats`, passed through, each one's shard added."""
+        """`stats`, passed through and their shards added; a second stats file of a shard already
+        seen (a copy under another name) is passed over."""
+        seen = set(self._indices)
         for s in stats:
-            self.add(s.index)
-            yield s
+            if s.index not in seen:
+                seen.add(s.index)
+                self.add(s.index)
+                yield s
 
     def _index(self) -> np.ndarray:
         if self._sorted is None:
