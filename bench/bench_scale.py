@@ -181,6 +181,7 @@ def main() -> None:
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "c2f-bench-inputs"))
     ap.add_argument("--code", default=str(ROOT), help="the checkout whose `c2f` runs (default: this one)")
     ap.add_argument("--keep", action="store_true", help="keep the output directory")
+    ap.add_argument("--no-validate", dest="validate", action="store_false", help="skip `c2f validate` at the end")
     ap.add_argument("job_args", nargs="*", help="extra `c2f label` flags, after --")
     args = ap.parse_args()
 
@@ -223,17 +224,19 @@ def main() -> None:
         labeled = args.images - done_images
         rate2 = labeled / max(1e-9, (second.at("done:") or secs2) - (t_plan2 or 0.0))
 
-        print(f"validate, load average {os.getloadavg()[0]:.1f}", flush=True)
-        vcmd = [sys.executable, "-m", "c2f", "validate", str(out), "--workers", "2", "--no-progress"]
-        check = Run(vcmd, env, out)
-        rc = check.wait(shards)
-        vsecs = time.perf_counter() - check.t0
-        vtext = "\n".join(x for _, x in check.lines)
-        if rc != 0 or "OK:" not in vtext:
-            raise SystemExit(f"validate failed ({rc}):\n{vtext[-5000:]}")
-        m = re.search(r"OK: (\d+) shards, (\d+) samples", vtext)
-        if not m or int(m.group(2)) != args.images:
-            raise SystemExit(f"validate did not find all {args.images} samples:\n{vtext[-2000:]}")
+        m, vsecs, check = None, 0.0, None
+        if args.validate:
+            print(f"validate, load average {os.getloadavg()[0]:.1f}", flush=True)
+            vcmd = [sys.executable, "-m", "c2f", "validate", str(out), "--workers", "2", "--no-progress"]
+            check = Run(vcmd, env, out)
+            rc = check.wait(shards)
+            vsecs = time.perf_counter() - check.t0
+            vtext = "\n".join(x for _, x in check.lines)
+            if rc != 0 or "OK:" not in vtext:
+                raise SystemExit(f"validate failed ({rc}):\n{vtext[-5000:]}")
+            m = re.search(r"OK: (\d+) shards, (\d+) samples", vtext)
+            if not m or int(m.group(2)) != args.images:
+                raise SystemExit(f"validate did not find all {args.images} samples:\n{vtext[-2000:]}")
 
         mb = 1 / 2**20
         print()
@@ -250,10 +253,11 @@ def main() -> None:
         for line in (second.line("done:"), second.line("time per image")):
             if line:
                 print(f"    {line}")
-        print(
-            f"validate: {m.group(1)} shards, {int(m.group(2)):,} samples in {vsecs:.1f} s, "
-            f"{args.images / vsecs:,.0f} samples/s (2 workers)"
-        )
+        if m and check:
+            print(
+                f"validate: {m.group(1)} shards, {int(m.group(2)):,} samples in {vsecs:.1f} s, "
+                f"{args.images / vsecs:,.0f} samples/s (2 workers); main process peak RSS {check.rss * mb:,.0f} MiB"
+            )
         print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     finally:
         if not args.keep:
