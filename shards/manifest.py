@@ -534,10 +534,12 @@ def scan_plan_inputs(out: Store | str | os.PathLike, per_shard: int) -> Iterator
 
 
 def write_plan_inputs(
-    out: Store | str | os.PathLike, rows: Iterable[tuple[str, str, int | None, int, int]], per_shard: int
+    out: Store | str | os.PathLike,
+    rows: Iterable[tuple[str, str, int | None, int, int]],
+    per_shard: int = 1 << 62,
 ) -> PlanInputsFile:
     """The plan's inputs in shard order, one JSON array per line (shard i = lines i*n .. (i+1)*n-1),
-    written as they come; returns the file, indexed by shard."""
+    written as they come; returns the file, indexed by shards of `per_shard` lines."""
     starts, offset, n = array("q"), 0, 0
     with as_store(out).writer(fmt.PLAN_INPUTS) as f:
         for row in rows:
