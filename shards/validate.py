@@ -16,9 +16,12 @@ It is also meant to be bound by JPEG decoding: masks are read by the zlib-ng fas
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import io
 import random
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -33,15 +36,18 @@ from .manifest import (
     ManifestError,
     ManifestMissing,
     PlanHeader,
+    PlanInputsFile,
     Quarantined,
     SampleMeta,
     ShardStats,
     from_json,
     load_json,
+    parse_plan_inputs,
     read_manifest,
     read_plan_inputs,
 )
 from .pack import decode_png
+from .store import Store
 from .tar import (  # noqa: F401 - the tar problem codes are finding codes too
     BAD_KEY,
     BAD_MEMBER,
@@ -114,7 +120,7 @@ class ShardReport:
     shard: str
     samples: int = 0
     bytes: int = 0
-    keys: list[str] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)  # emptied by `validate` once its cross-shard checks have them
     findings: list[Finding] = field(default_factory=list)
 
 
@@ -350,6 +356,8 @@ class Target:
     findings: list[Finding] = field(default_factory=list)
     manifest: Manifest | None = None
     quarantined: dict[str, str] = field(default_factory=dict)  # key -> shard, from quarantine.jsonl
+    # shard name -> {key: (source, class)} it must hold, looked up as each shard is checked (`_Planned`)
+    planned: Any = None
 
 
 _ABSENT = object()
@@ -419,8 +427,9 @@ def plan_targets(path: str, max_pixels: int = fmt.MAX_PIXELS) -> Target:
             t.findings.append(Finding(n, None, MISSING_SHARD, "listed in the manifest but missing on disk"))
             continue
         k = m.label_space.num_classes
-        exp = Expect(s.samples, s.bytes, s.sha256, k, bool(classes), classes, planned.get(n), max_pixels=max_pixels)
+        exp = Expect(s.samples, s.bytes, s.sha256, k, bool(classes), classes, None, max_pixels=max_pixels)
         t.shards.append((on_disk[n], exp))
+    t.planned = planned
     t.findings += _check_plan(m, per_shard)
     return t
 
@@ -478,14 +487,24 @@ def _read_quarantine(
     return keys, per_shard
 
 
-def _planned_keys(
-    path: str, m: Manifest, per_shard: dict[str, list[Quarantined]], findings: list[Finding]
-) -> dict[str, dict[str, tuple[str, int | None]]]:
+def _planned_keys(path: str, m: Manifest, per_shard: dict[str, list[Quarantined]], findings: list[Finding]):
     """shard -> {key: (source, class)} of the inputs it must hold (its plan minus its quarantine),
-    from plan.inputs.jsonl; {} when the directory has no listing (older or foreign datasets)."""
+    from plan.inputs.jsonl, as a `.get(name)`; {} when the directory has no listing (older or
+    foreign datasets). A file as `c2f label` writes it is read through once to check it and index
+    its shards (`_Planned`: an offset per shard); any other (damaged, edited by hand) is read
+    whole as before, so that its findings are the same."""
     plan = m.plan
+    cap = (plan.num_inputs + 1) * MAX_LINE_BYTES
     try:
-        data = read_bytes(join(path, fmt.PLAN_INPUTS), (plan.num_inputs + 1) * MAX_LINE_BYTES)
+        starts = _index_plan_inputs(path, plan, cap)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError):
+        starts = None
+    if starts is not None:
+        return _Planned(path, plan, starts, per_shard)
+    try:
+        data = read_bytes(join(path, fmt.PLAN_INPUTS), cap)
         if data is None:
             return {}
         rows = read_plan_inputs(data)
@@ -504,6 +523,52 @@ def _planned_keys(
         gone = {q.key for q in per_shard.get(name, [])}
         out[name] = {r.key: (r.source, r.class_index) for r in rows[i * n : (i + 1) * n] if r.key not in gone}
     return out
+
+
+def _index_plan_inputs(path: str, plan: PlanHeader, cap: int) -> list[int] | None:
+    """Where each shard's lines begin in plan.inputs.jsonl, checking every line on the way (one
+    shard's lines in memory at a time); None when the file is not exactly as `c2f label` writes it
+    (a line that does not parse, a blank or unterminated line, a CR, more than `cap` bytes, another
+    count of inputs)."""
+    n = plan.samples_per_shard
+    starts, lines, offset, count = [], [], 0, 0
+    with Store(path).reader(fmt.PLAN_INPUTS) as f:
+        while line := f.readline(cap + 1 - offset):
+            if not line.endswith(b"\n") or b"\r" in line or not line.strip():
+                return None
+            if not lines:
+                starts.append(offset)
+            offset += len(line)
+            lines.append(line)
+            if len(lines) == n:
+                parse_plan_inputs(lines, count + 1)
+                count += n
+                lines = []
+            if offset > cap:
+                return None
+    if lines:
+        parse_plan_inputs(lines, count + 1)
+        count += len(lines)
+    if count != plan.num_inputs or len(starts) != plan.num_shards:
+        return None
+    return [*starts, offset]
+
+
+class _Planned:
+    """Each shard's planned inputs, read from plan.inputs.jsonl when the shard is checked (one
+    ranged read), less its quarantined inputs: a validator never holds every input's record."""
+
+    def __init__(self, path: str, plan: PlanHeader, starts: list[int], per_shard: dict[str, list[Quarantined]]):
+        self.file = PlanInputsFile(Store(path), starts)
+        self.index = {fmt.shard_name(plan.prefix, i): i for i in range(plan.num_shards)}
+        self.per_shard = per_shard
+
+    def get(self, name: str) -> dict[str, tuple[str, int | None]] | None:
+        i = self.index.get(name)
+        if i is None:
+            return None
+        gone = {q.key for q in self.per_shard.get(name, [])}
+        return {r.key: (r.source, r.class_index) for r in self.file.rows(i) if r.key not in gone}
 
 
 def _check_plan(m: Manifest, per_shard: dict[str, list[Quarantined]]) -> list[Finding]:
@@ -543,48 +608,144 @@ def validate(
     progress: bool = True,
     max_pixels: int = fmt.MAX_PIXELS,
 ) -> Report:
-    targets: list[tuple[str, Expect]] = []
+    """Check every shard of `paths` (a few at a time per worker: what each shard must hold is read
+    from the plan as it is sent), then across shards: a key in two shards, or in a shard and in
+    quarantine. Memory grows with the number of shards and a few bytes per sample, not with the
+    samples' records."""
+    targets: list[tuple[str, Expect, Any]] = []
     findings: list[Finding] = []
     quarantined: dict[str, str] = {}
     manifest_checked = False
     for path in paths:
         t = plan_targets(path, max_pixels)
-        targets += t.shards
+        targets += [(url, exp, t.planned) for url, exp in t.shards]
         findings += t.findings
         quarantined.update(t.quarantined)
         manifest_checked |= t.manifest is not None
     reports: list[ShardReport] = []
+    keys: list[str | list[str]] = []  # each report's keys, joined by NUL (none holds one) or as they came
     from tqdm import tqdm
 
+    def received(rep: ShardReport) -> None:
+        reports.append(rep)
+        keys.append(rep.keys if any("\0" in k for k in rep.keys) else "\0".join(rep.keys))
+        rep.keys = []
+        bar.update()
+
     bar = tqdm(total=len(targets), unit="shard", desc="validate", disable=not progress)
+    jobs = _jobs(targets, findings)
     if workers <= 1 or len(targets) <= 1:
-        for url, exp in targets:
-            reports.append(check_shard(url, exp, sample, seed))
-            bar.update()
+        for url, exp in jobs:
+            received(check_shard(url, exp, sample, seed))
     else:
         with ProcessPoolExecutor(workers) as pool:
-            futs = {pool.submit(check_shard, url, exp, sample, seed): url for url, exp in targets}
-            for fut in as_completed(futs):
-                try:
-                    reports.append(fut.result())
-                except Exception as e:  # noqa: BLE001 - a worker killed (out of memory) or lost
-                    name = futs[fut].rstrip("/").rsplit("/", 1)[-1]
-                    reports.append(
-                        ShardReport(name, findings=[Finding(name, None, CHECK_FAILED, first_line(e, 200, typed=True))])
-                    )
-                bar.update()
+            running: dict[Any, str] = {}
+            for url, exp in jobs:
+                running[pool.submit(check_shard, url, exp, sample, seed)] = url
+                while len(running) >= 4 * workers:  # a few per worker: their plans are not all in memory at once
+                    _collect(running, received, FIRST_COMPLETED)
+            while running:
+                _collect(running, received, FIRST_COMPLETED)
     bar.close()
-    reports.sort(key=lambda r: r.shard)
-    owner: dict[str, str] = {}
-    for r in reports:
+    order = sorted(range(len(reports)), key=lambda i: reports[i].shard)
+    reports = [reports[i] for i in order]
+    keys = [keys[i] for i in order]
+    findings += _across_shards(reports, keys, quarantined)
+    return Report(reports, findings, manifest_checked)
+
+
+def _jobs(targets: list[tuple[str, Expect, Any]], findings: list[Finding]) -> Iterator[tuple[str, Expect]]:
+    """The shards to check with what they must hold, looked up as each is sent."""
+    for url, exp, planned in targets:
+        if planned is not None:
+            name = url.rstrip("/").rsplit("/", 1)[-1]
+            try:
+                exp = dataclasses.replace(exp, planned=planned.get(name))
+            except (OSError, ValueError) as e:  # plan.inputs.jsonl changed or vanished since it was checked
+                findings.append(Finding(fmt.PLAN_INPUTS, None, PLAN, f"unreadable {fmt.PLAN_INPUTS}: {e}"))
+        yield url, exp
+
+
+def _collect(running: dict[Any, str], received, when) -> None:
+    done, _ = wait(running, return_when=when)
+    for fut in done:
+        url = running.pop(fut)
+        try:
+            received(fut.result())
+        except Exception as e:  # noqa: BLE001 - a worker killed (out of memory) or lost
+            name = url.rstrip("/").rsplit("/", 1)[-1]
+            received(ShardReport(name, findings=[Finding(name, None, CHECK_FAILED, first_line(e, 200, typed=True))]))
+
+
+def _keys_of(joined: str | list[str]) -> list[str]:
+    if isinstance(joined, list):
+        return joined
+    return joined.split("\0") if joined else []
+
+
+_key_hash = hash  # 64 bits per key (a test makes keys collide)
+
+
+def _across_shards(
+    reports: list[ShardReport], keys: list[str | list[str]], quarantined: dict[str, str]
+) -> list[Finding]:
+    """Each report's findings, then, key by key in shard order: a key already seen in a shard of
+    another name (`DUPLICATE_KEY`, "key also in …"), else a key that quarantine.jsonl lists.
+
+    The first shard holding each key is found with an array of 64-bit hashes (8 bytes per
+    sample, sorted), not a dictionary of every key; a key flagged that way is compared with the
+    one it was found equal to, and if two different keys ever shared a hash the dictionary is
+    used after all."""
+    counts = [len(_keys_of(k)) for k in keys]
+    starts = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+    hashes = np.empty(int(starts[-1]), np.int64)
+    for j, joined in enumerate(keys):
+        hashes[starts[j] : starts[j + 1]] = [_key_hash(k) for k in _keys_of(joined)]
+    names: dict[str, int] = {}
+    name_of = np.repeat(np.array([names.setdefault(r.shard, len(names)) for r in reports], np.int64), counts)
+    by_hash = np.argsort(hashes, kind="stable")  # equal hashes stay in shard order
+    sorted_hashes = hashes[by_hash]
+    del hashes
+    new_group = np.concatenate(([True], sorted_hashes[1:] != sorted_hashes[:-1]))
+    del sorted_hashes
+    first = by_hash[np.maximum.accumulate(np.where(new_group, np.arange(len(by_hash)), 0))]
+    other = name_of[by_hash] != name_of[first]  # first seen in a shard of another name
+    seen_in = dict(zip(by_hash[other].tolist(), first[other].tolist(), strict=True))  # position -> first position
+    del by_hash, first, other, name_of, new_group
+
+    @functools.lru_cache(maxsize=64)
+    def keys_at(j: int) -> list[str]:
+        return _keys_of(keys[j])
+
+    findings: list[Finding] = []
+    for j, r in enumerate(reports):
         findings += r.findings
-        for k in r.keys:
+        for i, k in enumerate(keys_at(j)):
+            q = seen_in.get(int(starts[j]) + i)
+            if q is not None:
+                owner = int(np.searchsorted(starts, q, side="right")) - 1
+                if keys_at(owner)[q - int(starts[owner])] != k:
+                    return _across_shards_by_dict(reports, keys, quarantined)  # two keys, one 64-bit hash
+                findings.append(Finding(r.shard, k, DUPLICATE_KEY, f"key also in {reports[owner].shard}"))
+            elif k in quarantined:
+                findings.append(Finding(r.shard, k, DUPLICATE_KEY, f"key also in {fmt.QUARANTINE} ({quarantined[k]})"))
+    return findings
+
+
+def _across_shards_by_dict(
+    reports: list[ShardReport], keys: list[str | list[str]], quarantined: dict[str, str]
+) -> list[Finding]:
+    findings: list[Finding] = []
+    owner: dict[str, str] = {}
+    for r, joined in zip(reports, keys, strict=True):
+        findings += r.findings
+        for k in _keys_of(joined):
             if k in owner and owner[k] != r.shard:
                 findings.append(Finding(r.shard, k, DUPLICATE_KEY, f"key also in {owner[k]}"))
             elif k in quarantined:
                 findings.append(Finding(r.shard, k, DUPLICATE_KEY, f"key also in {fmt.QUARANTINE} ({quarantined[k]})"))
             owner.setdefault(k, r.shard)
-    return Report(reports, findings, manifest_checked)
+    return findings
 
 
 def format_table(report: Report, seconds: float) -> str:

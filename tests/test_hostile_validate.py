@@ -88,6 +88,69 @@ def test_a_key_in_a_shard_and_in_quarantine_is_a_duplicate(planned_ds, capsys):
     assert code == 1 and any(f["key"] == KEY0 for f in findings(report, "duplicate-key"))
 
 
+def test_plan_inputs_edited_by_hand_are_read_as_before(planned_ds, capsys):
+    """A listing as `c2f label` writes it is indexed and read a shard at a time; one with CRLF
+    line ends or blank lines is read whole, as it always was, with the same result."""
+    path = planned_ds / "plan.inputs.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    for edited in (b"".join(line.replace(b"\n", b"\r\n") for line in lines), b"\n".join(lines) + b"\n"):
+        path.write_bytes(edited)
+        code, report = run_validate(capsys, planned_ds)
+        assert code == 0 and report["ok"], report["findings"]
+    path.write_bytes(b"".join(lines[1:]))
+    code, report = run_validate(capsys, planned_ds)
+    (f,) = findings(report, "plan")
+    assert code == 1 and f["message"] == f"{len(lines) - 1} inputs listed, the plan has {len(lines)}"
+    path.write_bytes(b"".join(lines[:2]) + b'["k", 1]\n' + b"".join(lines[3:]))
+    code, report = run_validate(capsys, planned_ds)
+    (f,) = findings(report, "plan")
+    assert (
+        f["message"]
+        == "unreadable plan.inputs.jsonl: plan.inputs.jsonl line 3: expected [key, source, class, size, mtime_ns]"
+    )
+
+
+def test_keys_across_shards_are_checked_alike_when_their_hashes_collide(monkeypatch):
+    """The cross-shard check finds each key's first shard with 64-bit hashes; it reports exactly
+    what a dictionary of every key reports, also when different keys share a hash."""
+    from shards import validate as v
+
+    rng = np.random.default_rng(0)
+    reports, keys = [], []
+    for i in range(40):
+        ks = [f"k{int(x)}" for x in rng.integers(0, 300, size=int(rng.integers(0, 20)))]
+        name = f"s-{i % 30:06d}.tar"  # some shards share a name (two directories checked at once)
+        reports.append(v.ShardReport(name, findings=[v.Finding(name, None, "x", str(i))]))
+        keys.append(ks if i % 7 else "\0".join(ks))
+    quarantined = {f"k{i}": "s-000003.tar" for i in range(0, 300, 13)}
+    want = v._across_shards_by_dict(reports, keys, quarantined)
+    assert sum(f.code == "duplicate-key" for f in want) > 20
+    assert v._across_shards(reports, keys, quarantined) == want
+    monkeypatch.setattr(v, "_key_hash", lambda k: len(k))  # nearly every key shares its hash
+    assert v._across_shards(reports, keys, quarantined) == want
+
+
+def test_the_cross_shard_check_costs_bytes_per_key_not_a_dictionary():
+    """200 shards of 1,000 keys (traced): the hashes cost under 60 bytes per key at their peak,
+    where a dictionary of every key cost ~115 (and the keys themselves, kept as lists, ~80 more)."""
+    from shards import validate as v
+
+    reports = [v.ShardReport(f"c2f-{i:06d}.tar") for i in range(200)]
+    keys = ["\0".join(f"n{1440764 + j % 1000:08d}_{i * 1000 + j}" for j in range(1000)) for i in range(200)]
+    keys[7] += "\0n01440764_3000"  # one key in two shards
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        found = v._across_shards(reports, keys, {})
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert [(f.shard, f.key, f.message) for f in found] == [
+        ("c2f-000007.tar", "n01440764_3000", "key also in c2f-000003.tar")
+    ]
+    assert peak / 200_000 < 60
+
+
 # --- class 8: hostile metadata -------------------------------------------------------------------------
 
 
