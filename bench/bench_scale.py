@@ -125,7 +125,10 @@ class Run:
     def __init__(self, cmd: list[str], env: dict, out: Path, stop_at: int | None = None):
         self.out, self.stop_at = out, stop_at
         self.t0 = time.perf_counter()
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        # Run from the checkout: `python -m` puts the working directory first on sys.path.
+        self.proc = subprocess.Popen(
+            cmd, env=env, cwd=env["PYTHONPATH"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         self.lines: list[tuple[float, str]] = []
         self.rss = 0
         self.killed_at: float | None = None
