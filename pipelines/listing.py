@@ -210,18 +210,17 @@ def scan_url(root: str) -> Listing:
 
 def read_list(list_file: Path) -> Listing:
     """A file list: one path per line (absolute, or relative to the list's folder); '#' comments.
-    The root is the paths' common folder. Every listed path is checked like a scanned one."""
+    The root is the paths' common folder. Every listed path is checked like a scanned one. Read
+    twice, a line at a time (the common folder, then the files): 1.28M paths are never a list."""
     base = list_file.parent.resolve()
-    paths = []
-    for line in list_file.read_text(errors="surrogateescape").splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            paths.append(os.path.normpath(line if os.path.isabs(line) else base / line))
-    if not paths:
+    root = None
+    for path in _listed_paths(list_file, base):
+        folder = os.path.dirname(path)
+        root = folder if root is None else os.path.commonpath([root, folder])
+    if root is None:
         return Listing(str(base), Files())
-    root = os.path.commonpath([os.path.dirname(p) for p in paths])
     out = Listing(root, Files())
-    for p in paths:
+    for p in _listed_paths(list_file, base):
         rel = os.path.relpath(p, root).replace(os.sep, "/")
         try:
             st = os.stat(p)
@@ -230,6 +229,15 @@ def read_list(list_file: Path) -> Listing:
             continue
         add_listed(out, rel, st)
     return out
+
+
+def _listed_paths(list_file: Path, base: Path) -> Iterator[str]:
+    with open(list_file, errors="surrogateescape") as f:
+        for text in f:
+            for line in text.splitlines():  # what str.splitlines splits, as when the list was read whole
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    yield os.path.normpath(line if os.path.isabs(line) else base / line)
 
 
 def list_inputs(source: str) -> Listing:

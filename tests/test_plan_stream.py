@@ -184,6 +184,28 @@ def test_a_changed_listing_is_named_from_the_file(tmp_path):
     )
 
 
+def test_a_file_list_is_read_a_line_at_a_time_as_it_was_read_whole(tmp_path):
+    from pipelines.listing import read_list
+
+    root = tmp_path / "data"
+    for rel in ("n01440764/a.JPEG", "n01440764/b.JPEG", "n01443537/c.JPEG"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"abc")
+    lst = tmp_path / "lists" / "inputs.txt"
+    lst.parent.mkdir()
+    lines = ["# ImageNet-style list", "", f"  {root}/n01440764/a.JPEG  ", "../data/n01440764/b.JPEG"]
+    lines += [f"{root}/n01443537/c.JPEG", f"{root}/n01443537/gone.JPEG"]
+    lst.write_bytes("\r\n".join(lines).encode())
+    got = read_list(lst)
+    assert got.root == str(root)
+    assert [rel for rel, _, _ in got.files] == ["n01440764/a.JPEG", "n01440764/b.JPEG", "n01443537/c.JPEG"]
+    assert [(s.source, s.reason) for s in got.skipped] == [
+        ("n01443537/gone.JPEG", "listed but cannot stat: No such file or directory")
+    ]
+    lst.write_text("# nothing\n\n")
+    assert len(read_list(lst).files) == 0 and read_list(lst).root == str(lst.parent)
+
+
 def test_plan_lines_are_json_dumps_byte_for_byte():
     for key in ("n01440764_1", "a__b-c"):
         for source in ("n/x.JPEG", 'q"uote.jpg', "back\\slash.jpg", "tab\t.jpg", "caf\udce9.jpg", "é.jpg", "\x7f.jpg"):
