@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from shards.errors import UsageError
 from shards.pack import Labels
+
+# One batch at a time enters this process's device (its upload and launches): a pipelined actor
+# holds the lock around `submit`, and so does a labeler that submits again from `collect`.
+SUBMIT_LOCK = threading.RLock()
 
 
 class LabelerLoadError(UsageError):
@@ -23,6 +28,12 @@ class Labeler(Protocol):
     (a labeler never drops an image silently; the pipeline quarantines the failures).
     `submit` starts a batch and `collect` waits for it: a remote labeler returns at once from
     `submit`, so the caller decodes the next batch meanwhile; a local one labels in `submit`.
+    A labeling actor pipelines batches (pipelines/pool.py): it calls `submit` holding
+    `SUBMIT_LOCK`, while `collect` of earlier batches runs in other threads; so `submit` may keep
+    state (the device, its models), and `collect` must be safe beside a `submit` (and take the
+    lock to submit again, as a per-image retry does).
+    An error that leaves the device unusable (`is_device_fault`) is raised, never returned as an
+    image's result: only a new process can recover from it.
     """
 
     # False for a labeler that reads only the images' sizes (`empty`): the shard task then checks each
@@ -63,6 +74,45 @@ class LocalLabeler:
         """Cumulative per-stage time ({"images": n, "<stage>_ms": ...}); empty for labelers without a
         model. Model presets report preprocess, forward, postprocess and host (labeler/timing.py)."""
         return {}
+
+
+# Words of the errors after which a CUDA (or ROCm) context is unusable: a device-side assert, an
+# illegal access, an ECC error or a failed launch is sticky, so every later call in the process
+# fails too. Out-of-memory is not among them: the next batch may fit.
+DEVICE_FAULT_WORDS = (
+    "CUDA error",
+    "HIP error",
+    "device-side assert",
+    "illegal memory access",
+    "illegal instruction",
+    "misaligned address",
+    "ECC error",
+    "unspecified launch failure",
+    "CUBLAS_STATUS_EXECUTION_FAILED",
+    "CUDNN_STATUS_EXECUTION_FAILED",
+    "CUDA driver error",
+)
+
+
+def is_device_fault(e: BaseException) -> bool:
+    """Whether `e` (or an exception it was raised from) leaves the device unusable for this process:
+    `torch.AcceleratorError`, or a message naming a CUDA/HIP error (older torch raises RuntimeError),
+    except out-of-memory."""
+    import sys
+
+    torch = sys.modules.get("torch")  # no torch loaded: no device error possible
+    accelerator = getattr(torch, "AcceleratorError", None) if torch is not None else None
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        text = str(e)
+        if "out of memory" not in text.lower():
+            if accelerator is not None and isinstance(e, accelerator):
+                return True
+            if any(word in text for word in DEVICE_FAULT_WORDS):
+                return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def resolve_device(device: str) -> str:

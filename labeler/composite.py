@@ -5,7 +5,9 @@ instances; `OnePassPanoptic` gets both maps from one panoptic pass. Both are `Ba
 goes to the device in one copy, every model and all post-processing run there, and the finished maps
 and records come back in one copy. `submit` returns once that copy is queued (on a GPU the host can
 decode the next batch meanwhile); `collect` waits for it. A batch that fails is retried image by image,
-so one bad image costs only itself.
+so one bad image costs only itself; an error that leaves the device unusable (`base.is_device_fault`)
+is raised instead, since every retry in this process would fail too and cost its image a label.
+`submit` is called by one thread at a time; `collect` may run beside it (a pipelined actor).
 """
 
 from __future__ import annotations
@@ -19,15 +21,18 @@ import numpy as np
 
 from shards.pack import Labels
 
-from .base import LocalLabeler
+from .base import SUBMIT_LOCK, LocalLabeler, is_device_fault
 from .timing import StageClock
 
 
 def label_each(fn: Callable[[list[np.ndarray]], list[Labels]], images: list[np.ndarray]) -> list[Labels | Exception]:
-    """Run a batch; if it fails, run the images one by one so one bad image costs only itself."""
+    """Run a batch; if it fails, run the images one by one so one bad image costs only itself. A
+    device fault is raised: the process must end (every later call in it would fail)."""
     try:
         return list(fn(images))
     except Exception as e:  # noqa: BLE001 - isolated below, every failure is reported per image
+        if is_device_fault(e):
+            raise
         if len(images) == 1:
             return [e]
     return [label_each(fn, [im])[0] for im in images]
@@ -41,6 +46,7 @@ class Pending:
     download: Any = None
     counts: list[int] = field(default_factory=list)  # arrays per image in the download
     error: Exception | None = None
+    events: list = field(default_factory=list)  # this batch's stage timing events (StageClock.take)
 
 
 class BatchLabeler(LocalLabeler):
@@ -63,9 +69,12 @@ class BatchLabeler(LocalLabeler):
             with self.clock.stage("preprocess"):
                 on_device = upload(images, self.device)
             outputs = self._device_outputs(images, on_device)
-            return Pending(images, Download([a for item in outputs for a in item]), [len(item) for item in outputs])
+            download = Download([a for item in outputs for a in item])
+            return Pending(images, download, [len(item) for item in outputs], events=self.clock.take())
         except Exception as e:  # noqa: BLE001 - retried image by image in collect
             self.clock.discard()
+            if is_device_fault(e):
+                raise
             return Pending(images, error=e)
 
     def collect(self, handle: Pending) -> list[Labels | Exception]:
@@ -73,7 +82,7 @@ class BatchLabeler(LocalLabeler):
         if error is None:
             try:
                 arrays = handle.download.result()  # the batch's one wait for the device
-                self.clock.settle(len(handle.images))
+                self.clock.settle(len(handle.images), handle.events)
                 t0 = time.perf_counter()
                 out: list[Labels | Exception] = []
                 offset = 0
@@ -81,16 +90,24 @@ class BatchLabeler(LocalLabeler):
                     try:
                         out.append(self._labels(arrays[offset : offset + n]))
                     except Exception as e:  # noqa: BLE001 - that image only
+                        if is_device_fault(e):
+                            raise
                         out.append(e)
                     offset += n
                 self.clock.add("host", time.perf_counter() - t0)
                 return out
             except Exception as e:  # noqa: BLE001 - a device error surfaces at the wait
-                self.clock.discard()
+                if is_device_fault(e):
+                    raise
                 error = e
         if len(handle.images) == 1:
             return [error]
-        return [self.collect(self.submit([im]))[0] for im in handle.images]
+        out = []
+        for im in handle.images:
+            with SUBMIT_LOCK:  # collect may run beside another batch's submit
+                retry = self.submit([im])
+            out.append(self.collect(retry)[0])
+        return out
 
     def label(self, images: list[np.ndarray]) -> list[Labels | Exception]:
         return self.collect(self.submit(images))

@@ -37,7 +37,20 @@ class LabelerConfig:
         },
     )
     fixed_cost_seconds: float = field(
-        default=0.05, metadata={"help": "`fixed-cost` preset only: seconds spent per image"}
+        default=0.05,
+        metadata={"help": "`fixed-cost` preset only: seconds per image on a simulated device (the GIL released)"},
+    )
+    fixed_cost_host_seconds: float = field(
+        default=0.0,
+        metadata={"help": "`fixed-cost` preset only: seconds per image of host work holding the GIL (benchmarks)"},
+    )
+    fixed_cost_fault: str = field(
+        default="",
+        metadata={
+            "help": "`fixed-cost` preset only, fault injection: when this file exists, a labeling process removes it "
+            "and fails as a GPU does after an illegal memory access (sticky); a number N in it delays the fault "
+            "to that process's batch N+1"
+        },
     )
 
 

@@ -9,7 +9,7 @@
 | `tiny-random` | tiny random SegFormer        | tiny random SAM (tests, demo, CI)     |
 | `tiny-random-panoptic` | tiny random Mask2Former, one pass                            |
 | `tiny-random-eomt`     | tiny random EoMT, one pass                                   |
-| `fixed-cost`  | brightness bands, no model   | 4x4 grid; `--fixed-cost-seconds` per image (benchmarks) |
+| `fixed-cost`  | brightness bands, no model   | 4x4 grid; device and host seconds per image (benchmarks, faults) |
 | `classical`   | 20 colour x texture classes  | Felzenszwalb-Huttenlocher regions of object size; weight-free |
 """
 
@@ -33,7 +33,7 @@ def _empty(s: Settings) -> Labeler:
 def _fixed_cost(s: Settings) -> Labeler:
     from .fixed_cost import FixedCostLabeler
 
-    return FixedCostLabeler(s.labeler.fixed_cost_seconds)
+    return FixedCostLabeler(s.labeler.fixed_cost_seconds, s.labeler.fixed_cost_host_seconds, s.labeler.fixed_cost_fault)
 
 
 def _classical(s: Settings) -> Labeler:

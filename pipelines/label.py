@@ -92,6 +92,7 @@ def run(cfg: LabelConfig, pool: PoolSettings | None = None, settings: Settings |
         more = f"; and {len(what) - 5} more" if len(what) > 5 else ""
         print(f"changed since {plan.shard_name(i)} was made, so it is redone: {'; '.join(what[:5])}{more}")
     todo = [i for i in range(plan.num_shards) if i not in done]
+    resumed = sum(s.planned for s in done.values())  # inputs of the shards done before this run
     print(f"plan: {len(plan.items)} images -> {plan.num_shards} shards; {len(done)} already done, {len(todo)} to do")
     for line in plan.summary():
         print(line)
@@ -114,7 +115,9 @@ def run(cfg: LabelConfig, pool: PoolSettings | None = None, settings: Settings |
     tot = manifest.totals
     print(
         f"done: {tot.samples} images in {tot.shards} shards, {tot.quarantined} quarantined "
-        f"({out.url(fmt.QUARANTINE)}), {secs:.1f}s, {len(plan.items) / secs:.1f} images/s"
+        f"({out.url(fmt.QUARANTINE)}); this run labeled {result.images} inputs ({result.shards} shards) "
+        f"in {secs:.1f}s, {result.images / secs:.1f} images/s; {resumed} were done before it (resumed)"
+        + (f"; {result.actor_failures} labeling-actor failure(s) survived" if result.actor_failures else "")
     )
     if summary := result.summary():
         print(summary)

@@ -1,0 +1,54 @@
+"""A pipelined labeling actor: while the device runs one batch, the host finishes another.
+
+The `fixed-cost` labeler spends D ms per image on a simulated device (a wait that releases the GIL,
+as a CUDA event wait does) and H ms per image on the host (spinning, holding the GIL, as Python
+post-processing does). Through the real job, one batch at a time runs at 1/(H + D); with batches in
+flight the rate approaches 1/max(H, D), and the job's per-stage timings show the overlap."""
+
+import re
+
+import pytest
+from test_pool_faults import exactly_once, tiny_tree
+
+from c2f.cli import main as c2f_main
+
+pytestmark = pytest.mark.slow
+
+H = D = 0.02  # seconds per image; batches of 2, so 40 ms of each per batch
+SUMMARY = re.compile(
+    r"labelers: device (?P<device>[\d.]+), host (?P<host>[\d.]+); actors busy [\d.]+ per image "
+    r"\((?P<rate>[\d.]+) images/s while busy\), stages overlapped (?P<overlap>[\d.]+)x"
+)
+
+
+def _job(inp, out, batches: int, capsys) -> dict[str, float]:
+    args = [str(inp), str(out), "--preset", "fixed-cost", "--fixed-cost-seconds", str(D)]
+    args += ["--fixed-cost-host-seconds", str(H), "--batch-size", "2", "--samples-per-shard", "8", "--no-validate"]
+    assert c2f_main(["label", *args, "--actor-batches", str(batches)]) == 0
+    text = capsys.readouterr().out
+    m = SUMMARY.search(text)
+    assert m, text
+    exactly_once(inp, out)
+    return {k: float(v) for k, v in m.groupdict().items()}
+
+
+def test_pipelined_actor_overlaps_host_and_device_time(tmp_path, capsys):
+    import ray
+
+    from pipelines.distributor import init_ray
+
+    inp = tmp_path / "in"
+    tiny_tree(inp, 48)
+    init_ray("local")  # one Ray for both jobs, as on a cluster
+    try:
+        serial = _job(inp, tmp_path / "serial", 1, capsys)
+        pipelined = _job(inp, tmp_path / "pipelined", 3, capsys)
+    finally:
+        ray.shutdown()
+    ideal_serial, ideal_pipelined = 1 / (H + D), 1 / max(H, D)
+    assert serial["device"] == pytest.approx(1000 * D) and serial["host"] >= 1000 * H
+    assert serial["rate"] <= ideal_serial * 1.05 and serial["overlap"] <= 1.1
+    # With H = D the pipelined actor approaches twice the serial rate.
+    assert pipelined["rate"] >= 1.7 * serial["rate"], (serial, pipelined)
+    assert pipelined["rate"] <= ideal_pipelined * 1.05
+    assert pipelined["overlap"] >= 1.7, pipelined
