@@ -112,3 +112,38 @@ def test_pool_survives_more_actor_deaths_than_the_old_limit(tmp_path):
     seen, quarantined = exactly_once(inp, out)
     assert len(seen) == 64 and quarantined == []
     assert c2f_main(["validate", str(out), "--no-progress"]) == 0
+
+
+def test_a_pool_that_cannot_be_placed_again_ends_after_wait_timeout(tmp_path):
+    import ray
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    tiny_tree(inp, 32)
+    with ray_cluster(num_cpus=2, num_gpus=1) as cluster:
+        job = Driver(cluster, inp, out, "--gpus-per-actor", "1", "--wait-timeout", "5", "--no-validate")
+        ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
+        try:
+
+            class Hog:  # another job's actor, queued for the GPU the labeling actor holds
+                def ping(self):
+                    return 1
+
+            deadline = time.monotonic() + 120
+            while not list(out.glob("*.stats.json")) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            hog = ray.remote(num_cpus=0, num_gpus=1)(Hog).remote()
+            (actor,) = _actors(cluster)
+            actor.send_signal(signal.SIGKILL)  # its GPU goes to the hog, queued first
+            assert ray.get(hog.ping.remote(), timeout=60) == 1
+            code, stdout, stderr = job.finish(timeout=120)
+            assert code == 1, stdout + stderr
+            assert "gave up after --wait-timeout 5s: no labeling actor could be placed again" in stderr
+            assert "Traceback" not in stderr
+            ray.kill(hog)
+        finally:
+            ray.shutdown()
+        job = Driver(cluster, inp, out, "--gpus-per-actor", "1", "--wait-timeout", "60")
+        code, stdout, stderr = job.finish(timeout=180)
+        assert code == 0, stdout + stderr
+    seen, quarantined = exactly_once(inp, out)
+    assert len(seen) == 32 and quarantined == []
