@@ -7,9 +7,10 @@ sees real structure; the manifest marks its labels as synthetic.
 
 Its time is split as a GPU labeler's is. `seconds_per_image` runs on a simulated device: a
 timeline on which batches run one after another while the host goes on, waited for without
-holding the GIL, as a CUDA stream is. `host_seconds_per_image` is host work that holds the GIL
-(building the maps, then spinning), as post-processing and records do. A serial actor pays both
-per batch; a pipelined one overlaps them (pipelines/pool.py), and a CPU shows by how much.
+holding the GIL, as a CUDA stream is (the maps are built meanwhile, so a batch costs the larger
+of the two). `host_seconds_per_image` is host work after the wait that holds the GIL (spinning),
+as post-processing and records do. A serial actor pays device and host time per batch; a
+pipelined one overlaps them (pipelines/pool.py), and a CPU shows by how much.
 
 `fault_file` injects a device fault. When that file exists as a batch is submitted, the labeler
 removes it and the device fails as a GPU's does after an illegal memory access: that batch's wait
@@ -75,7 +76,7 @@ class SimulatedDevice:
 
 @dataclass
 class Batch:
-    images: list[np.ndarray]
+    labels: list[Labels]
     done_at: float  # when its device work ends
 
 
@@ -93,21 +94,20 @@ class FixedCostLabeler(LocalLabeler):
         done_at = self.device.enqueue(seconds)
         if self.fault_file and self._claim_fault():
             self.device.fail(done_at - seconds)
-        return Batch(images, done_at)
+        return Batch([self._maps(im) for im in images], done_at)  # built while the device works
 
     def collect(self, batch: Batch) -> list[Labels]:
         self.device.wait(batch.done_at)
         t0 = time.perf_counter()
-        out = [self._maps(im) for im in batch.images]
-        deadline = t0 + self.host_seconds * len(batch.images)
+        deadline = t0 + self.host_seconds * len(batch.labels)
         while time.perf_counter() < deadline:  # host work holds the GIL, as Python post-processing does
             pass
         host = time.perf_counter() - t0
         with self._lock:
-            self._totals["images"] += len(batch.images)
-            self._totals["device_ms"] += 1000 * self.seconds * len(batch.images)
+            self._totals["images"] += len(batch.labels)
+            self._totals["device_ms"] += 1000 * self.seconds * len(batch.labels)
             self._totals["host_ms"] += 1000 * host
-        return out
+        return batch.labels
 
     def label(self, images: list[np.ndarray]) -> list[Labels]:
         return self.collect(self.submit(images))
