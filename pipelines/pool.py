@@ -317,7 +317,7 @@ class ActorPool:
             slot.watch = None
             try:
                 pid, cause = ray.get(ref)
-            except ray.exceptions.RayActorError as e:
+            except ray.exceptions.RayError as e:  # the actor died (or cannot be reached): `ready` tells which
                 self._down(slot, None, _first_line(e))
             else:
                 self._down(slot, f"device fault in pid {pid}: {cause}", "")
@@ -365,6 +365,8 @@ class ActorPool:
     def timings(self, timeout: float = 10.0) -> list[dict[str, float]]:
         """Each live actor's `timings()` (an actor that does not answer in time is left out)."""
         refs = [s.actor.timings.remote() for s in self.slots if s.pid is not None]
+        if not refs:
+            return []
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
         out = []
         for ref in ready:

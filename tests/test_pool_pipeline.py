@@ -6,13 +6,15 @@ post-processing does). Through the real job, one batch at a time runs at 1/(H + 
 flight the rate approaches 1/max(H, D), and the job's per-stage timings show the overlap."""
 
 import re
+import time
+from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 from test_pool_faults import exactly_once, tiny_tree
 
 from c2f.cli import main as c2f_main
-
-pytestmark = pytest.mark.slow
+from labeler.config import LabelerConfig, Settings
 
 H = D = 0.02  # seconds per image; batches of 2, so 40 ms of each per batch
 SUMMARY = re.compile(
@@ -32,6 +34,29 @@ def _job(inp, out, batches: int, capsys) -> dict[str, float]:
     return {k: float(v) for k, v in m.groupdict().items()}
 
 
+def test_the_actor_overlaps_one_batch_on_the_host_with_the_next_on_the_device():
+    """The actor's own code path, called from threads as Ray's threaded actor calls it."""
+    from pipelines.pool import LabelActor
+
+    settings = Settings(LabelerConfig(preset="fixed-cost", fixed_cost_seconds=D, fixed_cost_host_seconds=H))
+    images = [np.zeros((8, 8, 3), np.uint8)] * 2
+    rates, overlap = {}, {}
+    for threads in (1, 3, 1, 3):
+        actor = LabelActor(settings, 1)
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(threads) as pool:
+            assert all(len(r) == 2 for r in pool.map(actor.label, [images] * 12))
+        rate = 24 / (time.perf_counter() - t0)
+        rates[threads] = max(rates.get(threads, 0.0), rate)
+        t = actor.timings()
+        assert t["labeled"] == 24 and t["device_ms"] == pytest.approx(24 * 1000 * D)
+        busy, stages = t["busy_ms"], t["device_ms"] + t["host_ms"]
+        overlap[threads] = max(overlap.get(threads, 0.0), stages / busy)
+    assert rates[1] <= 1.05 / (H + D) and overlap[1] <= 1.1
+    assert rates[3] >= 1.7 * rates[1] and overlap[3] >= 1.7, (rates, overlap)
+
+
+@pytest.mark.slow
 def test_pipelined_actor_overlaps_host_and_device_time(tmp_path, capsys):
     import ray
 
@@ -40,21 +65,28 @@ def test_pipelined_actor_overlaps_host_and_device_time(tmp_path, capsys):
     inp = tmp_path / "in"
     tiny_tree(inp, 48)
     init_ray("local")  # one Ray for the jobs, as on a cluster
-    runs = []
+    runs, fair = [], []
     try:
-        # Timing on a shared machine: other load only slows a run, so the best of three pairs counts.
+        # Timing on a shared machine: other load only slows a run, so the best of three pairs counts,
+        # among the pairs whose serial run got the CPU it needs (its host spin took about H and its
+        # rate came near 1/(H + D)); the pipelined run gets no such allowance.
         for attempt in range(3):
             serial = _job(inp, tmp_path / f"serial{attempt}", 1, capsys)
             pipelined = _job(inp, tmp_path / f"pipelined{attempt}", 3, capsys)
             runs.append((pipelined["rate"] / serial["rate"], serial, pipelined))
-            if runs[-1][0] >= 1.7 and pipelined["overlap"] >= 1.7:
-                break
+            if serial["host"] <= 1.25 * 1000 * H and serial["rate"] >= 0.8 / (H + D):
+                fair.append(runs[-1])
+                if runs[-1][0] >= 1.7 and pipelined["overlap"] >= 1.7:
+                    break
     finally:
         ray.shutdown()
-    ratio, serial, pipelined = max(runs, key=lambda r: r[0])
-    assert serial["device"] == pytest.approx(1000 * D) and serial["host"] >= 1000 * H
-    # One batch at a time: at best 1/(H + D), the stages one after the other.
-    assert serial["rate"] <= 1.05 / (H + D) and serial["overlap"] <= 1.1
+    for _, serial, pipelined in runs:
+        assert serial["device"] == pytest.approx(1000 * D) and serial["host"] >= 1000 * H
+        # One batch at a time: at best 1/(H + D), the stages one after the other.
+        assert serial["rate"] <= 1.05 / (H + D) and serial["overlap"] <= 1.1
+        assert pipelined["rate"] <= 1.05 / max(H, D)
+    if not fair:
+        pytest.skip(f"the machine is too busy to time this: serial runs {[r[1] for r in runs]}")
     # Three in flight with H = D: towards 1/max(H, D), twice the serial rate, the stages side by side.
-    assert pipelined["rate"] <= 1.05 / max(H, D)
+    ratio, serial, pipelined = max(fair, key=lambda r: r[0])
     assert ratio >= 1.7 and pipelined["overlap"] >= 1.7, runs
