@@ -88,8 +88,9 @@ class PoolSettings:
     wait_timeout: float | None = field(
         default=None,
         metadata={
-            "help": "seconds to wait for a busy cluster to free what the labeling pool needs, then exit 1 "
-            "(default: wait, printing what it waits for every minute)"
+            "help": "seconds to wait for a busy cluster to free what the labeling pool needs, or, once labeling, "
+            "for any labeling actor to be placed again, then exit 1 (default: wait, printing what it waits for "
+            "every minute)"
         },
     )
 

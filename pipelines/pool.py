@@ -218,8 +218,12 @@ def exit_cause(pid: int | None) -> str | None:
     if not dead:
         return None
     w = max(dead, key=lambda w: w.timestamp)
-    detail = " ".join(w.exit_detail.split())
-    return f"{common_pb2.WorkerExitType.Name(w.exit_type)}: {detail[:300]}"
+    detail = ""
+    for sentence in " ".join(w.exit_detail.split()).split(". "):  # Ray's first sentences name the likely causes
+        detail += sentence.rstrip(".") + ". "
+        if len(detail) > 200:
+            break
+    return f"{common_pb2.WorkerExitType.Name(w.exit_type)}: {detail.strip()}"
 
 
 class FailureBudget:
@@ -313,15 +317,15 @@ class ActorPool:
     def handle(self, ref) -> None:
         """A `watch` or `ready` call of a slot has finished."""
         slot = self._refs.pop(ref)
-        if ref is slot.watch:
+        if ref == slot.watch:
             slot.watch = None
             try:
                 pid, cause = ray.get(ref)
-            except ray.exceptions.RayError as e:  # the actor died (or cannot be reached): `ready` tells which
-                self._down(slot, None, _first_line(e))
+            except ray.exceptions.RayError:  # the actor died (or cannot be reached): `ready` tells which
+                self._down(slot, None)
             else:
-                self._down(slot, f"device fault in pid {pid}: {cause}", "")
-        elif ref is slot.ping:
+                self._down(slot, f"device fault: {cause}")
+        elif ref == slot.ping:
             slot.ping = None
             try:
                 pid = ray.get(ref)
@@ -330,9 +334,9 @@ class ActorPool:
                     raise e.cause from None  # the restarted process cannot build the labeler: configuration
                 raise
             except ray.exceptions.RayActorError as e:  # dead for good: Ray will not restart it
-                cause = exit_cause(slot.last_pid) or _first_line(e)
                 if not slot.counted:
-                    self._count(slot, f"cannot be restarted ({cause})")
+                    cause = exit_cause(slot.last_pid) or _first_line(e)
+                    self._count(slot, f"cannot be restarted ({cause})", "a new actor takes its place")
                 self._replace(slot)
             else:
                 self._back(slot, pid)
@@ -386,40 +390,40 @@ class ActorPool:
         slot.watch = slot.actor.watch.remote()
         self._refs[slot.watch] = slot
 
-    def _down(self, slot: Slot, announced: str | None, error: str) -> None:
-        """The slot's process ended (`announced`: it said why) or its `watch` failed (`error`)."""
+    def _down(self, slot: Slot, announced: str | None) -> None:
+        """The slot's process ended (`announced`: it said why) or its `watch` failed."""
         slot.last_pid, slot.pid, slot.down_since = slot.pid, None, time.monotonic()
         if announced:
-            self._count(slot, announced)
+            self._count(slot, announced, "Ray restarts it and reruns its batches")
         else:
-            self.say(f"labeling actor {slot.index} (pid {slot.last_pid}) stopped answering: {error}")
+            self.say(f"labeling actor {slot.index} (pid {slot.last_pid}) stopped answering; Ray restarts it")
         slot.ping = slot.actor.ready.remote()  # answered by the restarted process (or fails: dead for good)
         self._refs[slot.ping] = slot
 
     def _back(self, slot: Slot, pid: int) -> None:
         waited = time.monotonic() - (slot.down_since or time.monotonic())
-        if pid == slot.last_pid and not slot.counted:
+        if slot.counted:
+            self.say(f"labeling actor {slot.index} is back after {waited:.0f}s (pid {slot.last_pid} -> {pid})")
+        elif pid == slot.last_pid:  # not a death: its `watch` call was lost
             self.say(f"labeling actor {slot.index} answers again (same process, pid {pid})")
         else:
-            if not slot.counted:
-                self._count(slot, exit_cause(slot.last_pid) or "its process ended")
-            self.say(f"labeling actor {slot.index} is back after {waited:.0f}s (pid {slot.last_pid} -> {pid})")
+            cause = exit_cause(slot.last_pid) or "its process ended"
+            self._count(slot, cause, f"it is back after {waited:.0f}s as pid {pid} and reruns its batches")
         self._up(slot, pid)
 
     def _replace(self, slot: Slot) -> None:
-        self.say(f"labeling actor {slot.index}: starting a new actor in place of the dead one")
         slot.actor, slot.counted = self.make(), False
         slot.ping = slot.actor.ready.remote()
         self._refs[slot.ping] = slot
 
-    def _count(self, slot: Slot, cause: str) -> None:
+    def _count(self, slot: Slot, cause: str, then: str) -> None:
         slot.counted = True
         self.failures += 1
         self.last_failure = f"actor {slot.index}: {cause}"
         n = self.budget.add(time.monotonic())
         self.say(
-            f"labeling actor {slot.index} (pid {slot.last_pid}) failed: {cause}; its batches are retried on a new "
-            f"process ({n} failure(s) in the last hour, --max-actor-failures-per-hour {self.budget.per_hour:g})"
+            f"labeling actor {slot.index} (pid {slot.last_pid}) failed: {cause}; {then} "
+            f"({n} failure(s) in the last hour, --max-actor-failures-per-hour {self.budget.per_hour:g})"
         )
 
 

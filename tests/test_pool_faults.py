@@ -136,7 +136,7 @@ def test_a_device_fault_mid_job_restarts_the_actor_and_costs_no_label(tmp_path, 
     text = capsys.readouterr().out
     assert code == 0, text
     assert not marker.exists()
-    assert "failed: device fault in pid" in text and FAULT_MESSAGE in text
+    assert "failed: device fault: AcceleratorError: " in text and FAULT_MESSAGE in text
     assert "labeling actor 0 is back after" in text and "1 labeling-actor failure(s) survived" in text
     assert "24 images in 6 shards, 0 quarantined" in text and "OK:" in text
     seen, quarantined = exactly_once(inp, out)
