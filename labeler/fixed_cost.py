@@ -9,8 +9,10 @@ Its time is split as a GPU labeler's is. `seconds_per_image` runs on a simulated
 timeline on which batches run one after another while the host goes on, waited for without
 holding the GIL, as a CUDA stream is (the maps are built meanwhile, so a batch costs the larger
 of the two). `host_seconds_per_image` is host work after the wait that holds the GIL (spinning),
-as post-processing and records do. A serial actor pays device and host time per batch; a
-pipelined one overlaps them (pipelines/pool.py), and a CPU shows by how much.
+as post-processing and records do; like Python code under one GIL, the host work of two batches
+never overlaps (a lock), so the host bounds the rate at 1/H however many threads run. A serial
+actor pays device and host time per batch; a pipelined one overlaps them (pipelines/pool.py), and
+a CPU shows by how much.
 
 `fault_file` injects a device fault. When that file exists as a batch is submitted, the labeler
 removes it and the device fails as a GPU's does after an illegal memory access: that batch's wait
@@ -85,6 +87,7 @@ class FixedCostLabeler(LocalLabeler):
         self.seconds, self.host_seconds, self.fault_file = seconds_per_image, host_seconds_per_image, fault_file
         self.device = SimulatedDevice()
         self._lock = threading.Lock()  # totals, from the threads of a pipelined actor
+        self._host = threading.Lock()  # one batch's host work at a time, as under one GIL
         self._batches = 0  # submitted by this process
         self._totals = {"images": 0.0, "device_ms": 0.0, "host_ms": 0.0}
 
@@ -98,11 +101,12 @@ class FixedCostLabeler(LocalLabeler):
 
     def collect(self, batch: Batch) -> list[Labels]:
         self.device.wait(batch.done_at)
-        t0 = time.perf_counter()
-        deadline = t0 + self.host_seconds * len(batch.labels)
-        while time.perf_counter() < deadline:  # host work holds the GIL, as Python post-processing does
-            pass
-        host = time.perf_counter() - t0
+        with self._host:
+            t0 = time.perf_counter()
+            deadline = t0 + self.host_seconds * len(batch.labels)
+            while time.perf_counter() < deadline:  # holds the GIL, as Python post-processing does
+                pass
+            host = time.perf_counter() - t0
         with self._lock:
             self._totals["images"] += len(batch.labels)
             self._totals["device_ms"] += 1000 * self.seconds * len(batch.labels)
