@@ -251,7 +251,7 @@ def start_pool(cfg: PoolSettings, settings):
     returns (pool, labeler info). A preset of `IN_TASK_PRESETS` gets no pool: its labeler is built
     here only to describe it."""
 
-    from .pool import ActorPool, actor_class, labeler_info
+    from .pool import ActorPool, labeler_info, new_actor
 
     if settings.labeler.preset in IN_TASK_PRESETS:
         from labeler.registry import build_labeler
@@ -263,12 +263,15 @@ def start_pool(cfg: PoolSettings, settings):
     wait_for_resources(req, cfg.wait_timeout, static=cfg.address == "local")
     # Unlimited restarts and retries: a dead actor comes back and reruns its batches; the pool
     # bounds how often (failures per hour) instead of a count over the whole job.
-    cls = actor_class(
-        cfg.actor_batches, num_cpus=cfg.cpus_per_actor, num_gpus=gpus, max_restarts=-1, max_task_retries=-1
-    )
+    options = {"num_cpus": cfg.cpus_per_actor, "num_gpus": gpus, "max_restarts": -1, "max_task_retries": -1}
     threads = int(max(1, cfg.cpus_per_actor))
     budget = cfg.max_actor_failures_per_hour
-    pool = ActorPool(lambda: cls.remote(settings, threads), n, budget if budget >= 0 else 10 + 2 * n, cfg.wait_timeout)
+    pool = ActorPool(
+        lambda name: new_actor(name, cfg.actor_batches, settings, threads, **options),
+        n,
+        budget if budget >= 0 else 10 + 2 * n,
+        cfg.wait_timeout,
+    )
     try:
         return pool, pool.start()
     except BaseException:

@@ -54,6 +54,7 @@ from .worker import _first_line
 DEVICE_FAULT_EXIT = 75  # exit status of an actor process that ended itself after a device fault
 FAULT_GRACE_SECONDS = 2.0  # how long such a process lives on so that its `watch` answer reaches the driver
 HOUR = 3600.0
+NAMESPACE = "c2f"  # of the labeling actors' names: labeler-<job id>-<slot>-<n>
 SWITCH_INTERVAL = 0.001  # seconds a thread holds the GIL before another waiting one gets it
 
 
@@ -195,11 +196,12 @@ class LabelActor:
         self._never.wait()
 
 
-def actor_class(batches: int, **options):
-    """The remote class with Ray `options`, and its thread groups: `batches` labeling calls at once,
-    and two control threads (`watch` waits in one)."""
+def new_actor(name: str, batches: int, settings, threads: int, **options):
+    """A labeling actor named `name` (in `NAMESPACE`) with Ray `options`, and its thread groups:
+    `batches` labeling calls at once, and two control threads (`watch` waits in one)."""
     cls = ray.remote(concurrency_groups={"control": 2})(LabelActor)
-    return cls.options(max_concurrency=max(1, batches), **options)
+    cls = cls.options(name=name, namespace=NAMESPACE, max_concurrency=max(1, batches), **options)
+    return cls.remote(settings, threads)
 
 
 def exit_cause(pid: int | None) -> str | None:
@@ -266,7 +268,7 @@ class ActorPool:
 
     def __init__(
         self,
-        make: Callable[[], Any],
+        make: Callable[[str], Any],
         n: int,
         failures_per_hour: float,
         wait_timeout: float | None,
@@ -274,7 +276,9 @@ class ActorPool:
     ):
         self.make, self.say, self.wait_timeout = make, say, wait_timeout
         self.budget = FailureBudget(failures_per_hour)
-        self.slots = [Slot(i, make()) for i in range(n)]
+        self._job = ray.get_runtime_context().get_job_id()
+        self._made = 0  # actors created, for their names
+        self.slots = [Slot(i, self._new(i)) for i in range(n)]
         self._refs: dict[Any, Slot] = {}
         self.failures = 0  # over the whole job
         self.last_failure = ""
@@ -412,9 +416,14 @@ class ActorPool:
         self._up(slot, pid)
 
     def _replace(self, slot: Slot) -> None:
-        slot.actor, slot.counted = self.make(), False
+        slot.actor, slot.counted = self._new(slot.index), False
         slot.ping = slot.actor.ready.remote()
         self._refs[slot.ping] = slot
+
+    def _new(self, index: int):
+        """A new actor for slot `index`, named so that `ray list actors` (and `ray kill`) find it."""
+        self._made += 1
+        return self.make(f"labeler-{self._job}-{index}-{self._made}")
 
     def _count(self, slot: Slot, cause: str, then: str) -> None:
         slot.counted = True

@@ -114,11 +114,11 @@ def test_pool_survives_more_actor_deaths_than_the_old_limit(tmp_path):
     assert c2f_main(["validate", str(out), "--no-progress"]) == 0
 
 
-def test_a_pool_that_cannot_be_placed_again_ends_after_wait_timeout(tmp_path):
+def test_an_unplaceable_pool_ends_after_wait_timeout_and_a_dead_actor_is_replaced(tmp_path):
     import ray
 
     inp, out = tmp_path / "in", tmp_path / "out"
-    tiny_tree(inp, 32)
+    tiny_tree(inp, 48)
     with ray_cluster(num_cpus=2, num_gpus=1) as cluster:
         job = Driver(cluster, inp, out, "--gpus-per-actor", "1", "--wait-timeout", "5", "--no-validate")
         ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
@@ -128,9 +128,7 @@ def test_a_pool_that_cannot_be_placed_again_ends_after_wait_timeout(tmp_path):
                 def ping(self):
                     return 1
 
-            deadline = time.monotonic() + 120
-            while not list(out.glob("*.stats.json")) and time.monotonic() < deadline:
-                time.sleep(0.1)
+            _wait_for_shards(out, 1)
             hog = ray.remote(num_cpus=0, num_gpus=1)(Hog).remote()
             (actor,) = _actors(cluster)
             actor.send_signal(signal.SIGKILL)  # its GPU goes to the hog, queued first
@@ -140,10 +138,26 @@ def test_a_pool_that_cannot_be_placed_again_ends_after_wait_timeout(tmp_path):
             assert "gave up after --wait-timeout 5s: no labeling actor could be placed again" in stderr
             assert "Traceback" not in stderr
             ray.kill(hog)
+
+            # The rerun: its actor is killed for good (`ray kill`: Ray will not restart it), and a
+            # new actor takes its place.
+            done = len(list(out.glob("*.stats.json")))
+            job = Driver(cluster, inp, out, "--gpus-per-actor", "1", "--wait-timeout", "60")
+            _wait_for_shards(out, done + 1)
+            (name,) = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "labeler-" in a["name"]]
+            ray.kill(ray.get_actor(name, namespace="c2f"))
+            code, stdout, stderr = job.finish(timeout=180)
+            assert code == 0, stdout + stderr
+            assert "cannot be restarted (" in stdout and "a new actor takes its place" in stdout
+            assert "labeling-actor failure(s) survived" in stdout
         finally:
             ray.shutdown()
-        job = Driver(cluster, inp, out, "--gpus-per-actor", "1", "--wait-timeout", "60")
-        code, stdout, stderr = job.finish(timeout=180)
-        assert code == 0, stdout + stderr
     seen, quarantined = exactly_once(inp, out)
-    assert len(seen) == 32 and quarantined == []
+    assert len(seen) == 48 and quarantined == []
+
+
+def _wait_for_shards(out, n: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while len(list(out.glob("*.stats.json"))) < n:
+        assert time.monotonic() < deadline, f"fewer than {n} shards done after {timeout}s"
+        time.sleep(0.1)
