@@ -137,8 +137,9 @@ class RunResult:
     actor_failures: int = 0  # labeling-actor deaths this run survived
     finished: list[tuple[float, int, float]] = field(default_factory=list)  # (end time, inputs, seconds)
     timings: dict[str, float] = field(default_factory=dict)  # ms per stage, summed over those shards
-    # Inside the actors: ms per labeler stage, `busy` (ms with a batch in the actor, summed over
-    # actors) and `labeled` (images); stages that overlap add up to more than `busy`.
+    # Inside the actors' current processes: ms per labeler stage, `busy` (ms with a batch in the
+    # actor, summed over actors), `in_actor` (ms of batches in the actor, summed over batches) and
+    # `labeled` (images); stages that overlap add up to more than `busy`.
     labeler_timings: dict[str, float] = field(default_factory=dict)
 
     def add(self, stats: ShardStats) -> None:

@@ -284,10 +284,6 @@ class ActorPool:
         self.last_failure = ""
         self._reported = time.monotonic()
 
-    @property
-    def actors(self) -> list:
-        return [s.actor for s in self.slots]
-
     def start(self) -> dict[str, Any]:
         """Wait until every actor has its labeler (or one failed to build it); returns its info."""
         refs = [s.actor.info.remote() for s in self.slots]
