@@ -191,7 +191,7 @@ class OutputLease:
                     unreadable = raw
                     time.sleep(SETTLE_SECONDS)
                     continue
-                say(f"taking over the lease of {store}: its lease file does not parse ({e})")
+                taking = f"taking over the lease of {store}: its lease file does not parse ({e})"
             else:
                 why = gone(holder, timeout, time.time())
                 if why is None:
@@ -199,11 +199,12 @@ class OutputLease:
                         f"{store} is being written by another `c2f label` ({holder.describe()}): wait for it to "
                         f"end or stop it; a lease without a heartbeat for --lease-timeout {timeout:g}s is taken over"
                     )
-                say(f"taking over the lease of {store} from {holder.describe()}: {why}")
+                taking = f"taking over the lease of {store} from {holder.describe()}: {why}"
             me = replace(me, heartbeat=time.time())
             data = _encode(me)
             version = store.swap(fmt.LEASE, data, version)
             if version is not None and (held := cls._confirm(store, me, version, on_lost)):
+                say(taking)
                 return held
         raise LeaseHeld(f"{store}: other jobs keep taking its lease; is another `c2f label` starting there?")
 

@@ -195,11 +195,20 @@ class Store:
             finally:
                 tmp.unlink(missing_ok=True)
             return hashlib.sha256(data).hexdigest()
+        key = self._key(name)
+        if not self.exact_conditional:
+            if self._fs.exists(key):
+                return None
+            self._fs.pipe_file(key, data)
+            return hashlib.sha256(data).hexdigest()
         try:
-            # s3fs: one PUT with `If-None-Match: *`; other fsspec stores check, then write
-            out = self._fs.pipe_file(self._key(name), data, mode="create")
+            out = self._fs.pipe_file(key, data, IfNoneMatch="*")  # one PUT; 412 when the key exists
         except FileExistsError:
             return None
+        except OSError as e:
+            if e.errno == errno.EINVAL:  # 412 Precondition Failed, as older s3fs reports it
+                return None
+            raise
         return self._version_after_put(name, data, out)
 
     def _create_exclusive(self, path: Path, data: bytes) -> str | None:
