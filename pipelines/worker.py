@@ -8,7 +8,10 @@ what is refused and why.
 
 Every input of the shard ends up either in the tar or in the stats' `quarantined` list with the
 stage and the reason: a failure on one image, at any stage, costs only that image. Only failures of
-the shard itself (the output disk, the labeler's process) fail the task, which is then retried.
+the shard itself (the output disk, the labeler's process) fail the task, which is then retried;
+a full disk or quota, on the output or the staging space, fails it with `OutputFull`
+(shards.writer: one line naming the file and the free space, nothing left under a shard's name),
+which stops the job instead (`stops_job`): retrying cannot free space.
 The stats JSON is the done-marker, written last.
 """
 

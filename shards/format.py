@@ -30,6 +30,9 @@ PLAN = "plan.json"  # the plan header, written before the first shard
 PLAN_INPUTS = "plan.inputs.jsonl"  # the plan's inputs in plan order: shard i = lines [i*n, (i+1)*n)
 LABELER = "labeler.json"  # what the labeler of an output directory says of itself (shards.manifest.LabelerRecord)
 LABELER_SETTINGS = "labeler_settings.json"  # the labeler settings an output directory is pinned to
+# The output lease (shards/lease.py): who writes into this output now. Hidden: it is the job's, not
+# the dataset's, and it is removed when the job ends.
+LEASE = ".c2f-label.lease"
 
 # Size limits of the format: what every writer stays within and every reader refuses beyond, so a
 # file that claims more (a header declaring 60000x60000, a member declaring gigabytes) costs nothing.
@@ -67,9 +70,10 @@ def stats_name(shard: str) -> str:
 TEMP_MARK = ".tmp-"
 
 
-def temp_name(name: str, pid: int) -> str:
+def temp_name(name: str, pid: int | str) -> str:
     """`.{name}.tmp-{pid}`: where a file is written before it is renamed to `name` (hidden, so no
-    listing mistakes it for the real file; the pid keeps two writers apart)."""
+    listing mistakes it for the real file; the pid keeps two writers apart; where writers on several
+    machines may meet, as at the lease, `pid` carries a random suffix too)."""
     return f".{name}{TEMP_MARK}{pid}"
 
 
