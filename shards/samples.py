@@ -43,7 +43,7 @@ class SampleRow:
 
     key: str = _doc("the sample key (docs/FORMAT.md, Keys)")
     source: str = _doc("path of the input relative to the input root")
-    shard: str = _doc("the shard's tar (`{prefix}-NNNNNN.tar`); a quarantined input is in no tar")
+    shard: str = _doc("the shard the plan gave the input to (`{prefix}-NNNNNN.tar`), as in quarantine.jsonl")
     index: int | None = _doc("position of the sample in its tar (what wids addresses); null when quarantined")
     cls: str | None = _doc("image-level class: the synset (ImageNet folder) or class name; null without classes")
     cls_index: int | None = _doc("index of `cls` in the plan's class list (`.cls`)")
@@ -51,7 +51,7 @@ class SampleRow:
     stage: str | None = _doc("quarantined: the stage that refused it (read, decode, label, pack)")
     reason: str | None = _doc("quarantined: why, in one line")
     input_bytes: int | None = _doc("size of the input file as read (as listed when it could not be read)")
-    width: int | None = _doc("image width in pixels; null when it did not decode")
+    width: int | None = _doc("image width in pixels (null when quarantined, as every fact below)")
     height: int | None = _doc("image height in pixels")
     instances: int | None = _doc("instances in `inst.png`")
     coverage: float | None = _doc("share of pixels with a semantic class (not the ignore value)")
