@@ -2,7 +2,8 @@
 
 report.json   the summary: every measure's distribution, label-space usage, instance purity,
               image class -> semantic classes, the worst images by each measure
-samples.csv   one row per image: its measures (what `c2f filter` selects on)
+samples.parquet  the shards' tables (one row per input) extended with each image's measures (what
+              `c2f filter` selects on); `--csv`: also as samples.csv
 report.html   the same for a person, self-contained (plots as embedded PNGs)
 img/*.png     the plots and overlay strips as files
 
@@ -38,9 +39,11 @@ from .measures import (
     measure_shard,
 )
 from .output import Output, SemanticClasses, map_shards, open_output, read_some, semantic_classes
-from .table import write_csv
+from .table import write_parquet, write_table_csv
 
 REPORT_KIND = "c2f-report-v1"
+SAMPLES = "samples.parquet"  # the per-input table: what `c2f filter` reads
+SAMPLES_CSV = "samples.csv"  # the same, with --csv
 TILE = 192  # overlay tiles in the worst-image strips
 
 
@@ -73,6 +76,7 @@ class Measured:
     purity_hist: np.ndarray
     out_of_range: int
     problems: list[dict[str, Any]]
+    table: Any = None  # the report's per-input table (pyarrow), in shard order
 
 
 class Merger:
@@ -80,6 +84,7 @@ class Merger:
 
     def __init__(self, n_shards: int, k: int):
         self.rows: list[dict[str, np.ndarray] | None] = [None] * n_shards
+        self.tables: list[Any] = [None] * n_shards
         self.m = Measured(
             columns={},
             class_pixels=np.zeros(k + 1, np.int64),
@@ -94,6 +99,7 @@ class Merger:
     def add(self, i: int, p: ShardMeasures) -> None:
         m = self.m
         self.rows[i] = p.columns
+        self.tables[i] = p.rows
         m.class_pixels += p.class_pixels
         m.class_images += p.class_images
         for cls, v in p.by_image_class.items():
@@ -109,6 +115,9 @@ class Merger:
     def result(self) -> Measured:
         parts = [r for r in self.rows if r is not None]
         self.m.columns = {c: np.concatenate([r[c] for r in parts]) for c in COLUMNS}
+        import pyarrow as pa
+
+        self.m.table = pa.concat_tables([t for t in self.tables if t is not None])
         return self.m
 
 
@@ -182,7 +191,7 @@ def summarize(output: Output, space: SemanticClasses, m: Measured, seconds: floa
     ]
     synsets = output.manifest.plan.classes
     image_classes = []
-    counts = np.bincount(cols["cls"][cols["cls"] >= 0]) if n else np.zeros(0, np.int64)
+    counts = np.bincount(cols["cls_index"][cols["cls_index"] >= 0]) if n else np.zeros(0, np.int64)
     for cls in sorted(m.by_image_class):
         v = m.by_image_class[cls]
         lab = v[:k].sum()
@@ -411,7 +420,8 @@ def page(summary: dict[str, Any], lab: LabelerInfo, pictures: dict[str, bytes], 
         )
     example = f"c2f filter {s['output']} --where 'coverage > 0.5 and instances >= 1' --out subset.json"
     parts.append(
-        "<p class=muted>Files: report.json (this summary), samples.csv (one row per image). Select images by "
+        "<p class=muted>Files: report.json (this summary), samples.parquet (one row per input, with its "
+        "measures). Select images by "
         f"these measures: <code>{render.esc(example)}</code>.</p>"
     )
     return render.page(f"c2f report: {s['output']}", "".join(parts))
@@ -425,7 +435,8 @@ def run(cfg: ReportConfig) -> int:
     output = open_output(cfg.output)
     space = semantic_classes(output.manifest, cfg.things)
     merger = Merger(len(output.shards), space.num_classes)
-    for i, part in map_shards(measure_shard, [(u, space) for u in output.shards], cfg.workers, "report", cfg.progress):
+    jobs = [(u, space, output.manifest.plan.classes) for u in output.shards]
+    for i, part in map_shards(measure_shard, jobs, cfg.workers, "report", cfg.progress):
         merger.add(i, part)
     measured = merger.result()
     seconds = time.perf_counter() - t0
@@ -439,7 +450,11 @@ def run(cfg: ReportConfig) -> int:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_pictures(out_dir / "img", pictures)
-    write_csv(out_dir / "samples.csv", measured.columns)
+    write_parquet(out_dir / SAMPLES, measured.table)
+    if cfg.csv:
+        write_table_csv(out_dir / SAMPLES_CSV, measured.table)
+    else:  # a CSV of an earlier run would no longer describe these shards
+        (out_dir / SAMPLES_CSV).unlink(missing_ok=True)
     atomic_write_json(out_dir / "report.json", render.json_safe(summary))
     atomic_write_bytes(out_dir / "report.html", page(summary, output.manifest.labeler, pictures, skipped).encode())
     n = summary["samples"]
@@ -454,7 +469,7 @@ def run(cfg: ReportConfig) -> int:
             print(f"  {name:<10} mean {q['mean']}, 5% {q['p05']}, median {q['median']}")
     if measured.problems:
         print(f"{len(measured.problems)} problem(s) (see the report; run `c2f validate {cfg.output}`)")
-    print(f"report: {out_dir / 'report.html'} (and report.json, samples.csv)")
+    print(f"report: {out_dir / 'report.html'} (and report.json, {SAMPLES}{', ' + SAMPLES_CSV if cfg.csv else ''})")
     return 1 if measured.problems else 0
 
 

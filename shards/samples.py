@@ -25,6 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from . import format as fmt
+from .location import read_bytes
+
 PACKED = "packed"  # in the shard's tar, at `index`
 QUARANTINED = "quarantined"  # in no shard: `stage` and `reason` say why (also in quarantine.jsonl)
 STATUSES = (PACKED, QUARANTINED)
@@ -246,3 +249,19 @@ def read_rows(data: bytes, what: str = "table") -> list[SampleRow]:
         if r.status not in STATUSES:
             raise TableError(f"{what}: {r.key}: status {r.status[:20]!r} is neither {PACKED} nor {QUARANTINED}")
     return rows
+
+
+def read_url(url: str) -> list[SampleRow] | None:
+    """The table at `url` (local or any fsspec URL, at most `fmt.MAX_TABLE_BYTES`); None when it does
+    not exist; `TableError` when it cannot be read or is not a shard table."""
+    try:
+        data = read_bytes(url, fmt.MAX_TABLE_BYTES)
+    except (OSError, ValueError) as e:
+        raise TableError(f"cannot read it: {e}") from None
+    return None if data is None else read_rows(data, url.rstrip("/").rsplit("/", 1)[-1])
+
+
+def url_beside(shard_url: str) -> str:
+    """The table's URL beside the tar at `shard_url`."""
+    head, _, name = shard_url.rpartition("/")
+    return f"{head}/{fmt.table_name(name)}" if head else fmt.table_name(name)

@@ -44,7 +44,7 @@ from .manifest import (
     read_plan_inputs,
 )
 from .pack import decode_png
-from .samples import PACKED, QUARANTINED, SampleRow, TableError, coverage, mean_score, read_rows
+from .samples import PACKED, QUARANTINED, SampleRow, TableError, coverage, mean_score, read_url
 from .tar import (  # noqa: F401 - the tar problem codes are finding codes too
     BAD_KEY,
     BAD_MEMBER,
@@ -290,15 +290,6 @@ def _row_disagrees(shard: str, key: str, row: SampleRow, meta: SampleMeta, size,
     return [Finding(shard, key, BAD_TABLE, f"{fmt.table_name(shard)} says {'; '.join(wrong[:3])}")]
 
 
-def read_shard_table(url: str) -> list[SampleRow] | None:
-    """A shard's table (None when it does not exist); `TableError` when it is not one."""
-    try:
-        data = read_bytes(url, fmt.MAX_TABLE_BYTES)
-    except (OSError, ValueError) as e:
-        raise TableError(f"cannot read it: {e}") from None
-    return None if data is None else read_rows(data, url.rstrip("/").rsplit("/", 1)[-1])
-
-
 def check_table(shard: str, rows: list[SampleRow], tar_keys: list[str], expect: Expect) -> list[Finding]:
     """The table against its tar (its packed rows are the tar's samples, in order, at their
     positions), the quarantine (its quarantined rows are this shard's lines of quarantine.jsonl, with
@@ -440,7 +431,7 @@ def _shard_table(name: str, expect: Expect, tar_keys: list[str], findings: list[
     if expect.table is None:
         return {}
     try:
-        rows = read_shard_table(expect.table)
+        rows = read_url(expect.table)
     except TableError as e:
         findings.append(Finding(name, None, BAD_TABLE, str(e)))
         return {}

@@ -9,13 +9,19 @@ import numpy as np
 import pytest
 
 from c2f.cli import main
-from quality.table import read_csv
 from shards import format as fmt
 from shards.image import prepare_image
 from shards.manifest import LabelerInfo, LabelSpace, PlanHeader, ShardStats, write_dataset_files, write_stats
 from shards.pack import Instance, Labels, pack_sample
 from shards.synthetic import encode_jpeg, make_scene
 from shards.writer import ShardWriter
+
+
+def read_samples(report_dir):
+    """The report's per-input table (samples.parquet), by column; nulls as NaN in number columns."""
+    import pandas as pd
+
+    return pd.read_parquet(report_dir / "samples.parquet")
 
 
 def replay_scenes(n: int, seed: int = 0):
@@ -33,7 +39,7 @@ def test_measures_of_synthetic_scenes_equal_their_known_values(synthetic_ds, cap
     assert main(["report", str(synthetic_ds), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert f"report: {synthetic_ds / 'report' / 'report.html'}" in out
-    rows = read_csv(synthetic_ds / "report" / "samples.csv")
+    rows = read_samples(synthetic_ds / "report")
     scenes = replay_scenes(12)
     assert rows["key"].tolist() == [f"scene_{j:08d}" for j in range(12)]
     class_pixels = np.zeros(6, np.int64)
@@ -56,7 +62,7 @@ def test_measures_of_synthetic_scenes_equal_their_known_values(synthetic_ds, cap
             "width": 224,
             "height": 160,
             "index": j % 4,
-            "cls": max(records, key=lambda r: r.area).category,
+            "cls_index": max(records, key=lambda r: r.area).category,
         }
         for name, value in expect.items():
             assert rows[name][j] == pytest.approx(value, rel=1e-5, abs=1e-9), (j, name)
@@ -103,7 +109,7 @@ def test_measures_worked_out_by_hand(tmp_path, capsys):
     ds = tmp_path / "hm"
     write_handmade(ds, LabelSpace(names, {"1": "car"}))  # the manifest names the things
     assert main(["report", str(ds), "--no-progress", "--worst", "1"]) == 0
-    rows = read_csv(ds / "report" / "samples.csv")
+    rows = read_samples(ds / "report")
     a, b = ({k: v[i] for k, v in rows.items()} for i in (0, 1))
     assert a["coverage"] == pytest.approx(0.8)
     assert a["entropy"] == pytest.approx(1.0) and a["classes"] == 2  # 80 px road, 80 px car
@@ -125,9 +131,41 @@ def test_measures_worked_out_by_hand(tmp_path, capsys):
     assert report["image_classes"][0]["top"][0] == {"id": 2, "name": "sky", "share": pytest.approx(200 / 360)}
     # --things overrides the manifest; without a thing list, each image's instance categories stand in.
     assert main(["report", str(ds), "--no-progress", "--things", "0"]) == 0
-    assert read_csv(ds / "report" / "samples.csv")["thing_fraction"][0] == pytest.approx((16 + 12) / 52)
+    assert read_samples(ds / "report")["thing_fraction"][0] == pytest.approx((16 + 12) / 52)
     assert main(["report", str(ds), "--no-progress", "--things", "0-x"]) == 2
     capsys.readouterr()
+
+
+def test_the_table_extends_the_shard_tables(tmp_path):
+    """samples.parquet: every row of the shards' tables (a quarantined input too) with the measures of
+    its sample; without a table (an output made before them), a row per sample from its JSON."""
+    import pandas as pd
+
+    from shards.samples import InputRef, Packed, shard_rows, table_bytes
+
+    ds = tmp_path / "hm"
+    write_handmade(ds, LabelSpace({"0": "road", "1": "car", "2": "sky"}))
+    assert main(["report", str(ds), "--no-progress", "--worst", "0"]) == 0
+    old = read_samples(ds / "report")
+    assert old["key"].tolist() == ["a", "b"] and old["source"].tolist() == ["a.jpg", "b.jpg"]
+    assert old["cls"].tolist() == ["n0", "n0"] and old["status"].tolist() == ["packed"] * 2
+    assert old["read_ms"].isna().all() and not (ds / "report" / "samples.csv").exists()
+
+    inputs = [InputRef(k, f"{k}.jpg", "n0", 0, 100) for k in "abc"]
+    packed = {"a": Packed(0, 20, 10, 2, 0.8, 0.7), "b": Packed(1, 20, 10, 0, 1.0, None)}
+    times = {"a": {"read": 1.5, "decode": 2.0}, "c": {"read": 0.5}}
+    rows = shard_rows("hm-000000.tar", inputs, packed, {"c": ("decode", "decode failed: truncated")}, times)
+    (ds / "hm-000000.parquet").write_bytes(table_bytes(rows))
+    assert main(["report", str(ds), "--no-progress", "--worst", "0", "--csv"]) == 0
+    t = read_samples(ds / "report")
+    assert t["key"].tolist() == ["a", "b", "c"] and t["status"].tolist() == ["packed", "packed", "quarantined"]
+    assert t["read_ms"].tolist()[0] == 1.5 and t["stage"][2] == "decode" and t["reason"][2].startswith("decode")
+    assert t["purity"][0] == pytest.approx(28 / 52) and t["coverage"][0] == pytest.approx(0.8)
+    assert t[["coverage", "instances", "purity", "width", "index"]].iloc[2].isna().all()  # quarantined: no measures
+    assert json.loads((ds / "report" / "report.json").read_text())["samples"] == 2  # the measures are of samples
+    csv = pd.read_csv(ds / "report" / "samples.csv")
+    assert csv["key"].tolist() == ["a", "b", "c"] and csv["purity"][0] == pytest.approx(28 / 52)
+    assert list(csv.columns) == list(t.columns)
 
 
 def test_page_is_self_contained(synthetic_ds):
