@@ -316,8 +316,9 @@ def plots(summary: dict[str, Any]) -> dict[str, bytes]:
 
 
 def page(summary: dict[str, Any], lab: LabelerInfo, pictures: dict[str, bytes], skipped: dict[str, str]) -> str:
+    """report.html (quality/templates/report.html): the summary's numbers as the page shows them."""
     fmt_n = render.fmt_num
-    s, parts = summary, []
+    s = summary
     notes = []
     if lab.weight_free:
         notes.append(lab.note or "Weight-free labels: no learned model made them.")
@@ -325,106 +326,47 @@ def page(summary: dict[str, Any], lab: LabelerInfo, pictures: dict[str, bytes], 
         notes.append("These labels come from random models and carry no meaning: " + (lab.note or ""))
     if lab.empty_labels:
         notes.append("These shards carry empty labels (preset 'empty').")
-    parts.append(
-        f"<p><b>{render.esc(s['output'])}</b>: {s['samples']} images in {s['shards']} shards, labeler "
-        f"<b>{render.esc(lab.preset)}</b>; measured in {s['seconds']} s.</p>"
-    )
-    parts += [f'<p class="note">{render.esc(n)}</p>' for n in notes]
-    if s["problem_count"]:
-        parts.append(
-            f'<p class="note">{s["problem_count"]} sample(s) or shard(s) could not be measured: see Problems '
-            f"below, and run <code>c2f validate</code>.</p>"
-        )
-    parts.append("<h2>Per-image measures</h2>")
-    rows = [
-        [name, d["help"], *(fmt_n(d.get(q, math.nan)) for q in ("mean", "p05", "median", "p95")), d["undefined"]]
-        for name, d in s["measures"].items()
-    ]
-    parts.append(render.table(["measure", "what it is", "mean", "5%", "median", "95%", "undefined"], rows, left=2))
-    parts.append(render.img(pictures["measures"], "histograms of the per-image measures"))
-    parts.append(
-        f"<p class=muted>Thing classes (for thing_fraction): {render.esc(s['things']['rule'])}. "
-        "Undefined: the measure has no value for that image (no instances, no thing list).</p>"
-    )
-    parts.append("<h2>Instances</h2>")
-    parts.append(
-        f"<p>{s['instances']['total']} instances. Purity: the share of an instance's pixels in its majority "
-        "semantic class; low purity means the two maps disagree about what the instance is.</p>"
-    )
-    parts.append(render.img(pictures["instances"], "instance area and purity"))
     ls = s["label_space"]
-    parts.append("<h2>Label space usage</h2>")
-    parts.append(
-        f"<p>{len(ls['classes']) - len(ls['never_predicted'])} of {len(ls['classes'])} classes used; "
-        f"{100 * ls['unlabelled_pixel_share']:.2f}% of pixels unlabelled (ignore)"
-        + (f"; {ls['out_of_range_pixels']} pixels out of range" if ls["out_of_range_pixels"] else "")
-        + ".</p>"
-    )
-    for key in ("classes_top", "classes_bottom"):
-        if key in pictures:
-            parts.append(render.img(pictures[key], key))
     used = sorted((c for c in ls["classes"] if c["pixels"]), key=lambda c: (-c["pixels"], c["id"]))
     shown = used if len(used) <= 40 else used[:20] + used[-20:]
-    parts.append(
-        render.table(
-            ["class", "% of labelled pixels", "% of images"],
-            [
-                [f"{c['id']} {c['name']}", f"{100 * c['pixel_share']:.2f}", f"{100 * c['image_share']:.1f}"]
-                for c in shown
-            ],
+    worst = []
+    for name, picks in s["worst"].items():
+        direction = next(m.worst for m in MEASURES if m.name == name)
+        worst.append(
+            {
+                "name": name,
+                "direction": "lowest" if direction == "low" else "highest",
+                "strip": pictures.get(f"worst_{name}"),
+                "rows": [[p["key"], p["shard"], fmt_n(p["value"])] for p in picks],
+            }
         )
-        + (
-            "<p class=muted>The 20 most and the 20 least frequent classes; report.json lists all.</p>"
-            if shown != used
-            else ""
-        )
-    )
-    never = [f"{c['id']} {c['name']}" for c in ls["classes"] if c["pixels"] == 0]
-    if never:
-        parts.append(f"<p>Never predicted ({len(never)}): {render.esc(', '.join(never))}</p>")
-    if s["image_classes"]:
-        parts.append("<h2>Image classes &rarr; semantic classes</h2>")
-        parts.append(
-            "<p>For each image-level class (the input's folders, e.g. ImageNet synsets), its most frequent "
-            "semantic classes by share of labelled pixels: a sanity check (dog images should be "
-            "mostly animal classes, not sky).</p>"
-        )
-        rows = [
+    return render.page(
+        "report.html",
+        title=f"c2f report: {s['output']}",
+        s=s,
+        labeler=lab,
+        notes=notes,
+        pictures=pictures,
+        measure_rows=[
+            [name, d["help"], *(fmt_n(d.get(q, math.nan)) for q in ("mean", "p05", "median", "p95")), d["undefined"]]
+            for name, d in s["measures"].items()
+        ],
+        class_rows=[
+            [f"{c['id']} {c['name']}", f"{100 * c['pixel_share']:.2f}", f"{100 * c['image_share']:.1f}"] for c in shown
+        ],
+        classes_cut=shown != used,
+        never=[f"{c['id']} {c['name']}" for c in ls["classes"] if c["pixels"] == 0],
+        image_class_rows=[
             [
                 f"{c['index']} {c['synset'] or ''}".strip(),
                 c["images"],
                 *[f"{t['name']} {100 * t['share']:.0f}%" for t in c["top"]] + [""] * (3 - len(c["top"])),
             ]
             for c in s["image_classes"]
-        ]
-        parts.append(render.table(["image class", "images", "1st", "2nd", "3rd"], rows, left=1))
-    parts.append("<h2>Worst images by measure</h2>")
-    for name, picks in s["worst"].items():
-        direction = next(m.worst for m in MEASURES if m.name == name)
-        parts.append(f"<h3>{render.esc(name)} ({'lowest' if direction == 'low' else 'highest'})</h3>")
-        strip = pictures.get(f"worst_{name}")
-        if strip:
-            parts.append(render.img(strip, f"worst by {name}"))
-        else:
-            parts.append(
-                render.table(["key", "shard", name], [[p["key"], p["shard"], fmt_n(p["value"])] for p in picks])
-            )
-    for name, why in skipped.items():
-        parts.append(f"<p class=muted>{render.esc(name)}: no worst images ({render.esc(why)}).</p>")
-    if s["problems"]:
-        parts.append("<h2>Problems</h2>")
-        parts.append(
-            render.table(
-                ["shard", "key", "problem"], [[p["shard"], p["key"] or "", p["message"]] for p in s["problems"]], left=3
-            )
-        )
-    example = f"c2f filter {s['output']} --where 'coverage > 0.5 and instances >= 1' --out subset.json"
-    parts.append(
-        "<p class=muted>Files: report.json (this summary), samples.parquet (one row per input, with its "
-        "measures). Select images by "
-        f"these measures: <code>{render.esc(example)}</code>.</p>"
+        ],
+        worst=worst,
+        skipped=skipped,
     )
-    return render.page(f"c2f report: {s['output']}", "".join(parts))
 
 
 def run(cfg: ReportConfig) -> int:

@@ -168,6 +168,37 @@ def test_the_table_extends_the_shard_tables(tmp_path):
     assert list(csv.columns) == list(t.columns)
 
 
+def test_markup_in_names_is_escaped_in_report_and_compare(tmp_path):
+    """Names a page shows come from folders, files and manifests that anyone may write: an output
+    folder, a class folder (the synset), a class name and a file in a shard with markup in them
+    are text on both pages, never markup (the templates autoescape)."""
+    import html
+    import io
+    import tarfile
+
+    mark = '<img src=x onerror=alert("c2f")>'  # a name a folder or a file can have (no slash)
+    ds = tmp_path / f"out{mark}"
+    write_handmade(ds, LabelSpace({"0": "road<script>alert(1)</script>", "1": "car", "2": "sky"}, {"1": "car"}))
+    m = json.loads((ds / "manifest.json").read_text())
+    m["plan"]["classes"] = [f"n0{mark}"]  # a class folder
+    (ds / "manifest.json").write_text(json.dumps(m))
+    with tarfile.open(ds / fmt.shard_name("hm", 0), "a") as tf:  # a file of the shard named with markup
+        ti = tarfile.TarInfo(f"b.{mark}.txt")
+        ti.size = 1
+        tf.addfile(ti, io.BytesIO(b"x"))
+    assert main(["report", str(ds), "--no-progress", "--worst", "1"]) == 1  # the stray file is a problem
+    out = tmp_path / "c"
+    assert main(["compare", str(ds), str(ds), "--out", str(out), "--no-progress", "--matching", "hungarian"]) == 1
+    escaped = html.escape(mark).replace("&quot;", "&#34;")
+    report, compare = (ds / "report" / "report.html").read_text(), (out / "compare.html").read_text()
+    for text in (report, compare):
+        assert "<img src=x" not in text and "<script" not in text
+        assert text.count(f"out{escaped}") >= 2  # title and text: the output folder
+        assert f"b.{escaped}.txt" in text  # the file's name, in the problem it is
+        assert "road&lt;script&gt;alert(1)&lt;/script&gt;" in text  # the class name (the matching table in compare)
+    assert f"n0{escaped}" in report  # the class folder, in the image classes table
+
+
 def test_page_is_self_contained(synthetic_ds):
     assert main(["report", str(synthetic_ds), "--no-progress", "--out", str(synthetic_ds / "r")]) == 0
     page = (synthetic_ds / "r" / "report.html").read_text()
@@ -222,3 +253,36 @@ def test_output_behind_an_fsspec_url(synthetic_ds, tmp_path, capsys):
         assert json.loads((out / "report.json").read_text())["samples"] == 12
     finally:
         fs.rm("/report-ds", recursive=True)
+
+
+def test_an_installed_c2f_finds_its_page_templates(tmp_path):
+    """The templates ship as package data: a wheel built from this tree holds them, and the pages
+    render from an unpacked copy of it, away from the source tree."""
+    import shutil
+    import zipfile
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(repo / name, src / name)
+    for pkg in ("c2f", "labeler", "pipelines", "quality", "shards", "c2fmae"):
+        shutil.copytree(repo / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(src), "-w"]
+    r = subprocess.run([*cmd, str(tmp_path / "wheel")], cwd=src, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (wheel,) = (tmp_path / "wheel").glob("c2f-*.whl")
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    assert sorted(p.name for p in (site / "quality" / "templates").iterdir()) == sorted(
+        p.name for p in (repo / "quality" / "templates").iterdir()
+    )
+    code = (
+        f"import quality.render as r; assert r.__file__.startswith({str(site)!r}), r.__file__;"
+        "print(r.page('base.html', title='<t>'))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(site)}, capture_output=True, text=True
+    )
+    assert r.returncode == 0 and "<title>&lt;t&gt;</title>" in r.stdout, r.stderr
