@@ -223,7 +223,7 @@ def process_shard(job: ShardJob, labeler: Labeler) -> ShardStats:
                 store.publish(Path(staging) / job.shard, job.shard)  # the tar first, then its done-marker
     finally:
         store.discard_staging(staging)
-    with timer("publish"):  # the table (written atomically) between the tar and the done-marker
+    with timer("table"):  # the shard's table (written atomically) between the tar and the done-marker
         table = table_bytes(_table_rows(job, quarantine, packed, timer, stamps))
         store.write_bytes(fmt.table_name(job.shard), table)
     stats = ShardStats(
