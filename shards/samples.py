@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from . import format as fmt
+from .format import display
 from .location import read_bytes
 
 PACKED = "packed"  # in the shard's tar, at `index`
@@ -45,7 +46,7 @@ class SampleRow:
     columns with these same words."""
 
     key: str = _doc("the sample key (docs/FORMAT.md, Keys)")
-    source: str = _doc("path of the input relative to the input root")
+    source: str = _doc("path of the input relative to the input root (bytes that are not UTF-8 as `\\udcXX`)")
     shard: str = _doc("the shard the plan gave the input to (`{prefix}-NNNNNN.tar`), as in quarantine.jsonl")
     index: int | None = _doc("position of the sample in its tar (what wids addresses); null when quarantined")
     cls: str | None = _doc("image-level class: the synset (ImageNet folder) or class name; null without classes")
@@ -152,7 +153,8 @@ def shard_rows(
         t = times.get(it.key, {})
         ms = {f"{s}_ms": (round(t[s], 3) if s in t else None) for s in STAGE_TIMES}
         p = packed.get(it.key)
-        base = dict(key=it.key, source=it.source, shard=shard, cls=it.cls, cls_index=it.cls_index)
+        # Parquet strings are UTF-8: a file name that is not (PEP 383 surrogates) keeps its bytes as escapes.
+        base = dict(key=it.key, source=display(it.source), shard=shard, cls=it.cls, cls_index=it.cls_index)
         base["input_bytes"] = it.input_bytes if it.input_bytes is None or it.input_bytes >= 0 else None
         if p is not None:
             rows.append(
@@ -178,7 +180,7 @@ def shard_rows(
                 index=None,
                 status=QUARANTINED,
                 stage=stage,
-                reason=reason,
+                reason=display(reason),
                 width=None,
                 height=None,
                 instances=None,

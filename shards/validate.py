@@ -269,7 +269,7 @@ def _row_disagrees(shard: str, key: str, row: SampleRow, meta: SampleMeta, size,
     """Where a packed sample's row of the table differs from its JSON and maps (one finding)."""
     wrong = []
     facts = {
-        "source": (row.source, meta.source),
+        "source": (row.source, fmt.display(meta.source)),
         "width": (row.width, meta.width if size is None else size[0]),
         "height": (row.height, meta.height if size is None else size[1]),
         "cls_index": (row.cls_index, meta.class_.index if meta.class_ is not None else None),
@@ -349,7 +349,7 @@ def check_table(shard: str, rows: list[SampleRow], tar_keys: list[str], expect: 
             "lists",
             fmt.PLAN_INPUTS,
         )
-        wrong = sorted(k for k, src in sources.items() if k in planned and planned[k][0] != src)
+        wrong = sorted(k for k, src in sources.items() if k in planned and fmt.display(planned[k][0]) != src)
         if wrong:
             out.append(Finding(shard, wrong[0], BAD_TABLE, f"{table}: {len(wrong)} source(s) differ from the plan"))
     return out

@@ -94,3 +94,13 @@ def test_table_names_sit_beside_their_shards():
     assert fmt.parse_table_name("c2f-000007.parquet") == "c2f-000007.tar"
     assert fmt.parse_table_name("samples.parquet") is None and fmt.parse_table_name("c2f-000007.tar") is None
     assert fmt.parse_shard_name("c2f-000007.parquet") is None  # no shard listing ever sees a table
+
+
+def test_a_table_keeps_a_file_name_that_is_not_utf8():
+    """Parquet strings are UTF-8: a name with undecodable bytes (PEP 383) keeps them as escapes."""
+    from shards.samples import InputRef, read_rows, shard_rows, table_bytes
+
+    name = "n0/caf\udce9.JPEG"
+    rows = shard_rows("c2f-000000.tar", [InputRef("caf_", name, None, None, 5)], {}, {"caf_": ("read", name)}, {})
+    (row,) = read_rows(table_bytes(rows))
+    assert row.source == row.reason == fmt.display(name) == "n0/caf\\udce9.JPEG" and row.status == "quarantined"
