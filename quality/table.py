@@ -26,6 +26,8 @@ from .measures import INT_COLUMNS, MEASURE_NAMES
 TEXT_COLUMNS = {"key", "shard", "synset"}
 # The report's table: the shard table's columns, then the measures it does not have.
 REPORT_COLUMNS = list(COLUMN_NAMES) + [m for m in MEASURE_NAMES if m not in COLUMN_NAMES]
+# What the report's pass knows better than the shard task did: the measures, and where the sample is.
+MEASURED = {*MEASURE_NAMES, "index", "width", "height"}
 
 
 def report_schema():
@@ -52,7 +54,7 @@ def extend(shard: str, rows: list[SampleRow] | None, measured: dict[str, np.ndar
     def add(base: dict, i: int | None) -> None:
         for c in REPORT_COLUMNS:
             v = base.get(c)
-            if i is not None and c in measured and c not in ("key", "shard", "source"):
+            if i is not None and c in MEASURED:
                 v = measured[c][i].item()
                 v = None if isinstance(v, float) and math.isnan(v) else v
             out[c].append(v)

@@ -163,6 +163,7 @@ def test_the_table_extends_the_shard_tables(tmp_path):
     assert t["purity"][0] == pytest.approx(28 / 52) and t["coverage"][0] == pytest.approx(0.8)
     assert t[["coverage", "instances", "purity", "width", "index"]].iloc[2].isna().all()  # quarantined: no measures
     assert json.loads((ds / "report" / "report.json").read_text())["samples"] == 2  # the measures are of samples
+    assert t["cls"].tolist() == ["n0"] * 3 and t["cls_index"].tolist() == [0] * 3
     csv = pd.read_csv(ds / "report" / "samples.csv")
     assert csv["key"].tolist() == ["a", "b", "c"] and csv["purity"][0] == pytest.approx(28 / 52)
     assert list(csv.columns) == list(t.columns)
@@ -286,3 +287,22 @@ def test_an_installed_c2f_finds_its_page_templates(tmp_path):
         [sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(site)}, capture_output=True, text=True
     )
     assert r.returncode == 0 and "<title>&lt;t&gt;</title>" in r.stdout, r.stderr
+
+
+def test_extend_keeps_the_tables_facts_and_adds_the_measures():
+    """quality.table.extend: the measures (and the sample's place) from the report's pass, the rest
+    of the row as the shard task wrote it (an image without a class stays without one)."""
+    from quality.measures import COLUMNS, as_arrays
+    from quality.table import REPORT_COLUMNS, extend
+    from shards.samples import InputRef, Packed, shard_rows
+
+    rows = shard_rows("s.tar", [InputRef("a", "x/a.png", None, None, 9)], {"a": Packed(0, 4, 2, 1, 0.5, 0.9)}, {}, {})
+    measured = {c: [] for c in COLUMNS}
+    values = {"key": "a", "shard": "s.tar", "index": 0, "cls_index": -1, "width": 4, "height": 2, "source": "x/a.png"}
+    for c in COLUMNS:
+        measured[c].append(values.get(c, 0.25 if c not in ("classes", "instances") else 1))
+    measured["score"][0] = math.nan
+    t = extend("s.tar", rows, as_arrays(measured), ["n0"]).to_pylist()[0]
+    assert list(t) == REPORT_COLUMNS
+    assert t["cls"] is None and t["cls_index"] is None and t["input_bytes"] == 9 and t["source"] == "x/a.png"
+    assert t["coverage"] == 0.25 and t["purity"] == 0.25 and t["score"] is None  # measured: NaN is null
