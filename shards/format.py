@@ -42,6 +42,8 @@ MAX_MEMBER_BYTES = 64 << 20  # one tar member, and one input file (ImageNet's la
 MAX_JSON_BYTES = 16 << 20  # one `.json` member, plan.json, a stats file: far above any real one
 MAX_MANIFEST_BYTES = 256 << 20  # manifest.json and plan.json (a 1.28M-shard manifest is ~200 MB)
 MAX_TABLE_BYTES = 64 << 20  # one shard's Parquet table (~60 bytes a row: 1000 rows are ~60 KB)
+MAX_TABLE_ROWS = 1_000_000  # rows of one shard's table: a shard of a million inputs is beyond any plan
+MAX_TABLE_UNPACKED_BYTES = 256 << 20  # the text of one table once decompressed (1000 real rows: ~100 KB)
 
 _SHARD_RE = re.compile(r"^(?P<prefix>.+)-(?P<index>\d{6})\.tar$")
 _KEY_BAD_CHARS = re.compile(r"[^A-Za-z0-9_\-]")

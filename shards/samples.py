@@ -216,30 +216,60 @@ class TableError(ValueError):
 
 def read_table(data: bytes, what: str = "table"):
     """A shard table's bytes -> an Arrow table with exactly `schema()`'s columns, in order. Columns
-    a newer writer added are dropped; a missing column, a type that does not cast (a number column
-    holding text), or a null in a required column is a `TableError` naming it."""
+    a newer writer added are not read; a missing column, a type that does not cast (a number column
+    holding text), a null in a required column, or more rows or text than the format's limits is a
+    `TableError` naming it."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    want = schema()
     try:
-        t = pq.read_table(pa.BufferReader(data))
+        meta = pq.read_metadata(pa.BufferReader(data))
+        have = meta.schema.to_arrow_schema()
     except Exception as e:  # noqa: BLE001 - pyarrow raises many types for a file that is not Parquet
         raise TableError(f"{what} is not a Parquet file: {str(e).splitlines()[0][:200] if str(e) else e}") from None
-    want = schema()
+    # What the file declares is checked before anything is decompressed: a zstd page of one repeated
+    # value is a few KB for a gigabyte.
+    if meta.num_rows > fmt.MAX_TABLE_ROWS:
+        raise TableError(f"{what} declares {meta.num_rows} rows, more than {fmt.MAX_TABLE_ROWS}")
+    for f in want:
+        if f.name not in have.names:
+            raise TableError(f"{what} has no column {f.name!r}")
+    text = [f.name for f in want if f.type == pa.string() and pa.types.is_string(have.field(f.name).type)]
+    try:
+        # Text columns stay dictionary-encoded until their size is known (below).
+        t = pq.read_table(pa.BufferReader(data), columns=list(want.names), read_dictionary=text)
+    except Exception as e:  # noqa: BLE001
+        raise TableError(f"{what} does not read: {str(e).splitlines()[0][:200] if str(e) else e}") from None
+    size = sum(_text_bytes(t.column(n)) for n in text)
+    if size > fmt.MAX_TABLE_UNPACKED_BYTES:
+        raise TableError(f"{what} holds {size} bytes of text, more than {fmt.MAX_TABLE_UNPACKED_BYTES}")
     cols = []
     for f in want:
-        if f.name not in t.column_names:
-            raise TableError(f"{what} has no column {f.name!r}")
         col = t.column(f.name)
         if col.type != f.type:
             try:
                 col = col.cast(f.type)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                raise TableError(f"{what}: column {f.name!r} is {col.type}, not {f.type}") from None
+                raise TableError(f"{what}: column {f.name!r} is {have.field(f.name).type}, not {f.type}") from None
         if not f.nullable and col.null_count:
             raise TableError(f"{what}: column {f.name!r} has {col.null_count} null(s)")
         cols.append(col)
     return pa.Table.from_arrays(cols, schema=want)
+
+
+def _text_bytes(col) -> int:
+    """Bytes a text column takes once its dictionary is expanded (without expanding it)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    total = 0
+    for chunk in col.chunks:
+        if pa.types.is_dictionary(chunk.type):
+            total += pc.sum(pc.take(pc.binary_length(chunk.dictionary), chunk.indices)).as_py() or 0
+        else:
+            total += chunk.nbytes
+    return total
 
 
 def read_rows(data: bytes, what: str = "table") -> list[SampleRow]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import random
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -303,8 +304,8 @@ def check_table(shard: str, rows: list[SampleRow], tar_keys: list[str], expect: 
         if absent:
             out.append(Finding(shard, absent[0], BAD_TABLE, f"{table} lacks {len(absent)} key(s) of {what}"))
 
-    keys = [r.key for r in rows]
-    dup = sorted({k for k in keys if keys.count(k) > 1}) if len(set(keys)) != len(keys) else []
+    seen = Counter(r.key for r in rows)
+    dup = sorted(k for k, n in seen.items() if n > 1)
     if dup:
         out.append(Finding(shard, dup[0], BAD_TABLE, f"{table} lists {len(dup)} key(s) twice"))
     other = [r.key for r in rows if r.shard != shard]

@@ -362,3 +362,24 @@ def test_tables_read_as_one_by_the_fields_tools(synthetic_ds):
     df = pd.concat(pd.read_parquet(p) for p in sorted(synthetic_ds.glob("*.parquet")))
     assert df["key"].tolist() == [f"scene_{j:08d}" for j in range(12)] and (df["width"] == 224).all()
     assert df["index"].tolist() == [0, 1, 2, 3] * 3 and df["coverage"].eq(1.0).all()
+
+
+def test_a_table_that_would_unpack_to_gigabytes_is_refused_unread(synthetic_ds, capsys):
+    """A few KB of Parquet can declare a million rows, or one text value repeated into gigabytes:
+    both are refused from what the file declares, before the text is expanded."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = synthetic_ds / SHARD0.replace(".tar", ".parquet")
+    cols = pq.read_table(path).to_pydict()
+    pq.write_table(pa.table({k: v * 300_000 for k, v in cols.items()}), path, compression="zstd")  # 1.2M rows
+    assert path.stat().st_size < 2_000_000
+    code, report = run_validate(capsys, synthetic_ds)
+    (f,) = findings(report, "bad-table")
+    assert code == 1 and "declares 1200000 rows, more than 1000000" in f["message"]
+    cols["source"] = ["x" * (100 << 20)] * 4  # 400 MB of text in a dictionary of one value
+    pq.write_table(pa.table(cols), path, compression="zstd")
+    assert path.stat().st_size < 1_000_000
+    code, report = run_validate(capsys, synthetic_ds)
+    (f,) = findings(report, "bad-table")
+    assert code == 1 and "bytes of text, more than 268435456" in f["message"]
