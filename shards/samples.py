@@ -173,7 +173,9 @@ def shard_rows(
                 )
             )
             continue
-        stage, reason = quarantined.get(it.key, ("pack", "not written (no label and no quarantine record)"))
+        # An input neither packed nor quarantined is a bug of the shard task: the row says so, and
+        # `c2f validate` finds it missing from quarantine.jsonl.
+        stage, reason = quarantined.get(it.key, (None, "neither packed nor quarantined by the shard task"))
         rows.append(
             SampleRow(
                 **base,
