@@ -26,6 +26,7 @@ FIXED_MTIME = 946684800  # 2000-01-01T00:00:00Z
 MANIFEST = "manifest.json"
 QUARANTINE = "quarantine.jsonl"
 STATS_SUFFIX = ".stats.json"
+TABLE_SUFFIX = ".parquet"  # the per-sample table beside each tar (shards.samples)
 PLAN = "plan.json"  # the plan header, written before the first shard
 PLAN_INPUTS = "plan.inputs.jsonl"  # the plan's inputs in plan order: shard i = lines [i*n, (i+1)*n)
 LABELER = "labeler.json"  # what the labeler of an output directory says of itself (shards.manifest.LabelerRecord)
@@ -43,6 +44,9 @@ MAX_PIXELS = 50_000_000
 MAX_MEMBER_BYTES = 64 << 20  # one tar member, and one input file (ImageNet's largest JPEG is ~15 MB)
 MAX_JSON_BYTES = 16 << 20  # one `.json` member, plan.json, a stats file: far above any real one
 MAX_MANIFEST_BYTES = 256 << 20  # manifest.json and plan.json (a 1.28M-shard manifest is ~200 MB)
+MAX_TABLE_BYTES = 64 << 20  # one shard's Parquet table (~60 bytes a row: 1000 rows are ~60 KB)
+MAX_TABLE_ROWS = 1_000_000  # rows of one shard's table: a shard of a million inputs is beyond any plan
+MAX_TABLE_UNPACKED_BYTES = 256 << 20  # the text of one table once decompressed (1000 real rows: ~100 KB)
 
 _SHARD_RE = re.compile(r"^(?P<prefix>.+)-(?P<index>\d{6})\.tar$")
 _KEY_BAD_CHARS = re.compile(r"[^A-Za-z0-9_\-]")
@@ -65,6 +69,20 @@ def parse_shard_name(name: str) -> tuple[str, int] | None:
 def stats_name(shard: str) -> str:
     """The per-shard done-marker, written only after the tar is in place."""
     return shard + STATS_SUFFIX
+
+
+def table_name(shard: str) -> str:
+    """`{prefix}-NNNNNN.parquet`, the per-sample table of shard `{prefix}-NNNNNN.tar` (shards.samples):
+    beside it, so `*.parquet` in an output directory is every shard's table and nothing else."""
+    return shard.removesuffix(".tar") + TABLE_SUFFIX
+
+
+def parse_table_name(name: str) -> str | None:
+    """The shard a table name belongs to (`c2f-000003.parquet` -> `c2f-000003.tar`), or None."""
+    if not name.endswith(TABLE_SUFFIX):
+        return None
+    shard = name.removesuffix(TABLE_SUFFIX) + ".tar"
+    return shard if parse_shard_name(shard) else None
 
 
 TEMP_MARK = ".tmp-"

@@ -155,7 +155,7 @@ def test_process_shard_on_a_full_output_then_again_with_space(tmp_path, monkeypa
     stats = process_shard(job, labeler)
     assert stats.samples == len(job.items) == 4
     assert _keys(out / job.shard) == [it.key for it in job.items]
-    assert sorted(os.listdir(out)) == [job.shard, fmt.stats_name(job.shard)]
+    assert sorted(os.listdir(out)) == sorted([job.shard, fmt.table_name(job.shard), fmt.stats_name(job.shard)])
 
 
 def test_process_shard_on_a_full_staging_space_publishes_nothing(s3, tmp_path, monkeypatch):  # noqa: F811
@@ -179,7 +179,8 @@ def test_process_shard_on_a_full_staging_space_publishes_nothing(s3, tmp_path, m
 
     monkeypatch.setattr(shards.writer, "open", Disk(10**9).open, raising=False)
     stats = process_shard(job, labeler)
-    assert stats.samples == 4 and sorted(store.list()) == [job.shard, fmt.stats_name(job.shard)]
+    assert stats.samples == 4
+    assert sorted(store.list()) == sorted([job.shard, fmt.table_name(job.shard), fmt.stats_name(job.shard)])
     local = tmp_path / job.shard
     local.write_bytes(store.read_bytes(job.shard))
     assert _keys(local) == [it.key for it in job.items]
