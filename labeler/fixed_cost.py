@@ -28,10 +28,10 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from shards.manifest import LabelerInfo, LabelSpace
 from shards.pack import Labels
 
 from .base import LocalLabeler
@@ -146,15 +146,13 @@ class FixedCostLabeler(LocalLabeler):
         inst = (rows[:, None] * 4 + cols[None, :] + 1).astype(np.uint16)
         return Labels(semantic, inst, instance_records(inst, [None] * 16, [1.0] * 16))
 
-    def label_space(self) -> dict[str, Any]:
-        return {"semantic": {"0": "dark", "1": "dim", "2": "bright", "3": "light"}, "instance": "class-agnostic"}
+    def label_space(self) -> LabelSpace:
+        return LabelSpace(semantic={"0": "dark", "1": "dim", "2": "bright", "3": "light"})
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "preset": "fixed-cost",
-            "models": [],
-            "seconds_per_image": self.seconds,
-            "host_seconds_per_image": self.host_seconds,
-            "random_labels": True,
-            "note": "synthetic labels from pixel brightness and a grid, for benchmarks and tests",
-        }
+    def describe(self) -> LabelerInfo:
+        return LabelerInfo(
+            "fixed-cost",
+            seconds_per_image=self.seconds,
+            random_labels=True,
+            note="synthetic labels from pixel brightness and a grid, for benchmarks and tests",
+        )

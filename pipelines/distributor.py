@@ -24,15 +24,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from labeler.base import LabelerLoadError
-from shards.errors import UsageError
-from shards.manifest import ShardStats
+from shards.errors import UsageError, first_line
+from shards.manifest import LabelerRecord, ShardStats, read_labeler_record, write_labeler_record
 from shards.store import Store
 
+from . import metrics
 from .plan import Plan
 from .resources import Request, Waiter, check_possible, cluster_view, shortfall
 from .worker import DecodeLimits, ShardJob
 
-LABELER_FILE = "labeler.json"  # what the labeler of this output directory says of itself
 POLL_SECONDS = 1.0  # how often a waiting job looks at the cluster's free resources
 
 # Presets without a model: each shard task builds its own labeler (there is nothing to load or to
@@ -129,7 +129,7 @@ def _shard_task(job: ShardJob, actor, settings=None) -> ShardStats:
 
 @dataclass
 class RunResult:
-    labeler_info: dict[str, Any] = field(default_factory=dict)
+    labeler_info: LabelerRecord | None = None  # None: no shard ran and the output has no labeler.json
     errors: list[str] = field(default_factory=list)
     images: int = 0  # inputs of the shards this run finished
     shards: int = 0  # shards this run finished
@@ -218,7 +218,7 @@ def init_ray(address: str) -> None:
         else:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
     except Exception as e:  # noqa: BLE001 - no cluster there, refused, wrong auth token
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         hint = ""
         if address != "local" and os.environ.get("RAY_AUTH_MODE") != "token":
             hint = " (a cluster with token authentication needs RAY_AUTH_MODE=token here: docs/RUNNING.md)"
@@ -247,10 +247,10 @@ def wait_for_resources(req: Request, timeout: float | None, static: bool) -> Non
         view = cluster_view()
 
 
-def start_pool(cfg: PoolSettings, settings):
+def start_pool(cfg: PoolSettings, settings, output: str = ""):
     """Create the actor pool and wait until every actor has its labeler (or one failed to build it);
-    returns (pool, labeler info). A preset of `IN_TASK_PRESETS` gets no pool: its labeler is built
-    here only to describe it."""
+    returns (pool, labeler record). A preset of `IN_TASK_PRESETS` gets no pool: its labeler is built
+    here only to describe it. `output` tags the actors' metrics."""
 
     from .pool import ActorPool, labeler_info, new_actor
 
@@ -268,7 +268,7 @@ def start_pool(cfg: PoolSettings, settings):
     threads = int(max(1, cfg.cpus_per_actor))
     budget = cfg.max_actor_failures_per_hour
     pool = ActorPool(
-        lambda name: new_actor(name, cfg.actor_batches, settings, threads, **options),
+        lambda name: new_actor(name, cfg.actor_batches, (settings, threads, output), **options),
         n,
         budget if budget >= 0 else 10 + 2 * n,
         cfg.wait_timeout,
@@ -295,19 +295,20 @@ def run_shards(
     import ray
 
     check_settings(cfg)
-    result = RunResult(labeler_info=out.read_json(LABELER_FILE) or {})
+    result = RunResult(labeler_info=read_labeler_record(out))
     if not todo:
         return result
     started = not ray.is_initialized()
     init_ray(cfg.address)
+    metrics.bind(out.root)
     pool = None
     try:
-        pool, info = start_pool(cfg, settings)
+        pool, info = start_pool(cfg, settings, out.root)
         # The labeler that labels this run's shards describes the dataset (settings are pinned per
         # output directory, so this only differs from a stored labeler.json after --overwrite).
         result.labeler_info = info
         result.pool_gpus = len(pool.slots) * _pool_shape(cfg)[1] if pool else 0.0
-        out.write_json(LABELER_FILE, info)
+        write_labeler_record(out, info)
         _run(plan, todo, out.root, cfg, pool, result, limits, settings)
     finally:
         if pool is not None and not started:
@@ -381,11 +382,13 @@ def _run(
                     continue
                 msg = f"{plan.shard_name(i)} attempt {attempts[i]}: {type(cause).__name__}: {cause}"[:500]
                 result.errors.append(msg)
+                metrics.shard_failed(type(cause).__name__)
                 if attempts[i] <= cfg.max_retries:
                     queue.append(i)
                 continue
             bar.update(stats.planned)
             result.add(stats)
+            metrics.shard_done(stats)
     finally:
         bar.close()
         if pool:

@@ -46,10 +46,11 @@ from typing import Any
 import ray
 
 from labeler.base import SUBMIT_LOCK, LabelerLoadError, is_device_fault
-from shards.errors import C2FError
+from shards.errors import C2FError, first_line
+from shards.manifest import LabelerRecord
 
+from . import metrics
 from .resources import REPORT_EVERY, ClusterBusy, cluster_view, describe
-from .worker import _first_line
 
 DEVICE_FAULT_EXIT = 75  # exit status of an actor process that ended itself after a device fault
 FAULT_GRACE_SECONDS = 2.0  # how long such a process lives on so that its `watch` answer reaches the driver
@@ -64,8 +65,8 @@ class PoolFailing(C2FError):
     exit_code = 1
 
 
-def labeler_info(labeler) -> dict[str, Any]:
-    return {"label_space": labeler.label_space(), "labeler": labeler.describe()}
+def labeler_info(labeler) -> LabelerRecord:
+    return LabelerRecord(labeler.label_space(), labeler.describe())
 
 
 class LabelActor:
@@ -76,8 +77,11 @@ class LabelActor:
     constructor only as text. `info`, `ready`, `watch` and `timings` run in the `control` group,
     so they answer while every labeling thread is busy."""
 
-    def __init__(self, settings, threads: int):
+    def __init__(self, settings, threads: int, output: str = ""):
         from labeler.registry import build_labeler
+
+        metrics.bind(output)  # this job's metrics (pipelines/metrics.py)
+        metrics.actor_started()
 
         # A thread that holds the GIL for host work (records, Python post-processing) hands it over
         # every switch interval; at Python's 5 ms the thread that would feed the device waits that
@@ -105,7 +109,7 @@ class LabelActor:
         self._images = 0
 
     @ray.method(concurrency_group="control")
-    def info(self) -> dict[str, Any]:
+    def info(self) -> LabelerRecord:
         if self.error is not None:
             raise self.error
         return labeler_info(self.labeler)
@@ -140,6 +144,7 @@ class LabelActor:
             raise
         finally:
             self._leave(t0)
+        metrics.batch_labeled(time.perf_counter() - t0)
         for r in results:
             if isinstance(r, BaseException) and is_device_fault(r):  # a labeler that returned it as an image's
                 self._end_process(r)
@@ -186,7 +191,7 @@ class LabelActor:
         with self._lock:
             first = self._fault is None
             if first:
-                self._fault = _first_line(e)
+                self._fault = first_line(e, typed=True)
         if first:
             print(f"labeling actor pid {os.getpid()}: device fault, ending the process:", file=sys.stderr)
             traceback.print_exception(e, file=sys.stderr)
@@ -196,12 +201,12 @@ class LabelActor:
         self._never.wait()
 
 
-def new_actor(name: str, batches: int, settings, threads: int, **options):
-    """A labeling actor named `name` (in `NAMESPACE`) with Ray `options`, and its thread groups:
-    `batches` labeling calls at once, and two control threads (`watch` waits in one)."""
+def new_actor(name: str, batches: int, args: tuple, **options):
+    """A `LabelActor(*args)` named `name` (in `NAMESPACE`) with Ray `options`, and its thread
+    groups: `batches` labeling calls at once, and two control threads (`watch` waits in one)."""
     cls = ray.remote(concurrency_groups={"control": 2})(LabelActor)
     cls = cls.options(name=name, namespace=NAMESPACE, max_concurrency=max(1, batches), **options)
-    return cls.remote(settings, threads)
+    return cls.remote(*args)
 
 
 def exit_cause(pid: int | None) -> str | None:
@@ -335,7 +340,7 @@ class ActorPool:
                 raise
             except ray.exceptions.RayActorError as e:  # dead for good: Ray will not restart it
                 if not slot.counted:
-                    cause = exit_cause(slot.last_pid) or _first_line(e)
+                    cause = exit_cause(slot.last_pid) or first_line(e, typed=True)
                     self._count(slot, f"cannot be restarted ({cause})", "a new actor takes its place")
                 self._replace(slot)
             else:
@@ -412,6 +417,7 @@ class ActorPool:
         self._up(slot, pid)
 
     def _replace(self, slot: Slot) -> None:
+        metrics.actor_replaced("died")  # a restart is counted by the restarted process itself
         slot.actor, slot.counted = self._new(slot.index), False
         slot.ping = slot.actor.ready.remote()
         self._refs[slot.ping] = slot
