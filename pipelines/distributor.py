@@ -374,8 +374,9 @@ def _run(
                 stats = ray.get(ready[0])
             except Exception as e:  # noqa: BLE001 - a failed unit of work is retried, then reported
                 cause = getattr(e, "cause", None) or e  # RayTaskError wraps the task's own exception
-                if isinstance(cause, LabelerLoadError):
-                    raise cause from None  # a restarted actor cannot build its labeler: configuration
+                if isinstance(cause, LabelerLoadError) or getattr(cause, "stops_job", False):
+                    # A restarted actor cannot build its labeler, the output is full: no retry can help.
+                    raise cause from None
                 if isinstance(cause, ray.exceptions.RayActorError):
                     attempts[i] -= 1  # its actor was lost for good (the pool replaces it): not the shard's failure
                     queue.append(i)

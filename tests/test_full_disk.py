@@ -281,11 +281,6 @@ def test_a_job_on_a_full_filesystem_fails_without_damage_then_a_rerun_completes_
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="the shard loop (pipelines/distributor.py) retries a shard task's OutputFull like any failure; "
-    "it is to end the job on an exception whose `stops_job` is true",
-)
 def test_a_job_on_a_full_filesystem_stops_at_the_first_full_shard(full_filesystem_run):
     rep, out, _ = full_filesystem_run
     code, stdout, stderr = rep["first"]
