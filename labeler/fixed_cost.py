@@ -23,7 +23,7 @@ class FixedCostLabeler(LocalLabeler):
     def __init__(self, seconds_per_image: float):
         self.seconds = seconds_per_image
 
-    def label(self, images: list[np.ndarray]) -> list[Labels]:
+    def label(self, images: list[np.ndarray], contexts=None) -> list[Labels]:
         deadline = time.perf_counter() + self.seconds * len(images)
         out = []
         for im in images:

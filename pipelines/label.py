@@ -56,6 +56,7 @@ class LabelConfig:
 def run(cfg: LabelConfig, pool: PoolSettings | None = None, settings: Settings | None = None) -> int:
     """The whole job; returns the exit code. User errors raise `shards.errors.UsageError`."""
     from labeler.base import LabelerLoadError
+    from labeler.presets_grounded import check_job
     from labeler.registry import PRESETS
     from shards import format as fmt
     from shards.manifest import read_done, write_dataset_files
@@ -75,6 +76,7 @@ def run(cfg: LabelConfig, pool: PoolSettings | None = None, settings: Settings |
     if out.local and not cfg.estimate:
         prepare_output(Path(out.root))  # before listing 1.28M inputs or starting Ray
     plan = make_plan(cfg.input, cfg.samples_per_shard, cfg.prefix)
+    check_job(settings, has_classes=plan.imagenet)  # text-prompted presets: prompts and models, before Ray
     if cfg.estimate > 0:
         from .estimate import estimate
 
@@ -85,7 +87,7 @@ def run(cfg: LabelConfig, pool: PoolSettings | None = None, settings: Settings |
         lock_output(Path(out.root))  # held until this process exits, however it exits
         remove_stale_temp_files(Path(out.root))
     check_or_write_plan(out, plan, cfg.overwrite)
-    check_or_write_settings(out, settings.to_json(), cfg.overwrite)
+    check_or_write_settings(out, settings.to_json(), cfg.overwrite, Settings().to_json())
     done = read_done(out)
     changed = changed_inputs(plan, done)
     for i, what in sorted(changed.items()):

@@ -22,11 +22,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from labeler.base import Labeler
+from labeler.base import ImageContext, Labeler
 from shards import format as fmt
 from shards.errors import first_line
 from shards.image import BadImage, PreparedImage, prepare_image
-from shards.manifest import Quarantined, ShardStats, write_stats
+from shards.manifest import GroundedCount, Quarantined, ShardStats, write_stats
 from shards.pack import Labels, pack_sample
 from shards.store import Store
 from shards.writer import ShardInfo, ShardWriter
@@ -168,8 +168,10 @@ def write_labeled(
     results: list,
     quarantine: Quarantine,
     timer: StageTimer | None = None,
+    grounded: GroundedCount | None = None,
 ) -> None:
-    """pack + write one labeled batch; a label or pack failure quarantines that image only."""
+    """pack + write one labeled batch; a label or pack failure quarantines that image only.
+    `grounded` counts the written images that a text prompt labeled, found or not found."""
     timer = timer if timer is not None else StageTimer()
     for (item, im), labels in zip(batch, results, strict=True):
         if isinstance(labels, Exception):
@@ -185,6 +187,9 @@ def write_labeled(
                 writer.write(item.key, members)  # checks key and members before writing a byte
         except (ValueError, TypeError, OverflowError) as e:
             quarantine.add(item, "pack", first_line(e, typed=True))
+            continue
+        if grounded is not None and labels.prompt is not None:
+            grounded.add(bool(labels.instances))
 
 
 def process_shard(job: ShardJob, labeler: Labeler) -> ShardStats:
@@ -194,10 +199,11 @@ def process_shard(job: ShardJob, labeler: Labeler) -> ShardStats:
     t0 = time.perf_counter()
     quarantine, timer = Quarantine(job.shard), StageTimer()
     stamps: dict[str, list[int]] = {}
+    grounded = GroundedCount()
     store = Store(job.out_dir)
     staging = store.staging_dir()
     try:
-        info = _write_shard(job, labeler, Path(staging) / job.shard, quarantine, timer, stamps)
+        info = _write_shard(job, labeler, Path(staging) / job.shard, quarantine, timer, stamps, grounded)
         if info.samples:
             with timer("publish"):
                 store.publish(Path(staging) / job.shard, job.shard)  # the tar first, then its done-marker
@@ -214,26 +220,36 @@ def process_shard(job: ShardJob, labeler: Labeler) -> ShardStats:
         seconds=round(time.perf_counter() - t0, 3),
         timings={k: round(v, 1) for k, v in timer.items()},
         inputs=stamps,
+        grounded=grounded if grounded.found + grounded.not_found else None,
     )
     write_stats(store, stats)
     return stats
 
 
 def _write_shard(
-    job: ShardJob, labeler: Labeler, path: Path, quarantine: Quarantine, timer: StageTimer, stamps: dict
+    job: ShardJob,
+    labeler: Labeler,
+    path: Path,
+    quarantine: Quarantine,
+    timer: StageTimer,
+    stamps: dict,
+    grounded: GroundedCount | None = None,
 ) -> ShardInfo:
     """read -> decode -> label -> pack -> write into a tar at `path` (atomically, by the writer).
-    `label_wait` is the time this task waited for labels beyond its own reading and decoding."""
+    `label_wait` is the time this task waited for labels beyond its own reading and decoding. Each
+    image goes to the labeler with its `ImageContext` (key and class), from which the text-prompted
+    presets make its prompt."""
     with ShardWriter(path) as writer:
 
         def finish(batch: list[tuple[Item, PreparedImage]], handle) -> None:
             with timer("label_wait"):
                 results = labeler.collect(handle) if batch else []
-            write_labeled(writer, batch, results, quarantine, timer)
+            write_labeled(writer, batch, results, quarantine, timer, grounded)
 
         pending = None
         for batch in decode_batches(job, quarantine, stamps, timer, labeler.needs_pixels):
-            handle = labeler.submit([im.labeler_input() for _, im in batch]) if batch else None
+            contexts = [ImageContext(it.key, it.class_index, it.synset) for it, _ in batch]
+            handle = labeler.submit([im.labeler_input() for _, im in batch], contexts) if batch else None
             if pending is not None:
                 finish(*pending)
             pending = (batch, handle)
