@@ -18,7 +18,7 @@ from pathlib import Path
 
 from shards.manifest import LabelerInfo, ModelInfo
 
-from .base import Labeler
+from .base import Labeler, LabelerLoadError
 from .config import Settings
 
 PROMPTED_PRESETS = frozenset({"grounded", "sam3", "tiny-random-grounded", "tiny-random-sam3"})
@@ -143,19 +143,31 @@ PRESETS = {
 }
 
 
+# The model types each source must have, by preset (checked on the driver, loaded in the actors).
+SOURCES = {
+    "grounded": (("grounding_model", "--grounding-model"), ("box_sam_model", "--box-sam-model")),
+    "sam3": (("sam3_model", "--sam3-model"),),
+}
+
+
 def check_job(s: Settings, has_classes: bool) -> None:
-    """What a job checks on the driver before it starts Ray, for a text-prompted preset (exit 2 in one
-    line): the --prompts file parses, the input has classes or the file gives prompts, and the model
-    sources that are paths exist."""
-    from .hub import check_source
+    """What a job checks on the driver before it starts a cluster, for a text-prompted preset: the
+    --prompts file parses, the input has classes or the file gives prompts, and every model's config
+    loads (a local directory, the cache, or one download) and is of the right kind. Each failure is
+    one line and exit 2, in seconds rather than after the labeling actors started."""
+    from .grounded import BOX_SAMS, DETECTORS
+    from .hub import model_type
     from .prompts import PromptTable, check_prompted_input
+    from .sam3 import SAM3_TYPES
 
     preset, g = s.labeler.preset, s.grounded
     if preset not in PROMPTED_PRESETS:
         return
     check_prompted_input(PromptTable.load(g.prompts), has_classes)
-    sources = {"grounded": [("--grounding-model", g.grounding_model), ("--box-sam-model", g.box_sam_model)]}
-    sources["sam3"] = [("--sam3-model", g.sam3_model)]
-    for what, source in [*sources.get(preset, []), ("--stuff-model", g.stuff_model)]:
-        if source:
-            check_source(source, what)
+    kinds = {"--grounding-model": DETECTORS, "--box-sam-model": BOX_SAMS, "--sam3-model": SAM3_TYPES}
+    for attr, what in SOURCES.get(preset, ()):
+        source = getattr(g, attr)
+        if (mt := model_type(source, what)) not in kinds[what]:
+            raise LabelerLoadError(f"{what} {source!r} is a {mt} model; expected {' or '.join(sorted(kinds[what]))}")
+    if g.stuff_model:
+        model_type(g.stuff_model, "--stuff-model")

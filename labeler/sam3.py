@@ -26,13 +26,13 @@ from .prompts import Prompt, PromptTable
 from .timing import StageClock
 
 TEXT_LENGTH = 32  # Sam3Processor pads and truncates the text to this many tokens
+SAM3_TYPES = {"sam3": "Sam3Model", "sam3_video": "Sam3Model"}  # config model_type -> the class that loads it
 
 
 def load_sam3(source: str, device: str = "auto", compile_: bool = False) -> HFModel:
     """Sam3Model with its processor (image processor + CLIP tokenizer); a `sam3_video` checkpoint's
     detector loads too (Sam3Model takes its detector config)."""
-    classes = {"sam3": "Sam3Model", "sam3_video": "Sam3Model"}
-    return _load(source, "--sam3-model", classes, device, "Sam3Processor", compile_)
+    return _load(source, "--sam3-model", SAM3_TYPES, device, "Sam3Processor", compile_)
 
 
 @dataclass(frozen=True)

@@ -156,6 +156,8 @@ def pick_worst(columns: dict[str, np.ndarray], n: int) -> tuple[dict[str, list[d
         if v[ok].min() == v[ok].max():
             skipped[m.name] = f"every image has {render.fmt_num(float(v[ok][0]))}"
             continue
+        if set(np.unique(v[ok]).tolist()) <= {0.0, 1.0}:  # a yes/no measure: only the images that say no
+            ok = ok[v[ok] == (0.0 if m.worst == "low" else 1.0)]
         sign = 1 if m.worst == "low" else -1
         order = ok[np.lexsort((columns["key"][ok], sign * v[ok]))][:n]
         worst[m.name] = [
@@ -183,21 +185,29 @@ def summarize(output: Output, space: SemanticClasses, m: Measured, seconds: floa
     synsets = output.manifest.plan.classes
     image_classes = []
     counts = np.bincount(cols["cls"][cols["cls"] >= 0]) if n else np.zeros(0, np.int64)
+    found = cols["found"]
     for cls in sorted(m.by_image_class):
         v = m.by_image_class[cls]
         lab = v[:k].sum()
         top = np.argsort(-v[:k], kind="stable")[:3]
-        image_classes.append(
-            {
-                "index": cls,
-                "synset": synsets[cls] if 0 <= cls < len(synsets) else None,
-                "images": int(counts[cls]) if cls < len(counts) else 0,
-                "unlabelled_share": float(v[k]) / max(int(v.sum()), 1),
-                "top": [
-                    {"id": int(c), "name": space.name(int(c)), "share": float(v[c]) / lab} for c in top if v[c] > 0
-                ],
-            }
-        )
+        synset = synsets[cls] if 0 <= cls < len(synsets) else None
+        entry = {
+            "index": cls,
+            "synset": synset,
+            "images": int(counts[cls]) if cls < len(counts) else 0,
+            "unlabelled_share": float(v[k]) / max(int(v.sum()), 1),
+            "top": [{"id": int(c), "name": space.name(int(c)), "share": float(v[c]) / lab} for c in top if v[c] > 0],
+        }
+        if synset in space.class_of_synset:  # grounded: the class's name in the label space
+            entry["name"] = space.name(space.class_of_synset[synset])
+        of_class = found[cols["cls"] == cls]
+        if np.isfinite(of_class).any():  # text-prompted: how often the class's prompt found its object
+            entry["found_share"] = float(np.nanmean(of_class))
+        image_classes.append(entry)
+    grounded = None
+    if np.isfinite(found).any():
+        hit = int(np.nansum(found))
+        grounded = {"found": hit, "not_found": int(np.isfinite(found).sum()) - hit}
     return {
         "kind": REPORT_KIND,
         "output": output.path,
@@ -226,6 +236,7 @@ def summarize(output: Output, space: SemanticClasses, m: Measured, seconds: floa
             "out_of_range_pixels": m.out_of_range,
         },
         "image_classes": image_classes,
+        "grounded": grounded,  # text-prompted presets: images whose prompt found / did not find its object
         "problems": m.problems[:1000],
         "problem_count": len(m.problems),
     }
@@ -321,6 +332,14 @@ def page(summary: dict[str, Any], lab: LabelerInfo, pictures: dict[str, bytes], 
         f"<b>{render.esc(lab.preset)}</b>; measured in {s['seconds']} s.</p>"
     )
     parts += [f'<p class="note">{render.esc(n)}</p>' for n in notes]
+    if s.get("grounded"):
+        g = s["grounded"]
+        total = g["found"] + g["not_found"]
+        parts.append(
+            f"<p>Text-prompted labels: the prompt found its object in <b>{g['found']}</b> of {total} images "
+            f"({100 * g['found'] / max(total, 1):.1f}%); the rate per image class is in the table of image classes "
+            "below, and the images where it found nothing are the worst by <code>found</code>.</p>"
+        )
     if s["problem_count"]:
         parts.append(
             f'<p class="note">{s["problem_count"]} sample(s) or shard(s) could not be measured: see Problems '
@@ -372,7 +391,8 @@ def page(summary: dict[str, Any], lab: LabelerInfo, pictures: dict[str, bytes], 
     )
     never = [f"{c['id']} {c['name']}" for c in ls["classes"] if c["pixels"] == 0]
     if never:
-        parts.append(f"<p>Never predicted ({len(never)}): {render.esc(', '.join(never))}</p>")
+        more = f", … and {len(never) - 60} more (report.json)" if len(never) > 60 else ""
+        parts.append(f"<p>Never predicted ({len(never)}): {render.esc(', '.join(never[:60]) + more)}</p>")
     if s["image_classes"]:
         parts.append("<h2>Image classes &rarr; semantic classes</h2>")
         parts.append(
@@ -380,15 +400,23 @@ def page(summary: dict[str, Any], lab: LabelerInfo, pictures: dict[str, bytes], 
             "semantic classes by share of labelled pixels: a sanity check (dog images should be "
             "mostly animal classes, not sky).</p>"
         )
+        prompted = any("found_share" in c for c in s["image_classes"])
         rows = [
             [
-                f"{c['index']} {c['synset'] or ''}".strip(),
+                f"{c['index']} {c['synset'] or ''} {c.get('name', '')}".strip(),
                 c["images"],
+                *([fmt_n(c.get("found_share", math.nan))] if prompted else []),
                 *[f"{t['name']} {100 * t['share']:.0f}%" for t in c["top"]] + [""] * (3 - len(c["top"])),
             ]
             for c in s["image_classes"]
         ]
-        parts.append(render.table(["image class", "images", "1st", "2nd", "3rd"], rows, left=1))
+        head = ["image class", "images", *(["prompt found"] if prompted else []), "1st", "2nd", "3rd"]
+        parts.append(render.table(head, rows, left=1))
+        if prompted:
+            parts.append(
+                "<p class=muted>prompt found: the share of the class's images in which its text prompt found "
+                "at least one instance (the others have an empty instance map and no pixel of their class).</p>"
+            )
     parts.append("<h2>Worst images by measure</h2>")
     for name, picks in s["worst"].items():
         direction = next(m.worst for m in MEASURES if m.name == name)
@@ -447,6 +475,10 @@ def run(cfg: ReportConfig) -> int:
         f"report: {n} images in {summary['shards']} shards, measured in {seconds:.1f}s "
         f"({n / max(seconds, 1e-9):.0f} images/s); {time.perf_counter() - t0:.1f}s in all"
     )
+    if summary["grounded"]:
+        g = summary["grounded"]
+        total = g["found"] + g["not_found"]
+        print(f"  grounded: the prompt found its object in {g['found']} of {total} images, {g['not_found']} not found")
     for name in ("coverage", "instances", "purity"):
         d = summary["measures"][name]
         if d["defined"]:
