@@ -91,6 +91,17 @@ def _unwrap(model):
     return getattr(model, "_orig_mod", model)  # through torch.compile's wrapper
 
 
+def to_device(values, device, dtype=None):
+    """A small host table (a list or a tensor) on the device. On CUDA it goes through pinned memory
+    without blocking: a copy from pageable memory would make the host wait for the device."""
+    import torch
+
+    t = values if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=dtype)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 class ClassMaps:
     """The semantic map of a text-prompted labeler: background, or with a stuff model its ADE20K
     stuff classes, then the image's class on its instances' pixels."""
@@ -235,10 +246,7 @@ class TextEncoder:
         ids = torch.tensor([r + [pad] * (t - len(r)) for r, _ in rows])
         attn = torch.tensor([[1] * len(r) + [0] * (t - len(r)) for r, _ in rows])
         phrase = torch.tensor([p + [-1] * (t - len(p)) for _, p in rows])
-        out = [ids, attn, torch.zeros_like(ids), phrase]
-        if self.device.type == "cuda":  # pinned: the copies do not wait for the device
-            return [x.pin_memory().to(self.device, non_blocking=True) for x in out]
-        return out
+        return [to_device(x, self.device) for x in (ids, attn, torch.zeros_like(ids), phrase)]
 
 
 def detect(logits, pred_boxes, phrase, sizes, p: DetectParams):
@@ -332,7 +340,7 @@ class GroundedLabeler(BatchLabeler):
                     token_type_ids=types,
                 )
             with self.clock.stage("postprocess"), torch.inference_mode():
-                sizes = torch.tensor([p.size for p in g.placements], device=self.device)
+                sizes = to_device([p.size for p in g.placements], self.device)
                 parts.append((g.index, detect(o.logits, o.pred_boxes, phrase, sizes, self.params)))
         k = parts[0][1][0].shape[1]
         out = [
@@ -342,7 +350,7 @@ class GroundedLabeler(BatchLabeler):
             torch.zeros(b, k, dtype=torch.int64, device=self.device),
         ]
         for index, results in parts:
-            where = torch.tensor(index, device=self.device)
+            where = to_device(index, self.device)
             for o, r in zip(out, results, strict=True):
                 o[where] = r.to(o.dtype)
         return out
@@ -374,7 +382,7 @@ class GroundedLabeler(BatchLabeler):
         # x and y scale from image pixels to the SAM canvas, per box: [sx, sy, sx, sy]
         scale = torch.tensor([[p.resized[1] / p.size[1], p.resized[0] / p.size[0]] for p in g.placements])
         scale = scale[img_of_box].repeat(1, 2)
-        img_of_box, scale, rows = (x.to(self.device) for x in (img_of_box, scale, rows))
+        img_of_box, scale, rows = (to_device(x, self.device) for x in (img_of_box, scale, rows))
         sam_boxes = (boxes[rows[:, 0], rows[:, 1]] * scale)[:, None, :]  # [N, 1, 4] in the SAM canvas
         masks, ious = [], []
         with self.clock.stage("forward"), torch.inference_mode(), self._autocast():
@@ -409,7 +417,7 @@ class GroundedLabeler(BatchLabeler):
             for i, im in enumerate(on_device):
                 size = tuple(im.shape[:2])
                 n = int(keep_host[i].sum())
-                slots = keep_host[i].nonzero()[:, 0].to(self.device)
+                slots = to_device(keep_host[i].nonzero()[:, 0], self.device)
                 if n:
                     p, low = placements[i], masks[offset : offset + n]
                     hw = low.shape[-2:]

@@ -20,7 +20,7 @@ from shards.pack import Labels
 
 from .base import ImageContext
 from .composite import BatchLabeler
-from .grounded import ClassMaps, HFModel, _load, instances_from_records, paint
+from .grounded import ClassMaps, HFModel, _load, instances_from_records, paint, to_device
 from .imagenet_space import grounded_label_space
 from .prompts import Prompt, PromptTable
 from .timing import StageClock
@@ -67,7 +67,6 @@ class Sam3Labeler(BatchLabeler):
         self.cache: dict[str, list[list[int]]] = {}
 
     def _text(self, prompts: list[Prompt]):
-        import torch
 
         rows = []
         for p in prompts:
@@ -75,10 +74,7 @@ class Sam3Labeler(BatchLabeler):
                 t = self.tokenizer(p.text, padding="max_length", max_length=TEXT_LENGTH, truncation=True)
                 self.cache[p.text] = [t["input_ids"], t["attention_mask"]]
             rows.append(self.cache[p.text])
-        ids, attn = torch.tensor([r[0] for r in rows]), torch.tensor([r[1] for r in rows])
-        if self.device.type == "cuda":
-            return [x.pin_memory().to(self.device, non_blocking=True) for x in (ids, attn)]
-        return [ids, attn]
+        return [to_device([r[0] for r in rows], self.device), to_device([r[1] for r in rows], self.device)]
 
     def _device_outputs(self, images, on_device, contexts=None):
         import torch

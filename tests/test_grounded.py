@@ -254,3 +254,10 @@ def test_imagenet_classes_and_prompts():
     assert len(set(names)) == 1000  # "crane" twice: the synset tells them apart
     rv = classes[imagenet_index()["n04065272"]]
     assert rv.phrases == ("recreational vehicle", "RV")  # "R.V." would split the prompt
+
+
+def test_the_estimate_says_how_often_the_prompt_found_its_object():
+    from pipelines.estimate import Estimate
+
+    e = Estimate(images=1000, shards=1, sampled=20, images_per_s=10.0, gpus=1.0, bytes_per_sample=1e5, found=(15, 5))
+    assert e.format().endswith("the prompt found its object in 15 of 20 sampled images")
