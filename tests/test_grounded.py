@@ -261,3 +261,21 @@ def test_the_estimate_says_how_often_the_prompt_found_its_object():
 
     e = Estimate(images=1000, shards=1, sampled=20, images_per_s=10.0, gpus=1.0, bytes_per_sample=1e5, found=(15, 5))
     assert e.format().endswith("the prompt found its object in 15 of 20 sampled images")
+
+
+def test_the_production_presets_load_local_model_directories(tiny, sample_tree, tmp_path, capsys):
+    """`grounded` and `sam3` (not their tiny versions) with local directories: the path a user's
+    downloaded checkpoints take; a directory of the wrong kind is refused before the job starts."""
+    from labeler.config import GroundedConfig, LabelerConfig, Settings
+    from labeler.registry import build_labeler
+
+    g = GroundedConfig(grounding_model=tiny["grounding-dino"], box_sam_model=tiny["sam-hq"], sam3_model=tiny["sam3"])
+    for preset in ("grounded", "sam3"):
+        lab = build_labeler(Settings(LabelerConfig(preset, device="cpu"), grounded=g))
+        info = lab.describe()
+        assert info.preset == preset and not info.random_labels and info.models[0].id in tiny.values()
+        (out,) = lab.label([photos()[1]], ctx([ESPRESSO]))
+        assert out.prompt.startswith("espresso") and lab.label_space().grounded
+    args = ["label", str(sample_tree), str(tmp_path / "o"), "--preset", "grounded"]
+    assert main([*args, "--grounding-model", tiny["sam-hq"], "--box-sam-model", tiny["sam-hq"]]) == 2
+    assert "is a sam_hq model; expected grounding-dino or mm-grounding-dino" in capsys.readouterr().err
