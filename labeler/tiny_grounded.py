@@ -129,6 +129,44 @@ def build_sam_hq_tiny(seed: int = 0):
     return model, processor
 
 
+def build_sam_box_tiny(seed: int = 0):
+    """A toy SAM (transformers' SamModel, the `--box-sam-model` option without HQ) of the same size."""
+    import torch
+    from transformers import (
+        SamConfig,
+        SamImageProcessor,
+        SamMaskDecoderConfig,
+        SamModel,
+        SamPromptEncoderConfig,
+        SamVisionConfig,
+    )
+
+    torch.manual_seed(seed)
+    cfg = SamConfig(
+        vision_config=SamVisionConfig(
+            hidden_size=32,
+            output_channels=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=256,
+            patch_size=16,
+            window_size=4,
+            global_attn_indexes=[1],
+            mlp_dim=64,
+            num_pos_feats=16,
+        ),
+        prompt_encoder_config=SamPromptEncoderConfig(
+            hidden_size=32, image_size=256, patch_size=16, mask_input_channels=4
+        ),
+        mask_decoder_config=SamMaskDecoderConfig(
+            hidden_size=32, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32, num_hidden_layers=1
+        ),
+    )
+    model = SamModel(cfg).eval()
+    processor = SamImageProcessor(size={"longest_edge": 256}, pad_size={"height": 256, "width": 256})
+    return model, processor
+
+
 def clip_vocab(words: list[str] = ()) -> dict[str, int]:
     """A byte-pair-free CLIP vocabulary: letters, end-of-word letters, punctuation, and `words`."""
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
@@ -215,14 +253,15 @@ def save_ade_segformer_tiny(directory: Path, seed: int = 0) -> Path:
 def save_grounded_tiny(
     root: Path, seed: int = 0, words: list[str] = (), names: tuple[str, ...] | None = None
 ) -> dict[str, Path]:
-    """The tiny models (all, or those in `names`) under `root`: grounding-dino/, sam-hq/, sam3/, as a
-    user lays out real ones."""
+    """The tiny models (all, or those in `names`) under `root`: grounding-dino/, sam-hq/, sam/, sam3/,
+    as a user lays out real ones."""
     from .tiny import save_hf
 
     root = Path(root)
     builders = {
         "grounding-dino": lambda: save_hf(*build_grounding_dino_tiny(seed, words), root / "grounding-dino"),
         "sam-hq": lambda: save_hf(*build_sam_hq_tiny(seed), root / "sam-hq"),
+        "sam": lambda: save_hf(*build_sam_box_tiny(seed), root / "sam"),
         "sam3": lambda: save_hf(*build_sam3_tiny(root / "sam3", seed, words), root / "sam3"),
     }
     return {name: build() for name, build in builders.items() if names is None or name in names}

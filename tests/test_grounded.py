@@ -171,6 +171,19 @@ def test_a_batch_of_mixed_sizes_and_prompts_equals_one_image_at_a_time(loaded, w
     assert found >= 4  # at threshold 0 the random models find something almost everywhere
 
 
+def test_plain_sam_is_the_box_model_option(loaded, tiny):
+    sam = load_box_sam(tiny["sam"], "cpu")
+    assert type(sam.model).__name__ == "SamModel"
+    lab = GroundedLabeler(
+        loaded["detector"], sam, PromptTable(), DetectParams(0.0, 0.0, 8, 0.8), 0.0, 16, LabelerInfo("t")
+    )
+    images = photos()[:3]
+    batched = lab.label(images, ctx([TENCH, ESPRESSO, TABBY]))
+    for image, c, b in zip(images, ctx([TENCH, ESPRESSO, TABBY]), batched, strict=True):
+        (alone,) = lab.label([image], [c])
+        assert (b.instance == alone.instance).all() and b.instances and b.instances[0].mask_score is not None
+
+
 def test_records_carry_box_score_phrase_and_mask_score(loaded):
     (out,) = grounded(loaded).label([photos()[0]], ctx([TENCH]))
     assert out.instances
