@@ -26,7 +26,7 @@ from shards import format as fmt
 from shards.errors import UsageError, first_line
 
 from .base import ImageContext
-from .imagenet_space import PROMPT_FIRST, clean_phrase, imagenet_classes, imagenet_index
+from .imagenet_space import MAX_PROMPT_CLASSES, PROMPT_FIRST, clean_phrase, imagenet_classes, imagenet_index
 
 ANY = "*"  # the --prompts entry for every image that has no entry of its own
 MAX_PROMPTS_BYTES = fmt.MAX_MANIFEST_BYTES  # a key -> prompt map of all of ImageNet is ~60 MB
@@ -70,6 +70,11 @@ class PromptTable:
         # Entries for ImageNet-1K classes only re-word how those classes are found; every other
         # distinct prompt can label an image without an ImageNet class, so it is a class of its own.
         own = sorted({self.name(p) for k, p in self.entries.items() if k not in in1k})
+        if len(own) > MAX_PROMPT_CLASSES:
+            raise PromptsError(
+                f"--prompts {source}: {len(own)} distinct prompts for images without an ImageNet-1K class; a "
+                f"uint16 map holds {MAX_PROMPT_CLASSES} classes besides ImageNet's (share prompts between images)"
+            )
         self.prompt_class = {name: PROMPT_FIRST + j for j, name in enumerate(own)}
         self.source = source
 
