@@ -342,6 +342,26 @@ def test_resume_continues_exactly(scenes, tmp_path):
         assert ra["loss_total"] == pytest.approx(rb["loss_total"], rel=1e-4) and ra["masking"] == rb["masking"]
 
 
+def test_decoding_on_the_device_trains_as_decoding_in_the_workers(scenes, tmp_path):
+    """`--decode gpu` on a CPU machine: JPEG bytes through a worker process, decoded and cropped in
+    the main process with the workers' crop code: the same pixels, so the same run, and it
+    resumes exactly."""
+    _, big = scenes
+    common = [str(big), "--steps", "4", "--steps-per-epoch", "3", "--batch-size", "4", "--warmup-steps", "2"]
+    common += ["--model", "c2fmae_vit_micro", "--img-size", "64", "--vis-every", "0", "--log-every", "1000"]
+    cpu, gpu = tmp_path / "cpu", tmp_path / "gpu"
+    assert c2f(["pretrain", *common, "--workers", "1", "--output", str(cpu)]) == 0
+    assert (
+        c2f(["pretrain", *common, "--workers", "1", "--decode", "gpu", "--output", str(gpu), "--stop-after", "2"]) == 0
+    )
+    assert c2f(["pretrain", str(big), "--output", str(gpu), "--resume"]) == 0
+    a, b = load_checkpoint(cpu / "checkpoint.pt"), load_checkpoint(gpu / "checkpoint.pt")
+    assert b["config"]["decode"] == "gpu" and b["step"] == 4
+    for k in a["model"]:
+        assert torch.allclose(a["model"][k], b["model"][k], atol=1e-6), k
+    assert [r["loss_total"] for r in _metrics(cpu)] == pytest.approx([r["loss_total"] for r in _metrics(gpu)], rel=1e-5)
+
+
 def test_resume_without_checkpoint_is_a_usage_error(scenes, tmp_path, capsys):
     assert c2f(["pretrain", str(scenes[0]), "--output", str(tmp_path / "none"), "--resume"]) == 2
     assert "no checkpoint" in capsys.readouterr().err

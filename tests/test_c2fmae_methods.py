@@ -325,6 +325,23 @@ def test_each_method_runs_under_two_process_ddp(method, scenes, tmp_path):
         assert sorted(scores["keys"]) == sorted({k for k in _all_keys(big) if partition_of(k, 2) == 1})
 
 
+def test_smir_rounds_are_scored_by_loader_workers(scenes, tmp_path):
+    """Round scoring reads the partition with DataLoader workers (each its own shards): every key of
+    the partition is scored once, and a run resumed inside the round reads the saved scores."""
+    _, big = scenes
+    out = tmp_path / "w"
+    args = [str(big), "--output", str(out), "--steps", "4", "--batch-size", "4", *METHODS["smir-rounds"], *MICRO]
+    args[args.index("--workers") + 1] = "2"
+    assert c2f(["pretrain", *args, "--stop-after", "3"]) == 0
+    scores = torch.load(out / "smir_round001.pt", weights_only=True)
+    from c2fmae.data import partition_of
+
+    want = sorted(k for k in _all_keys(big) if partition_of(k, 2) == 1)
+    assert sorted(scores["keys"]) == want and scores["loss"].shape == (len(want), 4, 4)
+    assert c2f(["pretrain", str(big), "--output", str(out), "--resume"]) == 0
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 4 and set(_metrics(out)[-1]["masking"]) == {"selective"}
+
+
 def _all_keys(ds):
     import tarfile
 
