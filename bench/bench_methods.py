@@ -38,7 +38,7 @@ ARMS: dict[str, list[str]] = {
     "smir (online)": ["--method", "smir"],
     "smir (2 rounds)": ["--method", "smir", "--selective-rounds", "2"],
     "folk": ["--method", "folk"],
-    "folk (1 view, com)": ["--method", "folk", "--folk-views", "1", "--folk-filters", "com"],
+    "folk (1 view com)": ["--method", "folk", "--folk-views", "1", "--folk-filters", "com"],
     "srmae": ["--method", "srmae"],
 }
 
