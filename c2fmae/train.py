@@ -62,7 +62,7 @@ class TrainConfig:
         default="",
         metadata={
             "help": "blocks per stage, coarse to fine, e.g. 2,2,4 (empty: --decoder-depth split, a quarter "
-            "per coarse stage)"
+            "per coarse stage); 2,4,8 with --decoder parallel: every head as deep as its cascaded path"
         },
     )
     decoder_heads: int = field(default=0, metadata={"help": "decoder attention heads (0: the model's)"})

@@ -361,6 +361,8 @@ def test_method_flag_errors_are_one_line(scenes, tmp_path, capsys):
         (["--method", "srmae", "--lowres-factor", "1"], "--lowres-factor must be 2"),
         (["--selective-rounds", "3"], "--masking selective"),
         (["--method", "folk", "--folk-thresholds", "0.1,x"], "--folk-thresholds"),
+        (["--method", "folk", "--folk-filters", "com,jpeg"], "--folk-filters: one or both of com,rcom"),
+        (["--method", "folk", "--folk-views", "3"], "--folk-views must be 1 or 2"),
         (["--curriculum-centers", "0,1"], "--curriculum-centers"),
     ]:
         assert c2f([*base, *extra]) == 2, extra
