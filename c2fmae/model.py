@@ -474,16 +474,19 @@ class C2FMAE(nn.Module):
     def frequency_loss(self, pred, imgs, removed):
         """FOLK's loss on the removed frequencies: the reconstruction (each patch's prediction put
         back at the target patch's mean and scale, as the pictures show it) against the image, in
-        the Fourier components the view removed (`removed` [N, 1, H, W//2+1]), relative to their
-        energy: 1 for a reconstruction that restores nothing of them, 0 for an exact one."""
+        the Fourier components the view removed (`removed` [N, 1, H, W//2+1]), relative to the
+        image's energy outside the mean: 0 for an exact reconstruction, the fraction of the energy
+        the view lost for one that restores none of it. (Relative to the removed energy alone, a
+        Com view that lost 0.5% would turn any small error into a huge loss.)"""
         p = self.cfg.patch_size
         if self.cfg.norm_pix_loss:
             t = patchify(imgs, p)
             pred = pred * (t.var(-1, keepdim=True) + 1e-6) ** 0.5 + t.mean(-1, keepdim=True)
-        weight = rfft_pair_weights(imgs.shape[-1], imgs.device) * removed
-        error = torch.fft.rfft2((unpatchify(pred, p) - imgs).float()).abs().pow(2)
-        energy = torch.fft.rfft2(imgs.float()).abs().pow(2)
-        num, den = (error * weight).sum((1, 2, 3)), (energy * weight).sum((1, 2, 3))
+        weight = rfft_pair_weights(imgs.shape[-1], imgs.device)
+        error = torch.fft.rfft2((unpatchify(pred, p) - imgs).float()).abs().pow(2) * weight
+        energy = torch.fft.rfft2(imgs.float()).abs().pow(2) * weight
+        num = (error * removed).sum((1, 2, 3))
+        den = energy.sum((1, 2, 3)) - energy[..., 0, 0].sum(1)  # all but the mean (DC) of each channel
         return (num / den.clamp_min(1e-6)).mean()
 
     def forward(

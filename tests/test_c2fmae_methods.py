@@ -176,8 +176,8 @@ def test_two_views_distill_each_view_to_the_teacher_of_the_other():
 
 
 def test_frequency_loss_counts_the_removed_components_only():
-    """0 for a reconstruction that is the image; for one that misses only components the view
-    kept, still 0; for one that restores nothing of the removed ones, about 1."""
+    """0 for a reconstruction that is the image, and for one that misses only components the view
+    kept; for one that restores none of the removed ones, the energy fraction the view lost."""
     torch.manual_seed(4)
     model = C2FMAE(model_config("c2fmae_vit_micro", img_size=64, num_classes=4, stages=("pixel",), freq_weight=1.0))
     imgs = torch.randn(2, 3, 64, 64).cumsum(-1).cumsum(-2) * 0.05
@@ -187,8 +187,11 @@ def test_frequency_loss_counts_the_removed_components_only():
     assert model.frequency_loss(normed, imgs, removed).item() < 1e-6
     v = patchify(view, 16)  # the view itself as the prediction: every removed component missing
     as_view = (v - t.mean(-1, keepdim=True)) / (t.var(-1, keepdim=True) + 1e-6) ** 0.5
-    assert model.frequency_loss(as_view, imgs, removed).item() == pytest.approx(1.0, abs=1e-3)
-    assert model.frequency_loss(as_view, imgs, ~removed).item() < 1e-3  # what the view kept, it has
+    centred = imgs - imgs.mean((-1, -2), keepdim=True)
+    lost = (((imgs - view) ** 2).sum((1, 2, 3)) / (centred**2).sum((1, 2, 3))).mean()  # Parseval
+    assert model.frequency_loss(as_view, imgs, removed).item() == pytest.approx(lost.item(), rel=1e-3)
+    assert 0 < lost.item() <= 0.05 + 1e-4
+    assert model.frequency_loss(as_view, imgs, ~removed).item() < 1e-4  # what the view kept, it has
 
 
 def test_srmae_with_every_patch_at_full_resolution_is_mae_without_masking():
