@@ -307,3 +307,4 @@ def test_compile_wraps_ddp_and_steps_as_eager(tmp_path, monkeypatch):
         assert names == ["DistributedDataParallel", "patch_losses"], names
     finally:
         dist.destroy_process_group()
+        torch._dynamo.reset()  # no eager-backend code left cached for a later compile
