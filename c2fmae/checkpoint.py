@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from shards import format as fmt
-from shards.errors import DataError, UsageError
+from shards.errors import DataError, UsageError, first_line
 
 CHECKPOINT = "checkpoint.pt"
 REQUIRED = {"model": dict, "optimizer": dict, "step": int, "config": dict, "model_config": dict}
@@ -80,8 +80,7 @@ def _why(e: Exception) -> str:
         if detail.startswith("Unsupported global"):
             return f"it holds Python objects a safe weights-only load refuses: {detail.split()[-1]}"
         return f"corrupt or not a torch file: {detail or 'unpickling failed'}"
-    first = text.splitlines()[0] if text else type(e).__name__
-    return f"corrupt or truncated: {first[:160]}"
+    return f"corrupt or truncated: {first_line(e, 160)}"
 
 
 def config_from(cls: type, saved: dict[str, Any], path: Path, what: str):

@@ -33,7 +33,6 @@ resumed run starts its workers at the right batch, skipping only raw tar bytes (
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import random
@@ -64,19 +63,19 @@ class DataSpec:
 
 
 def read_spec(source: str) -> DataSpec:
-    """Label spaces and size from `manifest.json` next to the shards (a local path or any URL)."""
+    """Label spaces and size from `manifest.json` next to the shards (a local path or any URL);
+    `shards.manifest.ManifestError` (a usage error) when it is missing or not a c2f manifest."""
     from shards import format as fmt
-    from shards.location import open_url
+    from shards.manifest import ManifestMissing, read_manifest
 
     urls = expand_urls(source)
-    murl = urls[0].rsplit("/", 1)[0] + "/" + fmt.MANIFEST if "/" in urls[0] else fmt.MANIFEST
+    folder = urls[0].rsplit("/", 1)[0] if "/" in urls[0] else "."
     try:
-        with open_url(murl) as f:
-            m = json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no {fmt.MANIFEST} next to {urls[0]}: pretraining needs the label spaces") from None
-    n = len(m["label_space"]["semantic"])
-    return DataSpec(n, fmt.semantic_ignore(n), len(m["plan"]["classes"]), int(m["totals"]["samples"]))
+        m = read_manifest(folder)
+    except ManifestMissing:
+        raise ManifestMissing(f"no {fmt.MANIFEST} next to {urls[0]}: pretraining needs the label spaces") from None
+    space = m.label_space
+    return DataSpec(space.num_classes, space.ignore, len(m.plan.classes), m.totals.samples)
 
 
 # --- worker side: numpy / uint8 ------------------------------------------------------------------

@@ -462,7 +462,7 @@ def stream_config(cfg: TrainConfig, schedule, mcfg, env: Dist, start: int, parti
 
     urls, keys = expand_urls(cfg.shards), None
     if cfg.subset:  # only the shards that hold a selected sample are read, and only those samples kept
-        from shards.quality.select import subset_for_stream
+        from shards.subset import subset_for_stream
 
         urls, subset = subset_for_stream(cfg.subset, urls, cfg.shards, repeating=True)
         keys = subset.keys

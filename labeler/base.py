@@ -7,6 +7,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from shards.errors import UsageError
+from shards.manifest import LabelerInfo, LabelSpace
 from shards.pack import Labels
 
 
@@ -36,12 +37,12 @@ class Labeler(Protocol):
 
     def collect(self, handle: Any) -> list[Labels | Exception]: ...
 
-    def label_space(self) -> dict[str, Any]:
-        """{"semantic": {id: name}, "instance": "class-agnostic" | {id: name}} for the manifest."""
+    def label_space(self) -> LabelSpace:
+        """What the maps' values mean, for the manifest."""
         ...
 
-    def describe(self) -> dict[str, Any]:
-        """Model ids and settings for the manifest; `"random_labels": True` for test presets."""
+    def describe(self) -> LabelerInfo:
+        """Preset, models and settings for the manifest; `random_labels` for test presets."""
         ...
 
 

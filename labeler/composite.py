@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from shards.manifest import LabelerInfo, LabelSpace
 from shards.pack import Labels
 
 from .base import LocalLabeler
@@ -104,7 +105,7 @@ class BatchLabeler(LocalLabeler):
 class SemanticPlusInstances(BatchLabeler):
     """A semantic model for the scene map and SAM for class-agnostic instances."""
 
-    def __init__(self, semantic, instances, describe: dict[str, Any], clock: StageClock):
+    def __init__(self, semantic, instances, describe: LabelerInfo, clock: StageClock):
         import torch
 
         self.semantic, self.instances, self._describe = semantic, instances, describe
@@ -121,16 +122,16 @@ class SemanticPlusInstances(BatchLabeler):
         sem, inst, records = arrays
         return Labels(sem, inst, records_to_instances(records, agnostic=True))
 
-    def label_space(self) -> dict[str, Any]:
+    def label_space(self) -> LabelSpace:
         names = self.semantic.seg.id2label
-        return {"semantic": {str(k): v for k, v in sorted(names.items())}, "instance": "class-agnostic"}
+        return LabelSpace(semantic={str(k): v for k, v in sorted(names.items())})
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> LabelerInfo:
         return self._describe
 
 
 class OnePassPanoptic(BatchLabeler):
-    def __init__(self, panoptic, describe: dict[str, Any]):
+    def __init__(self, panoptic, describe: LabelerInfo):
         import torch
 
         self.panoptic, self._describe = panoptic, describe
@@ -145,8 +146,8 @@ class OnePassPanoptic(BatchLabeler):
         sem, inst, records = arrays
         return Labels(sem, inst, records_to_instances(records))
 
-    def label_space(self) -> dict[str, Any]:
+    def label_space(self) -> LabelSpace:
         return self.panoptic.label_space()
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> LabelerInfo:
         return self._describe

@@ -21,7 +21,7 @@ from c2fmae.data import (
 )
 from pipelines.plan import make_plan
 from shards.image import prepare_image
-from shards.manifest import ShardStats, write_dataset_files, write_stats
+from shards.manifest import LabelerInfo, LabelSpace, ShardStats, write_dataset_files, write_stats
 from shards.pack import Labels, pack_sample
 from shards.reader import decode_sample, expand_urls, shard_samples
 from shards.writer import ShardWriter
@@ -60,9 +60,7 @@ def write_shards(plan, out, shard_items) -> None:
         s = ShardStats(index, name, info.samples, info.samples, info.bytes, info.sha256)
         write_stats(out, s)
         stats.append(s)
-    label_space = {"semantic": {}, "instance": "class-agnostic"}
-    labeler = {"preset": "empty", "models": [], "empty_labels": True}
-    write_dataset_files(out, label_space, labeler, plan.header(), stats)
+    write_dataset_files(out, LabelSpace(semantic={}), LabelerInfo("empty", empty_labels=True), plan.header(), stats)
 
 
 def classes_per_batch(shards, interleave: int, batches: int = 12) -> float:

@@ -49,7 +49,7 @@ def ade_models(tmp_path_factory):
 def test_auto_things_from_the_label_space(ade_models, name):
     pan = PanopticLabeler(load_segmenter(str(ade_models[name]), device="cpu"), 0.05, 0.5, 0.3, "auto")
     assert pan.things == ADE_THINGS and "ade20k-150-panoptic" in pan.thing_source
-    assert set(pan.label_space()["instance"]) == {str(i) for i in ADE_THINGS}
+    assert set(pan.label_space().instance) == {str(i) for i in ADE_THINGS}
     explicit = PanopticLabeler(load_segmenter(str(ade_models[name]), device="cpu"), 0.05, 0.5, 0.3, "0-9")
     assert explicit.things == set(range(10)) and explicit.thing_source == "--thing-ids"
 
@@ -62,8 +62,8 @@ def test_stuff_never_becomes_an_instance(ade_models):
         panoptic=PanopticConfig(panoptic_threshold=0.0, overlap_mask_area_threshold=0.0),
     )
     labeler = build_labeler(settings)
-    assert labeler.describe()["models"][0]["type"] == "eomt"
-    assert "ade20k-150-panoptic" in labeler.describe()["models"][0]["things"]
+    assert labeler.describe().models[0].type == "eomt"
+    assert "ade20k-150-panoptic" in labeler.describe().models[0].things
     stuff = np.array(sorted(set(range(150)) - ADE_THINGS))
     photos = [skdata.coffee(), skdata.astronaut(), skdata.chelsea()]
     for lab in labeler.label(photos):

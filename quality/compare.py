@@ -27,15 +27,16 @@ from typing import Any
 
 import numpy as np
 
-from .. import format as fmt
-from ..errors import UsageError
-from ..location import is_local, local_path
-from ..pack import decode_png
-from ..tar import TarError
-from ..writer import atomic_write_bytes, atomic_write_json
+from shards import format as fmt
+from shards.errors import UsageError
+from shards.location import is_local, local_path
+from shards.pack import decode_png
+from shards.tar import TarError
+from shards.writer import atomic_write_bytes, atomic_write_json
+
 from . import render
 from .config import CompareConfig
-from .output import LabelSpace, Output, iter_samples, label_space, map_shards, open_output, read_some
+from .output import Output, SemanticClasses, iter_samples, map_shards, open_output, read_some, semantic_classes
 from .report import write_pictures
 from .table import write_csv
 
@@ -46,7 +47,7 @@ WORST = {"pixel_accuracy": "lowest semantic pixel accuracy", "instance_f1": "low
 TILE = 160
 
 
-def compact_lut(space: LabelSpace) -> np.ndarray:
+def compact_lut(space: SemanticClasses) -> np.ndarray:
     """Raw map value -> 0..K-1 for a class, K for ignore or anything out of range."""
     lut = np.full(space.ignore + 1, space.num_classes, np.int64)
     lut[: space.num_classes] = np.arange(space.num_classes)
@@ -68,7 +69,7 @@ def name_key(name: str) -> str:
     return " ".join(name.lower().replace("_", " ").replace("-", " ").split())
 
 
-def match_by_names(a: LabelSpace, b: LabelSpace) -> np.ndarray:
+def match_by_names(a: SemanticClasses, b: SemanticClasses) -> np.ndarray:
     by_name = {name_key(n): i for i, n in sorted(b.names.items(), reverse=True)}  # first id wins
     lut = np.full(a.num_classes + 1, b.num_classes, np.int64)
     for i, n in a.names.items():
@@ -89,7 +90,7 @@ def match_hungarian(confusion: np.ndarray, ka: int, kb: int) -> np.ndarray:
     return lut
 
 
-def choose_rule(rule: str, a: LabelSpace, b: LabelSpace) -> str:
+def choose_rule(rule: str, a: SemanticClasses, b: SemanticClasses) -> str:
     if rule != "auto":
         return rule
     if a.names == b.names:
@@ -144,6 +145,15 @@ def instance_agreement(inst_a: np.ndarray, inst_b: np.ndarray, threshold: float)
     iou = inter / (area_a[i] + area_b[j] - inter)
     hit = iou > threshold
     return n_a, n_b, int(hit.sum()), float(iou[hit].sum())
+
+
+def matching_scores(n_a: int, n_b: int, matched: int, iou_sum: float) -> tuple[float, float, float]:
+    """(F1 of the matching, mean IoU of the matches, PQ) from the counts of one image or a whole run;
+    NaN where a score is undefined (no instances at all; no match for the mean IoU)."""
+    n = n_a + n_b
+    if not n:
+        return math.nan, math.nan, math.nan
+    return 2 * matched / n, iou_sum / matched if matched else math.nan, iou_sum / (0.5 * n)
 
 
 # --- per shard pair ----------------------------------------------------------------------------------
@@ -208,6 +218,7 @@ def compare_shards(
             except (KeyError, ValueError, OSError) as e:
                 r.problems.append((key, f"not compared: {type(e).__name__}: {e}"))
                 continue
+            f1, mean_iou, pq = matching_scores(n_a, n_b, m, iou_sum)
             row = {
                 "key": key,
                 "shard": name,
@@ -216,9 +227,9 @@ def compare_shards(
                 "instances_a": n_a,
                 "instances_b": n_b,
                 "matched": m,
-                "instance_f1": 2 * m / (n_a + n_b) if n_a + n_b else math.nan,
-                "instance_iou": iou_sum / m if m else math.nan,
-                "pq": iou_sum / (0.5 * (n_a + n_b)) if n_a + n_b else math.nan,
+                "instance_f1": f1,
+                "instance_iou": mean_iou,
+                "pq": pq,
             }
             for c, v in row.items():
                 r.columns[c].append(v)
@@ -276,8 +287,8 @@ def collect(jobs: list[tuple], workers: int, desc: str, progress: bool) -> tuple
 def summarize(
     a: Output,
     b: Output,
-    sa: LabelSpace,
-    sb: LabelSpace,
+    sa: SemanticClasses,
+    sb: SemanticClasses,
     matching: Matching,
     parts: list[PairResult],
     raw: np.ndarray,
@@ -289,6 +300,7 @@ def summarize(
     cols = columns_of(parts)
     n_a, n_b, m = (int(np.nansum(cols[c])) for c in ("instances_a", "instances_b", "matched"))
     iou_sum = float(np.nansum(cols["instance_iou"] * cols["matched"]))  # NaN only where nothing matched
+    f1, mean_iou, pq = matching_scores(n_a, n_b, m, iou_sum)
     per_class = [
         {"id": c, "name": sb.name(c), "iou": float(tp[c] / union[c]), "union_pixels": int(union[c])}
         for c in range(kb)
@@ -311,8 +323,8 @@ def summarize(
     return (
         {
             "kind": COMPARE_KIND,
-            "a": {"output": a.path, "preset": a.manifest.labeler.get("preset"), "classes": sa.num_classes},
-            "b": {"output": b.path, "preset": b.manifest.labeler.get("preset"), "classes": sb.num_classes},
+            "a": {"output": a.path, "preset": a.manifest.labeler.preset, "classes": sa.num_classes},
+            "b": {"output": b.path, "preset": b.manifest.labeler.preset, "classes": sb.num_classes},
             "samples": len(cols["key"]),
             "only_in_a": sum(p.only_a for p in parts),
             "only_in_b": sum(p.only_b for p in parts),
@@ -328,11 +340,11 @@ def summarize(
                 "in_a": n_a,
                 "in_b": n_b,
                 "matched": m,
-                "matched_fraction": 2 * m / (n_a + n_b) if n_a + n_b else math.nan,
+                "matched_fraction": f1,
                 "matched_of_a": m / n_a if n_a else math.nan,
                 "matched_of_b": m / n_b if n_b else math.nan,
-                "mean_iou": iou_sum / m if m else math.nan,
-                "pq": iou_sum / (0.5 * (n_a + n_b)) if n_a + n_b else math.nan,
+                "mean_iou": mean_iou,
+                "pq": pq,
             },
             "per_image": {name: dist(name) for name in ("pixel_accuracy", "miou", "instance_f1", "instance_iou", "pq")},
             "problems": [{"shard": p.shard, "key": k, "message": msg} for p in parts for k, msg in p.problems][:1000],
@@ -357,8 +369,8 @@ def draw_pairs(
     a: Output,
     b: Output,
     pairs: list[tuple[str, str]],
-    sa: LabelSpace,
-    sb: LabelSpace,
+    sa: SemanticClasses,
+    sb: SemanticClasses,
     matching: Matching,
     worst: dict[str, list[dict]],
     workers: int,
@@ -368,7 +380,7 @@ def draw_pairs(
 
     from PIL import Image
 
-    from ..inspect import _tile, instance_overlay, palette, semantic_overlay
+    from shards.inspect import instance_overlay, palette, semantic_overlay, tile
 
     by_name = {ua.rsplit("/", 1)[-1]: (ua, ub) for ua, ub in pairs}
     wanted: dict[str, set[str]] = {}
@@ -404,63 +416,25 @@ def draw_pairs(
                 instance_overlay(rgb, decode_png(x[fmt.INST])),
                 instance_overlay(rgb, decode_png(y[fmt.INST])),
             ]
-            rows.append((f"{p['key']}  {name} = {render.fmt_num(p['value'])}", [_tile(t, TILE) for t in tiles]))
+            rows.append((f"{p['key']}  {name} = {render.fmt_num(p['value'])}", [tile(t, TILE) for t in tiles]))
         if rows:
             strips[name] = render.strip(rows, per_row=1)
     return strips
 
 
 def page(s: dict[str, Any], pictures: dict[str, bytes]) -> str:
-    f = render.fmt_num
-    sem, ins = s["semantic"], s["instances"]
-    parts = [
-        f"<p>A = <b>{render.esc(s['a']['output'])}</b> (preset {render.esc(s['a']['preset'])}, {s['a']['classes']} "
-        f"classes), judged against B = <b>{render.esc(s['b']['output'])}</b> (preset {render.esc(s['b']['preset'])}, "
-        f"{s['b']['classes']} classes): {s['samples']} images in both"
-        + (f"; {s['only_in_a']} only in A, {s['only_in_b']} only in B" if s["only_in_a"] or s["only_in_b"] else "")
-        + ".</p>",
-        "<h2>Overall</h2>",
-        render.table(
-            ["measure", "value"],
-            [
-                [f"semantic pixel accuracy (matching: {sem['matching']})", f(sem["pixel_accuracy"])],
-                ["semantic mIoU", f(sem["miou"])],
-                [f"instances matched at IoU > {ins['iou_threshold']} (F1)", f(ins["matched_fraction"])],
-                ["matched share of A's / B's instances", f"{f(ins['matched_of_a'])} / {f(ins['matched_of_b'])}"],
-                ["mean IoU of matched instances", f(ins["mean_iou"])],
-                ["panoptic quality (class-agnostic)", f(ins["pq"])],
-                ["instances in A / B / matched", f"{ins['in_a']} / {ins['in_b']} / {ins['matched']}"],
-            ],
-        ),
-        "<h2>Per image</h2>",
-        render.img(pictures["per_image"], "per-image agreement"),
-    ]
-    for key in ("class_iou", "confusion"):
-        if key in pictures:
-            parts.append(render.img(pictures[key], key))
-    if sem["matching"] != "ids":
-        parts.append("<h3>Class matching (A &rarr; B)</h3>")
-        parts.append(render.table(["A", "B"], [[f"{x} {n}", f"{y} {m}"] for x, y, n, m in sem["pairs"]], left=2))
-    parts.append("<h2>Most-disagreeing images</h2>")
-    parts.append(
-        "<p class=muted>RGB | A semantic (in B's classes) | B semantic | pixels where they differ (red) | "
-        "A instances | B instances</p>"
+    """compare.html (quality/templates/compare.html)."""
+    return render.page(
+        "compare.html",
+        title=f"c2f compare: {s['a']['output']} vs {s['b']['output']}",
+        s=s,
+        pictures=pictures,
+        worst=WORST,
     )
-    for name, why in WORST.items():
-        if f"worst_{name}" in pictures:
-            parts.append(f"<h3>{render.esc(why)}</h3>" + render.img(pictures[f"worst_{name}"], why))
-    if s["problems"]:
-        parts.append("<h2>Problems</h2>")
-        parts.append(
-            render.table(
-                ["shard", "key", "problem"], [[p["shard"], p["key"] or "", p["message"]] for p in s["problems"]], left=3
-            )
-        )
-    return render.page(f"c2f compare: {s['a']['output']} vs {s['b']['output']}", "".join(parts))
 
 
 def plots(
-    s: dict[str, Any], cols: dict[str, np.ndarray], raw: np.ndarray, sa: LabelSpace, sb: LabelSpace
+    s: dict[str, Any], cols: dict[str, np.ndarray], raw: np.ndarray, sa: SemanticClasses, sb: SemanticClasses
 ) -> dict[str, bytes]:
     panels = []
     for name in ("pixel_accuracy", "miou", "instance_f1", "instance_iou", "pq"):
@@ -497,7 +471,7 @@ def run(cfg: CompareConfig) -> int:
     out_dir = default_dir(cfg.a, cfg.b, cfg.out)
     t0 = time.perf_counter()
     a, b = open_output(cfg.a), open_output(cfg.b)
-    sa, sb = label_space(a.manifest), label_space(b.manifest)
+    sa, sb = semantic_classes(a.manifest), semantic_classes(b.manifest)
     if (sa.num_classes + 1) * (sb.num_classes + 1) > MAX_CONFUSION:
         raise UsageError(f"label spaces of {sa.num_classes} and {sb.num_classes} classes are too large to compare")
     pairs = pair_shards(a, b)
