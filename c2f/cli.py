@@ -144,12 +144,16 @@ COMMANDS = {
     "validate": Command({ValidateConfig: None}, cmd_validate, "check shards against the format and the manifest"),
     "inspect": Command({InspectConfig: None}, cmd_inspect, "render a grid of samples with their masks, and stats"),
     "report": Command(
-        {ReportConfig: None}, cmd_report, "measure label quality over a whole output: report/ (HTML, JSON, CSV)"
+        {ReportConfig: None}, cmd_report, "measure label quality over a whole output: report/ (HTML, JSON, Parquet)"
     ),
     "compare": Command(
         {CompareConfig: None}, cmd_compare, "agreement of two outputs of one plan, per image and overall"
     ),
-    "filter": Command({FilterConfig: None}, cmd_filter, "select samples by the report's measures into a subset file"),
+    "filter": Command(
+        {FilterConfig: None},
+        cmd_filter,
+        "select samples by an SQL condition on the per-sample table into a subset file",
+    ),
     "label": Command(LABEL_GROUPS, cmd_label, "label an image collection into shards with Ray"),
     "pretrain": Command(
         {TrainConfig: None}, cmd_pretrain, "pretrain C2FMAE on shards (one process; torchrun -m c2f pretrain for DDP)"

@@ -26,6 +26,7 @@ from shards.errors import UsageError, first_line
 from shards.manifest import LabelerRecord, ShardStats, read_labeler_record, write_labeler_record
 from shards.store import Store
 
+from . import metrics
 from .plan import Plan
 from .resources import Request, Waiter, check_possible, cluster_view, shortfall
 from .worker import DecodeLimits, ShardJob
@@ -91,11 +92,13 @@ class LabelActor:
     exception from a method crosses Ray as its own type (`RayTaskError.cause`), one from a
     constructor only as text."""
 
-    def __init__(self, settings, threads: int):
+    def __init__(self, settings, threads: int, output: str = ""):
         import torch
 
         from labeler.registry import build_labeler
 
+        metrics.bind(output)
+        metrics.actor_started()
         torch.set_num_threads(max(1, threads))
         self.labeler, self.error = None, None
         try:
@@ -116,7 +119,10 @@ class LabelActor:
         return os.getpid()
 
     def label(self, images, contexts=None):
-        return self.labeler.label(images, contexts)
+        t0 = time.perf_counter()
+        out = self.labeler.label(images, contexts)
+        metrics.batch_labeled(time.perf_counter() - t0)
+        return out
 
     def timings(self) -> dict[str, float]:
         """The labeler's own cumulative stage times (ms), when it keeps them."""
@@ -260,7 +266,7 @@ def wait_for_resources(req: Request, timeout: float | None, static: bool) -> Non
         view = cluster_view()
 
 
-def start_actors(cfg: PoolSettings, settings) -> tuple[list, LabelerRecord]:
+def start_actors(cfg: PoolSettings, settings, output: str = "") -> tuple[list, LabelerRecord]:
     """Create the actor pool and wait until every actor has its labeler (or one failed to build it).
     A preset of `IN_TASK_PRESETS` gets no actors: its labeler is built here only to describe it."""
     import ray
@@ -276,7 +282,7 @@ def start_actors(cfg: PoolSettings, settings) -> tuple[list, LabelerRecord]:
     cls = ray.remote(LabelActor).options(
         num_cpus=cfg.cpus_per_actor, num_gpus=gpus, max_restarts=cfg.actor_restarts, max_task_retries=cfg.actor_restarts
     )
-    actors = [cls.remote(settings, int(max(1, cfg.cpus_per_actor))) for _ in range(n)]
+    actors = [cls.remote(settings, int(max(1, cfg.cpus_per_actor)), output) for _ in range(n)]
     try:
         refs = [a.info.remote() for a in actors]
         await_actors(refs)
@@ -322,8 +328,9 @@ def run_shards(
         return result
     started = not ray.is_initialized()
     init_ray(cfg.address)
+    metrics.bind(out.root)
     try:
-        actors, info = start_actors(cfg, settings)
+        actors, info = start_actors(cfg, settings, out.root)
         # The labeler that labels this run's shards describes the dataset (settings are pinned per
         # output directory, so this only differs from a stored labeler.json after --overwrite).
         result.labeler_info = info
@@ -382,11 +389,13 @@ def _run(
                 cause = getattr(e, "cause", None) or e  # RayTaskError wraps the task's own exception
                 msg = f"{plan.shard_name(i)} attempt {attempts[i]}: {type(cause).__name__}: {cause}"[:500]
                 result.errors.append(msg)
+                metrics.shard_failed(type(cause).__name__)
                 if attempts[i] <= cfg.max_retries:
                     queue.append(i)
                 continue
             bar.update(stats.planned)
             result.add(stats)
+            metrics.shard_done(stats)
     finally:
         bar.close()
     for timings in ray.get([a.timings.remote() for a in actors]):

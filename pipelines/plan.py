@@ -226,7 +226,7 @@ def check_or_write_plan(out: Store, plan: Plan, overwrite: bool) -> None:
             )
     elif overwrite and data is not None:
         for name in out.list():
-            if fmt.parse_shard_name(name) or name.endswith(fmt.STATS_SUFFIX):
+            if fmt.parse_shard_name(name) or fmt.parse_table_name(name) or name.endswith(fmt.STATS_SUFFIX):
                 out.remove(name)
     # The inputs first: a plan.json always has its complete listing beside it. The listing is
     # written with a new plan (sizes and times as listed then; what each shard read is in its

@@ -545,91 +545,43 @@ def draw_pairs(
 
 
 def page(s: dict[str, Any], pictures: dict[str, bytes]) -> str:
-    f = render.fmt_num
-    sem, ins = s["semantic"], s["instances"]
-    parts = [
-        f"<p>A = <b>{render.esc(s['a']['output'])}</b> (preset {render.esc(s['a']['preset'])}, {s['a']['classes']} "
-        f"classes), judged against B = <b>{render.esc(s['b']['output'])}</b> (preset {render.esc(s['b']['preset'])}, "
-        f"{s['b']['classes']} classes): {s['samples']} images in both"
-        + (f"; {s['only_in_a']} only in A, {s['only_in_b']} only in B" if s["only_in_a"] or s["only_in_b"] else "")
-        + ".</p>",
-        "<h2>Overall</h2>",
-        render.table(
-            ["measure", "value"],
-            [
-                [f"semantic pixel accuracy (matching: {sem['matching']})", f(sem["pixel_accuracy"])],
-                ["semantic mIoU", f(sem["miou"])],
-                [f"instances matched at IoU > {ins['iou_threshold']} (F1)", f(ins["matched_fraction"])],
-                ["matched share of A's / B's instances", f"{f(ins['matched_of_a'])} / {f(ins['matched_of_b'])}"],
-                ["mean IoU of matched instances", f(ins["mean_iou"])],
-                ["panoptic quality (class-agnostic)", f(ins["pq"])],
-                ["instances in A / B / matched", f"{ins['in_a']} / {ins['in_b']} / {ins['matched']}"],
-            ],
-        ),
-        "<h2>Per image</h2>",
-        render.img(pictures["per_image"], "per-image agreement"),
-    ]
-    for key in ("class_iou", "confusion"):
-        if key in pictures:
-            parts.append(render.img(pictures[key], key))
-    if sem["matching"] != "ids":
-        parts.append("<h3>Class matching (A &rarr; B)</h3>")
-        parts.append(render.table(["A", "B"], [[f"{x} {n}", f"{y} {m}"] for x, y, n, m in sem["pairs"]], left=2))
-    if (ic := s["image_class"]) is not None:
-        parts.append(image_class_section(ic))
-    parts.append("<h2>Most-disagreeing images</h2>")
-    parts.append(
-        "<p class=muted>RGB | A semantic (in B's classes) | B semantic | pixels where they differ (red) | "
-        "A instances | B instances</p>"
+    """compare.html (quality/templates/compare.html)."""
+    return render.page(
+        "compare.html",
+        title=f"c2f compare: {s['a']['output']} vs {s['b']['output']}",
+        s=s,
+        pictures=pictures,
+        worst=WORST,
+        image_class=image_class_view(s["image_class"]),
     )
-    for name, why in WORST.items():
-        if f"worst_{name}" in pictures:
-            parts.append(f"<h3>{render.esc(why)}</h3>" + render.img(pictures[f"worst_{name}"], why))
-    if s["problems"]:
-        parts.append("<h2>Problems</h2>")
-        parts.append(
-            render.table(
-                ["shard", "key", "problem"], [[p["shard"], p["key"] or "", p["message"]] for p in s["problems"]], left=3
-            )
-        )
-    return render.page(f"c2f compare: {s['a']['output']} vs {s['b']['output']}", "".join(parts))
 
 
-def image_class_section(ic: dict[str, Any]) -> str:
-    """The page's part for a grounded output against another: the image's class on its own pixels."""
+def image_class_view(ic: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the page shows of a grounded output against another: the image's class on its own pixels."""
+    if ic is None:
+        return None
     f = render.fmt_num
     g, o = ("A", "B") if ic["grounded"] == "a" else ("B", "A")
-    rows = [
-        [f"{c['id']} {c['name']}", c["images"], *[f"{t['id']} {t['name']} {100 * t['share']:.0f}%" for t in c["top"]]]
-        + [""] * (3 - len(c["top"]))
-        for c in ic["by_class"][:40]
-    ]
-    return "".join(
-        [
-            f"<h2>The image's class ({g} is text-grounded)</h2>",
-            f"<p>{g} labels each image's own class on its objects; {o} has its own classes. On the pixels of the "
-            f"image's class in {g}: the IoU with the {o} class that covers most of them, and the share of them "
-            f"inside an instance of {o}.</p>",
-            render.table(
-                ["measure", "mean", "median", "images"],
-                [
-                    [
-                        name,
-                        f(ic[key].get("mean", math.nan)),
-                        f(ic[key].get("median", math.nan)),
-                        ic[key]["defined"],
-                    ]
-                    for key, name in (
-                        ("class_iou", f"IoU with {o}'s best class"),
-                        ("class_in_instances", f"share inside {o}'s instances"),
-                    )
-                ],
-                left=1,
-            ),
-            f"<h3>What {o} calls each image class ({g}'s class pixels by {o} class)</h3>",
-            render.table([f"{g} image class", "images", "1st", "2nd", "3rd"], rows, left=1),
-        ]
-    )
+    return {
+        "g": g,
+        "o": o,
+        "measures": [
+            [name, f(ic[key].get("mean", math.nan)), f(ic[key].get("median", math.nan)), ic[key]["defined"]]
+            for key, name in (
+                ("class_iou", f"IoU with {o}'s best class"),
+                ("class_in_instances", f"share inside {o}'s instances"),
+            )
+        ],
+        "rows": [
+            [
+                f"{c['id']} {c['name']}",
+                c["images"],
+                *[f"{t['id']} {t['name']} {100 * t['share']:.0f}%" for t in c["top"]],
+            ]
+            + [""] * (3 - len(c["top"]))
+            for c in ic["by_class"][:40]
+        ],
+    }
 
 
 def plots(

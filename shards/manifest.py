@@ -252,6 +252,9 @@ class ShardStats(Contract):
     # key -> [size, mtime_ns] of each planned input as the task read it: a rerun redoes the shard
     # when an input changed since (pipelines.plan.changed_inputs)
     inputs: dict[str, list[int]] = field(default_factory=dict)
+    # bytes of `{shard}.parquet` (shards.samples), written before this marker; None: a shard made
+    # before tables existed. A rerun redoes a shard whose table is missing or of another size.
+    table_bytes: int | None = None
     grounded: GroundedCount | None = None  # text-prompted labelers: images whose prompt found / did not find
 
     def to_json(self) -> dict[str, Any]:
@@ -432,6 +435,9 @@ class Manifest(Contract):
     totals: Totals
     config: dict[str, Any] = field(default_factory=dict)  # the job's settings
     format_version: int = fmt.FORMAT_VERSION
+    # every shard (listed and empty) has its `{shard}.parquet` table: `c2f validate` requires them
+    # (False: an output made before tables existed, or resumed from one; present tables are still checked)
+    sample_tables: bool = False
 
 
 @dataclass
@@ -542,6 +548,8 @@ def read_done(out: Store | str | os.PathLike) -> dict[int, ShardStats]:
             continue
         if stats.samples > 0 and files.get(stats.shard) != stats.bytes:
             continue
+        if stats.table_bytes is not None and files.get(fmt.table_name(stats.shard)) != stats.table_bytes:
+            continue
         done[stats.index] = stats
     return done
 
@@ -612,6 +620,7 @@ def write_dataset_files(
             shards=len(shards),
         ),
         config=config or {},
+        sample_tables=bool(stats) and all(s.table_bytes is not None for s in stats),
     )
     quarantine = [q.to_json() for q in unplanned] + [q.to_json() for s in stats for q in s.quarantined]
     store.write_bytes(fmt.QUARANTINE, "".join(json.dumps(q, sort_keys=True) + "\n" for q in quarantine).encode())
