@@ -10,6 +10,9 @@ saved to a temp dir and loaded back through the production loaders, so preproces
 post-processing and transfers are exactly what a labeling job runs. Speed does not depend on the
 weights, except that random heads keep a different number of masks than trained ones (reported).
 On a CPU the same presets run with the tiny models (`--real` forces the real ones).
+The text-prompted presets (`grounded`: Grounding DINO Swin-T/B + SAM-HQ ViT-H; `sam3`) get each
+image's ImageNet class as its prompt, with tokenizers over the ImageNet lemmas' words (prompts of
+realistic length); random heads score everything alike, so `--boxes` boxes per image go to SAM-HQ.
 
 Images are ImageNet-sized photos (375x500, 500x375, 333x500, 400x400, ...). Columns: images/s,
 ms per image in each stage (device time on CUDA: preprocess, forward, postprocess; host: records),
@@ -32,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_labeler import imagenet_sized  # noqa: E402
 
-from labeler.config import LabelerConfig, PanopticConfig, SamConfig, Settings  # noqa: E402
+from labeler.config import GroundedConfig, LabelerConfig, PanopticConfig, SamConfig, Settings  # noqa: E402
 from labeler.registry import build_labeler  # noqa: E402
 
 
@@ -95,7 +98,72 @@ def sam_checkpoint(root: Path, sam_type: str) -> str:
     return str(path)
 
 
-def presets(real: bool, device: str, sam_type: str, grid: int) -> dict[str, Settings]:
+def _lemma_words() -> list[str]:
+    from labeler.imagenet_space import imagenet_classes
+
+    return sorted({w for c in imagenet_classes() for p in c.phrases for w in p.lower().split()})
+
+
+def grounding_dino(root: Path, swin: str) -> str:
+    """Grounding DINO at random weights: Swin-T (transformers' default config) or Swin-B (384, window 12)."""
+    from transformers import (
+        BertTokenizer,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessor,
+        GroundingDinoProcessor,
+        SwinConfig,
+    )
+
+    from labeler.tiny_grounded import bert_vocab
+
+    backbone = {
+        "T": None,
+        "B": SwinConfig(
+            embed_dim=128,
+            depths=[2, 2, 18, 2],
+            num_heads=[4, 8, 16, 32],
+            window_size=12,
+            image_size=384,
+            out_indices=[2, 3, 4],
+        ),
+    }[swin]
+    model = GroundingDinoForObjectDetection(GroundingDinoConfig(backbone_config=backbone)).eval()
+    processor = GroundingDinoProcessor(GroundingDinoImageProcessor(), BertTokenizer(vocab=bert_vocab(_lemma_words())))
+    return _save(model, processor, root / f"grounding-dino-swin-{swin}")
+
+
+def sam_hq_vit_h(root: Path) -> str:
+    from transformers import SamHQConfig, SamHQMaskDecoderConfig, SamHQModel, SamHQVisionConfig, SamImageProcessor
+
+    vision = SamHQVisionConfig(
+        hidden_size=1280,
+        num_hidden_layers=32,
+        num_attention_heads=16,
+        global_attn_indexes=[7, 15, 23, 31],
+        mlp_dim=5120,
+    )
+    cfg = SamHQConfig(vision_config=vision, mask_decoder_config=SamHQMaskDecoderConfig(vit_dim=1280))
+    return _save(SamHQModel(cfg).eval(), SamImageProcessor(), root / "sam-hq-vit-h")
+
+
+def sam3_model(root: Path) -> str:
+    """SAM 3 at random weights (transformers' default config is the released architecture)."""
+    import json as _json
+
+    from transformers import CLIPTokenizer, Sam3Config, Sam3ImageProcessor, Sam3Model, Sam3Processor
+
+    from labeler.tiny_grounded import clip_vocab
+
+    d = root / "sam3"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "vocab.json").write_text(_json.dumps(clip_vocab(_lemma_words())))
+    (d / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt"))
+    return _save(Sam3Model(Sam3Config()).eval(), Sam3Processor(Sam3ImageProcessor(), tokenizer), d)
+
+
+def presets(real: bool, device: str, sam_type: str, grid: int, boxes: int = 4) -> dict[str, Settings]:
     """name -> Settings of a production preset (real architectures) or its tiny counterpart."""
     lab = {"device": device}
     # Random heads are unsure of everything: thresholds at 0 keep the post-processing's work realistic.
@@ -108,6 +176,8 @@ def presets(real: bool, device: str, sam_type: str, grid: int) -> dict[str, Sett
             f"sam (tiny SegFormer + tiny SAM, {grid}x{grid})": Settings(
                 LabelerConfig(preset="tiny-random", **lab), sam=SamConfig(points_per_side=grid)
             ),
+            "grounded (tiny Grounding DINO + SAM-HQ)": Settings(LabelerConfig(preset="tiny-random-grounded", **lab)),
+            "sam3 (tiny SAM 3)": Settings(LabelerConfig(preset="tiny-random-sam3", **lab)),
         }
     root = Path(tempfile.mkdtemp(prefix="c2f-bench-"))
     print(f"building random-weight models in {root} ...", flush=True)
@@ -125,6 +195,24 @@ def presets(real: bool, device: str, sam_type: str, grid: int) -> dict[str, Sett
         f"sam: SegFormer-B5 + SAM {sam_type}, {grid}x{grid}": Settings(
             LabelerConfig(preset="sam", semantic_model=segformer_b5_640(root), **lab),
             sam=SamConfig(**{**sam.__dict__, "sam_checkpoint": sam_checkpoint(root, sam_type)}),
+        ),
+        **{
+            f"grounded: Grounding DINO Swin-{t} + SAM-HQ ViT-H, {boxes} boxes": Settings(
+                LabelerConfig(preset="grounded", **lab),
+                grounded=GroundedConfig(
+                    grounding_model=grounding_dino(root, t),
+                    box_sam_model=sam_hq,
+                    box_threshold=0.0,
+                    text_threshold=0.0,
+                    max_detections=boxes,
+                    box_nms=1.0,
+                ),
+            )
+            for t, sam_hq in (("T", sam_hq_vit_h(root)), ("B", str(root / "sam-hq-vit-h")))
+        },
+        "sam3: SAM 3": Settings(
+            LabelerConfig(preset="sam3", **lab),
+            grounded=GroundedConfig(sam3_model=sam3_model(root), sam3_threshold=0.0, max_detections=boxes),
         ),
     }
 
@@ -144,11 +232,16 @@ def _peak(cuda: bool, base: float) -> str:
 
 
 def run(name: str, settings: Settings, batches: list[int], n: int, cuda: bool) -> list[str]:
+    from labeler.base import ImageContext
+    from labeler.imagenet_space import imagenet_classes
+
     labeler = build_labeler(settings)
     images = imagenet_sized(n)
+    # Each image's ImageNet class (its prompt, for the text-prompted presets; the others ignore it).
+    ctx = [ImageContext(f"b{i}", None, imagenet_classes()[(97 * i) % 1000].synset) for i in range(n)]
     rows = []
     for batch in batches:
-        warm = labeler.label(images[:batch])  # warm-up: kernels, autotuning, allocator
+        warm = labeler.label(images[:batch], ctx[:batch])  # warm-up: kernels, autotuning, allocator
         assert not any(isinstance(x, Exception) for x in warm), warm
         base = _peak_reset(cuda)
         before = labeler.timings()
@@ -156,7 +249,7 @@ def run(name: str, settings: Settings, batches: list[int], n: int, cuda: bool) -
         t0 = time.perf_counter()
         pending = None
         for i in range(0, n, batch):  # two batches in flight, as the labeling job keeps them
-            handle = labeler.submit(images[i : i + batch])
+            handle = labeler.submit(images[i : i + batch], ctx[i : i + batch])
             if pending is not None:
                 kept += sum(len(x.instances) for x in labeler.collect(pending))
             pending = handle
@@ -179,6 +272,7 @@ def main():
     ap.add_argument("--sam-type", default="vit_h")
     ap.add_argument("--grid", type=int, default=16, help="SAM points per side")
     ap.add_argument("--only", default="", help="substring of the preset names to run")
+    ap.add_argument("--boxes", type=int, default=4, help="grounded/sam3 with random heads: instances per image")
     args = ap.parse_args()
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
     device = "cpu" if device == "auto" else device
@@ -192,7 +286,7 @@ def main():
     print(f"device: {what}({device}), torch {torch.__version__}, {n} images per row")
     header = f"{'preset':<46} {'batch':>5} {'img/s':>8} {'pre ms':>7} {'fwd ms':>7} {'post ms':>7} {'host ms':>7}"
     print(f"{header} {'peak memory':>14} {'inst/img':>8}")
-    for name, settings in presets(real, device, args.sam_type, args.grid).items():
+    for name, settings in presets(real, device, args.sam_type, args.grid, args.boxes).items():
         if args.only and args.only not in name:
             continue
         run(name, settings, batches, n, cuda)

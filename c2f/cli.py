@@ -17,7 +17,7 @@ from typing import Any
 
 from c2fmae.probe import ProbeConfig
 from c2fmae.train import TrainConfig
-from labeler.config import LabelerConfig, PanopticConfig, SamConfig
+from labeler.config import GroundedConfig, LabelerConfig, PanopticConfig, SamConfig
 from pipelines.distributor import PoolSettings
 from pipelines.label import LabelConfig
 from quality.config import CompareConfig, FilterConfig, ReportConfig
@@ -85,6 +85,7 @@ LABEL_GROUPS = {
     LabelerConfig: "labeler",
     SamConfig: "SAM (preset sam)",
     PanopticConfig: "panoptic (preset panoptic)",
+    GroundedConfig: "text-prompted (presets grounded, sam3)",
 }
 
 
@@ -107,12 +108,17 @@ def cmd_filter(cfg: FilterConfig) -> int:
 
 
 def cmd_label(
-    job: LabelConfig, pool: PoolSettings, labeler: LabelerConfig, sam: SamConfig, panoptic: PanopticConfig
+    job: LabelConfig,
+    pool: PoolSettings,
+    labeler: LabelerConfig,
+    sam: SamConfig,
+    panoptic: PanopticConfig,
+    grounded: GroundedConfig,
 ) -> int:
     from labeler.config import Settings
     from pipelines.label import run
 
-    return run(job, pool, Settings(labeler, sam, panoptic))
+    return run(job, pool, Settings(labeler, sam, panoptic, grounded))
 
 
 def cmd_pretrain(cfg: TrainConfig) -> int:

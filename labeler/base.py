@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -21,6 +22,18 @@ class LabelerLoadError(UsageError):
     message says what to pass instead. Retrying cannot fix it, so the job stops with exit 2."""
 
 
+@dataclass(frozen=True)
+class ImageContext:
+    """What the plan knows of one image besides its pixels, passed with it to `label`/`submit`:
+    the text-prompted presets build its prompt from its class (or its key, with `--prompts`); the
+    other labelers ignore it. Small and picklable: it travels with the image to the labeling actor,
+    so a shard task never needs a label table."""
+
+    key: str
+    class_index: int | None = None  # the plan's class index (sorted synsets of the input)
+    synset: str | None = None  # the image's class folder (a WordNet id in the ImageNet layout)
+
+
 @runtime_checkable
 class Labeler(Protocol):
     """Labels a batch of RGB images at their own resolutions.
@@ -35,16 +48,19 @@ class Labeler(Protocol):
     lock to submit again, as a per-image retry does).
     An error that leaves the device unusable (`is_device_fault`) is raised, never returned as an
     image's result: only a new process can recover from it.
+    `contexts` (optional, one `ImageContext` per image) is what the plan knows of each image; only
+    the text-prompted presets read it.
     """
 
     # False for a labeler that reads only the images' sizes (`empty`): the shard task then checks each
     # JPEG at 1/8 scale instead of decoding it into an array (shards.image.check_scaled).
     needs_pixels: bool
 
-    def label(self, images: list[np.ndarray]) -> list[Labels | Exception]:  # images: [H, W, 3] uint8
-        ...
+    def label(  # images: [H, W, 3] uint8
+        self, images: list[np.ndarray], contexts: list[ImageContext] | None = None
+    ) -> list[Labels | Exception]: ...
 
-    def submit(self, images: list[np.ndarray]) -> Any: ...
+    def submit(self, images: list[np.ndarray], contexts: list[ImageContext] | None = None) -> Any: ...
 
     def collect(self, handle: Any) -> list[Labels | Exception]: ...
 
@@ -62,11 +78,11 @@ class LocalLabeler:
 
     needs_pixels = True
 
-    def label(self, images: list[np.ndarray]) -> list[Labels | Exception]:
+    def label(self, images: list[np.ndarray], contexts: list[ImageContext] | None = None) -> list[Labels | Exception]:
         raise NotImplementedError
 
-    def submit(self, images: list[np.ndarray]) -> list[Labels | Exception]:
-        return self.label(images)
+    def submit(self, images: list[np.ndarray], contexts: list[ImageContext] | None = None) -> list[Labels | Exception]:
+        return self.label(images, contexts)
 
     def collect(self, handle: list[Labels | Exception]) -> list[Labels | Exception]:
         return handle

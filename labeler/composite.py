@@ -48,35 +48,38 @@ class Pending:
     counts: list[int] = field(default_factory=list)  # arrays per image in the download
     error: Exception | None = None
     events: list = field(default_factory=list)  # this batch's stage timing events (StageClock.take)
+    contexts: list | None = None  # the images' ImageContexts, when the caller gave them
 
 
 class BatchLabeler(LocalLabeler):
     """Base of device labelers. Subclasses give `_device_outputs` (per image, the tensors to bring back)
-    and `_labels` (those arrays on the host -> `Labels`)."""
+    and `_labels` (those arrays on the host -> `Labels`); both also get the images' contexts (None
+    when the caller gave none), which only the text-prompted presets read."""
 
     device: Any  # torch.device
     clock: StageClock
 
-    def _device_outputs(self, images: list[np.ndarray], on_device: list) -> list[list]:
+    def _device_outputs(self, images: list[np.ndarray], on_device: list, contexts: list | None = None) -> list[list]:
         raise NotImplementedError
 
-    def _labels(self, arrays: list[np.ndarray]) -> Labels:
+    def _labels(self, arrays: list[np.ndarray], context=None) -> Labels:
         raise NotImplementedError
 
-    def submit(self, images: list[np.ndarray]) -> Pending:
+    def submit(self, images: list[np.ndarray], contexts: list | None = None) -> Pending:
         from .transfer import Download, upload
 
         try:
             with self.clock.stage("preprocess"):
                 on_device = upload(images, self.device)
-            outputs = self._device_outputs(images, on_device)
+            outputs = self._device_outputs(images, on_device, contexts)
             download = Download([a for item in outputs for a in item])
-            return Pending(images, download, [len(item) for item in outputs], events=self.clock.take())
+            counts = [len(item) for item in outputs]
+            return Pending(images, download, counts, contexts=contexts, events=self.clock.take())
         except Exception as e:  # noqa: BLE001 - retried image by image in collect
             self.clock.discard()
             if is_device_fault(e):
                 raise
-            return Pending(images, error=e)
+            return Pending(images, error=e, contexts=contexts)
 
     def collect(self, handle: Pending) -> list[Labels | Exception]:
         error = handle.error
@@ -87,9 +90,10 @@ class BatchLabeler(LocalLabeler):
                 t0 = time.perf_counter()
                 out: list[Labels | Exception] = []
                 offset = 0
-                for n in handle.counts:
+                contexts = handle.contexts or [None] * len(handle.counts)
+                for n, context in zip(handle.counts, contexts, strict=True):
                     try:
-                        out.append(self._labels(arrays[offset : offset + n]))
+                        out.append(self._labels(arrays[offset : offset + n], context))
                     except Exception as e:  # noqa: BLE001 - that image only
                         if is_device_fault(e):
                             raise
@@ -104,14 +108,14 @@ class BatchLabeler(LocalLabeler):
         if len(handle.images) == 1:
             return [error]
         out = []
-        for im in handle.images:
+        for im, c in zip(handle.images, handle.contexts or [None] * len(handle.images), strict=True):
             with SUBMIT_LOCK:  # collect may run beside another batch's submit
-                retry = self.submit([im])
+                retry = self.submit([im], None if c is None else [c])
             out.append(self.collect(retry)[0])
         return out
 
-    def label(self, images: list[np.ndarray]) -> list[Labels | Exception]:
-        return self.collect(self.submit(images))
+    def label(self, images: list[np.ndarray], contexts: list | None = None) -> list[Labels | Exception]:
+        return self.collect(self.submit(images, contexts))
 
     def timings(self) -> dict[str, float]:
         """Cumulative {"images": n, "preprocess_ms", "forward_ms", "postprocess_ms", "host_ms"}: device
@@ -128,12 +132,12 @@ class SemanticPlusInstances(BatchLabeler):
         self.semantic, self.instances, self._describe = semantic, instances, describe
         self.device, self.clock = torch.device(semantic.seg.device), clock
 
-    def _device_outputs(self, images, on_device):
+    def _device_outputs(self, images, on_device, contexts=None):
         sems = self.semantic.run(on_device)
         insts = self.instances.run(images, on_device)
         return [[s, i, r] for s, (i, r) in zip(sems, insts, strict=True)]
 
-    def _labels(self, arrays):
+    def _labels(self, arrays, context=None):
         from .overlap import records_to_instances
 
         sem, inst, records = arrays
@@ -154,10 +158,10 @@ class OnePassPanoptic(BatchLabeler):
         self.panoptic, self._describe = panoptic, describe
         self.device, self.clock = torch.device(panoptic.seg.device), panoptic.clock
 
-    def _device_outputs(self, images, on_device):
+    def _device_outputs(self, images, on_device, contexts=None):
         return [list(item) for item in self.panoptic.run(on_device)]
 
-    def _labels(self, arrays):
+    def _labels(self, arrays, context=None):
         from .overlap import records_to_instances
 
         sem, inst, records = arrays

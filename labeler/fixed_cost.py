@@ -91,7 +91,7 @@ class FixedCostLabeler(LocalLabeler):
         self._batches = 0  # submitted by this process
         self._totals = {"images": 0.0, "device_ms": 0.0, "host_ms": 0.0}
 
-    def submit(self, images: list[np.ndarray]) -> Batch:
+    def submit(self, images: list[np.ndarray], contexts=None) -> Batch:
         self._batches += 1
         seconds = self.seconds * len(images)
         done_at = self.device.enqueue(seconds)
@@ -113,8 +113,8 @@ class FixedCostLabeler(LocalLabeler):
             self._totals["host_ms"] += 1000 * host
         return batch.labels
 
-    def label(self, images: list[np.ndarray]) -> list[Labels]:
-        return self.collect(self.submit(images))
+    def label(self, images: list[np.ndarray], contexts=None) -> list[Labels]:
+        return self.collect(self.submit(images, contexts))
 
     def timings(self) -> dict[str, float]:
         """Cumulative {"images", "device_ms" (simulated), "host_ms" (measured)}."""

@@ -11,6 +11,8 @@
 | `tiny-random-eomt`     | tiny random EoMT, one pass                                   |
 | `fixed-cost`  | brightness bands, no model   | 4x4 grid; device and host seconds per image (benchmarks, faults) |
 | `classical`   | 20 colour x texture classes  | Felzenszwalb-Huttenlocher regions of object size; weight-free |
+| `grounded`, `sam3`, `tiny-random-grounded`, `tiny-random-sam3`: each image's class as a text prompt     |
+|               | (labeler/presets_grounded.py): image class on its instances | Grounding DINO + SAM-HQ / SAM 3 |
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from shards.manifest import LabelerInfo, ModelInfo
 
 from .base import Labeler, LabelerLoadError
 from .config import LabelerConfig, Settings
+from .presets_grounded import PRESETS as GROUNDED_PRESETS
 
 
 def _empty(s: Settings) -> Labeler:
@@ -161,6 +164,7 @@ PRESETS: dict[str, Callable[[Settings], Labeler]] = {
     "tiny-random-panoptic": _tiny_random_panoptic,
     "tiny-random-eomt": _tiny_random_eomt,
 }
+PRESETS.update(GROUNDED_PRESETS)  # grounded, sam3 and their tiny presets (labeler/presets_grounded.py)
 
 
 def build_labeler(settings: Settings | str) -> Labeler:

@@ -103,16 +103,16 @@ class RemoteLabeler:
     def __init__(self, actor):
         self.actor = actor
 
-    def submit(self, images):
-        return self.actor.label.remote(images)
+    def submit(self, images, contexts=None):
+        return self.actor.label.remote(images, contexts)
 
     def collect(self, ref):
         import ray
 
         return ray.get(ref)
 
-    def label(self, images):
-        return self.collect(self.submit(images))
+    def label(self, images, contexts=None):
+        return self.collect(self.submit(images, contexts))
 
 
 def _shard_task(job: ShardJob, actor, settings=None) -> ShardStats:

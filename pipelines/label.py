@@ -83,6 +83,7 @@ def run(cfg: LabelConfig, pool: PoolSettings | None = None, settings: Settings |
 
 def _job(cfg: LabelConfig, pool: PoolSettings | None = None, settings: Settings | None = None) -> int:
     from labeler.base import LabelerLoadError
+    from labeler.presets_grounded import check_job
     from labeler.registry import PRESETS
     from shards import format as fmt
     from shards.manifest import read_done, write_dataset_files
@@ -104,6 +105,7 @@ def _job(cfg: LabelConfig, pool: PoolSettings | None = None, settings: Settings 
     if not cfg.estimate:
         hold_output(out, cfg.lease_timeout)  # one job per OUTPUT, on any machine; refused before listing
     plan = make_plan(cfg.input, cfg.samples_per_shard, cfg.prefix)
+    check_job(settings, has_classes=plan.imagenet)  # text-prompted presets: prompts and models, before Ray
     if cfg.estimate > 0:
         from .estimate import estimate
 
@@ -113,7 +115,7 @@ def _job(cfg: LabelConfig, pool: PoolSettings | None = None, settings: Settings 
     if out.local:
         remove_stale_temp_files(Path(out.root))
     check_or_write_plan(out, plan, cfg.overwrite)
-    check_or_write_settings(out, settings.to_json(), cfg.overwrite)
+    check_or_write_settings(out, settings.to_json(), cfg.overwrite, Settings().to_json())
     done = read_done(out)
     changed = changed_inputs(plan, done)
     for i, what in sorted(changed.items()):

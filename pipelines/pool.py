@@ -129,14 +129,14 @@ class LabelActor:
         self._fault_seen.wait()
         return os.getpid(), self._fault or ""
 
-    def label(self, images):
+    def label(self, images, contexts=None):
         self._hold_if_ending()
         if self.labeler is None:
             raise self.error
         t0 = self._enter()
         try:
             with SUBMIT_LOCK:
-                handle = self.labeler.submit(images)
+                handle = self.labeler.submit(images, contexts)
             results = self.labeler.collect(handle)
         except Exception as e:
             if is_device_fault(e):

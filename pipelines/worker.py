@@ -26,11 +26,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from labeler.base import Labeler
+from labeler.base import ImageContext, Labeler
 from shards import format as fmt
 from shards.errors import first_line
 from shards.image import BadImage, PreparedImage, prepare_image
-from shards.manifest import Quarantined, ShardStats, write_stats
+from shards.manifest import GroundedCount, Quarantined, ShardStats, write_stats
 from shards.pack import Labels, pack_sample
 from shards.samples import InputRef, Packed, coverage, mean_score, shard_rows, table_bytes
 from shards.store import Store
@@ -183,10 +183,12 @@ def write_labeled(
     results: list,
     quarantine: Quarantine,
     timer: StageTimer | None = None,
+    grounded: GroundedCount | None = None,
     packed: dict[str, Packed] | None = None,
 ) -> None:
     """pack + write one labeled batch; a label or pack failure quarantines that image only.
-    `packed` receives what the shard's table records of each sample written."""
+    `grounded` counts the written images that a text prompt labeled, found or not found; `packed`
+    receives what the shard's table records of each sample written."""
     timer = timer if timer is not None else StageTimer()
     for (item, im), labels in zip(batch, results, strict=True):
         if isinstance(labels, Exception):
@@ -204,6 +206,8 @@ def write_labeled(
         except (ValueError, TypeError, OverflowError) as e:
             quarantine.add(item, "pack", first_line(e, typed=True))
             continue
+        if grounded is not None and labels.prompt is not None:
+            grounded.add(bool(labels.instances))
         if packed is not None:
             cov, score = coverage(labels.semantic), mean_score(i.score for i in labels.instances)
             packed[item.key] = Packed(index, im.width, im.height, len(labels.instances), cov, score)
@@ -216,11 +220,12 @@ def process_shard(job: ShardJob, labeler: Labeler) -> ShardStats:
     t0 = time.perf_counter()
     quarantine, timer = Quarantine(job.shard), StageTimer()
     stamps: dict[str, list[int]] = {}
+    grounded = GroundedCount()
     packed: dict[str, Packed] = {}
     store = Store(job.out_dir)
     staging = store.staging_dir()
     try:
-        info = _write_shard(job, labeler, Path(staging) / job.shard, quarantine, timer, stamps, packed)
+        info = _write_shard(job, labeler, Path(staging) / job.shard, quarantine, timer, stamps, grounded, packed)
         if info.samples:
             with timer("publish"):
                 store.publish(Path(staging) / job.shard, job.shard)  # the tar first, then its done-marker
@@ -240,6 +245,7 @@ def process_shard(job: ShardJob, labeler: Labeler) -> ShardStats:
         seconds=round(time.perf_counter() - t0, 3),
         timings={k: round(v, 1) for k, v in timer.items()},
         inputs=stamps,
+        grounded=grounded if grounded.found + grounded.not_found else None,
         table_bytes=len(table),
     )
     write_stats(store, stats)
@@ -262,20 +268,24 @@ def _write_shard(
     quarantine: Quarantine,
     timer: StageTimer,
     stamps: dict,
+    grounded: GroundedCount | None = None,
     packed: dict | None = None,
 ) -> ShardInfo:
     """read -> decode -> label -> pack -> write into a tar at `path` (atomically, by the writer).
-    `label_wait` is the time this task waited for labels beyond its own reading and decoding."""
+    `label_wait` is the time this task waited for labels beyond its own reading and decoding. Each
+    image goes to the labeler with its `ImageContext` (key and class), from which the text-prompted
+    presets make its prompt."""
     with ShardWriter(path) as writer:
 
         def finish(batch: list[tuple[Item, PreparedImage]], handle) -> None:
             with timer("label_wait", [it.key for it, _ in batch]):
                 results = labeler.collect(handle) if batch else []
-            write_labeled(writer, batch, results, quarantine, timer, packed)
+            write_labeled(writer, batch, results, quarantine, timer, grounded, packed)
 
         pending = None
         for batch in decode_batches(job, quarantine, stamps, timer, labeler.needs_pixels):
-            handle = labeler.submit([im.labeler_input() for _, im in batch]) if batch else None
+            contexts = [ImageContext(it.key, it.class_index, it.synset) for it, _ in batch]
+            handle = labeler.submit([im.labeler_input() for _, im in batch], contexts) if batch else None
             if pending is not None:
                 finish(*pending)
             pending = (batch, handle)

@@ -45,6 +45,7 @@ MEASURES = [
     Measure("score", "mean instance score from the labeler (empty: no instances)", "low"),
     Measure("purity", "share of instance pixels in their instance's majority semantic class", "low"),
     Measure("thing_fraction", "share of instance pixels whose semantic class is a thing", "low"),
+    Measure("found", "text-prompted presets: 1 if the image's prompt found its object, else 0 (empty: others)", "low"),
 ]
 MEASURE_NAMES = [m.name for m in MEASURES]
 # Columns that identify a sample; `index` is its position in its shard (what wids addresses);
@@ -152,6 +153,7 @@ class Accumulator:
         else:
             thing_known = True
         scores = [float(i["score"]) for i in meta.get("instances", []) if isinstance(i.get("score"), (int, float))]
+        prompted = isinstance(meta.get("prompt"), str)
         row = {
             "key": key,
             "shard": r.shard,
@@ -172,6 +174,7 @@ class Accumulator:
             "thing_fraction": (
                 float(joint[:, is_thing].sum()) / inst_pixels if inst_pixels and thing_known else math.nan
             ),
+            "found": float(len(ids) > 0) if prompted else math.nan,
         }
         for c in COLUMNS:
             r.columns[c].append(row[c])

@@ -165,6 +165,8 @@ def pick_worst(columns: dict[str, np.ndarray], n: int) -> tuple[dict[str, list[d
         if v[ok].min() == v[ok].max():
             skipped[m.name] = f"every image has {render.fmt_num(float(v[ok][0]))}"
             continue
+        if set(np.unique(v[ok]).tolist()) <= {0.0, 1.0}:  # a yes/no measure: only the images that say no
+            ok = ok[v[ok] == (0.0 if m.worst == "low" else 1.0)]
         sign = 1 if m.worst == "low" else -1
         order = ok[np.lexsort((columns["key"][ok], sign * v[ok]))][:n]
         worst[m.name] = [
@@ -192,21 +194,29 @@ def summarize(output: Output, space: SemanticClasses, m: Measured, seconds: floa
     synsets = output.manifest.plan.classes
     image_classes = []
     counts = np.bincount(cols["cls_index"][cols["cls_index"] >= 0]) if n else np.zeros(0, np.int64)
+    found = cols["found"]
     for cls in sorted(m.by_image_class):
         v = m.by_image_class[cls]
         lab = v[:k].sum()
         top = np.argsort(-v[:k], kind="stable")[:3]
-        image_classes.append(
-            {
-                "index": cls,
-                "synset": synsets[cls] if 0 <= cls < len(synsets) else None,
-                "images": int(counts[cls]) if cls < len(counts) else 0,
-                "unlabelled_share": float(v[k]) / max(int(v.sum()), 1),
-                "top": [
-                    {"id": int(c), "name": space.name(int(c)), "share": float(v[c]) / lab} for c in top if v[c] > 0
-                ],
-            }
-        )
+        synset = synsets[cls] if 0 <= cls < len(synsets) else None
+        entry = {
+            "index": cls,
+            "synset": synset,
+            "images": int(counts[cls]) if cls < len(counts) else 0,
+            "unlabelled_share": float(v[k]) / max(int(v.sum()), 1),
+            "top": [{"id": int(c), "name": space.name(int(c)), "share": float(v[c]) / lab} for c in top if v[c] > 0],
+        }
+        if synset in space.class_of_synset:  # grounded: the class's name in the label space
+            entry["name"] = space.name(space.class_of_synset[synset])
+        of_class = found[cols["cls_index"] == cls]
+        if np.isfinite(of_class).any():  # text-prompted: how often the class's prompt found its object
+            entry["found_share"] = float(np.nanmean(of_class))
+        image_classes.append(entry)
+    grounded = None
+    if np.isfinite(found).any():
+        hit = int(np.nansum(found))
+        grounded = {"found": hit, "not_found": int(np.isfinite(found).sum()) - hit}
     return {
         "kind": REPORT_KIND,
         "output": output.path,
@@ -235,6 +245,7 @@ def summarize(output: Output, space: SemanticClasses, m: Measured, seconds: floa
             "out_of_range_pixels": m.out_of_range,
         },
         "image_classes": image_classes,
+        "grounded": grounded,  # text-prompted presets: images whose prompt found / did not find its object
         "problems": m.problems[:1000],
         "problem_count": len(m.problems),
     }
@@ -329,6 +340,7 @@ def page(summary: dict[str, Any], lab: LabelerInfo, pictures: dict[str, bytes], 
     ls = s["label_space"]
     used = sorted((c for c in ls["classes"] if c["pixels"]), key=lambda c: (-c["pixels"], c["id"]))
     shown = used if len(used) <= 40 else used[:20] + used[-20:]
+    prompted = any("found_share" in c for c in s["image_classes"])
     worst = []
     for name, picks in s["worst"].items():
         direction = next(m.worst for m in MEASURES if m.name == name)
@@ -356,10 +368,12 @@ def page(summary: dict[str, Any], lab: LabelerInfo, pictures: dict[str, bytes], 
         ],
         classes_cut=shown != used,
         never=[f"{c['id']} {c['name']}" for c in ls["classes"] if c["pixels"] == 0],
+        prompted=prompted,
         image_class_rows=[
             [
-                f"{c['index']} {c['synset'] or ''}".strip(),
+                f"{c['index']} {c['synset'] or ''} {c.get('name', '')}".strip(),
                 c["images"],
+                *([fmt_n(c.get("found_share", math.nan))] if prompted else []),
                 *[f"{t['name']} {100 * t['share']:.0f}%" for t in c["top"]] + [""] * (3 - len(c["top"])),
             ]
             for c in s["image_classes"]
@@ -404,6 +418,10 @@ def run(cfg: ReportConfig) -> int:
         f"report: {n} images in {summary['shards']} shards, measured in {seconds:.1f}s "
         f"({n / max(seconds, 1e-9):.0f} images/s); {time.perf_counter() - t0:.1f}s in all"
     )
+    if summary["grounded"]:
+        g = summary["grounded"]
+        total = g["found"] + g["not_found"]
+        print(f"  grounded: the prompt found its object in {g['found']} of {total} images, {g['not_found']} not found")
     for name in ("coverage", "instances", "purity"):
         d = summary["measures"][name]
         if d["defined"]:

@@ -255,6 +255,28 @@ class ShardStats(Contract):
     # bytes of `{shard}.parquet` (shards.samples), written before this marker; None: a shard made
     # before tables existed. A rerun redoes a shard whose table is missing or of another size.
     table_bytes: int | None = None
+    grounded: GroundedCount | None = None  # text-prompted labelers: images whose prompt found / did not find
+
+    def to_json(self) -> dict[str, Any]:
+        d = super().to_json()
+        if self.grounded is None:  # absent for the labelers without prompts: their stats keep their bytes
+            del d["grounded"]
+        return d
+
+
+@dataclass
+class GroundedCount(Contract):
+    """Images of a shard labeled from a text prompt: `found` have at least one grounded instance;
+    `not_found` kept an empty instance map and a background semantic map (never an error)."""
+
+    found: int = 0
+    not_found: int = 0
+
+    def add(self, found: bool) -> None:
+        if found:
+            self.found += 1
+        else:
+            self.not_found += 1
 
 
 @dataclass
@@ -292,6 +314,7 @@ class Totals(Contract):
 
 
 CLASS_AGNOSTIC = "class-agnostic"  # LabelSpace.instance of labelers whose instances have no category (SAM)
+GROUNDED = "grounded"  # LabelSpace.kind of the text-prompted presets (docs/FORMAT.md, "Label spaces")
 
 
 @dataclass
@@ -299,14 +322,19 @@ class LabelSpace(OpenContract):
     """What the values of the label maps mean: the manifest's `label_space`, as the labeler's
     `label_space()` gives it. Ids are JSON object keys: decimal strings.
 
-    Other kinds of label space (a text-grounded labeler's: ids for ImageNet's classes and stuff
-    classes, each with its prompts and thresholds) add their facts as optional typed fields
-    (`prompts: dict[str, list[str]] | None = None`): absent from the files of labelers that have
-    none, attributes for every reader."""
+    Other kinds of label space add their facts as optional typed fields, absent from the files of
+    labelers that have none. The text-prompted presets (`kind == GROUNDED`) write one fixed space:
+    ImageNet-1K's classes at their standard indices, a background class, ADE20K's stuff classes, then
+    the classes of a `--prompts` file (docs/FORMAT.md); each class it can ground has its prompt."""
 
     semantic: dict[str, str]  # semantic map value -> class name; the ignore value (fmt.semantic_ignore) is not listed
     # instance category id -> name (the classes that have instances: "things"), or CLASS_AGNOSTIC
     instance: dict[str, str] | str = CLASS_AGNOSTIC
+    kind: str | None = None  # None: a model's own classes; GROUNDED: the text-prompted presets' space
+    background: int | None = None  # grounded: the id of pixels that no instance and no stuff class claims
+    synsets: dict[str, str] | None = None  # grounded: class id -> WordNet synset (the ImageNet-1K classes)
+    prompts: dict[str, str] | None = None  # grounded: class id -> the text prompt its images are labeled with
+    thresholds: dict[str, float] | None = None  # grounded: what admitted an instance (box, text, mask scores)
     extra: dict[str, Any] = extra_field()
 
     def __post_init__(self) -> None:
@@ -335,6 +363,14 @@ class LabelSpace(OpenContract):
         (class-agnostic instances)."""
         return frozenset(int(k) for k in self.instance) if isinstance(self.instance, dict) and self.instance else None
 
+    @property
+    def grounded(self) -> bool:
+        return self.kind == GROUNDED
+
+    def class_of_synset(self) -> dict[str, int]:
+        """Synset -> class id (grounded spaces: an image's own class in the semantic map); empty otherwise."""
+        return {syn: int(k) for k, syn in (self.synsets or {}).items()}
+
 
 @dataclass
 class ModelInfo(OpenContract):
@@ -361,6 +397,8 @@ class LabelerInfo(OpenContract):
     note: str | None = None  # one sentence for people (c2f label, inspect and report show it)
     seconds_per_image: float | None = None  # `fixed-cost`: the time it spends on each image
     scikit_image: str | None = None  # `classical`: the scikit-image version whose segmentation made the labels
+    # text-prompted presets: where each image's prompt came from (ImageNet lemmas, or a --prompts file and its sha256)
+    prompt_source: str | None = None
     extra: dict[str, Any] = extra_field()
 
     @property
@@ -409,6 +447,9 @@ class InstanceRecord(Contract):
     score: float
     area: int
     bbox: list[int]  # [x, y, w, h]
+    phrase: str | None = None  # text-prompted presets: the phrase of the prompt this instance matched
+    box_score: float | None = None  # grounded: the detector's box score
+    mask_score: float | None = None  # grounded: the mask model's predicted IoU for the box's mask
 
 
 @dataclass
@@ -430,10 +471,17 @@ class SampleMeta(Contract):
     reencoded: bool = False
     reencode_reason: str | None = None
     exif_orientation: int | None = None
+    prompt: str | None = None  # text-prompted presets: the prompt this image was labeled with (absent otherwise)
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["class"] = d.pop("class_")
+        if d["prompt"] is None:
+            del d["prompt"]
+        for inst in d["instances"]:
+            for k in ("phrase", "box_score", "mask_score"):
+                if inst[k] is None:
+                    del inst[k]
         return d
 
 
