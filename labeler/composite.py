@@ -49,6 +49,7 @@ class BatchLabeler(LocalLabeler):
 
     device: Any  # torch.device
     clock: StageClock
+    gpu_shaped = False  # transfers in the GPU layout (one copy each way) on any device: --code-path
 
     def _device_outputs(self, images: list[np.ndarray], on_device: list) -> list[list]:
         raise NotImplementedError
@@ -61,9 +62,10 @@ class BatchLabeler(LocalLabeler):
 
         try:
             with self.clock.stage("preprocess"):
-                on_device = upload(images, self.device)
+                on_device = upload(images, self.device, self.gpu_shaped)
             outputs = self._device_outputs(images, on_device)
-            return Pending(images, Download([a for item in outputs for a in item]), [len(item) for item in outputs])
+            download = Download([a for item in outputs for a in item], self.gpu_shaped)
+            return Pending(images, download, [len(item) for item in outputs])
         except Exception as e:  # noqa: BLE001 - retried image by image in collect
             self.clock.discard()
             return Pending(images, error=e)
@@ -109,6 +111,7 @@ class SemanticPlusInstances(BatchLabeler):
 
         self.semantic, self.instances, self._describe = semantic, instances, describe
         self.device, self.clock = torch.device(semantic.seg.device), clock
+        self.gpu_shaped = semantic.gpu
 
     def _device_outputs(self, images, on_device):
         sems = self.semantic.run(on_device)
@@ -135,6 +138,7 @@ class OnePassPanoptic(BatchLabeler):
 
         self.panoptic, self._describe = panoptic, describe
         self.device, self.clock = torch.device(panoptic.seg.device), panoptic.clock
+        self.gpu_shaped = panoptic.gpu
 
     def _device_outputs(self, images, on_device):
         return [list(item) for item in self.panoptic.run(on_device)]
