@@ -247,8 +247,8 @@ class _Function(TorchFunctionMode):
                     c.counts.by_op[stage]["_to_copy"] += 1
             return out
         if name in _DEVICE_TO_HOST and args and isinstance(args[0], torch.Tensor) and _where(args[0]) == "device":
-            if name in ("cpu", "numpy", "tolist"):  # item/__float__/...: counted as the aten op
-                c.counts.syncs[stage]["device->host copy"] += 1
+            kind = "device->host copy" if name in ("cpu", "numpy", "tolist") else "item"
+            c.counts.syncs[stage][kind] += 1
             with c.pause():
                 out = func(*args, **kwargs)
                 if name == "cpu" and out is args[0]:

@@ -102,6 +102,12 @@ class _Cache:
 _CACHE = _Cache()
 
 
+def clear_geometry_cache() -> None:
+    """Forget the cached grids and ranges (benchmarks and tests that count a first sight of each size)."""
+    with _CACHE.lock:
+        _CACHE.items.clear()
+
+
 def sampling_grid(hw, valid, size, step, device) -> torch.Tensor:
     """`resample`'s grid_sample coordinates [1, H, W, 2] (a broadcast view of per-axis coordinates, which
     are cached per geometry and device)."""
