@@ -134,7 +134,8 @@ class PanopticConfig:
         default="auto",
         metadata={
             "help": "panoptic: class ids that are objects (instances), e.g. '0-79,90'; 'auto': the model config's "
-            "thing list, else the known split of its label space (ADE20K-150: 100 things), else every class"
+            "thing list, else the known split of its label space (ADE20K-150: 100 things; COCO panoptic: 80), "
+            "else every class"
         },
     )
 
