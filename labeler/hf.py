@@ -37,13 +37,13 @@ class Segmenter:
         return {int(k): v for k, v in self.model.config.id2label.items()}
 
 
-def load_segmenter(source: str, device: str = "auto", compile: bool = False) -> Segmenter:
-    """A Hugging Face id or a local directory -> processor + model in eval mode on `device`.
+def load_segmenter(source: str, device: str = "auto", compile: bool = False, backend: str = "inductor") -> Segmenter:
+    """A Hugging Face id or a local directory -> processor + model in eval mode on `device`; `compile`:
+    torch.compile'd for fixed shapes (precision.compile_model; run it with canvas buckets).
 
     Local directories load directly. Hub ids load from the local cache first; if absent, one
     download is tried (with short timeouts) and a failure says how to pass a local path instead.
     """
-    import torch
     from transformers import (
         AutoConfig,
         AutoImageProcessor,
@@ -88,7 +88,9 @@ def load_segmenter(source: str, device: str = "auto", compile: bool = False) -> 
     device = resolve_device(device)
     model = model.to(device).eval()
     if compile:
-        model = torch.compile(model)
+        from .precision import compile_model
+
+        model = compile_model(model, backend)
     return Segmenter(processor, model, config.model_type, source, device)
 
 
@@ -118,6 +120,7 @@ class HFRunner:
         self.device = torch.device(seg.device)
         self.precision = precision or resolve_precision("auto", self.device)
         self.prep = HFPreprocessor(seg.processor, seg.model_type, pad_multiple, buckets)
+        self.buckets = buckets
         forward = getattr(seg.model, "_orig_mod", seg.model).forward  # through torch.compile's wrapper
         self.takes_pixel_mask = "pixel_mask" in inspect.signature(forward).parameters
         self.task_inputs = None
@@ -138,6 +141,10 @@ class HFRunner:
                 kwargs["pixel_mask"] = g.pixel_mask
             if self.task_inputs is not None:
                 kwargs["task_inputs"] = self.task_inputs.expand(len(g.index), -1)
+            if self.buckets:  # compiled: one graph per canvas bucket for every group size > 1
+                from .precision import mark_batch_dynamic
+
+                mark_batch_dynamic(*kwargs.values())
             with self.clock.stage("forward"), torch.inference_mode(), self.precision.autocast():
                 results.append((g, self.seg.model(**kwargs)))
         return results

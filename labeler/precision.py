@@ -1,4 +1,5 @@
-"""Forward-pass precision (`--precision`): autocast to bf16/fp16, plain fp32, or fp32 with TF32 math.
+"""How the forward passes run: precision (`--precision`: autocast to bf16/fp16, plain fp32, or fp32 with
+TF32 math) and compilation (`--compile`).
 
 `auto` is bf16 on CUDA and fp32 elsewhere. bf16 keeps fp32's exponent range (no overflow in attention
 logits, unlike fp16) and runs on tensor cores: segment-anything-fast measured SAM ViT-H at 2.8 img/s in
@@ -47,3 +48,28 @@ def resolve_precision(name: str, device) -> Precision:
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32
     return Precision(name, device_type)
+
+
+# Distinct input shapes a compiled model may see before torch falls back to eager (torch's default is 8):
+# canvas buckets x (one image, several) stay below it for every processor we support.
+RECOMPILE_LIMIT = 64
+
+
+def compile_model(model, backend: str = "inductor"):
+    """torch.compile for fixed shapes: each canvas bucket compiles once for a single image and once for a
+    batch of any size (callers mark the batch dimension dynamic: `mark_batch_dynamic`), not once per
+    shape. `backend` is for tests: recompilation is decided by dynamo's guards, whatever compiles."""
+    import torch._dynamo
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    return torch.compile(model, backend=backend, dynamic=False)
+
+
+def mark_batch_dynamic(*tensors) -> None:
+    """Let a compiled model take these inputs at any batch size >= 2 without recompiling (size 1 is
+    specialised by torch: one more compilation per shape)."""
+    import torch._dynamo
+
+    for t in tensors:
+        if t is not None and t.shape[0] > 1:
+            torch._dynamo.mark_dynamic(t, 0)

@@ -74,7 +74,12 @@ class BatchedSamInstances:
         # --compile: the image encoder (most of SAM's cost) at a fixed input size; encoder batches are
         # padded to a power of two, so it compiles at most log2(--sam-encoder-batch) + 1 times.
         self.compiled = compile
-        self.encoder = torch.compile(model.image_encoder) if compile else model.image_encoder
+        if compile:
+            from .precision import compile_model
+
+            self.encoder = compile_model(model.image_encoder)
+        else:
+            self.encoder = model.image_encoder
 
     # --- model ---------------------------------------------------------------------------------
 
