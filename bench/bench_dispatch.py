@@ -16,6 +16,10 @@ shapes   post-processing at production shapes (model-shaped synthetic outputs: M
          (+-10%) at both sizes, no sync.
 sam      SAM's host syncs per batch against the prompts per image (grids 4x4 to 16x16, 32 prompts per
          decoder pass). Target: independent of the prompts.
+real     (not in the default set: minutes of CPU) the presets' real architectures at random weights
+         (Mask2Former Swin-L, EoMT-L, SegFormer-B5 + SAM ViT-H; bench_gpu_labeling.py builds them) in
+         bf16 autocast, one batch of --real-batch images: what transformers' and segment_anything's
+         forward passes do on top of ours.
 """
 
 from __future__ import annotations
@@ -61,6 +65,10 @@ def presets(batch: int, code_path: str) -> None:
 
 
 def count_postprocess(fn, n: int):
+    """fn(i) for i < n, counted; every image size is seen for the first time (no cached grids)."""
+    from labeler.postprocess import clear_geometry_cache
+
+    clear_geometry_cache()
     with OpCounter() as counter, counter.phase("postprocess"):
         for i in range(n):
             fn(i)
@@ -159,12 +167,44 @@ def sam(code_path: str) -> None:
         print(f"{grid}x{grid:<6} {row['decoder passes']:15d} " + " ".join(f"{row[s]:12d}" for s in STAGES))
 
 
+def real(batch: int, code_path: str, keys: list[str]) -> None:
+    import argparse as _argparse
+    import shutil
+    import tempfile
+
+    from bench_gpu_labeling import real_presets
+
+    args = _argparse.Namespace(
+        device="cpu", precision="bf16", code_path=code_path, compile=False, grid=16, sam_type="vit_h"
+    )
+    root = Path(tempfile.mkdtemp(prefix="c2f-dispatch-"))
+    images = imagenet_sized(batch)
+    print(f"\nreal architectures, random weights, bf16, batch {batch}, --code-path {code_path}")
+    try:
+        for key, (title, build) in real_presets(root, args).items():
+            if keys and key not in keys:
+                continue
+            labeler = build_labeler(build())
+            counts = count_batch(labeler, images)
+            print(title)
+            for stage in STAGES:
+                if counts.ops[stage] or counts.syncs.get(stage):
+                    extra = f", MIXED {counts.mixed[stage]}" if counts.mixed[stage] else ""
+                    ops = counts.ops[stage] / batch
+                    print(f"  {stage:<12} {ops:8.1f} ops/img | syncs: {_syncs(counts, stage)}{extra}")
+            del labeler
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--code-path", default="gpu", choices=["gpu", "cpu"])
     ap.add_argument("--only", default="presets,shapes,sam")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--real-batch", type=int, default=2)
+    ap.add_argument("--real-presets", default="", help="real: comma-separated keys (m2f-384, m2f-640, eomt, sam)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     only = set(args.only.split(","))
@@ -174,6 +214,8 @@ def main():
         shapes(args.code_path)
     if "sam" in only:
         sam(args.code_path)
+    if "real" in only:
+        real(args.real_batch, args.code_path, [k for k in args.real_presets.split(",") if k])
 
 
 if __name__ == "__main__":

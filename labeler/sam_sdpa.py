@@ -27,8 +27,9 @@ def _sdpa_attention(self, x: torch.Tensor) -> torch.Tensor:
     q, k, v = qkv.unbind(0)  # [B, heads, N, c]
     bias = None
     if self.use_rel_pos:
-        rel_h_table, rel_w_table = _tables(self, h, w)  # [h, h, c], [w, w, c]
         r_q = q.reshape(b * self.num_heads, h, w, -1)
+        # [h, h, c], [w, w, c] in q's dtype: what autocast would cast them to for the products below
+        rel_h_table, rel_w_table = _tables(self, h, w, r_q.dtype)
         rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, rel_h_table)
         rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, rel_w_table)
         bias = (rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).reshape(b, self.num_heads, h * w, h * w)
@@ -51,15 +52,15 @@ def rel_table(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
     return rel_pos[relative.long()]
 
 
-def _tables(attn, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The block's relative-position tables for an h x w token grid, built once per grid and weights
-    (a parameter's version counts its in-place updates, e.g. load_state_dict)."""
+def _tables(attn, h: int, w: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The block's relative-position tables for an h x w token grid in `dtype`, built once per grid,
+    dtype and weights (a parameter's version counts its in-place updates, e.g. load_state_dict)."""
     ph, pw = attn.rel_pos_h, attn.rel_pos_w
-    key = (h, w, ph.device, ph.dtype, ph._version, pw._version, ph.data_ptr(), pw.data_ptr())
+    key = (h, w, dtype, ph.device, ph._version, pw._version, ph.data_ptr(), pw.data_ptr())
     cached = getattr(attn, "_c2f_rel_tables", None)
     if cached is None or cached[0] != key:
         with torch.no_grad():
-            cached = (key, (rel_table(h, h, ph), rel_table(w, w, pw)))
+            cached = (key, (rel_table(h, h, ph).to(dtype), rel_table(w, w, pw).to(dtype)))
         attn._c2f_rel_tables = cached
     return cached[1]
 
