@@ -67,12 +67,10 @@ class Download:
 
     def __init__(self, items: list[torch.Tensor | np.ndarray], one_copy: bool | None = None):
         self.items = items
-        self._copied = {
-            id(t)
-            for t in items
-            if isinstance(t, torch.Tensor) and (t.device.type == "cuda" or (one_copy and t.device.type == "cpu"))
-        }
-        tensors = [t for t in items if id(t) in self._copied]
+        tensors = [t for t in items if isinstance(t, torch.Tensor) and t.device.type == "cuda"]
+        if not tensors and one_copy:  # a CPU run of the GPU layout: the same calls
+            tensors = [t for t in items if isinstance(t, torch.Tensor)]
+        self._copied = {id(t) for t in tensors}  # others (host tensors beside CUDA ones) pass as views
         self._event = self._host = None
         if tensors:
             cuda = tensors[0].device.type == "cuda"

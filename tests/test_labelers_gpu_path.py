@@ -227,3 +227,24 @@ def test_prompt_embeddings_equal_the_prompt_encoders(tmp_path):
             points=(coords[:, None, :], torch.ones(7, 1, dtype=torch.int)), boxes=None, masks=None
         )
         assert torch.equal(gen._sparse(coords), ref)
+
+
+def test_one_copy_download_returns_every_array():
+    """The GPU layout's download (one byte buffer for every map and record table) on a CPU."""
+    from labeler.transfer import Download, upload
+
+    items = [
+        torch.arange(12, dtype=torch.uint8).view(3, 4),
+        torch.arange(6, dtype=torch.int64).view(2, 3) - 3,
+        torch.rand(2, 9, dtype=torch.float64),
+        torch.zeros(0, 9, dtype=torch.float64),
+        torch.arange(5, dtype=torch.int16).to(torch.uint16),
+        np.ones((2, 2), np.float32),
+    ]
+    out = Download(items, one_copy=True).result()
+    for a, b in zip(items, out, strict=True):
+        expected = a if isinstance(a, np.ndarray) else a.numpy()
+        assert b.dtype == expected.dtype and np.array_equal(b, expected)
+    images = _images(2)
+    uploaded = upload(images, torch.device("cpu"), True)
+    assert all(np.array_equal(t.numpy(), im) for t, im in zip(uploaded, images, strict=True))
