@@ -7,7 +7,7 @@
 Sized for a short GPU slot: each preset's model is built right before its rows and dropped after them
 (`--only` builds only those asked for), initialised on the GPU, saved and loaded back through the
 production loaders; the default sweep (4 presets x batches 8/16/32, 4 batches of the largest per row)
-is estimated at ~4-6 minutes on one H100/H200 (docs/BENCHMARKS.md lists the parts). `--budget-s` stops
+is estimated at ~3-5 minutes on one H100/H200 (docs/LABELERS.md lists the parts). `--budget-s` stops
 before a preset that would start past the budget.
 
 On CUDA the models are the presets' real architectures at random weights (no hub access is needed):
