@@ -55,10 +55,16 @@ def _save(model, processor, directory: Path) -> str:
     return str(directory)
 
 
-def _on(device: str):
-    """Initialise models on the device (random init of ~300M parameters takes seconds there, tens of
-    seconds on a CPU); the weights are saved and loaded back through the production loader anyway."""
-    return torch.device(device)
+def _init(build, device: str):
+    """build() with new tensors on `device`: random init of ~300M parameters takes seconds on a GPU,
+    tens of seconds on a CPU (the weights are saved and loaded back through the production loader
+    anyway). Falls back to the CPU if a constructor does not support it."""
+    try:
+        with torch.device(device):
+            return build()
+    except (RuntimeError, TypeError) as e:
+        print(f"  (initialising on the CPU: {str(e).splitlines()[0]})", flush=True)
+        return build()
 
 
 def mask2former_swin_large(root: Path, device: str, size: dict) -> str:
@@ -82,8 +88,7 @@ def mask2former_swin_large(root: Path, device: str, size: dict) -> str:
             out_features=["stage1", "stage2", "stage3", "stage4"],
         )
         cfg = Mask2FormerConfig(backbone_config=backbone, num_labels=150, num_queries=200)
-        with _on(device):
-            model = Mask2FormerForUniversalSegmentation(cfg).eval()
+        model = _init(lambda: Mask2FormerForUniversalSegmentation(cfg).eval(), device)
         _save(model, Mask2FormerImageProcessor(size=size), weights)
         del model
     name = "m2f-" + "-".join(str(v) for v in size.values())
@@ -100,8 +105,7 @@ def mask2former_swin_large(root: Path, device: str, size: dict) -> str:
 def eomt_large_640(root: Path, device: str) -> str:
     from transformers import EomtConfig, EomtForUniversalSegmentation, EomtImageProcessor
 
-    with _on(device):
-        model = EomtForUniversalSegmentation(EomtConfig(num_labels=150)).eval()  # the defaults are EoMT-L 640
+    model = _init(lambda: EomtForUniversalSegmentation(EomtConfig(num_labels=150)).eval(), device)  # EoMT-L 640
     model.attn_mask_probs.zero_()  # released checkpoints infer without attention masks
     processor = EomtImageProcessor(size={"shortest_edge": 640, "longest_edge": 640}, do_pad=True)
     return _save(model, processor, root / "eomt-l-640")
@@ -117,8 +121,7 @@ def segformer_b5_640(root: Path, device: str) -> str:
         num_attention_heads=[1, 2, 5, 8],
         num_labels=150,
     )
-    with _on(device):
-        model = SegformerForSemanticSegmentation(cfg).eval()
+    model = _init(lambda: SegformerForSemanticSegmentation(cfg).eval(), device)
     processor = SegformerImageProcessor(size={"height": 640, "width": 640})
     return _save(model, processor, root / "segformer-b5-640")
 
@@ -127,8 +130,7 @@ def sam_checkpoint(root: Path, device: str, sam_type: str) -> str:
     from segment_anything import sam_model_registry
 
     path = root / f"sam_{sam_type}.pth"
-    with _on(device):
-        state = sam_model_registry[sam_type]().state_dict()
+    state = _init(lambda: sam_model_registry[sam_type]().state_dict(), device)
     torch.save({k: v.cpu() for k, v in state.items()}, path)
     return str(path)
 
@@ -219,9 +221,9 @@ def count_syncs(labeler, images) -> tuple[int, Counter]:
     return len(syncs), Counter(f"{Path(w.filename).name}:{w.lineno}" for w in syncs)
 
 
-def run(title: str, settings: Settings, batches: list[int], n: int, cuda: bool) -> list[str]:
+def run(title: str, build, batches: list[int], n: int, cuda: bool) -> list[str]:
     t0 = time.perf_counter()
-    labeler = build_labeler(settings)
+    labeler = build_labeler(build())  # random weights saved, then loaded through the production loader
     print(f"  ({title}: built and loaded in {time.perf_counter() - t0:.0f} s)", flush=True)
     images = imagenet_sized(n)
     rows = []
@@ -293,7 +295,7 @@ def main():
                 print(f"  (skipped {key}: past the {args.budget_s:.0f} s budget)")
                 continue
             title, build = presets[key]
-            run(title, build(), batches, n, cuda)
+            run(title, build, batches, n, cuda)
             if cuda:
                 torch.cuda.empty_cache()
     finally:
