@@ -16,6 +16,9 @@ Mask2Former Swin-L (200 queries, ADE20K-150) with the hub processor's 384x384 sq
 post-processing and transfers are exactly what a labeling job runs. Speed does not depend on the weights,
 except that random heads keep a different number of masks than trained ones (reported). On a CPU the
 same presets run with the tiny models (`--real` forces the real ones).
+The text-prompted presets (`grounded`: Grounding DINO Swin-T/B + SAM-HQ ViT-H; `sam3`) get each
+image's ImageNet class as its prompt, with tokenizers over the ImageNet lemmas' words (prompts of
+realistic length); random heads score everything alike, so `--boxes` boxes per image go to SAM-HQ.
 
 Columns: images/s, ms per image in each stage (device time on CUDA: preprocess, forward, postprocess;
 host: records), peak device memory (CUDA) or peak RSS growth (CPU), kept instances per image, and the
@@ -43,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_labeler import imagenet_sized  # noqa: E402
 
-from labeler.config import LabelerConfig, PanopticConfig, SamConfig, Settings  # noqa: E402
+from labeler.config import GroundedConfig, LabelerConfig, PanopticConfig, SamConfig, Settings  # noqa: E402
 from labeler.registry import build_labeler  # noqa: E402
 
 
@@ -135,6 +138,74 @@ def sam_checkpoint(root: Path, device: str, sam_type: str) -> str:
     return str(path)
 
 
+def _lemma_words() -> list[str]:
+    from labeler.imagenet_space import imagenet_classes
+
+    return sorted({w for c in imagenet_classes() for p in c.phrases for w in p.lower().split()})
+
+
+def grounding_dino(root: Path, swin: str, device: str) -> str:
+    """Grounding DINO at random weights: Swin-T (transformers' default config) or Swin-B (384, window 12)."""
+    from transformers import (
+        BertTokenizer,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessor,
+        GroundingDinoProcessor,
+        SwinConfig,
+    )
+
+    from labeler.tiny_grounded import bert_vocab
+
+    backbone = {
+        "T": None,
+        "B": SwinConfig(
+            embed_dim=128,
+            depths=[2, 2, 18, 2],
+            num_heads=[4, 8, 16, 32],
+            window_size=12,
+            image_size=384,
+            out_indices=[2, 3, 4],
+        ),
+    }[swin]
+    model = _init(lambda: GroundingDinoForObjectDetection(GroundingDinoConfig(backbone_config=backbone)), device).eval()
+    processor = GroundingDinoProcessor(GroundingDinoImageProcessor(), BertTokenizer(vocab=bert_vocab(_lemma_words())))
+    return _save(model, processor, root / f"grounding-dino-swin-{swin}")
+
+
+def sam_hq_vit_h(root: Path, device: str) -> str:
+    if (root / "sam-hq-vit-h").is_dir():  # both Grounding DINO rows share it
+        return str(root / "sam-hq-vit-h")
+    from transformers import SamHQConfig, SamHQMaskDecoderConfig, SamHQModel, SamHQVisionConfig, SamImageProcessor
+
+    vision = SamHQVisionConfig(
+        hidden_size=1280,
+        num_hidden_layers=32,
+        num_attention_heads=16,
+        global_attn_indexes=[7, 15, 23, 31],
+        mlp_dim=5120,
+    )
+    cfg = SamHQConfig(vision_config=vision, mask_decoder_config=SamHQMaskDecoderConfig(vit_dim=1280))
+    return _save(_init(lambda: SamHQModel(cfg), device).eval(), SamImageProcessor(), root / "sam-hq-vit-h")
+
+
+def sam3_model(root: Path, device: str) -> str:
+    """SAM 3 at random weights (transformers' default config is the released architecture)."""
+    import json as _json
+
+    from transformers import CLIPTokenizer, Sam3Config, Sam3ImageProcessor, Sam3Model, Sam3Processor
+
+    from labeler.tiny_grounded import clip_vocab
+
+    d = root / "sam3"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "vocab.json").write_text(_json.dumps(clip_vocab(_lemma_words())))
+    (d / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt"))
+    model = _init(lambda: Sam3Model(Sam3Config()), device).eval()
+    return _save(model, Sam3Processor(Sam3ImageProcessor(), tokenizer), d)
+
+
 # Random heads are unsure of everything: thresholds at 0 keep the post-processing's work realistic.
 PAN = PanopticConfig(panoptic_threshold=0.0, overlap_mask_area_threshold=0.0, thing_ids="0-99")
 
@@ -172,6 +243,32 @@ def real_presets(root: Path, args) -> dict:
             ),
         ),
         "sam": (f"sam: SegFormer-B5 + SAM {args.sam_type}, {args.grid}x{args.grid}", sam_settings),
+        **{
+            f"grounded-{t.lower()}": (
+                f"grounded: Grounding DINO Swin-{t} + SAM-HQ ViT-H, {args.boxes} boxes",
+                lambda t=t: Settings(
+                    LabelerConfig(preset="grounded", **lab),
+                    grounded=GroundedConfig(
+                        grounding_model=grounding_dino(root, t, dev),
+                        box_sam_model=sam_hq_vit_h(root, dev),
+                        box_threshold=0.0,
+                        text_threshold=0.0,
+                        max_detections=args.boxes,
+                        box_nms=1.0,
+                    ),
+                ),
+            )
+            for t in ("T", "B")
+        },
+        "sam3": (
+            "sam3: SAM 3",
+            lambda: Settings(
+                LabelerConfig(preset="sam3", **lab),
+                grounded=GroundedConfig(
+                    sam3_model=sam3_model(root, dev), sam3_threshold=0.0, max_detections=args.boxes
+                ),
+            ),
+        ),
     }
 
 
@@ -187,6 +284,11 @@ def tiny_presets(args) -> dict:
             f"sam (tiny SegFormer + tiny SAM, {args.grid}x{args.grid})",
             lambda: Settings(LabelerConfig(preset="tiny-random", **lab), sam=SamConfig(points_per_side=args.grid)),
         ),
+        "grounded-t": (
+            "grounded (tiny Grounding DINO + SAM-HQ)",
+            lambda: Settings(LabelerConfig(preset="tiny-random-grounded", **lab)),
+        ),
+        "sam3": ("sam3 (tiny SAM 3)", lambda: Settings(LabelerConfig(preset="tiny-random-sam3", **lab))),
     }
 
 
@@ -204,7 +306,7 @@ def _peak(cuda: bool, base: float) -> str:
     return f"+{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base:.0f} MB RSS"
 
 
-def count_syncs(labeler, images) -> tuple[int, Counter]:
+def count_syncs(labeler, images, contexts) -> tuple[int, Counter]:
     """Host syncs CUDA reports while one batch is labelled (`set_sync_debug_mode("warn")`), and where
     they come from (file:line of the Python call that made them)."""
     if not torch.cuda.is_available():
@@ -214,7 +316,7 @@ def count_syncs(labeler, images) -> tuple[int, Counter]:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
         try:
-            labeler.label(images)
+            labeler.label(images, contexts)
         finally:
             torch.cuda.set_sync_debug_mode("default")
     syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
@@ -225,10 +327,15 @@ def run(title: str, build, batches: list[int], n: int, cuda: bool) -> list[str]:
     t0 = time.perf_counter()
     labeler = build_labeler(build())  # random weights saved, then loaded through the production loader
     print(f"  ({title}: built and loaded in {time.perf_counter() - t0:.0f} s)", flush=True)
+    from labeler.base import ImageContext
+    from labeler.imagenet_space import imagenet_classes
+
     images = imagenet_sized(n)
+    # Each image's ImageNet class (its prompt, for the text-prompted presets; the others ignore it).
+    ctx = [ImageContext(f"b{i}", None, imagenet_classes()[(97 * i) % 1000].synset) for i in range(n)]
     rows = []
     for batch in batches:
-        warm = labeler.label(images[:batch])  # warm-up: kernels, autotuning, allocator
+        warm = labeler.label(images[:batch], ctx[:batch])  # warm-up: kernels, autotuning, allocator
         assert not any(isinstance(x, Exception) for x in warm), warm
         base = _peak_reset(cuda)
         before = labeler.timings()
@@ -236,14 +343,14 @@ def run(title: str, build, batches: list[int], n: int, cuda: bool) -> list[str]:
         t0 = time.perf_counter()
         pending = None
         for i in range(0, n, batch):  # two batches in flight, as the labeling job keeps them
-            handle = labeler.submit(images[i : i + batch])
+            handle = labeler.submit(images[i : i + batch], ctx[i : i + batch])
             if pending is not None:
                 kept += sum(len(x.instances) for x in labeler.collect(pending))
             pending = handle
         kept += sum(len(x.instances) for x in labeler.collect(pending))
         seconds = time.perf_counter() - t0
         after = labeler.timings()
-        syncs, sites = count_syncs(labeler, images[:batch])
+        syncs, sites = count_syncs(labeler, images[:batch], ctx[:batch])
         per = {k: (after.get(k, 0.0) - before.get(k, 0.0)) / n for k in after if k.endswith("_ms")}
         stages = " ".join(f"{per.get(s + '_ms', 0.0):7.1f}" for s in ("preprocess", "forward", "postprocess", "host"))
         sync_text = "-" if syncs < 0 else str(syncs)
@@ -264,7 +371,12 @@ def main():
     ap.add_argument("--real", action="store_true", help="real architectures on a CPU too (slow)")
     ap.add_argument("--sam-type", default="vit_h")
     ap.add_argument("--grid", type=int, default=16, help="SAM points per side")
-    ap.add_argument("--only", default="", help="comma-separated preset keys: m2f-384, m2f-640, eomt, sam")
+    ap.add_argument(
+        "--only",
+        default="",
+        help="comma-separated preset keys: m2f-384, m2f-640, eomt, sam, grounded-t, grounded-b, sam3",
+    )
+    ap.add_argument("--boxes", type=int, default=4, help="grounded/sam3 with random heads: instances per image")
     ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32", "tf32"])
     ap.add_argument("--code-path", default="auto", choices=["auto", "gpu", "cpu"])
     ap.add_argument("--compile", action="store_true", help="torch.compile the models (canvas buckets)")

@@ -14,7 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipelines.plan import Listing, _scan, plan_from_listing
+from pipelines.listing import Listing, scan_dir
+from pipelines.plan import plan_from_listing
 
 N = 1_281_167
 
@@ -34,7 +35,7 @@ def main():
             for j in range(128):
                 (sub / f"n{1440764 + c:08d}_{j}.JPEG").touch()
         t0 = time.perf_counter()
-        found = _scan(root).files
+        found = scan_dir(root).files
         t_scan = time.perf_counter() - t0
         assert len(found) == 128_000
     print(f"plan from a listing of {N:,} names: {t_plan:.1f} s ({N / t_plan:,.0f} names/s)")

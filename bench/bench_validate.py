@@ -35,7 +35,7 @@ from PIL import Image
 from shards import format as fmt
 from shards import validate as validate_module
 from shards.image import prepare_image
-from shards.manifest import PlanHeader, ShardStats, write_dataset_files, write_stats
+from shards.manifest import LabelerInfo, LabelSpace, PlanHeader, ShardStats, write_dataset_files, write_stats
 from shards.pack import Labels, pack_sample
 from shards.synthetic import CLASS_NAMES, encode_jpeg, make_scene
 from shards.tar import tar_members
@@ -66,8 +66,8 @@ def write_dataset(out: Path, n: int, per_shard: int, distinct: int = 200) -> Non
         write_stats(out, stats[-1])
         sizes.append(count)
     plan = PlanHeader("bench", False, ["any"], per_shard, "bench", n, len(sizes), "", sizes)
-    label_space = {"semantic": {str(i): c for i, c in enumerate(CLASS_NAMES)}, "instance": "class-agnostic"}
-    write_dataset_files(out, label_space, {"preset": "bench"}, plan, stats)
+    label_space = LabelSpace(semantic={str(i): c for i, c in enumerate(CLASS_NAMES)})
+    write_dataset_files(out, label_space, LabelerInfo("bench"), plan, stats)
 
 
 def decode_jpegs(shard: str) -> int:

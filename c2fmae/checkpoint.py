@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from shards import format as fmt
-from shards.errors import DataError, UsageError
+from shards.errors import DataError, UsageError, first_line
 
 CHECKPOINT = "checkpoint.pt"
 REQUIRED = {"model": dict, "optimizer": dict, "step": int, "config": dict, "model_config": dict}
@@ -80,12 +80,14 @@ def _why(e: Exception) -> str:
         if detail.startswith("Unsupported global"):
             return f"it holds Python objects a safe weights-only load refuses: {detail.split()[-1]}"
         return f"corrupt or not a torch file: {detail or 'unpickling failed'}"
-    first = text.splitlines()[0] if text else type(e).__name__
-    return f"corrupt or truncated: {first[:160]}"
+    return f"corrupt or truncated: {first_line(e, 160)}"
 
 
 def config_from(cls: type, saved: dict[str, Any], path: Path, what: str):
-    """Rebuild a config dataclass from a checkpoint, refusing fields this version does not know."""
+    """Rebuild a config dataclass from a checkpoint, refusing fields this version does not know.
+    A field the checkpoint predates takes the value its absence meant (`cls.ABSENT`), not today's
+    default: an older run resumes as it was configured."""
+    saved = {**getattr(cls, "ABSENT", {}), **saved}
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(saved) - names)
     if unknown:

@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from shards.errors import UsageError
+from shards.manifest import LabelerInfo, LabelSpace
 from shards.pack import Labels
 
 
 class LabelerLoadError(UsageError):
     """A labeler that cannot be built (a missing checkpoint, an unknown model id or preset); the
     message says what to pass instead. Retrying cannot fix it, so the job stops with exit 2."""
+
+
+@dataclass(frozen=True)
+class ImageContext:
+    """What the plan knows of one image besides its pixels, passed with it to `label`/`submit`:
+    the text-prompted presets build its prompt from its class (or its key, with `--prompts`); the
+    other labelers ignore it. Small and picklable: it travels with the image to the labeling actor,
+    so a shard task never needs a label table."""
+
+    key: str
+    class_index: int | None = None  # the plan's class index (sorted synsets of the input)
+    synset: str | None = None  # the image's class folder (a WordNet id in the ImageNet layout)
 
 
 @runtime_checkable
@@ -23,25 +37,28 @@ class Labeler(Protocol):
     (a labeler never drops an image silently; the pipeline quarantines the failures).
     `submit` starts a batch and `collect` waits for it: a remote labeler returns at once from
     `submit`, so the caller decodes the next batch meanwhile; a local one labels in `submit`.
+    `contexts` (optional, one `ImageContext` per image) is what the plan knows of each image; only
+    the text-prompted presets read it.
     """
 
     # False for a labeler that reads only the images' sizes (`empty`): the shard task then checks each
     # JPEG at 1/8 scale instead of decoding it into an array (shards.image.check_scaled).
     needs_pixels: bool
 
-    def label(self, images: list[np.ndarray]) -> list[Labels | Exception]:  # images: [H, W, 3] uint8
-        ...
+    def label(  # images: [H, W, 3] uint8
+        self, images: list[np.ndarray], contexts: list[ImageContext] | None = None
+    ) -> list[Labels | Exception]: ...
 
-    def submit(self, images: list[np.ndarray]) -> Any: ...
+    def submit(self, images: list[np.ndarray], contexts: list[ImageContext] | None = None) -> Any: ...
 
     def collect(self, handle: Any) -> list[Labels | Exception]: ...
 
-    def label_space(self) -> dict[str, Any]:
-        """{"semantic": {id: name}, "instance": "class-agnostic" | {id: name}} for the manifest."""
+    def label_space(self) -> LabelSpace:
+        """What the maps' values mean, for the manifest."""
         ...
 
-    def describe(self) -> dict[str, Any]:
-        """Model ids and settings for the manifest; `"random_labels": True` for test presets."""
+    def describe(self) -> LabelerInfo:
+        """Preset, models and settings for the manifest; `random_labels` for test presets."""
         ...
 
 
@@ -50,11 +67,11 @@ class LocalLabeler:
 
     needs_pixels = True
 
-    def label(self, images: list[np.ndarray]) -> list[Labels | Exception]:
+    def label(self, images: list[np.ndarray], contexts: list[ImageContext] | None = None) -> list[Labels | Exception]:
         raise NotImplementedError
 
-    def submit(self, images: list[np.ndarray]) -> list[Labels | Exception]:
-        return self.label(images)
+    def submit(self, images: list[np.ndarray], contexts: list[ImageContext] | None = None) -> list[Labels | Exception]:
+        return self.label(images, contexts)
 
     def collect(self, handle: list[Labels | Exception]) -> list[Labels | Exception]:
         return handle

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from shards.manifest import LabelerInfo, LabelSpace
 from shards.pack import Labels
 
 from .base import LocalLabeler
@@ -203,24 +203,23 @@ class ClassicalLabeler(LocalLabeler):
     def _run(self, images: list[np.ndarray]) -> list[Labels]:
         return [label_image(im, self.params) for im in images]
 
-    def label(self, images: list[np.ndarray]) -> list[Labels | Exception]:
+    def label(self, images: list[np.ndarray], contexts=None) -> list[Labels | Exception]:
         return label_each(self._run, images)
 
-    def label_space(self) -> dict[str, Any]:
-        return {"semantic": {str(i): n for i, n in enumerate(CLASS_NAMES)}, "instance": "class-agnostic"}
+    def label_space(self) -> LabelSpace:
+        return LabelSpace(semantic={str(i): n for i, n in enumerate(CLASS_NAMES)})
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> LabelerInfo:
         import skimage
 
-        return {
-            "preset": "classical",
-            "models": [],
-            "weight_free": True,
-            "note": (
+        return LabelerInfo(
+            "classical",
+            weight_free=True,
+            note=(
                 "weight-free: instances are Felzenszwalb-Huttenlocher regions (scikit-image) merged by colour "
                 "and kept at object size; semantic classes are a fixed colour x texture codebook of 20 stuff "
                 "classes. No learned weights: the labels describe image structure, not object categories."
             ),
-            "settings": dataclasses.asdict(self.params),
-            "scikit_image": skimage.__version__,
-        }
+            settings=dataclasses.asdict(self.params),
+            scikit_image=skimage.__version__,
+        )

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from shards.manifest import LabelerInfo, LabelSpace
 from shards.pack import Labels
 
 from .base import LocalLabeler
@@ -41,34 +42,36 @@ class Pending:
     download: Any = None
     counts: list[int] = field(default_factory=list)  # arrays per image in the download
     error: Exception | None = None
+    contexts: list | None = None  # the images' ImageContexts, when the caller gave them
 
 
 class BatchLabeler(LocalLabeler):
     """Base of device labelers. Subclasses give `_device_outputs` (per image, the tensors to bring back)
-    and `_labels` (those arrays on the host -> `Labels`)."""
+    and `_labels` (those arrays on the host -> `Labels`); both also get the images' contexts (None
+    when the caller gave none), which only the text-prompted presets read."""
 
     device: Any  # torch.device
     clock: StageClock
     gpu_shaped = False  # transfers in the GPU layout (one copy each way) on any device: --code-path
 
-    def _device_outputs(self, images: list[np.ndarray], on_device: list) -> list[list]:
+    def _device_outputs(self, images: list[np.ndarray], on_device: list, contexts: list | None = None) -> list[list]:
         raise NotImplementedError
 
-    def _labels(self, arrays: list[np.ndarray]) -> Labels:
+    def _labels(self, arrays: list[np.ndarray], context=None) -> Labels:
         raise NotImplementedError
 
-    def submit(self, images: list[np.ndarray]) -> Pending:
+    def submit(self, images: list[np.ndarray], contexts: list | None = None) -> Pending:
         from .transfer import Download, upload
 
         try:
             with self.clock.stage("preprocess"):
                 on_device = upload(images, self.device, self.gpu_shaped)
-            outputs = self._device_outputs(images, on_device)
+            outputs = self._device_outputs(images, on_device, contexts)
             download = Download([a for item in outputs for a in item], self.gpu_shaped)
-            return Pending(images, download, [len(item) for item in outputs])
+            return Pending(images, download, [len(item) for item in outputs], contexts=contexts)
         except Exception as e:  # noqa: BLE001 - retried image by image in collect
             self.clock.discard()
-            return Pending(images, error=e)
+            return Pending(images, error=e, contexts=contexts)
 
     def collect(self, handle: Pending) -> list[Labels | Exception]:
         error = handle.error
@@ -79,9 +82,10 @@ class BatchLabeler(LocalLabeler):
                 t0 = time.perf_counter()
                 out: list[Labels | Exception] = []
                 offset = 0
-                for n in handle.counts:
+                contexts = handle.contexts or [None] * len(handle.counts)
+                for n, context in zip(handle.counts, contexts, strict=True):
                     try:
-                        out.append(self._labels(arrays[offset : offset + n]))
+                        out.append(self._labels(arrays[offset : offset + n], context))
                     except Exception as e:  # noqa: BLE001 - that image only
                         out.append(e)
                     offset += n
@@ -92,10 +96,14 @@ class BatchLabeler(LocalLabeler):
                 error = e
         if len(handle.images) == 1:
             return [error]
-        return [self.collect(self.submit([im]))[0] for im in handle.images]
+        contexts = handle.contexts or [None] * len(handle.images)
+        return [
+            self.collect(self.submit([im], None if c is None else [c]))[0]
+            for im, c in zip(handle.images, contexts, strict=True)
+        ]
 
-    def label(self, images: list[np.ndarray]) -> list[Labels | Exception]:
-        return self.collect(self.submit(images))
+    def label(self, images: list[np.ndarray], contexts: list | None = None) -> list[Labels | Exception]:
+        return self.collect(self.submit(images, contexts))
 
     def timings(self) -> dict[str, float]:
         """Cumulative {"images": n, "preprocess_ms", "forward_ms", "postprocess_ms", "host_ms"}: device
@@ -106,51 +114,51 @@ class BatchLabeler(LocalLabeler):
 class SemanticPlusInstances(BatchLabeler):
     """A semantic model for the scene map and SAM for class-agnostic instances."""
 
-    def __init__(self, semantic, instances, describe: dict[str, Any], clock: StageClock):
+    def __init__(self, semantic, instances, describe: LabelerInfo, clock: StageClock):
         import torch
 
         self.semantic, self.instances, self._describe = semantic, instances, describe
         self.device, self.clock = torch.device(semantic.seg.device), clock
         self.gpu_shaped = semantic.gpu
 
-    def _device_outputs(self, images, on_device):
+    def _device_outputs(self, images, on_device, contexts=None):
         sems = self.semantic.run(on_device)
         insts = self.instances.run(images, on_device)
         return [[s, i, r] for s, (i, r) in zip(sems, insts, strict=True)]
 
-    def _labels(self, arrays):
+    def _labels(self, arrays, context=None):
         from .overlap import records_to_instances
 
         sem, inst, records = arrays
         return Labels(sem, inst, records_to_instances(records, agnostic=True))
 
-    def label_space(self) -> dict[str, Any]:
+    def label_space(self) -> LabelSpace:
         names = self.semantic.seg.id2label
-        return {"semantic": {str(k): v for k, v in sorted(names.items())}, "instance": "class-agnostic"}
+        return LabelSpace(semantic={str(k): v for k, v in sorted(names.items())})
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> LabelerInfo:
         return self._describe
 
 
 class OnePassPanoptic(BatchLabeler):
-    def __init__(self, panoptic, describe: dict[str, Any]):
+    def __init__(self, panoptic, describe: LabelerInfo):
         import torch
 
         self.panoptic, self._describe = panoptic, describe
         self.device, self.clock = torch.device(panoptic.seg.device), panoptic.clock
         self.gpu_shaped = panoptic.gpu
 
-    def _device_outputs(self, images, on_device):
+    def _device_outputs(self, images, on_device, contexts=None):
         return [list(item) for item in self.panoptic.run(on_device)]
 
-    def _labels(self, arrays):
+    def _labels(self, arrays, context=None):
         from .overlap import records_to_instances
 
         sem, inst, records = arrays
         return Labels(sem, inst, records_to_instances(records))
 
-    def label_space(self) -> dict[str, Any]:
+    def label_space(self) -> LabelSpace:
         return self.panoptic.label_space()
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> LabelerInfo:
         return self._describe

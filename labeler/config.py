@@ -12,8 +12,9 @@ class LabelerConfig:
     preset: str = field(
         default="panoptic",
         metadata={
-            "help": "labeler preset: panoptic | eomt | sam | classical | tiny-random | tiny-random-panoptic | "
-            "tiny-random-eomt | empty (docs/LABELERS.md)"
+            "help": "labeler preset: panoptic | eomt | sam | grounded | sam3 | classical | tiny-random | "
+            "tiny-random-panoptic | tiny-random-eomt | tiny-random-grounded | tiny-random-sam3 | empty "
+            "(docs/LABELERS.md)"
         },
     )
     semantic_model: str = field(
@@ -141,12 +142,59 @@ class PanopticConfig:
 
 
 @dataclass
+class GroundedConfig:
+    """The text-prompted presets, `grounded` and `sam3` (docs/LABELERS.md). Defaults: Grounding DINO's
+    own inference thresholds (box 0.35, text 0.25), SAM's mask logit 0, SAM 3's score 0.5."""
+
+    prompts: str = field(
+        default="",
+        metadata={
+            "help": "grounded/sam3: a JSON file {key or class folder or '*': prompt} or a text file (one prompt for "
+            "all images); images without an entry are prompted with their ImageNet-1K class's lemmas"
+        },
+    )
+    grounding_model: str = field(
+        default="IDEA-Research/grounding-dino-base",
+        metadata={"help": "grounded: Grounding DINO or MM-Grounding-DINO, Hugging Face id or local directory"},
+    )
+    box_sam_model: str = field(
+        default="syscv-community/sam-hq-vit-huge",
+        metadata={"help": "grounded: the box-prompted mask model, SAM-HQ or SAM (e.g. facebook/sam-vit-huge)"},
+    )
+    sam3_model: str = field(default="facebook/sam3", metadata={"help": "sam3: the SAM 3 model, id or directory"})
+    stuff_model: str = field(
+        default="",
+        metadata={
+            "help": "grounded/sam3: an ADE20K-150 semantic model (e.g. nvidia/segformer-b5-finetuned-ade-640-640) "
+            "whose stuff classes fill the pixels outside the image's objects; empty: background there"
+        },
+    )
+    box_threshold: float = field(default=0.35, metadata={"help": "grounded: minimum box score (Grounding DINO)"})
+    text_threshold: float = field(
+        default=0.25, metadata={"help": "grounded: minimum score of the prompt phrase a box matched"}
+    )
+    box_nms: float = field(
+        default=0.8, metadata={"help": "grounded: box IoU above which a lower-scoring box of the prompt is dropped"}
+    )
+    max_detections: int = field(default=32, metadata={"help": "grounded/sam3: most instances kept per image"})
+    mask_logit_threshold: float = field(
+        default=0.0, metadata={"help": "grounded: SAM mask logit that counts as inside (SAM's own: 0)"}
+    )
+    hq_token_only: bool = field(
+        default=False, metadata={"help": "grounded with SAM-HQ: masks from the HQ token alone (HQ-SAM's option)"}
+    )
+    sam3_threshold: float = field(default=0.5, metadata={"help": "sam3: minimum instance score (query x presence)"})
+    sam3_mask_threshold: float = field(default=0.5, metadata={"help": "sam3: mask probability that counts as inside"})
+
+
+@dataclass
 class Settings:
     """Everything a preset may read; picklable, so Ray ships it to each worker."""
 
     labeler: LabelerConfig = field(default_factory=LabelerConfig)
     sam: SamConfig = field(default_factory=SamConfig)
     panoptic: PanopticConfig = field(default_factory=PanopticConfig)
+    grounded: GroundedConfig = field(default_factory=GroundedConfig)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -9,10 +9,10 @@ sees real structure; the manifest marks its labels as synthetic.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import numpy as np
 
+from shards.manifest import LabelerInfo, LabelSpace
 from shards.pack import Labels
 
 from .base import LocalLabeler
@@ -23,7 +23,7 @@ class FixedCostLabeler(LocalLabeler):
     def __init__(self, seconds_per_image: float):
         self.seconds = seconds_per_image
 
-    def label(self, images: list[np.ndarray]) -> list[Labels]:
+    def label(self, images: list[np.ndarray], contexts=None) -> list[Labels]:
         deadline = time.perf_counter() + self.seconds * len(images)
         out = []
         for im in images:
@@ -36,14 +36,13 @@ class FixedCostLabeler(LocalLabeler):
         time.sleep(max(0.0, deadline - time.perf_counter()))
         return out
 
-    def label_space(self) -> dict[str, Any]:
-        return {"semantic": {"0": "dark", "1": "dim", "2": "bright", "3": "light"}, "instance": "class-agnostic"}
+    def label_space(self) -> LabelSpace:
+        return LabelSpace(semantic={"0": "dark", "1": "dim", "2": "bright", "3": "light"})
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "preset": "fixed-cost",
-            "models": [],
-            "seconds_per_image": self.seconds,
-            "random_labels": True,
-            "note": "synthetic labels from pixel brightness and a grid, for benchmarks and tests",
-        }
+    def describe(self) -> LabelerInfo:
+        return LabelerInfo(
+            "fixed-cost",
+            seconds_per_image=self.seconds,
+            random_labels=True,
+            note="synthetic labels from pixel brightness and a grid, for benchmarks and tests",
+        )

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 
 from shards import format as fmt
+from shards.errors import first_line
+from shards.manifest import LabelSpace
 
 from .base import LabelerLoadError, resolve_device
 from .timing import StageClock
@@ -78,9 +80,8 @@ def load_segmenter(source: str, device: str = "auto", compile: bool = False, bac
             os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "30")
             config, model, processor = _load(local_only=False)
     except (OSError, ValueError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LabelerLoadError(
-            f"cannot load segmentation model {source!r}: {first}\n"
+            f"cannot load segmentation model {source!r}: {first_line(e)}\n"
             "  Pass a local directory (the output of `save_pretrained`, or a snapshot made with "
             f"`huggingface-cli download {source} --local-dir DIR` on a machine with network access), "
             "or pre-fill the Hugging Face cache (HF_HOME) on every worker."
@@ -297,6 +298,6 @@ class PanopticLabeler:
                     out[i] = (sem.to(self.sem_dtype), inst.to(torch.uint16), records)
         return out
 
-    def label_space(self) -> dict[str, Any]:
+    def label_space(self) -> LabelSpace:
         names = {str(k): v for k, v in sorted(self.seg.id2label.items())}
-        return {"semantic": names, "instance": {k: v for k, v in names.items() if int(k) in self.things}}
+        return LabelSpace(names, {k: v for k, v in names.items() if int(k) in self.things})

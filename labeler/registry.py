@@ -11,6 +11,8 @@
 | `tiny-random-eomt`     | tiny random EoMT, one pass                                   |
 | `fixed-cost`  | brightness bands, no model   | 4x4 grid; `--fixed-cost-seconds` per image (benchmarks) |
 | `classical`   | 20 colour x texture classes  | Felzenszwalb-Huttenlocher regions of object size; weight-free |
+| `grounded`, `sam3`, `tiny-random-grounded`, `tiny-random-sam3`: each image's class as a text prompt     |
+|               | (labeler/presets_grounded.py): image class on its instances | Grounding DINO + SAM-HQ / SAM 3 |
 """
 
 from __future__ import annotations
@@ -20,8 +22,11 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from shards.manifest import LabelerInfo, ModelInfo
+
 from .base import Labeler, LabelerLoadError
 from .config import LabelerConfig, Settings
+from .presets_grounded import PRESETS as GROUNDED_PRESETS
 
 
 def _empty(s: Settings) -> Labeler:
@@ -47,7 +52,7 @@ def _sam(
     semantic_model: str | None = None,
     sam_type: str | None = None,
     sam_ckpt: str | None = None,
-    extra: dict | None = None,
+    random: bool = False,
     names: tuple[str, str] | None = None,
 ) -> Labeler:
     from .composite import SemanticPlusInstances
@@ -62,15 +67,15 @@ def _sam(
     run = _run_options(s, seg.device)
     model = load_sam(sam_type, sam_ckpt, s.labeler.device)
     instances = build_instances(model, s.sam, clock, run["gpu"], run["precision"], s.labeler.compile)
-    describe = {
-        "preset": s.labeler.preset,
-        "models": [
-            {"role": "semantic", "id": (names or (semantic_model,))[0], "type": seg.model_type},
-            {"role": "instance", "id": (names or (None, sam_ckpt))[1], "type": f"sam_{sam_type}"},
+    describe = LabelerInfo(
+        s.labeler.preset,
+        [
+            ModelInfo("semantic", names[0] if names else semantic_model, seg.model_type),
+            ModelInfo("instance", names[1] if names else sam_ckpt, f"sam_{sam_type}"),
         ],
-        "settings": s.to_json(),
-        **(extra or {}),
-    }
+        s.to_json(),
+        **(RANDOM if random else {}),
+    )
     semantic = SemanticSegmenter(seg, s.labeler.pad_multiple, clock, **run)
     return SemanticPlusInstances(semantic, instances, describe, clock)
 
@@ -94,7 +99,7 @@ PANOPTIC_MODELS = {
 }
 
 
-def _panoptic(s: Settings, model: str | None = None, extra: dict | None = None, name: str | None = None) -> Labeler:
+def _panoptic(s: Settings, model: str | None = None, random: bool = False, name: str | None = None) -> Labeler:
     from .composite import OnePassPanoptic
     from .hf import PanopticLabeler, load_segmenter
 
@@ -110,16 +115,17 @@ def _panoptic(s: Settings, model: str | None = None, extra: dict | None = None, 
         s.labeler.pad_multiple,
         **_run_options(s, seg.device),
     )
-    describe = {
-        "preset": s.labeler.preset,
-        "models": [{"role": "panoptic", "id": name or model, "type": seg.model_type, "things": pan.thing_source}],
-        "settings": s.to_json(),
-        **(extra or {}),
-    }
+    describe = LabelerInfo(
+        s.labeler.preset,
+        [ModelInfo("panoptic", name or model, seg.model_type, things=pan.thing_source)],
+        s.to_json(),
+        **(RANDOM if random else {}),
+    )
     return OnePassPanoptic(pan, describe)
 
 
-RANDOM_NOTE = {"random_labels": True, "note": "tiny randomly initialised models: the labels carry no meaning"}
+# What the tiny random presets add to their description.
+RANDOM = {"random_labels": True, "note": "tiny randomly initialised models: the labels carry no meaning"}
 
 
 def _tiny_dir() -> Path:
@@ -141,9 +147,7 @@ def _tiny_random(s: Settings) -> Labeler:
             s.sam, points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0
         ),
     )
-    return _sam(
-        s, str(seg_dir), "vit_tiny", str(ckpt), RANDOM_NOTE, ("tiny-random:segformer", "tiny-random:sam_vit_tiny")
-    )
+    return _sam(s, str(seg_dir), "vit_tiny", str(ckpt), True, ("tiny-random:segformer", "tiny-random:sam_vit_tiny"))
 
 
 def _tiny_one_pass(s: Settings, name: str) -> Labeler:
@@ -159,7 +163,7 @@ def _tiny_one_pass(s: Settings, name: str) -> Labeler:
             s.panoptic, panoptic_threshold=0.05, overlap_mask_area_threshold=0.3, thing_ids=tiny.TINY_THINGS
         ),
     )
-    return _panoptic(s, str(model), RANDOM_NOTE, f"tiny-random:{name}")
+    return _panoptic(s, str(model), True, f"tiny-random:{name}")
 
 
 def _tiny_random_panoptic(s: Settings) -> Labeler:
@@ -181,6 +185,7 @@ PRESETS: dict[str, Callable[[Settings], Labeler]] = {
     "tiny-random-panoptic": _tiny_random_panoptic,
     "tiny-random-eomt": _tiny_random_eomt,
 }
+PRESETS.update(GROUNDED_PRESETS)  # grounded, sam3 and their tiny presets (labeler/presets_grounded.py)
 
 
 def build_labeler(settings: Settings | str) -> Labeler:

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from shards.errors import first_line
+
 from .base import LabelerLoadError, resolve_device
 from .config import SamConfig
 from .timing import StageClock
@@ -42,8 +44,7 @@ def load_sam(model_type: str, checkpoint: str, device: str = "auto"):
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
     except Exception as e:  # noqa: BLE001 - not a checkpoint, unsafe pickle, wrong architecture
-        first = str(e).strip().splitlines()[0]
-        raise LabelerLoadError(f"cannot load SAM {model_type} from {checkpoint}: {first}") from None
+        raise LabelerLoadError(f"cannot load SAM {model_type} from {checkpoint}: {first_line(e)}") from None
     return model.to(resolve_device(device)).eval()
 
 

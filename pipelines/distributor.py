@@ -22,15 +22,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from labeler.base import LabelerLoadError
-from shards.errors import UsageError
-from shards.manifest import ShardStats
+from shards.errors import UsageError, first_line
+from shards.manifest import LabelerRecord, ShardStats, read_labeler_record, write_labeler_record
 from shards.store import Store
 
+from . import metrics
 from .plan import Plan
 from .resources import Request, Waiter, check_possible, cluster_view, shortfall
 from .worker import DecodeLimits, ShardJob
 
-LABELER_FILE = "labeler.json"  # what the labeler of this output directory says of itself
 POLL_SECONDS = 1.0  # how often a waiting job looks at the cluster's free resources
 
 # Presets without a model: each shard task builds its own labeler (there is nothing to load or to
@@ -81,8 +81,8 @@ class PoolSettings:
     )
 
 
-def labeler_info(labeler) -> dict[str, Any]:
-    return {"label_space": labeler.label_space(), "labeler": labeler.describe()}
+def labeler_info(labeler) -> LabelerRecord:
+    return LabelerRecord(labeler.label_space(), labeler.describe())
 
 
 class LabelActor:
@@ -92,11 +92,13 @@ class LabelActor:
     exception from a method crosses Ray as its own type (`RayTaskError.cause`), one from a
     constructor only as text."""
 
-    def __init__(self, settings, threads: int):
+    def __init__(self, settings, threads: int, output: str = ""):
         import torch
 
         from labeler.registry import build_labeler
 
+        metrics.bind(output)
+        metrics.actor_started()
         torch.set_num_threads(max(1, threads))
         self.labeler, self.error = None, None
         try:
@@ -108,7 +110,7 @@ class LabelActor:
                 f"cannot build the {settings.labeler.preset!r} labeler: {type(e).__name__}: {e}"
             )
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> LabelerRecord:
         if self.error is not None:
             raise self.error
         return labeler_info(self.labeler)
@@ -116,8 +118,11 @@ class LabelActor:
     def pid(self) -> int:
         return os.getpid()
 
-    def label(self, images):
-        return self.labeler.label(images)
+    def label(self, images, contexts=None):
+        t0 = time.perf_counter()
+        out = self.labeler.label(images, contexts)
+        metrics.batch_labeled(time.perf_counter() - t0)
+        return out
 
     def timings(self) -> dict[str, float]:
         """The labeler's own cumulative stage times (ms), when it keeps them."""
@@ -133,16 +138,16 @@ class RemoteLabeler:
     def __init__(self, actor):
         self.actor = actor
 
-    def submit(self, images):
-        return self.actor.label.remote(images)
+    def submit(self, images, contexts=None):
+        return self.actor.label.remote(images, contexts)
 
     def collect(self, ref):
         import ray
 
         return ray.get(ref)
 
-    def label(self, images):
-        return self.collect(self.submit(images))
+    def label(self, images, contexts=None):
+        return self.collect(self.submit(images, contexts))
 
 
 def _shard_task(job: ShardJob, actor, settings=None) -> ShardStats:
@@ -159,7 +164,7 @@ def _shard_task(job: ShardJob, actor, settings=None) -> ShardStats:
 
 @dataclass
 class RunResult:
-    labeler_info: dict[str, Any] = field(default_factory=dict)
+    labeler_info: LabelerRecord | None = None  # None: no shard ran and the output has no labeler.json
     errors: list[str] = field(default_factory=list)
     images: int = 0  # inputs of the shards this run finished
     pool_gpus: float = 0.0  # GPUs held by the labeling pool
@@ -232,7 +237,7 @@ def init_ray(address: str) -> None:
         else:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
     except Exception as e:  # noqa: BLE001 - no cluster there, refused, wrong auth token
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         hint = ""
         if address != "local" and os.environ.get("RAY_AUTH_MODE") != "token":
             hint = " (a cluster with token authentication needs RAY_AUTH_MODE=token here: docs/RUNNING.md)"
@@ -261,7 +266,7 @@ def wait_for_resources(req: Request, timeout: float | None, static: bool) -> Non
         view = cluster_view()
 
 
-def start_actors(cfg: PoolSettings, settings) -> tuple[list, dict[str, Any]]:
+def start_actors(cfg: PoolSettings, settings, output: str = "") -> tuple[list, LabelerRecord]:
     """Create the actor pool and wait until every actor has its labeler (or one failed to build it).
     A preset of `IN_TASK_PRESETS` gets no actors: its labeler is built here only to describe it."""
     import ray
@@ -277,7 +282,7 @@ def start_actors(cfg: PoolSettings, settings) -> tuple[list, dict[str, Any]]:
     cls = ray.remote(LabelActor).options(
         num_cpus=cfg.cpus_per_actor, num_gpus=gpus, max_restarts=cfg.actor_restarts, max_task_retries=cfg.actor_restarts
     )
-    actors = [cls.remote(settings, int(max(1, cfg.cpus_per_actor))) for _ in range(n)]
+    actors = [cls.remote(settings, int(max(1, cfg.cpus_per_actor)), output) for _ in range(n)]
     try:
         refs = [a.info.remote() for a in actors]
         await_actors(refs)
@@ -318,18 +323,19 @@ def run_shards(
 ) -> RunResult:
     import ray
 
-    result = RunResult(labeler_info=out.read_json(LABELER_FILE) or {})
+    result = RunResult(labeler_info=read_labeler_record(out))
     if not todo:
         return result
     started = not ray.is_initialized()
     init_ray(cfg.address)
+    metrics.bind(out.root)
     try:
-        actors, info = start_actors(cfg, settings)
+        actors, info = start_actors(cfg, settings, out.root)
         # The labeler that labels this run's shards describes the dataset (settings are pinned per
         # output directory, so this only differs from a stored labeler.json after --overwrite).
         result.labeler_info = info
         result.pool_gpus = len(actors) * _pool_shape(cfg)[1]
-        out.write_json(LABELER_FILE, info)
+        write_labeler_record(out, info)
         _run(plan, todo, out.root, cfg, actors, result, limits, settings)
     finally:
         if started:
@@ -383,11 +389,13 @@ def _run(
                 cause = getattr(e, "cause", None) or e  # RayTaskError wraps the task's own exception
                 msg = f"{plan.shard_name(i)} attempt {attempts[i]}: {type(cause).__name__}: {cause}"[:500]
                 result.errors.append(msg)
+                metrics.shard_failed(type(cause).__name__)
                 if attempts[i] <= cfg.max_retries:
                     queue.append(i)
                 continue
             bar.update(stats.planned)
             result.add(stats)
+            metrics.shard_done(stats)
     finally:
         bar.close()
     for timings in ray.get([a.timings.remote() for a in actors]):

@@ -13,11 +13,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from labeler.config import Settings
 from shards import format as fmt
+from shards.errors import DataError
 
 from .distributor import PoolSettings
+
+if TYPE_CHECKING:
+    from shards.lease import OutputLease
+    from shards.store import Store
 
 
 @dataclass
@@ -50,11 +56,34 @@ class LabelConfig:
     max_input_bytes: int = field(
         default=fmt.MAX_MEMBER_BYTES, metadata={"help": "refuse (quarantine) input files larger than this"}
     )
+    lease_timeout: float = field(
+        default=600.0,
+        metadata={
+            "help": "seconds without a heartbeat after which another job takes over OUTPUT's lease (the lease "
+            "keeps a second job from writing into OUTPUT, on any machine; docs/RUNNING.md)"
+        },
+    )
 
 
 def run(cfg: LabelConfig, pool: PoolSettings | None = None, settings: Settings | None = None) -> int:
-    """The whole job; returns the exit code. User errors raise `shards.errors.UsageError`."""
+    """The whole job; returns the exit code. User errors raise `shards.errors.UsageError`. The
+    output's lease, taken by the job, is released however it ends."""
+    try:
+        return _job(cfg, pool, settings)
+    except KeyboardInterrupt:
+        lost = [lease.lost for lease in _LEASES.values() if lease.lost]
+        if lost:  # the heartbeat found the lease taken over and interrupted the job
+            from shards.lease import LeaseLost
+
+            raise LeaseLost(lost[0]) from None
+        raise
+    finally:
+        release_output()
+
+
+def _job(cfg: LabelConfig, pool: PoolSettings | None = None, settings: Settings | None = None) -> int:
     from labeler.base import LabelerLoadError
+    from labeler.presets_grounded import check_job
     from labeler.registry import PRESETS
     from shards import format as fmt
     from shards.manifest import read_done, write_dataset_files
@@ -73,7 +102,10 @@ def run(cfg: LabelConfig, pool: PoolSettings | None = None, settings: Settings |
     out = Store(cfg.output)
     if out.local and not cfg.estimate:
         prepare_output(Path(out.root))  # before listing 1.28M inputs or starting Ray
+    if not cfg.estimate:
+        hold_output(out, cfg.lease_timeout)  # one job per OUTPUT, on any machine; refused before listing
     plan = make_plan(cfg.input, cfg.samples_per_shard, cfg.prefix)
+    check_job(settings, has_classes=plan.imagenet)  # text-prompted presets: prompts and models, before Ray
     if cfg.estimate > 0:
         from .estimate import estimate
 
@@ -81,10 +113,9 @@ def run(cfg: LabelConfig, pool: PoolSettings | None = None, settings: Settings |
         return 0
     out.makedirs()
     if out.local:
-        lock_output(Path(out.root))  # held until this process exits, however it exits
         remove_stale_temp_files(Path(out.root))
     check_or_write_plan(out, plan, cfg.overwrite)
-    check_or_write_settings(out, settings.to_json(), cfg.overwrite)
+    check_or_write_settings(out, settings.to_json(), cfg.overwrite, Settings().to_json())
     done = read_done(out)
     changed = changed_inputs(plan, done)
     for i, what in sorted(changed.items()):
@@ -96,15 +127,17 @@ def run(cfg: LabelConfig, pool: PoolSettings | None = None, settings: Settings |
     for line in plan.summary():
         print(line)
     result = run_shards(plan, todo, out, pool, settings, limits)
+    if out.local:
+        remove_stale_temp_files(Path(out.root))  # of shard tasks killed meanwhile (a job whose lease was taken)
     done = read_done(out)
     missing = [plan.shard_name(i) for i in range(plan.num_shards) if i not in done]
 
-    info = result.labeler_info
+    info = result.labeler_info or described_by_manifest(out)
     config = {**dataclasses.asdict(cfg), **dataclasses.asdict(pool)}
     manifest = write_dataset_files(
         out,
-        info.get("label_space", {}),
-        info.get("labeler", {}),
+        info.label_space,
+        info.labeler,
         plan.header(),
         list(done.values()),
         config,
@@ -119,10 +152,10 @@ def run(cfg: LabelConfig, pool: PoolSettings | None = None, settings: Settings |
     if summary := result.summary():
         print(summary)
     labeler = manifest.labeler
-    if labeler.get("empty_labels"):
+    if labeler.empty_labels:
         print("note: preset 'empty' packs empty masks (all ignore, no instances): no labels were computed")
-    if labeler.get("random_labels"):
-        print(f"note: preset {preset!r}: {labeler.get('note', 'the labels are random')}")
+    if labeler.random_labels:
+        print(f"note: preset {preset!r}: {labeler.note or 'the labels are random'}")
     if missing:
         print(f"error: {len(missing)} shard(s) still missing after retries: {', '.join(missing[:10])}", file=sys.stderr)
         for err in result.errors[:10]:
@@ -136,6 +169,20 @@ def run(cfg: LabelConfig, pool: PoolSettings | None = None, settings: Settings |
             return 1
     print(f"manifest: {out.url(fmt.MANIFEST)}; look at samples with: c2f inspect {out} --out grid.png")
     return 0
+
+
+def described_by_manifest(out):
+    """What labeled an output whose every shard was done by an earlier run that left no labeler.json
+    (an older version): its manifest says it."""
+    from shards.manifest import LabelerRecord, ManifestMissing, read_manifest
+
+    try:
+        m = read_manifest(out)
+    except ManifestMissing:
+        raise DataError(
+            f"{out} holds finished shards but no {fmt.LABELER} or {fmt.MANIFEST}: rerun with --overwrite"
+        ) from None
+    return LabelerRecord(m.label_space, m.labeler)
 
 
 def decode_limits(cfg: LabelConfig):
@@ -171,29 +218,45 @@ def prepare_output(out: Path) -> None:
         raise PlanError(f"cannot write to output directory {out}: {e.strerror or e}") from None
 
 
-_LOCKS: dict[str, object] = {}  # output dir -> open lock file (closing it would release the lock)
+_LEASES: dict[str, OutputLease] = {}  # output -> the lease this process holds on it
 
 
-def lock_output(out: Path) -> None:
-    """One job per output directory: a second driver on the same directory stops at once."""
-    import fcntl
+def hold_output(out: Store, timeout: float) -> None:
+    """Take OUTPUT's lease (shards/lease.py): a second job on any machine stops at once with a
+    line naming the holder; a holder gone silent for `timeout` seconds (or whose process on this
+    machine is gone) is taken over. If another job takes it over later (this one was paused past
+    the timeout), the heartbeat interrupts this job, which stops with `LeaseLost`."""
+    import _thread
 
-    from .plan import PlanError
+    from shards.lease import OutputLease
 
-    old = _LOCKS.pop(str(out), None)  # this process ran a job here before (tests, notebooks)
-    if old:
-        old.close()
-    f = open(out / ".c2f-label.lock", "w")  # noqa: SIM115 - kept open for the job's lifetime
+    release_output()  # an earlier job of this process (tests, notebooks) that did not end through `run`
+    lease = OutputLease.acquire(
+        out, timeout, ray_job=ray_job_id(), say=lambda line: print(line, flush=True), on_lost=_thread.interrupt_main
+    )
+    _LEASES[str(out)] = lease
+
+
+def release_output() -> None:
+    while _LEASES:
+        _, lease = _LEASES.popitem()
+        lease.release()
+
+
+def ray_job_id() -> str:
+    """The Ray job submission id when this driver runs under `ray job submit` (Ray passes the job's
+    metadata to the driver in its environment), else ""."""
+    import json
+
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.close()
-        raise PlanError(f"another `c2f label` is writing to {out}") from None
-    _LOCKS[str(out)] = f
+        config = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+        return str(config.get("metadata", {}).get("job_submission_id") or "")
+    except (ValueError, AttributeError):
+        return ""
 
 
 def remove_stale_temp_files(out: Path) -> None:
-    """Temp files of a run that was killed (`format.temp_name`); safe under the output lock."""
+    """Temp files of a run that was killed (`format.temp_name`); safe under the output's lease."""
     from shards import format as fmt
 
     for p in out.iterdir():

@@ -1,4 +1,5 @@
-"""Listing and plan: an input tree -> a deterministic list of shards.
+"""The plan: a listing of the inputs (pipelines/listing.py) -> a deterministic list of shards, and
+the output directory's records of it (plan.json, plan.inputs.jsonl, labeler_settings.json).
 
 The plan is the list of inputs sorted by key, put in a seeded pseudo-random order and cut into
 shards of `samples_per_shard` (each shard's items sorted by key again, as the writer requires);
@@ -9,41 +10,29 @@ Its hash is stored in `plan.json` and the manifest, and a rerun against a differ
 or shard size is refused, naming what changed. `plan.inputs.jsonl` keeps the inputs themselves
 (key, source, class, size, mtime) in shard order, for those messages and for `c2f validate`.
 
-Listing trusts nothing in the tree (docs/RUNNING.md, "What is refused"):
-- only regular files are planned; a FIFO, a device, a socket or a broken symlink with an image
-  suffix is refused at planning and recorded in `quarantine.jsonl` (stage `plan`) with the reason;
-- symlinks are followed (a class folder may be a link), a link back to an ancestor (a loop) is
-  refused, and a folder reached twice is listed once;
-- hidden entries (`.ipynb_checkpoints`, `.DS_Store`, `._*`) are ignored, and counted;
-- the ImageNet layout (`<wnid>/<file>`) is decided by majority: when most inputs follow it, the
-  dataset has classes and the inputs that do not are refused with a reason, instead of one stray
-  file turning every class label off;
-- file names that are not valid UTF-8 are kept (Python's PEP 383 escapes: `os.fsencode(source)`
-  gives the bytes back); their keys are made of the valid characters as usual;
-- size and mtime of every input are recorded, so a rerun redoes the shards whose inputs changed
-  and names them.
+The ImageNet layout (`<wnid>/<file>`) is decided by majority: when most inputs follow it, the
+dataset has classes and the inputs that do not are refused with a reason, instead of one stray
+file turning every class label off. Keys of names that are not valid UTF-8 are made of their
+valid characters as usual (shards.format.sample_key).
 """
 
 from __future__ import annotations
 
-import errno
 import functools
 import hashlib
 import os
 import re
-import stat
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
-from pathlib import Path
 
 from shards import format as fmt
 from shards.errors import UsageError
 from shards.manifest import PlanHeader, Quarantined, ShardStats, load_json, read_plan_inputs, write_plan_inputs
 from shards.store import Store
 
+from .listing import IMAGE_SUFFIXES, Listing, ListingError, Skipped, list_inputs
+
 ORDER_SEED = 0  # plan.json records it; plans made before it existed (key order) are refused on resume
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 _WNID = re.compile(r"^n\d{8}$")
 
 
@@ -59,22 +48,6 @@ class Item:
     synset: str | None = None
     size: int = -1  # bytes when listed (-1: unknown)
     mtime_ns: int = -1  # modification time when listed (-1: unknown)
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """An entry under the root that looked like an input and is not planned, and why."""
-
-    source: str
-    reason: str
-
-
-@dataclass
-class Listing:
-    root: str
-    files: list[tuple[str, int, int]]  # (relative path, size, mtime_ns) of regular image files
-    skipped: list[Skipped] = field(default_factory=list)
-    ignored: Counter[str] = field(default_factory=Counter)  # what was passed over on purpose, counted
 
 
 @dataclass
@@ -161,165 +134,6 @@ class Plan:
         return lines
 
 
-def add_listed(out, rel: str, st: os.stat_result) -> None:
-    """A listed input: planned when it is a regular file (with size and mtime), else skipped with its kind."""
-    if stat.S_ISREG(st.st_mode):
-        out.files.append((rel, st.st_size, st.st_mtime_ns))
-    else:
-        out.skipped.append(Skipped(rel, f"not a regular file ({file_kind(st.st_mode)})"))
-
-
-def file_kind(mode: int) -> str:
-    for test, name in (
-        (stat.S_ISFIFO, "FIFO"),
-        (stat.S_ISCHR, "character device"),
-        (stat.S_ISBLK, "block device"),
-        (stat.S_ISSOCK, "socket"),
-        (stat.S_ISDIR, "directory"),
-        (stat.S_ISLNK, "symlink"),
-    ):
-        if test(mode):
-            return name
-    return "not a regular file"
-
-
-def remote_mtime_ns(info: dict) -> int:
-    """Modification time in ns from an fsspec info dict (keys differ by backend); -1 if none."""
-    for k in ("mtime", "LastModified", "last_modified", "updated", "modified", "created"):
-        v = info.get(k)
-        try:
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                return int(v * 1e9)
-            if isinstance(v, datetime):
-                return int(v.timestamp() * 1e9)
-            if isinstance(v, str):
-                return int(datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp() * 1e9)
-        except (ValueError, OverflowError, OSError):
-            continue
-    return -1
-
-
-def _is_image_name(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
-
-
-def _scan(root: Path) -> Listing:
-    """Every regular image file under `root` with its size and mtime, depth first in name order
-    (deterministic whatever the filesystem's order). Symlinks are followed; a directory that leads
-    back to one of its ancestors is a loop and refused; one reached a second time is listed once."""
-    out = Listing(str(root), [])
-    st = os.stat(root)
-    first_path = {(st.st_dev, st.st_ino): ""}
-    stack: list[tuple[str, tuple]] = [("", ((st.st_dev, st.st_ino),))]
-    while stack:
-        rel, ancestors = stack.pop()
-        try:
-            with os.scandir(root / rel if rel else root) as it:
-                entries = sorted(it, key=lambda e: e.name)
-        except OSError as e:
-            out.skipped.append(Skipped(rel, f"cannot list directory: {e.strerror or e}"))
-            continue
-        subdirs = []
-        for e in entries:
-            r = f"{rel}/{e.name}" if rel else e.name
-            if e.name.startswith("."):
-                out.ignored["hidden entries"] += 1
-                continue
-            try:
-                is_dir = e.is_dir()  # follows a symlink
-            except OSError:
-                is_dir = False
-            if is_dir:
-                try:
-                    dst = e.stat()
-                except OSError as ex:
-                    out.skipped.append(Skipped(r, f"cannot read directory: {ex.strerror or ex}"))
-                    continue
-                ident = (dst.st_dev, dst.st_ino)
-                if ident in ancestors:
-                    back = first_path.get(ident, "")
-                    out.skipped.append(Skipped(r, f"symlink loop: leads back to {back or 'the input root'!r}"))
-                elif ident in first_path:
-                    out.ignored["folders reached twice through symlinks (listed once)"] += 1
-                else:
-                    first_path[ident] = r
-                    subdirs.append((r, (*ancestors, ident)))
-                continue
-            if not _is_image_name(e.name):
-                out.ignored["files without an image suffix"] += 1
-                continue
-            try:
-                fst = e.stat()  # follows a symlink
-            except OSError as ex:
-                if ex.errno == errno.ELOOP:
-                    out.skipped.append(Skipped(r, "symlink loop"))
-                elif e.is_symlink():
-                    out.skipped.append(Skipped(r, "broken symlink"))
-                else:
-                    out.skipped.append(Skipped(r, f"cannot stat: {ex.strerror or ex}"))
-                continue
-            add_listed(out, r, fst)
-        stack.extend(reversed(subdirs))  # popped in name order
-    return out
-
-
-def _scan_url(root: str) -> Listing:
-    """The same for an fsspec URL (s3://bucket/train, gs://…, file://…): one recursive listing."""
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(root)
-    path = path.rstrip("/")
-    out = Listing(root.rstrip("/"), [])
-    for p, info in sorted(fs.find(path, detail=True).items()):
-        rel = p[len(path) + 1 :]
-        if any(part.startswith(".") for part in rel.split("/")):
-            out.ignored["hidden entries"] += 1
-        elif not _is_image_name(rel):
-            out.ignored["files without an image suffix"] += 1
-        elif info.get("type", "file") != "file":
-            out.skipped.append(Skipped(rel, f"not a regular file ({info.get('type')})"))
-        else:
-            size = info.get("size")
-            out.files.append((rel, -1 if size is None else int(size), remote_mtime_ns(info)))
-    return out
-
-
-def _read_list(list_file: Path) -> Listing:
-    """A file list: one path per line (absolute, or relative to the list's folder); '#' comments.
-    The root is the paths' common folder. Every listed path is checked like a scanned one."""
-    base = list_file.parent.resolve()
-    paths = []
-    for line in list_file.read_text(errors="surrogateescape").splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            paths.append(os.path.normpath(line if os.path.isabs(line) else base / line))
-    if not paths:
-        return Listing(str(base), [])
-    root = os.path.commonpath([os.path.dirname(p) for p in paths])
-    out = Listing(root, [])
-    for p in paths:
-        rel = os.path.relpath(p, root).replace(os.sep, "/")
-        try:
-            st = os.stat(p)
-        except OSError as e:
-            out.skipped.append(Skipped(rel, f"listed but cannot stat: {e.strerror or e}"))
-            continue
-        add_listed(out, rel, st)
-    return out
-
-
-def list_inputs(source: str) -> Listing:
-    """The listing of a directory, an fsspec URL, or a `.txt` file list."""
-    if "://" in source:
-        return _scan_url(source)
-    p = Path(source)
-    if p.is_dir():
-        return _scan(p.resolve())
-    if p.is_file() and p.suffix in (".txt", ".lst"):
-        return _read_list(p)
-    raise PlanError(f"input {source!r} is not a directory, a URL, or a .txt file list")
-
-
 def make_plan(source: str | os.PathLike, samples_per_shard: int, prefix: str = "c2f") -> Plan:
     if samples_per_shard < 1:
         raise PlanError(f"--samples-per-shard must be >= 1, got {samples_per_shard}")
@@ -327,6 +141,8 @@ def make_plan(source: str | os.PathLike, samples_per_shard: int, prefix: str = "
         raise PlanError(f"invalid shard prefix {prefix!r}")
     try:
         listing = list_inputs(str(source))
+    except ListingError as e:
+        raise PlanError(str(e)) from None
     except (OSError, ValueError) as e:  # unreadable list, unreachable bucket
         raise PlanError(f"cannot list input {str(source)!r}: {e}") from None
     return plan_from_listing(listing, samples_per_shard, prefix)
@@ -362,9 +178,6 @@ def plan_from_listing(listing: Listing, samples_per_shard: int, prefix: str) -> 
     return Plan(listing.root, imagenet, classes, samples_per_shard, prefix, items, skipped, dict(listing.ignored))
 
 
-PLAN_FILE = fmt.PLAN
-
-
 def _names(sources: list[str], n: int = 5) -> str:
     shown = ", ".join(fmt.display(s) for s in sources[:n])
     return shown + (f", … ({len(sources) - n} more)" if len(sources) > n else "")
@@ -393,7 +206,7 @@ def describe_listing_change(out: Store, plan: Plan) -> str:
 def check_or_write_plan(out: Store, plan: Plan, overwrite: bool) -> None:
     """Refuse to mix two plans in one output directory; record the plan (header and inputs)."""
     want = plan.header().to_json()
-    data = out.read_bytes(PLAN_FILE)
+    data = out.read_bytes(fmt.PLAN)
     if data is not None and not overwrite:
         try:
             have = load_json(data, fmt.PLAN)
@@ -401,7 +214,7 @@ def check_or_write_plan(out: Store, plan: Plan, overwrite: bool) -> None:
                 raise ValueError("not an object")
         except ValueError as e:
             raise PlanError(
-                f"{out.url(PLAN_FILE)} is unreadable ({e}); use a new output directory, "
+                f"{out.url(fmt.PLAN)} is unreadable ({e}); use a new output directory, "
                 "or --overwrite to discard the old shards"
             ) from None
         diff = [k for k in ("listing_sha256", "samples_per_shard", "prefix", "order_seed") if have.get(k) != want[k]]
@@ -413,7 +226,7 @@ def check_or_write_plan(out: Store, plan: Plan, overwrite: bool) -> None:
             )
     elif overwrite and data is not None:
         for name in out.list():
-            if fmt.parse_shard_name(name) or name.endswith(fmt.STATS_SUFFIX):
+            if fmt.parse_shard_name(name) or fmt.parse_table_name(name) or name.endswith(fmt.STATS_SUFFIX):
                 out.remove(name)
     # The inputs first: a plan.json always has its complete listing beside it. The listing is
     # written with a new plan (sizes and times as listed then; what each shard read is in its
@@ -421,7 +234,7 @@ def check_or_write_plan(out: Store, plan: Plan, overwrite: bool) -> None:
     if overwrite or data is None or out.size(fmt.PLAN_INPUTS) is None:
         rows = [plan_input_row(it) for i in range(plan.num_shards) for it in plan.shard_items(i)]
         write_plan_inputs(out, rows)
-    out.write_json(PLAN_FILE, want)
+    out.write_json(fmt.PLAN, want)
 
 
 def plan_input_row(it: Item) -> tuple[str, str, int | None, int, int]:
@@ -452,15 +265,19 @@ def changed_inputs(plan: Plan, done: dict[int, ShardStats]) -> dict[int, list[st
     return out
 
 
-SETTINGS_FILE = "labeler_settings.json"
-
-
-def check_or_write_settings(out: Store, settings: dict, overwrite: bool) -> None:
-    """One dataset, one labeler: a rerun with other labeler settings is refused."""
+def check_or_write_settings(out: Store, settings: dict, overwrite: bool, defaults: dict | None = None) -> None:
+    """One dataset, one labeler: a rerun with other labeler settings is refused. A settings group or a
+    setting that the stored file lacks (a newer version added it) counts as its `defaults`: what older
+    versions did."""
     try:
-        have = out.read_json(SETTINGS_FILE)
+        have = out.read_json(fmt.LABELER_SETTINGS)
     except ValueError as e:
-        raise PlanError(f"{out.url(SETTINGS_FILE)} is unreadable ({e}); use --overwrite to replace it") from None
+        raise PlanError(f"{out.url(fmt.LABELER_SETTINGS)} is unreadable ({e}); use --overwrite to replace it") from None
+    if isinstance(have, dict) and defaults:
+        have = {
+            **{g: v for g, v in defaults.items() if g in settings and g not in have},
+            **{g: {**defaults[g], **v} if isinstance(v, dict) and g in defaults else v for g, v in have.items()},
+        }
     if have is not None and not overwrite:
         if have != settings:
             diff = sorted(
@@ -474,4 +291,4 @@ def check_or_write_settings(out: Store, settings: dict, overwrite: bool) -> None
                 "use a new output directory, or --overwrite to discard the old shards"
             )
         return
-    out.write_json(SETTINGS_FILE, settings)
+    out.write_json(fmt.LABELER_SETTINGS, settings)

@@ -21,3 +21,14 @@ class UsageError(C2FError):
 
 class DataError(C2FError):
     exit_code = 1
+
+
+def first_line(e: BaseException, limit: int | None = None, *, typed: bool = False) -> str:
+    """The first line of an exception's message (many libraries' messages are paragraphs of advice),
+    cut to `limit` characters; the exception's type name when the message is empty. `typed`: as
+    `Type: first line`, for messages that stand without their context (a quarantine reason)."""
+    text = str(e).strip()
+    line = text.splitlines()[0][:limit] if text else ""
+    if not line:
+        return type(e).__name__
+    return f"{type(e).__name__}: {line}" if typed else line

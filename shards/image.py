@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from . import format as fmt
+from .errors import first_line
 
 REENCODE_QUALITY = 95
 _EXIF_ORIENTATION = 0x0112
@@ -98,7 +99,7 @@ def open_image(data: bytes, formats: tuple[str, ...], max_pixels: int) -> Image.
             raise BadImage(f"format {found} refused (by its magic number; c2f decodes {', '.join(formats)})") from None
         raise BadImage("not a decodable image" + (f" (unreadable {found} header)" if found else "")) from None
     except Exception as e:  # noqa: BLE001 - a plugin's header parser may raise anything
-        raise BadImage(f"decode failed: {_describe(e)}") from None
+        raise BadImage(f"decode failed: {first_line(e, 300, typed=True)}") from None
     w, h = im.size
     if w < 1 or h < 1:
         raise BadImage(f"degenerate size {w}x{h}")
@@ -114,13 +115,8 @@ def load_image(im: Image.Image) -> Image.Image:
     try:
         im.load()
     except Exception as e:  # noqa: BLE001 - truncated data, plugin errors, MemoryError: one input each
-        raise BadImage(f"decode failed: {_describe(e)}") from None
+        raise BadImage(f"decode failed: {first_line(e, 300, typed=True)}") from None
     return im
-
-
-def _describe(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0][:300]}" if text else type(e).__name__
 
 
 def _orientation(im: Image.Image) -> int | None:
@@ -196,7 +192,7 @@ def _prepare(data: bytes, max_pixels: int, pixels: bool) -> PreparedImage:
     except BadImage:
         raise
     except Exception as e:  # noqa: BLE001 - conversion and re-encoding can fail like decoding
-        raise BadImage(f"decode failed: {_describe(e)}") from None
+        raise BadImage(f"decode failed: {first_line(e, 300, typed=True)}") from None
 
 
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}

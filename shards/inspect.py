@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 from . import format as fmt
 from .errors import DataError
 from .image import BadImage, load_image, open_image
-from .manifest import load_json
+from .manifest import LabelSpace, Manifest, ManifestError, ManifestMissing, load_json, read_manifest
 from .pack import decode_png
 from .tar import TarError, read_samples
 
@@ -32,23 +32,22 @@ def palette(n: int) -> np.ndarray:
     return pal
 
 
-def _shards(path: Path) -> tuple[list[Path], dict]:
+def _shards(path: Path) -> tuple[list[Path], Manifest | None]:
+    """The shards at `path` (a directory or one shard) and the manifest beside them, if any."""
     if not path.exists():
         raise InspectError(f"no such file or directory: {path}")
     if path.is_dir():
-        shards = sorted(p for p in path.iterdir() if fmt.parse_shard_name(p.name))
-        mpath = path / fmt.MANIFEST
+        shards, folder = sorted(p for p in path.iterdir() if fmt.parse_shard_name(p.name)), path
     else:
-        shards, mpath = [path], path.parent / fmt.MANIFEST
+        shards, folder = [path], path.parent
     if not shards:
         raise InspectError(f"no shards in {path} (no PREFIX-NNNNNN.tar files)")
     try:
-        manifest = load_json(mpath.read_bytes(), fmt.MANIFEST, 256 << 20) if mpath.exists() else {}
-        if not isinstance(manifest, dict):
-            raise ValueError("not an object")
-    except (OSError, ValueError) as e:
-        raise InspectError(f"unreadable {mpath} ({e}); run `c2f validate`") from None
-    return shards, manifest
+        return shards, read_manifest(folder)
+    except ManifestMissing:
+        return shards, None
+    except ManifestError as e:
+        raise InspectError(f"{e}; run `c2f validate`") from None
 
 
 def _read(shard: Path):
@@ -74,7 +73,8 @@ def _contours(ids: np.ndarray) -> np.ndarray:
     return edge & (ids > 0)
 
 
-def _tile(arr: np.ndarray, size: int = TILE) -> Image.Image:
+def tile(arr: np.ndarray, size: int = TILE) -> Image.Image:
+    """[H, W, 3] uint8 -> an image of at most `size` pixels a side (nearest: label colours stay exact)."""
     im = Image.fromarray(arr)
     im.thumbnail((size, size), Image.Resampling.NEAREST)
     return im
@@ -102,9 +102,9 @@ def sample_tiles(s: dict[str, bytes], pal: np.ndarray, ignore: int, size: int = 
     if sem.shape != rgb.shape[:2] or inst.shape != rgb.shape[:2]:
         raise ValueError(f"maps {sem.shape}/{inst.shape} differ from the image {rgb.shape[:2]}")
     return [
-        _tile(rgb, size),
-        _tile(semantic_overlay(rgb, sem, pal, ignore), size),
-        _tile(instance_overlay(rgb, inst), size),
+        tile(rgb, size),
+        tile(semantic_overlay(rgb, sem, pal, ignore), size),
+        tile(instance_overlay(rgb, inst), size),
     ]
 
 
@@ -113,7 +113,9 @@ LEGEND_ROWS = 12  # classes listed per sample
 ROWS_PER_COLUMN = 8  # more samples than this are laid out in columns side by side
 
 
-def draw_grid(rows: list[tuple[str, list[Image.Image], list[int]]], pal, names: dict, ignore: int) -> Image.Image:
+def draw_grid(
+    rows: list[tuple[str, list[Image.Image], list[int]]], pal, names: dict[int, str], ignore: int
+) -> Image.Image:
     """One block per sample: its key, then RGB | semantic | instances at their own height, and the
     legend of its classes beside them. Each block is as tall as its own tiles (or legend), so
     landscape images leave no empty bands; blocks fill columns of ROWS_PER_COLUMN."""
@@ -138,24 +140,31 @@ def draw_grid(rows: list[tuple[str, list[Image.Image], list[int]]], pal, names: 
             lx, ly = x0 + 3 * (TILE + 4) + 4, y + header
             for cid in legend(classes):
                 draw.rectangle((lx, ly, lx + 10, ly + 10), fill=tuple(int(v) for v in pal[min(cid, len(pal) - 1)]))
-                draw.text((lx + 16, ly), f"{cid} {names.get(str(cid), '?')}", fill=(230, 230, 230))
+                draw.text((lx + 16, ly), f"{cid} {names.get(cid, '?')}", fill=(230, 230, 230))
                 ly += 13
             y += heights[i]
     return grid
 
 
+def _title(key: str, s: dict[str, bytes]) -> str:
+    """The line above a sample's tiles: its key, and the prompt it was labeled with, if any."""
+    try:
+        prompt = load_json(s[fmt.META], ".json").get("prompt")
+    except (KeyError, ValueError, AttributeError):
+        prompt = None
+    return f'{key}   prompt: "{prompt[:80]}"' if isinstance(prompt, str) else key
+
+
 def inspect(path: str, out: str, samples: int = 8, seed: int = 0) -> str:
     shards, manifest = _shards(Path(path))
-    space = manifest.get("label_space")
-    names = space.get("semantic") if isinstance(space, dict) else None
-    names = names if isinstance(names, dict) else {}
-    num_classes = len(names)
-    ignore = fmt.semantic_ignore(num_classes)
+    space = manifest.label_space if manifest else LabelSpace(semantic={})
+    names, num_classes, ignore = space.semantic_names, space.num_classes, space.ignore
     chosen = []
     n_samples = n_bytes = 0
     class_pixels: Counter[int] = Counter()
     inst_counts: list[int] = []
     reencoded = 0
+    prompted = found = 0  # text-prompted presets: samples with a prompt, and those where it found its object
     for shard in shards:
         n_bytes += shard.stat().st_size
         for key, s in _read(shard):
@@ -171,6 +180,9 @@ def inspect(path: str, out: str, samples: int = 8, seed: int = 0) -> str:
             class_pixels.update(dict(zip(ids.tolist(), counts.tolist(), strict=True)))
             inst_counts.append(len(meta.get("instances", [])))
             reencoded += bool(meta.get("reencoded"))
+            if isinstance(meta.get("prompt"), str):
+                prompted += 1
+                found += bool(meta.get("instances"))
             if seed == 0 and len(chosen) < samples:
                 chosen.append((key, s, shard.name))
             elif seed:
@@ -182,7 +194,8 @@ def inspect(path: str, out: str, samples: int = 8, seed: int = 0) -> str:
     rows = []
     for key, s, shard_name in chosen:
         try:
-            rows.append((key, sample_tiles(s, pal, ignore), np.unique(decode_png(s[fmt.SEM])).tolist()))
+            title = _title(key, s)
+            rows.append((title, sample_tiles(s, pal, ignore), np.unique(decode_png(s[fmt.SEM])).tolist()))
         except (KeyError, ValueError, BadImage) as e:
             raise InspectError(f"{shard_name} {key}: unreadable sample ({e}); run `c2f validate`") from None
     if not rows:
@@ -198,12 +211,13 @@ def inspect(path: str, out: str, samples: int = 8, seed: int = 0) -> str:
         f"instances per image: mean {np.mean(inst_counts):.1f}, min {min(inst_counts)}, max {max(inst_counts)}",
         "semantic classes by pixel share:",
         *(
-            f"  {cid:>5} {('ignore' if cid == ignore else names.get(str(cid), '?')):<20} {100 * n / total_px:5.1f}%"
+            f"  {cid:>5} {('ignore' if cid == ignore else names.get(cid, '?')):<20} {100 * n / total_px:5.1f}%"
             for cid, n in top
         ),
     ]
-    labeler = manifest.get("labeler") if isinstance(manifest.get("labeler"), dict) else {}
-    if labeler.get("random_labels") or labeler.get("empty_labels"):
-        lines.append(f"note: preset {labeler.get('preset')!r}: these labels are not from a trained model")
+    if prompted:
+        lines.append(f"text prompts: found their object in {found} of {prompted} samples, {prompted - found} not found")
+    if manifest and manifest.labeler.untrained:
+        lines.append(f"note: preset {manifest.labeler.preset!r}: these labels are not from a trained model")
     lines.append(f"grid: {out} ({len(rows)} samples: RGB | semantic | instances)")
     return "\n".join(lines)

@@ -1,5 +1,6 @@
 """Dataset-level files and their typed contracts: per-shard stats (the done-markers), the plan
-header, the manifest, quarantine records and the wids index.
+header, the manifest with the labeler's description and label space, quarantine records and the
+wids index.
 
 A shard is done when `{shard}.stats.json` exists; it is written after the tar is renamed into
 place, so listing the stats files is how a rerun resumes (img2dataset's rule). The manifest,
@@ -7,7 +8,12 @@ place, so listing the stats files is how a rerun resumes (img2dataset's rule). T
 
 Each file is one dataclass here with `to_json` / `from_json`; every writer and reader of these
 files goes through them. `from_json` checks types, so a tampered file is a `ValueError` with the
-field's path, never a `KeyError` deep inside a consumer.
+field's path, never a `KeyError` deep inside a consumer. `read_manifest` is the one reader of
+`manifest.json` (local or any URL, size-bounded); its `ManifestError` names the file and the field.
+
+The contracts that new labelers will extend (`LabelSpace`, `LabelerInfo`, `ModelInfo`) are
+`OpenContract`s: keys that this version does not name are kept and written back out, and an unset
+optional field is absent from the JSON, so a new field is one typed line here.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from . import format as fmt
+from .errors import UsageError
+from .location import join, read_bytes
 from .store import Store
 
 T = TypeVar("T")
@@ -61,10 +69,24 @@ def _checker(tp: Any) -> Callable[[Any, str], Any]:
     Built once per type: the validator runs it on every sample's JSON."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        (inner,) = [a for a in args if a is not type(None)]
-        check_inner = _checker(inner)
+        alternatives = [a for a in args if a is not type(None)]
+        checks = [_checker(a) for a in alternatives]
         optional = type(None) in args
-        return lambda v, where: None if v is None and optional else check_inner(v, where)
+        if len(checks) == 1:
+            return lambda v, where: None if v is None and optional else checks[0](v, where)
+        expected = " or ".join(getattr(a, "__name__", str(a)) for a in alternatives)
+
+        def check_union(v, where):  # the first alternative that fits (`"class-agnostic"` or an object)
+            if v is None and optional:
+                return None
+            for check in checks:
+                try:
+                    return check(v, where)
+                except ValueError:
+                    continue
+            raise ValueError(f"{where}: expected {expected}, got {type(v).__name__}")
+
+        return check_union
     if dataclasses.is_dataclass(tp):
         return lambda v, where: from_json(tp, v, where)
     if tp is Any:
@@ -112,46 +134,95 @@ def _checker(tp: Any) -> Callable[[Any, str], Any]:
     return check_plain
 
 
+class _Field(typing.NamedTuple):
+    name: str  # the attribute
+    key: str  # the JSON name: `metadata["json"]` renames a field whose name is a Python keyword (`class`)
+    check: Callable[[Any, str], Any]
+    required: bool
+    unset: Any  # the default when it is None or False (an optional field, a flag), else _SET
+
+
+_SET = object()
+_EXTRA = "extra"  # metadata key of an OpenContract's field for the keys it does not name
+
+
 @functools.cache
-def _fields(cls: type) -> list[tuple[str, str, Callable[[Any, str], Any], bool]]:
-    """(attribute, JSON name, checker, required) per field; `metadata["json"]` renames a field
-    whose JSON name is a Python keyword (`class`)."""
+def _fields(cls: type) -> list[_Field]:
     hints = typing.get_type_hints(cls)
     return [
-        (
+        _Field(
             f.name,
             f.metadata.get("json", f.name),
             _checker(hints[f.name]),
             f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,  # type: ignore[misc]
+            f.default if f.default is None or f.default is False else _SET,
         )
         for f in dataclasses.fields(cls)
+        if not f.metadata.get(_EXTRA)
     ]
 
 
 def from_json(cls: type[T], d: Any, where: str | None = None) -> T:
     """Build contract `cls` from parsed JSON, checking every field's type. Unknown keys are ignored
-    (newer writers may add fields); missing required ones are an error."""
+    (newer writers may add fields), or kept in `extra` by an `OpenContract`; missing required ones
+    are an error."""
     where = where or cls.__name__
     if not isinstance(d, dict):
         raise ValueError(f"{where}: expected an object, got {type(d).__name__}")
     kwargs = {}
-    for name, key, check, required in _fields(cls):
-        if key in d:
-            kwargs[name] = check(d[key], f"{where}.{key}")
-        elif required:
-            raise ValueError(f"{where}: missing {key!r}")
+    for f in _fields(cls):
+        if f.key in d:
+            kwargs[f.name] = f.check(d[f.key], f"{where}.{f.key}")
+        elif f.required:
+            raise ValueError(f"{where}: missing {f.key!r}")
+    if issubclass(cls, OpenContract):
+        known = {f.key for f in _fields(cls)}
+        kwargs[_EXTRA] = {k: v for k, v in d.items() if k not in known}
     return cls(**kwargs)
+
+
+def _plain(v: Any) -> Any:
+    """A contract's value as JSON values (nested contracts through their own `to_json`)."""
+    if isinstance(v, Contract):
+        return v.to_json()
+    if isinstance(v, list):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
 
 
 class Contract:
     """`to_json` / `from_json` for the dataclasses below."""
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
+        return {f.key: _plain(getattr(self, f.name)) for f in _fields(type(self))}
 
     @classmethod
     def from_json(cls: type[T], d: Any) -> T:
         return from_json(cls, d)
+
+
+class OpenContract(Contract):
+    """A contract that newer versions extend. Keys this version does not name are kept in `extra`
+    and written back out, so reading and rewriting a newer file loses nothing; an optional field
+    (default None) or a flag (default False) that is unset is left out of the JSON, so a file says
+    what is set and older files keep their bytes. Subclasses end with `extra: … = extra_field()`."""
+
+    extra: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        d = dict(self.extra)
+        for f in _fields(type(self)):
+            v = getattr(self, f.name)
+            if f.unset is _SET or v is not f.unset:
+                d[f.key] = _plain(v)
+        return d
+
+
+def extra_field() -> Any:
+    """An `OpenContract`'s `extra`: the keys of its JSON that this version does not name."""
+    return field(default_factory=dict, repr=False, metadata={_EXTRA: True})
 
 
 @dataclass
@@ -181,6 +252,31 @@ class ShardStats(Contract):
     # key -> [size, mtime_ns] of each planned input as the task read it: a rerun redoes the shard
     # when an input changed since (pipelines.plan.changed_inputs)
     inputs: dict[str, list[int]] = field(default_factory=dict)
+    # bytes of `{shard}.parquet` (shards.samples), written before this marker; None: a shard made
+    # before tables existed. A rerun redoes a shard whose table is missing or of another size.
+    table_bytes: int | None = None
+    grounded: GroundedCount | None = None  # text-prompted labelers: images whose prompt found / did not find
+
+    def to_json(self) -> dict[str, Any]:
+        d = super().to_json()
+        if self.grounded is None:  # absent for the labelers without prompts: their stats keep their bytes
+            del d["grounded"]
+        return d
+
+
+@dataclass
+class GroundedCount(Contract):
+    """Images of a shard labeled from a text prompt: `found` have at least one grounded instance;
+    `not_found` kept an empty instance map and a background semantic map (never an error)."""
+
+    found: int = 0
+    not_found: int = 0
+
+    def add(self, found: bool) -> None:
+        if found:
+            self.found += 1
+        else:
+            self.not_found += 1
 
 
 @dataclass
@@ -217,25 +313,131 @@ class Totals(Contract):
     shards: int
 
 
+CLASS_AGNOSTIC = "class-agnostic"  # LabelSpace.instance of labelers whose instances have no category (SAM)
+GROUNDED = "grounded"  # LabelSpace.kind of the text-prompted presets (docs/FORMAT.md, "Label spaces")
+
+
+@dataclass
+class LabelSpace(OpenContract):
+    """What the values of the label maps mean: the manifest's `label_space`, as the labeler's
+    `label_space()` gives it. Ids are JSON object keys: decimal strings.
+
+    Other kinds of label space add their facts as optional typed fields, absent from the files of
+    labelers that have none. The text-prompted presets (`kind == GROUNDED`) write one fixed space:
+    ImageNet-1K's classes at their standard indices, a background class, ADE20K's stuff classes, then
+    the classes of a `--prompts` file (docs/FORMAT.md); each class it can ground has its prompt."""
+
+    semantic: dict[str, str]  # semantic map value -> class name; the ignore value (fmt.semantic_ignore) is not listed
+    # instance category id -> name (the classes that have instances: "things"), or CLASS_AGNOSTIC
+    instance: dict[str, str] | str = CLASS_AGNOSTIC
+    kind: str | None = None  # None: a model's own classes; GROUNDED: the text-prompted presets' space
+    background: int | None = None  # grounded: the id of pixels that no instance and no stuff class claims
+    synsets: dict[str, str] | None = None  # grounded: class id -> WordNet synset (the ImageNet-1K classes)
+    prompts: dict[str, str] | None = None  # grounded: class id -> the text prompt its images are labeled with
+    thresholds: dict[str, float] | None = None  # grounded: what admitted an instance (box, text, mask scores)
+    extra: dict[str, Any] = extra_field()
+
+    def __post_init__(self) -> None:
+        for what, ids in (("semantic", self.semantic), ("instance", self.instance)):
+            bad = [k for k in ids if not k.isdigit()] if isinstance(ids, dict) else []
+            if bad:
+                raise ValueError(f"LabelSpace.{what}: {bad[0]!r} is not a class id")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.semantic)
+
+    @property
+    def ignore(self) -> int:
+        """The semantic map's ignore value."""
+        return fmt.semantic_ignore(self.num_classes)
+
+    @property
+    def semantic_names(self) -> dict[int, str]:
+        """Class id -> name, in id order."""
+        return {int(k): v for k, v in sorted(self.semantic.items(), key=lambda kv: int(kv[0]))}
+
+    @property
+    def thing_ids(self) -> frozenset[int] | None:
+        """The semantic classes that have instances, or None when the label space does not name them
+        (class-agnostic instances)."""
+        return frozenset(int(k) for k in self.instance) if isinstance(self.instance, dict) and self.instance else None
+
+    @property
+    def grounded(self) -> bool:
+        return self.kind == GROUNDED
+
+    def class_of_synset(self) -> dict[str, int]:
+        """Synset -> class id (grounded spaces: an image's own class in the semantic map); empty otherwise."""
+        return {syn: int(k) for k, syn in (self.synsets or {}).items()}
+
+
+@dataclass
+class ModelInfo(OpenContract):
+    """One model of a labeler, as the manifest names it."""
+
+    role: str  # what it labels: semantic | instance | panoptic
+    id: str  # what it was loaded from: a Hugging Face id, a local directory, a checkpoint, `tiny-random:<name>`
+    type: str  # its architecture: the Hugging Face config's model_type (segformer, mask2former, eomt…) or sam_<size>
+    things: str | None = None  # panoptic models: where the thing classes came from (a flag, the config, a known space)
+    extra: dict[str, Any] = extra_field()
+
+
+@dataclass
+class LabelerInfo(OpenContract):
+    """What labeled a dataset: the manifest's `labeler`, as the labeler's `describe()` gives it.
+    A preset's own facts are optional fields (None, or False for a flag, when it has none)."""
+
+    preset: str  # the preset's name (labeler/registry.py), or what else made the files (`synthetic`)
+    models: list[ModelInfo] = field(default_factory=list)  # empty for presets without a model
+    settings: dict[str, Any] | None = None  # what it ran with: labeler.config.Settings, or the preset's parameters
+    random_labels: bool = False  # the labels carry no meaning: tiny random models or synthetic labels (tests, demo)
+    empty_labels: bool = False  # every pixel ignore and no instances (`empty`): no labels were computed
+    weight_free: bool = False  # no learned weights made them (`classical`): they describe image structure
+    note: str | None = None  # one sentence for people (c2f label, inspect and report show it)
+    seconds_per_image: float | None = None  # `fixed-cost`: the time it spends on each image
+    scikit_image: str | None = None  # `classical`: the scikit-image version whose segmentation made the labels
+    # text-prompted presets: where each image's prompt came from (ImageNet lemmas, or a --prompts file and its sha256)
+    prompt_source: str | None = None
+    extra: dict[str, Any] = extra_field()
+
+    @property
+    def untrained(self) -> bool:
+        """The labels are not a trained model's (random or empty)."""
+        return self.random_labels or self.empty_labels
+
+    def brief(self) -> dict[str, Any]:
+        """The description without its settings, for a report: preset, models, the flags set, the note."""
+        d: dict[str, Any] = {"preset": self.preset, "models": [m.to_json() for m in self.models]}
+        flags = {"weight_free": self.weight_free, "random_labels": self.random_labels}
+        d |= {k: True for k, on in (flags | {"empty_labels": self.empty_labels}).items() if on}
+        return d | ({"note": self.note} if self.note is not None else {})
+
+
+@dataclass
+class LabelerRecord(Contract):
+    """`labeler.json`: what the labeler of an output directory says of itself, written when the
+    labeling pool starts; the manifest copies it."""
+
+    label_space: LabelSpace
+    labeler: LabelerInfo
+
+
 @dataclass
 class Manifest(Contract):
     """`manifest.json`: what the dataset is (docs/FORMAT.md)."""
 
-    label_space: dict[str, Any]  # {"semantic": {id: name}, "instance": "class-agnostic" | {id: name}}
-    labeler: dict[str, Any]  # preset, models, settings (the labeler's `describe()`)
+    label_space: LabelSpace  # what the maps' values mean
+    labeler: LabelerInfo  # what made them: preset, models, settings
     plan: PlanHeader
     shards: list[ShardEntry]
     empty_shards: list[str]  # shards whose every input was quarantined: no tar
     totals: Totals
     config: dict[str, Any] = field(default_factory=dict)  # the job's settings
     format_version: int = fmt.FORMAT_VERSION
-
-    @property
-    def semantic_names(self) -> dict[str, str]:
-        names = self.label_space.get("semantic", {})
-        if not isinstance(names, dict):
-            raise ValueError("Manifest.label_space.semantic: expected an object")
-        return names
+    # every shard (listed and empty) has its `{shard}.parquet` table: `c2f validate` requires them
+    # (False: an output made before tables existed, or resumed from one; present tables are still checked)
+    sample_tables: bool = False
 
 
 @dataclass
@@ -245,6 +447,9 @@ class InstanceRecord(Contract):
     score: float
     area: int
     bbox: list[int]  # [x, y, w, h]
+    phrase: str | None = None  # text-prompted presets: the phrase of the prompt this instance matched
+    box_score: float | None = None  # grounded: the detector's box score
+    mask_score: float | None = None  # grounded: the mask model's predicted IoU for the box's mask
 
 
 @dataclass
@@ -266,10 +471,17 @@ class SampleMeta(Contract):
     reencoded: bool = False
     reencode_reason: str | None = None
     exif_orientation: int | None = None
+    prompt: str | None = None  # text-prompted presets: the prompt this image was labeled with (absent otherwise)
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["class"] = d.pop("class_")
+        if d["prompt"] is None:
+            del d["prompt"]
+        for inst in d["instances"]:
+            for k in ("phrase", "box_score", "mask_score"):
+                if inst[k] is None:
+                    del inst[k]
         return d
 
 
@@ -336,21 +548,51 @@ def read_done(out: Store | str | os.PathLike) -> dict[int, ShardStats]:
             continue
         if stats.samples > 0 and files.get(stats.shard) != stats.bytes:
             continue
+        if stats.table_bytes is not None and files.get(fmt.table_name(stats.shard)) != stats.table_bytes:
+            continue
         done[stats.index] = stats
     return done
 
 
+class ManifestError(UsageError):
+    """`manifest.json` cannot be used: unreadable, too large, not JSON, or not a c2f manifest; the
+    message names the file and, for a contract violation, the field."""
+
+
+class ManifestMissing(ManifestError):
+    """There is no `manifest.json`: not an output of `c2f label`, or its job has not finished."""
+
+
 def read_manifest(out: Store | str | os.PathLike) -> Manifest:
-    data = as_store(out).read_bytes(fmt.MANIFEST)
+    """The manifest of the output directory `out` (a local path, `file://` or any fsspec URL), read
+    within `fmt.MAX_MANIFEST_BYTES`: every tool that reads a manifest reads it here."""
+    url = join(str(out), fmt.MANIFEST)
+    try:
+        data = read_bytes(url, fmt.MAX_MANIFEST_BYTES)
+    except (OSError, ValueError) as e:
+        raise ManifestError(f"cannot read {url}: {e}") from None
     if data is None:
-        raise FileNotFoundError(f"no {fmt.MANIFEST} in {out}")
-    return Manifest.from_json(load_json(data, fmt.MANIFEST))
+        raise ManifestMissing(f"no {fmt.MANIFEST} in {out}")
+    try:
+        return Manifest.from_json(load_json(data, url, fmt.MAX_MANIFEST_BYTES))
+    except ValueError as e:
+        raise ManifestError(f"{url} is not a c2f manifest: {e}") from None
+
+
+def read_labeler_record(out: Store | str | os.PathLike) -> LabelerRecord | None:
+    """`labeler.json` of an output directory, or None when there is none; ValueError when it is not one."""
+    data = as_store(out).read_bytes(fmt.LABELER)
+    return None if data is None else LabelerRecord.from_json(load_json(data, fmt.LABELER))
+
+
+def write_labeler_record(out: Store | str | os.PathLike, record: LabelerRecord) -> None:
+    as_store(out).write_json(fmt.LABELER, record.to_json())
 
 
 def write_dataset_files(
     out: Store | str | os.PathLike,
-    label_space: dict[str, Any],
-    labeler: dict[str, Any],
+    label_space: LabelSpace,
+    labeler: LabelerInfo,
     plan: PlanHeader,
     stats: list[ShardStats],
     config: dict[str, Any] | None = None,
@@ -378,6 +620,7 @@ def write_dataset_files(
             shards=len(shards),
         ),
         config=config or {},
+        sample_tables=bool(stats) and all(s.table_bytes is not None for s in stats),
     )
     quarantine = [q.to_json() for q in unplanned] + [q.to_json() for s in stats for q in s.quarantined]
     store.write_bytes(fmt.QUARANTINE, "".join(json.dumps(q, sort_keys=True) + "\n" for q in quarantine).encode())

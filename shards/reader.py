@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from . import format as fmt
+from .errors import first_line
 from .image import jpeg_size
 from .location import is_local, list_shards, local_path, open_url
 from .manifest import load_json
@@ -96,7 +97,7 @@ def decode_sample(
             out["instance"] = _decode_mask(sample[fmt.INST], max_pixels)
     except Exception as e:  # noqa: BLE001 - re-raised with the sample's address
         where = f"{sample.get('__url__', '?')} key {sample.get('__key__', '?')}"
-        raise SampleError(f"{where}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+        raise SampleError(f"{where}: {first_line(e, typed=True)}") from e
     return masks_to_tensors(out) if as_tensors else out
 
 
@@ -297,7 +298,7 @@ def make_dataset(
     urls = expand_urls(source)
     keep = None
     if subset:
-        from .quality.select import subset_for_stream
+        from .subset import subset_for_stream
 
         urls, keep = subset_for_stream(subset, urls, str(source), repeating=repeat or resampled)
     stages: list[Any] = []

@@ -2,6 +2,8 @@
 
 Stages, each small and testable alone (webdataset's tariterators style):
     open_url -> tar_members -> group_samples (shards.tar) -> check_sample      (per shard, in a worker)
+    the shard's table (shards.samples) -> check_table: the same inputs as the tar, the plan and the
+        quarantine, and the same facts as each decoded sample                 (in the same worker)
     plan_targets (what each shard must hold) ... check_dataset (cross-shard, in the parent)
 
 The validator is total: every problem in what it reads, however malformed (a truncated tar, a
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import io
 import random
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -25,19 +28,24 @@ from typing import Any
 import numpy as np
 
 from . import format as fmt
+from .errors import first_line
 from .image import BadImage, check_scaled, load_image, open_image
 from .location import join, list_names, list_shards, open_url, read_bytes
 from .manifest import (
     Manifest,
+    ManifestError,
+    ManifestMissing,
     PlanHeader,
     Quarantined,
     SampleMeta,
     ShardStats,
     from_json,
     load_json,
+    read_manifest,
     read_plan_inputs,
 )
 from .pack import decode_png
+from .samples import PACKED, QUARANTINED, SampleRow, TableError, coverage, mean_score, read_url
 from .tar import (  # noqa: F401 - the tar problem codes are finding codes too
     BAD_KEY,
     BAD_MEMBER,
@@ -73,6 +81,9 @@ MANIFEST = "manifest"
 INCOMPLETE = "incomplete"
 NO_SHARDS = "no-shards"
 CHECK_FAILED = "check-failed"
+MISSING_TABLE = "missing-table"
+BAD_TABLE = "bad-table"
+UNLISTED_TABLE = "unlisted-table"
 
 # JPEGs are checked with libjpeg's 1/8 DCT scaling: every marker is parsed and every Huffman-coded
 # coefficient of every block is decoded (so truncated or corrupt entropy data fails exactly as in a
@@ -80,7 +91,6 @@ CHECK_FAILED = "check-failed"
 # conversion, steps that cannot fail. It saves about a fifth of the decode (docs/BENCHMARKS.md).
 JPEG_DCT_SCALING = True
 
-MAX_INDEX_BYTES = 256 << 20  # manifest.json and plan.json (a 1.28M-shard manifest is ~200 MB)
 MAX_LINE_BYTES = 8192  # per input, for plan.inputs.jsonl and quarantine.jsonl (paths are < 4 KB)
 
 
@@ -104,6 +114,9 @@ class Expect:
     classes: list[str] | None = None  # image-level classes (synsets): `.cls` indexes this list
     planned: dict[str, tuple[str, int | None]] | None = None  # key -> (source, class) of inputs due here
     max_pixels: int = fmt.MAX_PIXELS
+    table: str | None = None  # URL of the shard's table (shards.samples) to check; None: none to check
+    table_required: bool = False  # a missing table is a finding (the manifest's `sample_tables`)
+    quarantined: dict[str, str] | None = None  # key -> stage of this shard's lines of quarantine.jsonl
 
 
 @dataclass
@@ -153,9 +166,11 @@ def _parse_cls(raw: bytes) -> int | None:
     return int(raw) if 1 <= len(raw) <= 9 and raw.isdigit() else None
 
 
-def check_sample(shard: str, key: str, s: dict[str, bytes], expect: Expect, deep: bool) -> list[Finding]:
+def check_sample(
+    shard: str, key: str, s: dict[str, bytes], expect: Expect, deep: bool, row: SampleRow | None = None
+) -> list[Finding]:
     """Members present and `.cls` in range; with `deep`, everything decodes (bounded) and agrees
-    with everything else."""
+    with everything else, the sample's `row` of the shard's table included."""
     out: list[Finding] = []
     required = fmt.REQUIRED_MEMBERS + ((fmt.CLS,) if expect.has_classes else ())
     missing = [e for e in required if e not in s]
@@ -205,6 +220,8 @@ def check_sample(shard: str, key: str, s: dict[str, bytes], expect: Expect, deep
             out.append(Finding(shard, key, BAD_JSON, f".json says {meta.width}x{meta.height}, image is {w}x{h}"))
     if meta is None:
         return out
+    if row is not None:
+        out += _row_disagrees(shard, key, row, meta, size, maps.get(fmt.SEM), expect)
     if meta.key != key:
         out.append(Finding(shard, key, BAD_JSON, f".json names key {meta.key[:40]!r}"))
     if fmt.SEM in maps and expect.num_classes is not None:
@@ -249,9 +266,94 @@ def check_sample(shard: str, key: str, s: dict[str, bytes], expect: Expect, deep
     return out
 
 
-def _describe(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
+def _row_disagrees(shard: str, key: str, row: SampleRow, meta: SampleMeta, size, sem, expect: Expect) -> list[Finding]:
+    """Where a packed sample's row of the table differs from its JSON and maps (one finding)."""
+    wrong = []
+    facts = {
+        "source": (row.source, fmt.display(meta.source)),
+        "width": (row.width, meta.width if size is None else size[0]),
+        "height": (row.height, meta.height if size is None else size[1]),
+        "cls_index": (row.cls_index, meta.class_.index if meta.class_ is not None else None),
+        "instances": (row.instances, len(meta.instances)),
+    }
+    wrong += [f"{n} {a!r:.40} (the sample: {b!r:.40})" for n, (a, b) in facts.items() if a != b]
+    score = mean_score(i.score for i in meta.instances)
+    if (row.score is None) != (score is None) or (score is not None and abs(row.score - score) > 1e-9):
+        wrong.append(f"score {row.score!r} (the sample's instances: {score!r})")
+    if sem is not None and (row.coverage is None or abs(row.coverage - coverage(sem)) > 1e-9):
+        wrong.append(f"coverage {row.coverage!r} (.sem.png: {coverage(sem)!r})")
+    classes = expect.classes
+    if row.cls_index is not None and classes is not None and 0 <= row.cls_index < len(classes):
+        if row.cls != classes[row.cls_index]:
+            wrong.append(f"cls {row.cls!r:.40} (class {row.cls_index} is {classes[row.cls_index]!r:.40})")
+    if not wrong:
+        return []
+    return [Finding(shard, key, BAD_TABLE, f"{fmt.table_name(shard)} says {'; '.join(wrong[:3])}")]
+
+
+def check_table(shard: str, rows: list[SampleRow], tar_keys: list[str], expect: Expect) -> list[Finding]:
+    """The table against its tar (its packed rows are the tar's samples, in order, at their
+    positions), the quarantine (its quarantined rows are this shard's lines of quarantine.jsonl, with
+    their stage) and the plan (its rows are the shard's planned inputs, with their sources)."""
+    table = fmt.table_name(shard)
+    out: list[Finding] = []
+
+    def differ(what: str, extra: list[str], absent: list[str], here: str, there: str) -> None:
+        if extra:
+            out.append(Finding(shard, extra[0], BAD_TABLE, f"{table} {here} {len(extra)} key(s) {there} lacks"))
+        if absent:
+            out.append(Finding(shard, absent[0], BAD_TABLE, f"{table} lacks {len(absent)} key(s) of {what}"))
+
+    seen = Counter(r.key for r in rows)
+    dup = sorted(k for k, n in seen.items() if n > 1)
+    if dup:
+        out.append(Finding(shard, dup[0], BAD_TABLE, f"{table} lists {len(dup)} key(s) twice"))
+    other = [r.key for r in rows if r.shard != shard]
+    if other:
+        out.append(Finding(shard, other[0], BAD_TABLE, f"{table}: {len(other)} row(s) name another shard"))
+    packed = [r for r in rows if r.status == PACKED]
+    in_tar = set(tar_keys)
+    differ(
+        "the tar",
+        [r.key for r in packed if r.key not in in_tar],
+        sorted(in_tar - {r.key for r in packed}),
+        "packs",
+        "the tar",
+    )
+    if not out and [r.key for r in packed] != tar_keys:
+        out.append(Finding(shard, None, BAD_TABLE, f"{table} lists the tar's samples in another order"))
+    moved = [r.key for i, r in enumerate(packed) if i < len(tar_keys) and r.key == tar_keys[i] and r.index != i]
+    if moved:
+        out.append(
+            Finding(shard, moved[0], BAD_TABLE, f"{table}: {len(moved)} row(s) give another position in the tar")
+        )
+    if expect.quarantined is not None:
+        q = {r.key: r.stage for r in rows if r.status == QUARANTINED}
+        differ(
+            f"{fmt.QUARANTINE} for this shard",
+            sorted(set(q) - set(expect.quarantined)),
+            sorted(set(expect.quarantined) - set(q)),
+            "quarantines",
+            fmt.QUARANTINE,
+        )
+        stage = [k for k, st in q.items() if k in expect.quarantined and st != expect.quarantined[k]]
+        if stage:
+            out.append(Finding(shard, stage[0], BAD_TABLE, f"{table}: {len(stage)} quarantine stage(s) differ"))
+    if expect.planned is not None:
+        planned = {**expect.planned}
+        sources = {r.key: r.source for r in rows}
+        gone = set(expect.quarantined or ())
+        differ(
+            "the plan",
+            sorted(k for k in sources if k not in planned and k not in gone),
+            sorted(k for k in planned if k not in sources),
+            "lists",
+            fmt.PLAN_INPUTS,
+        )
+        wrong = sorted(k for k, src in sources.items() if k in planned and fmt.display(planned[k][0]) != src)
+        if wrong:
+            out.append(Finding(shard, wrong[0], BAD_TABLE, f"{table}: {len(wrong)} source(s) differ from the plan"))
+    return out
 
 
 def check_shard(url: str, expect: Expect, sample: int | None = None, seed: int = 0) -> ShardReport:
@@ -262,7 +364,9 @@ def check_shard(url: str, expect: Expect, sample: int | None = None, seed: int =
     try:
         _check_shard(url, name, rep, expect, sample, seed)
     except Exception as e:  # noqa: BLE001 - the validator reports, it does not crash
-        rep.findings.append(Finding(name, None, CHECK_FAILED, f"cannot check this shard: {_describe(e)}"))
+        rep.findings.append(
+            Finding(name, None, CHECK_FAILED, f"cannot check this shard: {first_line(e, 200, typed=True)}")
+        )
     return rep
 
 
@@ -295,11 +399,14 @@ def _check_shard(url: str, name: str, rep: ShardReport, expect: Expect, sample: 
     deep_keys = {k for k, _ in samples}
     if sample is not None and sample < len(samples):
         deep_keys = set(random.Random(f"{seed}:{name}").sample(sorted(deep_keys), sample))
+    rows = _shard_table(name, expect, rep.keys, rep.findings)
     for key, s in samples:
         try:
-            rep.findings.extend(check_sample(name, key, s, expect, key in deep_keys))
+            rep.findings.extend(check_sample(name, key, s, expect, key in deep_keys, rows.get(key)))
         except Exception as e:  # noqa: BLE001 - one sample the checks did not foresee costs only itself
-            rep.findings.append(Finding(name, key, CHECK_FAILED, f"cannot check this sample: {_describe(e)}"))
+            rep.findings.append(
+                Finding(name, key, CHECK_FAILED, f"cannot check this sample: {first_line(e, 200, typed=True)}")
+            )
     if expect.planned is not None:
         present = set(rep.keys)
         for key in sorted(set(expect.planned) - present):
@@ -317,6 +424,24 @@ def _check_shard(url: str, name: str, rep: ShardReport, expect: Expect, sample: 
         )
     if expect.samples is not None and rep.samples != expect.samples:
         rep.findings.append(Finding(name, None, COUNT, f"{rep.samples} samples, manifest says {expect.samples}"))
+
+
+def _shard_table(name: str, expect: Expect, tar_keys: list[str], findings: list[Finding]) -> dict[str, SampleRow]:
+    """Check the shard's table against what is known here (`check_table`); its packed rows by key,
+    for the per-sample comparison."""
+    if expect.table is None:
+        return {}
+    try:
+        rows = read_url(expect.table)
+    except TableError as e:
+        findings.append(Finding(name, None, BAD_TABLE, str(e)))
+        return {}
+    if rows is None:
+        if expect.table_required:
+            findings.append(Finding(name, None, MISSING_TABLE, f"no {fmt.table_name(name)} beside the tar"))
+        return {}
+    findings += check_table(name, rows, tar_keys, expect)
+    return {r.key: r for r in rows if r.status == PACKED}
 
 
 @dataclass
@@ -373,25 +498,24 @@ def plan_targets(path: str, max_pixels: int = fmt.MAX_PIXELS) -> Target:
     t = Target()
     on_disk = {u.rsplit("/", 1)[-1]: u for u in shards}
     plan: PlanHeader | None = None
-    plan_json = _read_json(path, fmt.PLAN, MAX_INDEX_BYTES, t.findings)
+    plan_json = _read_json(path, fmt.PLAN, fmt.MAX_MANIFEST_BYTES, t.findings)
     if plan_json not in (None, _ABSENT):
         try:
             plan = PlanHeader.from_json(plan_json)
         except ValueError as e:
             t.findings.append(Finding(fmt.PLAN, None, MANIFEST, f"unreadable {fmt.PLAN}: {e}"))
-    manifest_json = _read_json(path, fmt.MANIFEST, MAX_INDEX_BYTES, t.findings)
-    if manifest_json not in (None, _ABSENT):
-        try:
-            manifest = Manifest.from_json(manifest_json)
-            num_classes = len(manifest.semantic_names)
-            t.manifest = manifest
-        except ValueError as e:
-            t.findings.append(Finding(fmt.MANIFEST, None, MANIFEST, f"unreadable manifest: {e}"))
+    absent = False
+    try:
+        t.manifest = read_manifest(path)
+    except ManifestMissing:
+        absent = True
+    except ManifestError as e:
+        t.findings.append(Finding(fmt.MANIFEST, None, MANIFEST, f"unreadable {fmt.MANIFEST}: {e}"))
     m = t.manifest
     if m is None:
         plain = Expect(max_pixels=max_pixels, classes=plan.classes if plan else None)
         t.shards = [(u, plain) for u in on_disk.values()]
-        if plan is not None and manifest_json is _ABSENT:
+        if plan is not None and absent:
             t.findings += _incomplete(path, plan, on_disk)
         elif not on_disk and not t.findings:
             t.findings.append(
@@ -412,15 +536,29 @@ def plan_targets(path: str, max_pixels: int = fmt.MAX_PIXELS) -> Target:
     t.findings += [
         Finding(n, None, UNLISTED_SHARD, "tar is not listed in the manifest") for n in on_disk if n not in listed
     ]
+    tables = {fmt.parse_table_name(n) for n in list_names(path)} - {None}
+    owners = set(listed) | set(m.empty_shards)
+    t.findings += [
+        Finding(fmt.table_name(n), None, UNLISTED_TABLE, f"a table of {n}, which the manifest does not list")
+        for n in sorted(tables - owners)  # type: ignore[type-var]
+    ]
     classes = m.plan.classes
     for n, s in sorted(listed.items()):
         if n not in on_disk:
             t.findings.append(Finding(n, None, MISSING_SHARD, "listed in the manifest but missing on disk"))
             continue
-        exp = Expect(
-            s.samples, s.bytes, s.sha256, num_classes, bool(classes), classes, planned.get(n), max_pixels=max_pixels
-        )
+        k = m.label_space.num_classes
+        exp = Expect(s.samples, s.bytes, s.sha256, k, bool(classes), classes, planned.get(n), max_pixels=max_pixels)
+        exp.table = join(path, fmt.table_name(n)) if (n in tables or m.sample_tables) else None
+        exp.table_required = m.sample_tables
+        exp.quarantined = {q.key: q.stage for q in per_shard.get(n, [])}
         t.shards.append((on_disk[n], exp))
+    for n in m.empty_shards:  # no tar: the table alone holds the shard's (quarantined) inputs
+        if n in tables or m.sample_tables:
+            quarantined = {q.key: q.stage for q in per_shard.get(n, [])}
+            exp = Expect(classes=classes, planned=planned.get(n), quarantined=quarantined)
+            exp.table, exp.table_required = join(path, fmt.table_name(n)), m.sample_tables
+            _shard_table(n, exp, [], t.findings)
     t.findings += _check_plan(m, per_shard)
     return t
 
@@ -569,7 +707,9 @@ def validate(
                     reports.append(fut.result())
                 except Exception as e:  # noqa: BLE001 - a worker killed (out of memory) or lost
                     name = futs[fut].rstrip("/").rsplit("/", 1)[-1]
-                    reports.append(ShardReport(name, findings=[Finding(name, None, CHECK_FAILED, _describe(e))]))
+                    reports.append(
+                        ShardReport(name, findings=[Finding(name, None, CHECK_FAILED, first_line(e, 200, typed=True))])
+                    )
                 bar.update()
     bar.close()
     reports.sort(key=lambda r: r.shard)

@@ -109,7 +109,7 @@ def test_degenerate_images():
 def test_preset_describes_itself_as_weight_free():
     labeler = build_labeler("classical")
     d = labeler.describe()
-    assert d["preset"] == "classical" and d["weight_free"] is True and d["models"] == []
-    assert "random_labels" not in d and d["settings"]["scale"] == ClassicalParams().scale
+    assert d.preset == "classical" and d.weight_free is True and d.models == []
+    assert "random_labels" not in d.to_json() and d.settings["scale"] == ClassicalParams().scale
     space = labeler.label_space()
-    assert space["instance"] == "class-agnostic" and len(space["semantic"]) == 20
+    assert space.instance == "class-agnostic" and len(space.semantic) == 20

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from c2f.cli import main
+from quality.table import read_csv
 from shards import format as fmt
-from shards.manifest import ShardStats, read_manifest, write_dataset_files, write_stats
+from shards.manifest import LabelerInfo, LabelSpace, ShardStats, read_manifest, write_dataset_files, write_stats
 from shards.pack import decode_png, encode_png
-from shards.quality.table import read_csv
 from shards.tar import read_samples
 from shards.writer import ShardWriter
 
@@ -28,7 +28,7 @@ def rewrite(src, dst, fn, label_space=None):
         st = ShardStats(entry.index, entry.name, entry.samples, w.info.samples, w.info.bytes, w.info.sha256)
         write_stats(dst, st)
         stats.append(st)
-    write_dataset_files(dst, label_space or manifest.label_space, {"preset": "copy"}, manifest.plan, stats)
+    write_dataset_files(dst, label_space or manifest.label_space, LabelerInfo("copy"), manifest.plan, stats)
     return dst
 
 
@@ -142,9 +142,7 @@ def test_class_matching_between_different_label_spaces(synthetic_ds, tmp_path, r
     names = ["sky", "grass", "road", "disc", "box", "triangle"]
     b_names = {str(perm[c]): (names[c].upper() if rule == "names" else f"cluster {c}") for c in range(6)}
     lut = np.append(perm, np.arange(6, 256)).astype(np.uint8)
-    permuted = rewrite(
-        synthetic_ds, tmp_path / "perm", lambda s, i: (lut[s], i), {"semantic": b_names, "instance": "class-agnostic"}
-    )
+    permuted = rewrite(synthetic_ds, tmp_path / "perm", lambda s, i: (lut[s], i), LabelSpace(b_names))
     result, _ = run_compare(synthetic_ds, permuted, tmp_path / "c")
     assert result["semantic"]["matching"] == rule  # auto picks it
     assert result["semantic"]["pixel_accuracy"] == 1.0 and result["semantic"]["miou"] == 1.0

@@ -1,19 +1,21 @@
 """The import rules of docs/ARCHITECTURE.md, checked by walking every module's imports with `ast`.
 
-shards    <- labeler <- pipelines        shards <- c2fmae        c2f (the app) imports any of them
+shards    <- labeler <- pipelines        shards <- c2fmae        shards <- quality
+c2f (the app) imports any of them
 """
 
 import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("shards", "labeler", "pipelines", "c2fmae", "c2f")
+PACKAGES = ("shards", "labeler", "pipelines", "c2fmae", "quality", "c2f")
 ALLOWED = {
     "shards": set(),
     "labeler": {"shards"},
     "c2fmae": {"shards"},
+    "quality": {"shards"},
     "pipelines": {"shards", "labeler"},
-    "c2f": {"shards", "labeler", "pipelines", "c2fmae"},
+    "c2f": {"shards", "labeler", "pipelines", "c2fmae", "quality"},
 }
 
 
@@ -57,3 +59,12 @@ def test_the_rule_checker_sees_violations():
     )
     assert imported_packages(source, "shards.probe") == {"c2fmae", "labeler"}
     assert imported_packages("from .plan import Item\nfrom shards import pack\n", "pipelines.worker") == {"shards"}
+    # the format stands below the tools that read it: shards -> quality is a violation, the reverse is not
+    assert imported_packages("def f():\n    from quality.where import select\n", "shards.reader") == {"quality"}
+    assert imported_packages("from shards.manifest import read_manifest\n", "quality.output") == {"shards"}
+
+
+def test_rules_cover_every_package_and_the_tools_stand_on_the_format_alone():
+    assert set(ALLOWED) == set(PACKAGES) == {p.parent.name for p in REPO.glob("*/__init__.py")}
+    assert ALLOWED["quality"] == {"shards"} and "quality" not in ALLOWED["shards"]
+    assert all("quality" not in allowed for package, allowed in ALLOWED.items() if package != "c2f")

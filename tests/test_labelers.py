@@ -79,7 +79,7 @@ def test_panoptic_mask2former_one_pass(tiny_models):
         assert not (lab.instance[stuff_px] > 0).any()  # stuff never gets an instance id
         n_inst += len(lab.instances)
     assert n_inst > 0
-    assert pan.label_space()["instance"] == {str(i): f"random_{i}" for i in sorted(things)}
+    assert pan.label_space().instance == {str(i): f"random_{i}" for i in sorted(things)}
 
 
 @pytest.mark.parametrize("generator", ["stock", "batched"])
@@ -130,9 +130,9 @@ def test_missing_hub_model_fails_fast_offline(monkeypatch):
 
 def test_tiny_random_preset_is_non_trivial_and_marked_random():
     lab = build_labeler("tiny-random")
-    assert lab.describe()["random_labels"] is True
-    assert lab.describe()["models"][0]["id"] == "tiny-random:segformer"
-    assert lab.label_space()["instance"] == "class-agnostic"
+    assert lab.describe().random_labels is True
+    assert lab.describe().models[0].id == "tiny-random:segformer"
+    assert lab.label_space().instance == "class-agnostic"
     photos = _photos()[:2]
     for img, out in zip(photos, lab.label(photos), strict=True):
         _check_labels(img, out, TINY_CLASSES)

@@ -64,7 +64,7 @@ def test_coco_checkpoint_gets_its_split_through_the_loader(tmp_path):
     path = save_hf(*build_mask2former_tiny(num_labels=133, names=HF_COCO_NAMES), tmp_path / "m2f-coco")
     pan = PanopticLabeler(load_segmenter(str(path), device="cpu"), 0.05, 0.5, 0.3, "auto")
     assert pan.things == set(range(80)) and "coco-133-panoptic" in pan.thing_source
-    assert set(pan.label_space()["instance"]) == {str(i) for i in range(80)}
+    assert pan.label_space().thing_ids == set(range(80))
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def ade_models(tmp_path_factory):
 def test_auto_things_from_the_label_space(ade_models, name):
     pan = PanopticLabeler(load_segmenter(str(ade_models[name]), device="cpu"), 0.05, 0.5, 0.3, "auto")
     assert pan.things == ADE_THINGS and "ade20k-150-panoptic" in pan.thing_source
-    assert set(pan.label_space()["instance"]) == {str(i) for i in ADE_THINGS}
+    assert set(pan.label_space().instance) == {str(i) for i in ADE_THINGS}
     explicit = PanopticLabeler(load_segmenter(str(ade_models[name]), device="cpu"), 0.05, 0.5, 0.3, "0-9")
     assert explicit.things == set(range(10)) and explicit.thing_source == "--thing-ids"
 
@@ -93,8 +93,8 @@ def test_stuff_never_becomes_an_instance(ade_models):
         panoptic=PanopticConfig(panoptic_threshold=0.0, overlap_mask_area_threshold=0.0),
     )
     labeler = build_labeler(settings)
-    assert labeler.describe()["models"][0]["type"] == "eomt"
-    assert "ade20k-150-panoptic" in labeler.describe()["models"][0]["things"]
+    assert labeler.describe().models[0].type == "eomt"
+    assert "ade20k-150-panoptic" in labeler.describe().models[0].things
     stuff = np.array(sorted(set(range(150)) - ADE_THINGS))
     photos = [skdata.coffee(), skdata.astronaut(), skdata.chelsea()]
     for lab in labeler.label(photos):

@@ -1,26 +1,24 @@
 """A labeled output directory as the quality tools see it: its manifest, its shards (local or any
-fsspec URL) and its label space, with the rule that says which semantic classes are "things"."""
+fsspec URL) and its semantic classes, with the rule that says which of them are "things"."""
 
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
-from .. import format as fmt
-from ..errors import UsageError
-from ..location import join, list_shards, open_url, read_text
-from ..manifest import Manifest
-from ..tar import Report, group_samples, tar_members
+from shards.errors import UsageError
+from shards.location import list_shards, open_url
+from shards.manifest import Manifest, ManifestError, ManifestMissing, read_manifest
+from shards.tar import Report, group_samples, tar_members
 
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class LabelSpace:
-    """The semantic label space of an output, with its thing classes.
+class SemanticClasses:
+    """The semantic classes of an output (its manifest's label space), with its thing classes.
 
     `things` is None when nothing names them: each image's own instance categories stand in
     (class-aware instance models that do not declare their space), or no thing fraction at all
@@ -31,6 +29,23 @@ class LabelSpace:
     ignore: int
     things: frozenset[int] | None
     things_rule: str
+    # grounded label spaces (text-prompted presets): synset -> the class id an image of that class
+    # carries on its objects; empty for other label spaces
+    class_of_synset: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def grounded(self) -> bool:
+        return bool(self.class_of_synset)
+
+    def image_class(self, meta: dict) -> int | None:
+        """Grounded spaces: the semantic id of this sample's own class (by its synset, else by its
+        instances' category, which a prompt class without a synset gives); None when unknown."""
+        syn = (meta.get("class") or {}).get("synset")
+        if isinstance(syn, str) and syn in self.class_of_synset:
+            return self.class_of_synset[syn]
+        cats = [i.get("category") for i in meta.get("instances", []) if isinstance(i, dict)]
+        cats = [c for c in cats if isinstance(c, int) and 0 <= c < self.num_classes]
+        return cats[0] if cats else None
 
     def name(self, cid: int) -> str:
         if cid == self.ignore:
@@ -64,17 +79,15 @@ def parse_ids(spec: str) -> frozenset[int]:
     return frozenset(ids)
 
 
-def label_space(manifest: Manifest, things: str = "auto") -> LabelSpace:
-    names = {int(k): str(v) for k, v in manifest.semantic_names.items()}
-    n = len(names)
-    instance = manifest.label_space.get("instance")
+def semantic_classes(manifest: Manifest, things: str = "auto") -> SemanticClasses:
+    space = manifest.label_space
     if things != "auto":
         ids, rule = parse_ids(things), f"--things {things}"
-    elif isinstance(instance, dict) and instance:
-        ids, rule = frozenset(int(k) for k in instance), "the manifest's instance label space"
+    elif space.thing_ids is not None:
+        ids, rule = space.thing_ids, "the manifest's instance label space"
     else:
         ids, rule = None, "each image's instance categories (the manifest names no thing classes)"
-    return LabelSpace(names, n, fmt.semantic_ignore(n), ids, rule)
+    return SemanticClasses(space.semantic_names, space.num_classes, space.ignore, ids, rule, space.class_of_synset())
 
 
 def open_output(path: str) -> Output:
@@ -82,13 +95,12 @@ def open_output(path: str) -> Output:
     urls = list_shards(path)
     if urls is None:
         raise UsageError(f"{path} is not a directory of shards")
-    text = read_text(join(path, fmt.MANIFEST))
-    if text is None:
-        raise UsageError(f"no {fmt.MANIFEST} in {path}: the quality tools need an output written by `c2f label`")
     try:
-        manifest = Manifest.from_json(json.loads(text))
-    except (ValueError, RecursionError) as e:
-        raise UsageError(f"{path}/{fmt.MANIFEST} is not a c2f manifest ({e}); run `c2f validate {path}`") from None
+        manifest = read_manifest(path)
+    except ManifestMissing as e:
+        raise UsageError(f"{e}: the quality tools need an output written by `c2f label`") from None
+    except ManifestError as e:
+        raise UsageError(f"{e}; run `c2f validate {path}`") from None
     on_disk = {u.rsplit("/", 1)[-1]: u for u in urls}
     missing = [s.name for s in manifest.shards if s.name not in on_disk]
     if missing:
