@@ -139,3 +139,12 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
+
+
+def gpu_shaped(code_path: str, device) -> bool:
+    """`--code-path` -> whether pre/post-processing takes its GPU layout (`auto`: on CUDA devices)."""
+    if code_path not in ("auto", "gpu", "cpu"):
+        raise LabelerLoadError(f"--code-path must be auto, gpu or cpu, not {code_path!r}")
+    if code_path == "auto":
+        return str(device).startswith("cuda")
+    return code_path == "gpu"

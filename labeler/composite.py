@@ -58,6 +58,7 @@ class BatchLabeler(LocalLabeler):
 
     device: Any  # torch.device
     clock: StageClock
+    gpu_shaped = False  # transfers in the GPU layout (one copy each way) on any device: --code-path
 
     def _device_outputs(self, images: list[np.ndarray], on_device: list, contexts: list | None = None) -> list[list]:
         raise NotImplementedError
@@ -70,9 +71,9 @@ class BatchLabeler(LocalLabeler):
 
         try:
             with self.clock.stage("preprocess"):
-                on_device = upload(images, self.device)
+                on_device = upload(images, self.device, self.gpu_shaped)
             outputs = self._device_outputs(images, on_device, contexts)
-            download = Download([a for item in outputs for a in item])
+            download = Download([a for item in outputs for a in item], self.gpu_shaped)
             counts = [len(item) for item in outputs]
             return Pending(images, download, counts, contexts=contexts, events=self.clock.take())
         except Exception as e:  # noqa: BLE001 - retried image by image in collect
@@ -131,6 +132,7 @@ class SemanticPlusInstances(BatchLabeler):
 
         self.semantic, self.instances, self._describe = semantic, instances, describe
         self.device, self.clock = torch.device(semantic.seg.device), clock
+        self.gpu_shaped = semantic.gpu
 
     def _device_outputs(self, images, on_device, contexts=None):
         sems = self.semantic.run(on_device)
@@ -157,6 +159,7 @@ class OnePassPanoptic(BatchLabeler):
 
         self.panoptic, self._describe = panoptic, describe
         self.device, self.clock = torch.device(panoptic.seg.device), panoptic.clock
+        self.gpu_shaped = panoptic.gpu
 
     def _device_outputs(self, images, on_device, contexts=None):
         return [list(item) for item in self.panoptic.run(on_device)]

@@ -29,7 +29,32 @@ class LabelerConfig:
         },
     )
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N, or auto (cuda when available)"})
-    compile: bool = field(default=False, metadata={"help": "torch.compile the models (GPU runs with many images)"})
+    code_path: str = field(
+        default="auto",
+        metadata={
+            "help": "how pre/post-processing is laid out: gpu = whole-tensor passes, no host syncs before the batch's "
+            "one download (what CUDA runs; selectable on a CPU, where its launches and syncs can be counted: "
+            "bench/bench_dispatch.py); cpu = cache-sized bands, host-side compaction, per-cell semantic decisions "
+            "(fast on CPUs); auto = gpu on CUDA, cpu elsewhere. Same maps either way",
+            "choices": ["auto", "gpu", "cpu"],
+        },
+    )
+    precision: str = field(
+        default="auto",
+        metadata={
+            "help": "forward-pass precision: bf16 or fp16 autocast, fp32, or tf32 (fp32 storage, TF32 matmuls and "
+            "convolutions on CUDA); auto = bf16 on CUDA (tensor cores: several times fp32's speed; bf16 against fp32 "
+            "maps: docs/LABELERS.md), fp32 on CPUs (bf16 is slower there without AMX)",
+            "choices": ["auto", "bf16", "fp16", "fp32", "tf32"],
+        },
+    )
+    compile: bool = field(
+        default=False,
+        metadata={
+            "help": "torch.compile the models, once per canvas bucket: canvases are padded to a few fixed shapes "
+            "(GPU runs with many images; docs/LABELERS.md)"
+        },
+    )
     pad_multiple: int = field(
         default=32,
         metadata={
@@ -123,7 +148,8 @@ class PanopticConfig:
         default="auto",
         metadata={
             "help": "panoptic: class ids that are objects (instances), e.g. '0-79,90'; 'auto': the model config's "
-            "thing list, else the known split of its label space (ADE20K-150: 100 things), else every class"
+            "thing list, else the known split of its label space (ADE20K-150: 100 things; COCO panoptic: 80), "
+            "else every class"
         },
     )
 

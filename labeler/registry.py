@@ -64,7 +64,9 @@ def _sam(
     sam_type, sam_ckpt = sam_type or s.sam.sam_model_type, sam_ckpt or s.sam.sam_checkpoint
     seg = load_segmenter(semantic_model, s.labeler.device, s.labeler.compile)
     clock = StageClock(seg.device)  # both models' stages, summed
-    instances = build_instances(load_sam(sam_type, sam_ckpt, s.labeler.device), s.sam, clock)
+    run = _run_options(s, seg.device)
+    model = load_sam(sam_type, sam_ckpt, s.labeler.device)
+    instances = build_instances(model, s.sam, clock, run["gpu"], run["precision"], s.labeler.compile)
     describe = LabelerInfo(
         s.labeler.preset,
         [
@@ -74,7 +76,20 @@ def _sam(
         s.to_json(),
         **(RANDOM if random else {}),
     )
-    return SemanticPlusInstances(SemanticSegmenter(seg, s.labeler.pad_multiple, clock), instances, describe, clock)
+    semantic = SemanticSegmenter(seg, s.labeler.pad_multiple, clock, **run)
+    return SemanticPlusInstances(semantic, instances, describe, clock)
+
+
+def _run_options(s: Settings, device: str) -> dict:
+    """How the models run on `device`: post-processing's layout, forward precision, canvas buckets."""
+    from .base import gpu_shaped
+    from .precision import resolve_precision
+
+    return {
+        "gpu": gpu_shaped(s.labeler.code_path, device),
+        "precision": resolve_precision(s.labeler.precision, device),
+        "buckets": s.labeler.compile,
+    }
 
 
 # The model each panoptic preset loads when --panoptic-model is not given.
@@ -92,7 +107,13 @@ def _panoptic(s: Settings, model: str | None = None, random: bool = False, name:
     seg = load_segmenter(model, s.labeler.device, s.labeler.compile)
     p = s.panoptic
     pan = PanopticLabeler(
-        seg, p.panoptic_threshold, p.mask_threshold, p.overlap_mask_area_threshold, p.thing_ids, s.labeler.pad_multiple
+        seg,
+        p.panoptic_threshold,
+        p.mask_threshold,
+        p.overlap_mask_area_threshold,
+        p.thing_ids,
+        s.labeler.pad_multiple,
+        **_run_options(s, seg.device),
     )
     describe = LabelerInfo(
         s.labeler.preset,

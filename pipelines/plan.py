@@ -266,14 +266,18 @@ def changed_inputs(plan: Plan, done: dict[int, ShardStats]) -> dict[int, list[st
 
 
 def check_or_write_settings(out: Store, settings: dict, overwrite: bool, defaults: dict | None = None) -> None:
-    """One dataset, one labeler: a rerun with other labeler settings is refused. A settings group that
-    the stored file lacks (a newer version added it) counts as its `defaults`: what older versions did."""
+    """One dataset, one labeler: a rerun with other labeler settings is refused. A settings group or a
+    setting that the stored file lacks (a newer version added it) counts as its `defaults`: what older
+    versions did."""
     try:
         have = out.read_json(fmt.LABELER_SETTINGS)
     except ValueError as e:
         raise PlanError(f"{out.url(fmt.LABELER_SETTINGS)} is unreadable ({e}); use --overwrite to replace it") from None
     if isinstance(have, dict) and defaults:
-        have = {**{g: v for g, v in defaults.items() if g in settings and g not in have}, **have}
+        have = {
+            **{g: v for g, v in defaults.items() if g in settings and g not in have},
+            **{g: {**defaults[g], **v} if isinstance(v, dict) and g in defaults else v for g, v in have.items()},
+        }
     if have is not None and not overwrite:
         if have != settings:
             diff = sorted(
