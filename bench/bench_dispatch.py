@@ -1,6 +1,6 @@
 """What each preset asks of a GPU, counted on any device: torch ops dispatched per image (each at least
 one kernel launch on CUDA) and the host syncs per batch, by stage, on the GPU code path
-(`--code-path gpu`, the layout CUDA runs, here on a CPU). labeler/opcount.py explains the counting.
+(`--code-path gpu`, the layout CUDA runs, here on a CPU). shards/opcount.py explains the counting.
 
     .venv/bin/python bench/bench_dispatch.py                    # all tables, batch 16, GPU path
     .venv/bin/python bench/bench_dispatch.py --code-path cpu    # the CPU layout, for comparison
@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_labeler import imagenet_sized  # noqa: E402
 
 from labeler.config import LabelerConfig, SamConfig, Settings  # noqa: E402
-from labeler.opcount import STAGES, OpCounter, count_batch  # noqa: E402
 from labeler.registry import build_labeler  # noqa: E402
+from shards.opcount import STAGES, OpCounter, count_batch  # noqa: E402
 
 PRESETS = ("tiny-random-panoptic", "tiny-random-eomt", "tiny-random")
 SIZES = [(375, 500), (500, 375), (333, 500), (400, 400)]

@@ -17,7 +17,7 @@ whatever its size, and nothing that reads device data back to the host. CPU-shap
 band of rows so each band stays in the cache, filtered queries dropped first, and the semantic maps
 decided cell by cell at the model's resolution (a host sync costs nothing on a CPU; pixels do). Both
 give the same maps (tested); the GPU layout runs on a CPU too, which is how its launches and syncs are
-counted without a GPU (labeler/opcount.py, bench/bench_dispatch.py).
+counted without a GPU (shards/opcount.py, bench/bench_dispatch.py).
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ import time
 from collections import defaultdict
 from contextlib import contextmanager
 
+from shards import opcount
+
 STAGES = ("preprocess", "forward", "postprocess", "host")
 
 
@@ -26,22 +28,23 @@ class StageClock:
 
     @contextmanager
     def stage(self, name: str):
-        if self.cuda:
-            import torch
+        with opcount.stage(name):  # an op counter at work (bench, tests) counts what runs here as this stage
+            if self.cuda:
+                import torch
 
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            try:
-                yield
-            finally:
-                end.record()
-                self._pending.append((name, start, end))
-        else:
-            t0 = time.perf_counter()
-            try:
-                yield
-            finally:
-                self.add(name, time.perf_counter() - t0)
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                try:
+                    yield
+                finally:
+                    end.record()
+                    self._pending.append((name, start, end))
+            else:
+                t0 = time.perf_counter()
+                try:
+                    yield
+                finally:
+                    self.add(name, time.perf_counter() - t0)
 
     def add(self, name: str, seconds: float) -> None:
         """Host-side time measured by the caller (waiting for results, building records)."""

@@ -3,7 +3,7 @@ and records come back in one copy, started without waiting so the host can prepa
 
 On a CPU device nothing is copied: tensors and arrays share memory, unless the GPU layout is asked for
 (`one_copy`, `--code-path gpu`): then a CPU makes the same calls a GPU does (one staging buffer up, one
-byte buffer down), so that labeler/opcount.py sees the batch's transfers as CUDA would.
+byte buffer down), so that shards/opcount.py sees the batch's transfers as CUDA would.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The training step never makes the host wait for the device, for every method: counted on the
 code path a GPU runs (bf16 autocast, the fused optimizer, batches through to_device / the device
-decoder / prepare, SMIR's round table), on CPU, by c2fmae.syncs.SyncCounter."""
+decoder / prepare, SMIR's round table), on CPU, by shards.opcount.SyncCounter."""
 
 import contextlib
 
@@ -14,7 +14,7 @@ from c2fmae.masking import Curriculum, Masking
 from c2fmae.methods import METHODS, MethodSettings
 from c2fmae.model import C2FMAE, model_config
 from c2fmae.rounds import Scores, with_scores
-from c2fmae.syncs import SyncCounter
+from shards.opcount import SyncCounter
 from shards.reader import expand_urls
 
 

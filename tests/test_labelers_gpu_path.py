@@ -1,4 +1,4 @@
-"""The GPU code path, run and counted on a CPU (`--code-path gpu`, labeler/opcount.py).
+"""The GPU code path, run and counted on a CPU (`--code-path gpu`, shards/opcount.py).
 
 What CUDA would launch and where it would wait is counted on the exact calls the GPU path makes; the
 guards here are the targets docs/BENCHMARKS.md records (bench/bench_dispatch.py prints the figures):
@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from labeler.config import LabelerConfig, SamConfig, Settings
-from labeler.opcount import OpCounter, count_batch
 from labeler.postprocess import RULES, PanopticParams, panoptic, semantic_from_logits, semantic_from_queries
 from labeler.registry import build_labeler
 from labeler.tiny import synthetic_query_logits, synthetic_semantic_logits
+from shards.opcount import OpCounter, count_batch
 
 SIZES = [(375, 500), (500, 375), (333, 500), (400, 400)]
 
