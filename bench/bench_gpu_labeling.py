@@ -48,14 +48,12 @@ from bench_labeler import imagenet_sized  # noqa: E402
 
 from labeler.config import GroundedConfig, LabelerConfig, PanopticConfig, SamConfig, Settings  # noqa: E402
 from labeler.registry import build_labeler  # noqa: E402
+from labeler.tiny import save_hf  # noqa: E402
+from labeler.tiny_grounded import build_box_sam, build_grounding_dino, build_sam3, imagenet_words  # noqa: E402
 
 
 def _save(model, processor, directory: Path) -> str:
-    directory.mkdir(parents=True, exist_ok=True)
-    if model is not None:
-        model.save_pretrained(directory)
-    processor.save_pretrained(directory)
-    return str(directory)
+    return str(save_hf(model, processor, directory))
 
 
 def _init(build, device: str):
@@ -138,72 +136,21 @@ def sam_checkpoint(root: Path, device: str, sam_type: str) -> str:
     return str(path)
 
 
-def _lemma_words() -> list[str]:
-    from labeler.imagenet_space import imagenet_classes
-
-    return sorted({w for c in imagenet_classes() for p in c.phrases for w in p.lower().split()})
-
-
 def grounding_dino(root: Path, swin: str, device: str) -> str:
-    """Grounding DINO at random weights: Swin-T (transformers' default config) or Swin-B (384, window 12)."""
-    from transformers import (
-        BertTokenizer,
-        GroundingDinoConfig,
-        GroundingDinoForObjectDetection,
-        GroundingDinoImageProcessor,
-        GroundingDinoProcessor,
-        SwinConfig,
-    )
-
-    from labeler.tiny_grounded import bert_vocab
-
-    backbone = {
-        "T": None,
-        "B": SwinConfig(
-            embed_dim=128,
-            depths=[2, 2, 18, 2],
-            num_heads=[4, 8, 16, 32],
-            window_size=12,
-            image_size=384,
-            out_indices=[2, 3, 4],
-        ),
-    }[swin]
-    model = _init(lambda: GroundingDinoForObjectDetection(GroundingDinoConfig(backbone_config=backbone)), device).eval()
-    processor = GroundingDinoProcessor(GroundingDinoImageProcessor(), BertTokenizer(vocab=bert_vocab(_lemma_words())))
+    """Grounding DINO Swin-T or Swin-B at random weights, its tokenizer over the ImageNet lemmas' words."""
+    model, processor = _init(lambda: build_grounding_dino(f"swin-{swin.lower()}", words=imagenet_words()), device)
     return _save(model, processor, root / f"grounding-dino-swin-{swin}")
 
 
 def sam_hq_vit_h(root: Path, device: str) -> str:
     if (root / "sam-hq-vit-h").is_dir():  # both Grounding DINO rows share it
         return str(root / "sam-hq-vit-h")
-    from transformers import SamHQConfig, SamHQMaskDecoderConfig, SamHQModel, SamHQVisionConfig, SamImageProcessor
-
-    vision = SamHQVisionConfig(
-        hidden_size=1280,
-        num_hidden_layers=32,
-        num_attention_heads=16,
-        global_attn_indexes=[7, 15, 23, 31],
-        mlp_dim=5120,
-    )
-    cfg = SamHQConfig(vision_config=vision, mask_decoder_config=SamHQMaskDecoderConfig(vit_dim=1280))
-    return _save(_init(lambda: SamHQModel(cfg), device).eval(), SamImageProcessor(), root / "sam-hq-vit-h")
+    return _save(*_init(lambda: build_box_sam("vit-h"), device), root / "sam-hq-vit-h")
 
 
 def sam3_model(root: Path, device: str) -> str:
     """SAM 3 at random weights (transformers' default config is the released architecture)."""
-    import json as _json
-
-    from transformers import CLIPTokenizer, Sam3Config, Sam3ImageProcessor, Sam3Model, Sam3Processor
-
-    from labeler.tiny_grounded import clip_vocab
-
-    d = root / "sam3"
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "vocab.json").write_text(_json.dumps(clip_vocab(_lemma_words())))
-    (d / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt"))
-    model = _init(lambda: Sam3Model(Sam3Config()), device).eval()
-    return _save(model, Sam3Processor(Sam3ImageProcessor(), tokenizer), d)
+    return _save(*_init(lambda: build_sam3(root / "sam3", "full", words=imagenet_words()), device), root / "sam3")
 
 
 # Random heads are unsure of everything: thresholds at 0 keep the post-processing's work realistic.

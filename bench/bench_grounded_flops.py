@@ -13,18 +13,15 @@ out of proportion to their FLOPs.
 from __future__ import annotations
 
 import argparse
-import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_gpu_labeling import _lemma_words  # noqa: E402
-
-from labeler.imagenet_space import imagenet_classes  # noqa: E402
-from labeler.preprocess import HFPreprocessor  # noqa: E402
+from labeler.imagenet_space import imagenet_classes
+from labeler.preprocess import HFPreprocessor
+from labeler.tiny_grounded import build_box_sam, build_grounding_dino, build_sam3, imagenet_words
 
 SIZE = (375, 500)  # ImageNet's most common size
 
@@ -42,49 +39,18 @@ def image() -> torch.Tensor:
 
 
 def grounding_dino(swin: str) -> float:
-    from transformers import (
-        BertTokenizer,
-        GroundingDinoConfig,
-        GroundingDinoForObjectDetection,
-        GroundingDinoImageProcessor,
-        SwinConfig,
-    )
-
-    from labeler.tiny_grounded import bert_vocab
-
-    backbone = {
-        "T": None,
-        "B": SwinConfig(
-            embed_dim=128,
-            depths=[2, 2, 18, 2],
-            num_heads=[4, 8, 16, 32],
-            window_size=12,
-            image_size=384,
-            out_indices=[2, 3, 4],
-        ),
-    }[swin]
-    model = GroundingDinoForObjectDetection(GroundingDinoConfig(backbone_config=backbone)).eval()
-    (g,) = HFPreprocessor(GroundingDinoImageProcessor(), "grounding-dino", 32)([image()])
+    model, processor = build_grounding_dino(f"swin-{swin.lower()}", words=imagenet_words())
+    (g,) = HFPreprocessor(processor.image_processor, "grounding-dino", 32)([image()])
     text = ". ".join(imagenet_classes()[0].phrases) + "."
-    ids = torch.tensor([BertTokenizer(vocab=bert_vocab(_lemma_words()))(text)["input_ids"]])
+    ids = torch.tensor([processor.tokenizer(text)["input_ids"]])
     print(f"  Grounding DINO Swin-{swin}: input {tuple(g.pixel_values.shape[-2:])}, {ids.shape[1]} tokens", flush=True)
     return count(lambda: model(pixel_values=g.pixel_values, pixel_mask=g.pixel_mask, input_ids=ids))
 
 
 def sam_hq_vit_h(boxes: int) -> tuple[float, float]:
     """(image encoder, mask decoder for `boxes` boxes) of SAM-HQ ViT-H."""
-    from transformers import SamHQConfig, SamHQMaskDecoderConfig, SamHQModel, SamHQVisionConfig, SamImageProcessor
-
-    vision = SamHQVisionConfig(
-        hidden_size=1280,
-        num_hidden_layers=32,
-        num_attention_heads=16,
-        global_attn_indexes=[7, 15, 23, 31],
-        mlp_dim=5120,
-    )
-    model = SamHQModel(SamHQConfig(vision_config=vision, mask_decoder_config=SamHQMaskDecoderConfig(vit_dim=1280)))
-    model.eval()
-    (g,) = HFPreprocessor(SamImageProcessor(), "sam_hq", 32)([image()])
+    model, processor = build_box_sam("vit-h")
+    (g,) = HFPreprocessor(processor, "sam_hq", 32)([image()])
     out = {}
     encoder = count(lambda: out.setdefault("e", model.get_image_embeddings(g.pixel_values)))
     emb, inter = out["e"]
@@ -101,10 +67,9 @@ def sam_hq_vit_h(boxes: int) -> tuple[float, float]:
 
 
 def sam3() -> float:
-    from transformers import Sam3Config, Sam3ImageProcessor, Sam3Model
-
-    model = Sam3Model(Sam3Config()).eval()
-    (g,) = HFPreprocessor(Sam3ImageProcessor(), "sam3", 1)([image()])
+    with tempfile.TemporaryDirectory() as d:  # the tokenizer's files (the prompt here is CLIP's own ids)
+        model, processor = build_sam3(Path(d), "full")
+    (g,) = HFPreprocessor(processor.image_processor, "sam3", 1)([image()])
     ids = torch.zeros(1, 32, dtype=torch.long)
     ids[0, :4] = torch.tensor([49406, 320, 321, 49407])
     attn = (ids != 0).long()

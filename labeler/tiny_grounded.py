@@ -1,13 +1,13 @@
-"""Tiny, randomly initialised models of the text-prompted presets' architectures: Grounding DINO (a toy
-Swin + a one-layer BERT), SAM-HQ and SAM 3, with processors whose tokenizers are built from small
-vocabularies. For tests, CI and trying the presets out: the same classes the real checkpoints load
-into, saved like them and loaded back through the production loaders (labeler/grounded.py,
-labeler/sam3.py). Their labels are random; every manifest built with them says so.
+"""Randomly initialised models of the text-prompted presets' architectures: Grounding DINO, SAM-HQ (or
+plain SAM) and SAM 3, with processors whose tokenizers are built from small vocabularies; one builder per
+architecture, in a tiny size (a toy Swin + a one-layer BERT, 2-block ViTs: for tests, CI and trying the
+presets out) and at the released sizes (the GPU and FLOPs benches). The same classes the real
+checkpoints load into, saved like them and loaded back through the production loaders
+(labeler/grounded.py, labeler/sam3.py). Their labels are random; every manifest built with them says so.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 # Grounding DINO splits phrases at fixed token ids (transformers' SPECIAL_TOKENS: bert-base-uncased's
@@ -29,8 +29,28 @@ def bert_vocab(words: list[str] = ()) -> dict[str, int]:
     return {t: i for i, t in by_id.items()}
 
 
-def build_grounding_dino_tiny(seed: int = 0, words: list[str] = ()):
-    """A toy Grounding DINO (Swin 16 wide, BERT 1 layer, 16 queries, 128..256 px input) and its processor."""
+def imagenet_words() -> list[str]:
+    """The words of the ImageNet-1K lemmas: a tokenizer over them gives prompts of realistic length."""
+    from .imagenet_space import imagenet_classes
+
+    return sorted({w for c in imagenet_classes() for p in c.phrases for w in p.lower().split()})
+
+
+# Swin-B at 384 px, window 12: Grounding DINO's larger released backbone (Swin-T is transformers' default).
+SWIN_B_384 = {
+    "embed_dim": 128,
+    "depths": [2, 2, 18, 2],
+    "num_heads": [4, 8, 16, 32],
+    "window_size": 12,
+    "image_size": 384,
+    "out_indices": [2, 3, 4],
+}
+
+
+def build_grounding_dino(size: str = "tiny", seed: int = 0, words: list[str] = ()):
+    """Grounding DINO at random weights and its processor, whose tokenizer knows `words` (bert_vocab).
+    `size`: "tiny" (Swin 16 wide, BERT 1 layer, 16 queries, 128..256 px input), or the released
+    architectures "swin-t" (transformers' default config) and "swin-b" (SWIN_B_384), short side 800."""
     import torch
     from transformers import (
         BertConfig,
@@ -44,6 +64,10 @@ def build_grounding_dino_tiny(seed: int = 0, words: list[str] = ()):
 
     torch.manual_seed(seed)
     vocab = bert_vocab(words)
+    if size != "tiny":
+        backbone = {"swin-t": None, "swin-b": SwinConfig(**SWIN_B_384)}[size]
+        model = GroundingDinoForObjectDetection(GroundingDinoConfig(backbone_config=backbone)).eval()
+        return model, GroundingDinoProcessor(GroundingDinoImageProcessor(), BertTokenizer(vocab=vocab))
     backbone = SwinConfig(
         embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=4, image_size=128, out_indices=[2, 3, 4]
     )
@@ -85,23 +109,32 @@ def build_grounding_dino_tiny(seed: int = 0, words: list[str] = ()):
     return model, processor
 
 
-def build_sam_hq_tiny(seed: int = 0):
-    """A toy SAM-HQ (2-block ViT 32 wide, 256 px input, 64x64 low-res masks) and its image processor.
-    The mask decoder's upsampling is made smooth (transposed convolutions repeat, as in
-    labeler/tiny.py's SAM) so that random masks are blobs, not checkerboards."""
+def build_box_sam(size: str = "tiny", hq: bool = True, seed: int = 0):
+    """The box-prompted SAM at random weights and its image processor: SAM-HQ (`hq`) or plain SAM
+    (transformers' SamModel, the `--box-sam-model` option without HQ). `size`: "tiny" (2-block ViT 32
+    wide, 256 px input, 64x64 low-res masks) or "vit-h" (the released ViT-H, 1024 px). The tiny SAM-HQ's
+    mask upsampling is made smooth (transposed convolutions repeat, as in labeler/tiny.py's SAM) so
+    that random masks are blobs, not checkerboards."""
     import torch
-    from transformers import (
-        SamHQConfig,
-        SamHQMaskDecoderConfig,
-        SamHQModel,
-        SamHQPromptEncoderConfig,
-        SamHQVisionConfig,
-        SamImageProcessor,
-    )
+    import transformers as tf
 
+    prefix = "SamHQ" if hq else "Sam"
+    vision_cls, decoder_cls = getattr(tf, f"{prefix}VisionConfig"), getattr(tf, f"{prefix}MaskDecoderConfig")
+    config_cls, model_cls = getattr(tf, f"{prefix}Config"), getattr(tf, f"{prefix}Model")
     torch.manual_seed(seed)
-    cfg = SamHQConfig(
-        vision_config=SamHQVisionConfig(
+    if size == "vit-h":
+        vision = vision_cls(
+            hidden_size=1280,
+            num_hidden_layers=32,
+            num_attention_heads=16,
+            global_attn_indexes=[7, 15, 23, 31],
+            mlp_dim=5120,
+        )
+        decoder = decoder_cls(vit_dim=1280) if hq else decoder_cls()
+        model = model_cls(config_cls(vision_config=vision, mask_decoder_config=decoder)).eval()
+        return model, tf.SamImageProcessor()
+    cfg = config_cls(
+        vision_config=vision_cls(
             hidden_size=32,
             output_channels=32,
             num_hidden_layers=2,
@@ -113,57 +146,25 @@ def build_sam_hq_tiny(seed: int = 0):
             mlp_dim=64,
             num_pos_feats=16,
         ),
-        prompt_encoder_config=SamHQPromptEncoderConfig(
+        prompt_encoder_config=getattr(tf, f"{prefix}PromptEncoderConfig")(
             hidden_size=32, image_size=256, patch_size=16, mask_input_channels=4
         ),
-        mask_decoder_config=SamHQMaskDecoderConfig(
-            hidden_size=32, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32, vit_dim=32, num_hidden_layers=1
-        ),
-    )
-    model = SamHQModel(cfg).eval()
-    with torch.no_grad():
-        for m in model.mask_decoder.modules():
-            if isinstance(m, torch.nn.ConvTranspose2d):
-                m.weight.copy_(m.weight.mean((2, 3), keepdim=True).expand_as(m.weight))
-    processor = SamImageProcessor(size={"longest_edge": 256}, pad_size={"height": 256, "width": 256})
-    return model, processor
-
-
-def build_sam_box_tiny(seed: int = 0):
-    """A toy SAM (transformers' SamModel, the `--box-sam-model` option without HQ) of the same size."""
-    import torch
-    from transformers import (
-        SamConfig,
-        SamImageProcessor,
-        SamMaskDecoderConfig,
-        SamModel,
-        SamPromptEncoderConfig,
-        SamVisionConfig,
-    )
-
-    torch.manual_seed(seed)
-    cfg = SamConfig(
-        vision_config=SamVisionConfig(
+        mask_decoder_config=decoder_cls(
             hidden_size=32,
-            output_channels=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=256,
-            patch_size=16,
-            window_size=4,
-            global_attn_indexes=[1],
             mlp_dim=64,
-            num_pos_feats=16,
-        ),
-        prompt_encoder_config=SamPromptEncoderConfig(
-            hidden_size=32, image_size=256, patch_size=16, mask_input_channels=4
-        ),
-        mask_decoder_config=SamMaskDecoderConfig(
-            hidden_size=32, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32, num_hidden_layers=1
+            num_attention_heads=2,
+            iou_head_hidden_dim=32,
+            num_hidden_layers=1,
+            **({"vit_dim": 32} if hq else {}),
         ),
     )
-    model = SamModel(cfg).eval()
-    processor = SamImageProcessor(size={"longest_edge": 256}, pad_size={"height": 256, "width": 256})
+    model = model_cls(cfg).eval()
+    if hq:
+        with torch.no_grad():
+            for m in model.mask_decoder.modules():
+                if isinstance(m, torch.nn.ConvTranspose2d):
+                    m.weight.copy_(m.weight.mean((2, 3), keepdim=True).expand_as(m.weight))
+    processor = tf.SamImageProcessor(size={"longest_edge": 256}, pad_size={"height": 256, "width": 256})
     return model, processor
 
 
@@ -177,25 +178,20 @@ def clip_vocab(words: list[str] = ()) -> dict[str, int]:
     return vocab
 
 
-def build_sam3_tiny(directory: Path, seed: int = 0, words: list[str] = ()):
-    """A toy SAM 3 (2-block ViT 32 wide at 112 px, a 1-layer CLIP text encoder, 16 queries) and its
-    processor; the CLIP tokenizer's files are written to `directory` (it loads from files)."""
+def build_sam3(directory: Path, size: str = "tiny", seed: int = 0, words: list[str] = ()):
+    """SAM 3 at random weights and its processor, whose CLIP tokenizer knows `words` (its files are
+    written to `directory`: it loads from files). `size`: "tiny" (2-block ViT 32 wide at 112 px, a
+    1-layer CLIP text encoder, 16 queries) or "full" (transformers' default config: the released model)."""
     import torch
-    from transformers import (
-        CLIPTokenizer,
-        Sam3Config,
-        Sam3ImageProcessor,
-        Sam3Model,
-        Sam3Processor,
-        Sam3VisionConfig,
-        Sam3ViTConfig,
-    )
+    from transformers import Sam3Config, Sam3ImageProcessor, Sam3Model, Sam3Processor, Sam3VisionConfig, Sam3ViTConfig
 
-    directory.mkdir(parents=True, exist_ok=True)
+    from .tiny import clip_tokenizer
+
     vocab = clip_vocab(words)
-    (directory / "vocab.json").write_text(json.dumps(vocab))
-    (directory / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = clip_tokenizer(directory, vocab)
     torch.manual_seed(seed)
+    if size == "full":
+        return Sam3Model(Sam3Config()).eval(), Sam3Processor(Sam3ImageProcessor(), tokenizer)
     vit = Sam3ViTConfig(
         hidden_size=32,
         intermediate_size=64,
@@ -233,10 +229,8 @@ def build_sam3_tiny(directory: Path, seed: int = 0, words: list[str] = ()):
     with torch.no_grad():  # at init every query scores sigmoid(~0): spread them as a trained model's
         model.dot_product_scoring.query_proj.weight.mul_(6.0)
         model.dot_product_scoring.text_proj.weight.mul_(6.0)
-    tokenizer = CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"))
     image_processor = Sam3ImageProcessor(size={"height": 112, "width": 112})
-    processor = Sam3Processor(image_processor=image_processor, tokenizer=tokenizer)
-    return model, processor
+    return model, Sam3Processor(image_processor=image_processor, tokenizer=tokenizer)
 
 
 def save_ade_segformer_tiny(directory: Path, seed: int = 0) -> Path:
@@ -259,9 +253,9 @@ def save_grounded_tiny(
 
     root = Path(root)
     builders = {
-        "grounding-dino": lambda: save_hf(*build_grounding_dino_tiny(seed, words), root / "grounding-dino"),
-        "sam-hq": lambda: save_hf(*build_sam_hq_tiny(seed), root / "sam-hq"),
-        "sam": lambda: save_hf(*build_sam_box_tiny(seed), root / "sam"),
-        "sam3": lambda: save_hf(*build_sam3_tiny(root / "sam3", seed, words), root / "sam3"),
+        "grounding-dino": lambda: save_hf(*build_grounding_dino("tiny", seed, words), root / "grounding-dino"),
+        "sam-hq": lambda: save_hf(*build_box_sam("tiny", True, seed), root / "sam-hq"),
+        "sam": lambda: save_hf(*build_box_sam("tiny", False, seed), root / "sam"),
+        "sam3": lambda: save_hf(*build_sam3(root / "sam3", "tiny", seed, words), root / "sam3"),
     }
     return {name: build() for name, build in builders.items() if names is None or name in names}
