@@ -10,17 +10,16 @@ one forward per canvas, and `postprocess` turns the outputs into maps and instan
 from __future__ import annotations
 
 import inspect
-import os
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from shards import format as fmt
-from shards.errors import first_line
 from shards.manifest import LabelSpace
 
 from .base import LabelerLoadError, resolve_device
+from .hub import from_pretrained
 from .timing import StageClock
 
 UNIVERSAL = {"mask2former", "oneformer", "maskformer", "eomt"}  # mask classification: semantic/instance/panoptic
@@ -43,8 +42,8 @@ def load_segmenter(source: str, device: str = "auto", compile: bool = False, bac
     """A Hugging Face id or a local directory -> processor + model in eval mode on `device`; `compile`:
     torch.compile'd for fixed shapes (precision.compile_model; run it with canvas buckets).
 
-    Local directories load directly. Hub ids load from the local cache first; if absent, one
-    download is tried (with short timeouts) and a failure says how to pass a local path instead.
+    Loaded by labeler/hub.py's rule: local directories directly; hub ids from the local cache first,
+    else one download with short timeouts; a failure says how to pass a local path instead.
     """
     from transformers import (
         AutoConfig,
@@ -53,10 +52,6 @@ def load_segmenter(source: str, device: str = "auto", compile: bool = False, bac
         AutoModelForUniversalSegmentation,
         AutoProcessor,
     )
-
-    local = os.path.isdir(source)
-    if not local and os.path.exists(source):
-        raise LabelerLoadError(f"{source!r} is a file; pass the model's directory (config.json + weights)")
 
     def _load(local_only: bool):
         config = AutoConfig.from_pretrained(source, local_files_only=local_only)
@@ -67,25 +62,7 @@ def load_segmenter(source: str, device: str = "auto", compile: bool = False, bac
         processor = proc_cls.from_pretrained(source, local_files_only=local_only)
         return config, model, processor
 
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # one bar per weight file and per worker is noise in job logs
-    try:
-        try:
-            config, model, processor = _load(local_only=True)
-        except OSError:
-            if local or os.environ.get("HF_HUB_OFFLINE") == "1":
-                raise
-            os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
-            os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "30")
-            config, model, processor = _load(local_only=False)
-    except (OSError, ValueError, KeyError) as e:
-        raise LabelerLoadError(
-            f"cannot load segmentation model {source!r}: {first_line(e)}\n"
-            "  Pass a local directory (the output of `save_pretrained`, or a snapshot made with "
-            f"`huggingface-cli download {source} --local-dir DIR` on a machine with network access), "
-            "or pre-fill the Hugging Face cache (HF_HOME) on every worker."
-        ) from None
+    config, model, processor = from_pretrained(source, "segmentation model", _load)
     device = resolve_device(device)
     model = model.to(device).eval()
     if compile:

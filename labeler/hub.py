@@ -1,5 +1,5 @@
-"""Loading a Hugging Face model from a local directory or a hub id, with one-line errors: the rule
-`labeler/hf.py: load_segmenter` follows, for models that are not segmenters (Grounding DINO, SAM,
+"""Loading a Hugging Face model from a local directory or a hub id, with one-line errors: the one rule
+of every Hugging Face model a labeler loads (`labeler/hf.py: load_segmenter`; Grounding DINO, SAM,
 SAM-HQ, SAM 3).
 
 A local directory loads directly. A hub id loads from the local cache first; if absent, one download
