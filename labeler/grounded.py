@@ -297,9 +297,11 @@ class GroundedLabeler(BatchLabeler):
         encoder_batch: int = 8,
         hq_token_only: bool = False,
         clock: StageClock | None = None,
+        precision=None,
     ):
         import torch
 
+        from .precision import resolve_precision
         from .preprocess import HFPreprocessor
 
         self.detector, self.box_sam, self.prompts, self.params = detector, box_sam, prompts, params
@@ -314,12 +316,7 @@ class GroundedLabeler(BatchLabeler):
         self.maps = ClassMaps(stuff)
         self.encoder_batch, self.hq = max(1, encoder_batch), box_sam.model_type == "sam_hq"
         self.hq_token_only = hq_token_only
-        self.cuda = self.device.type == "cuda"
-
-    def _autocast(self):
-        import torch
-
-        return torch.autocast("cuda", torch.bfloat16, enabled=self.cuda)
+        self.precision = precision or resolve_precision("auto", self.device)  # of the forward passes
 
     def _detect(self, on_device, prompts: list[Prompt]):
         """-> keep [B, K], boxes [B, K, 4], box scores [B, K], phrase [B, K], in batch order."""
@@ -331,7 +328,7 @@ class GroundedLabeler(BatchLabeler):
         for g in groups:
             with self.clock.stage("preprocess"):
                 ids, attn, types, phrase = self.text([prompts[i] for i in g.index])
-            with self.clock.stage("forward"), torch.inference_mode(), self._autocast():
+            with self.clock.stage("forward"), torch.inference_mode(), self.precision.autocast():
                 o = self.detector.model(
                     pixel_values=g.pixel_values,
                     pixel_mask=g.pixel_mask,
@@ -367,7 +364,7 @@ class GroundedLabeler(BatchLabeler):
             (g,) = self.sam_prep([on_device[i] for i in images])  # one fixed canvas
         model = self.box_sam.model
         embeddings, inter = [], []
-        with self.clock.stage("forward"), torch.inference_mode(), self._autocast():
+        with self.clock.stage("forward"), torch.inference_mode(), self.precision.autocast():
             for s in range(0, len(images), self.encoder_batch):
                 e = _unwrap(model).get_image_embeddings(g.pixel_values[s : s + self.encoder_batch])
                 if self.hq:
@@ -385,7 +382,7 @@ class GroundedLabeler(BatchLabeler):
         img_of_box, scale, rows = (to_device(x, self.device) for x in (img_of_box, scale, rows))
         sam_boxes = (boxes[rows[:, 0], rows[:, 1]] * scale)[:, None, :]  # [N, 1, 4] in the SAM canvas
         masks, ious = [], []
-        with self.clock.stage("forward"), torch.inference_mode(), self._autocast():
+        with self.clock.stage("forward"), torch.inference_mode(), self.precision.autocast():
             for s in range(0, len(sam_boxes), 64):  # bounded memory: the embeddings are gathered per box
                 j = img_of_box[s : s + 64]
                 kwargs: dict[str, Any] = {

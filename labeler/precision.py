@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import LabelerLoadError
+from .base import LabelerLoadError, gpu_shaped
 
 CHOICES = ("auto", "bf16", "fp16", "fp32", "tf32")
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -48,6 +48,16 @@ def resolve_precision(name: str, device) -> Precision:
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32
     return Precision(name, device_type)
+
+
+def run_options(cfg, device) -> dict:
+    """How a labeler's models run on `device` (cfg: a LabelerConfig): post-processing's layout (`gpu`,
+    from --code-path), forward precision, canvas buckets (with --compile)."""
+    return {
+        "gpu": gpu_shaped(cfg.code_path, device),
+        "precision": resolve_precision(cfg.precision, device),
+        "buckets": cfg.compile,
+    }
 
 
 # Distinct input shapes a compiled model may see before torch falls back to eager (torch's default is 8):

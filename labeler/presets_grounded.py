@@ -30,15 +30,18 @@ def _stuff(s: Settings, source: str, clock):
     if not source:
         return None, []
     from .hf import SemanticSegmenter, load_segmenter
+    from .precision import run_options
 
     seg = load_segmenter(source, s.labeler.device, s.labeler.compile)
-    return SemanticSegmenter(seg, s.labeler.pad_multiple, clock), [ModelInfo("stuff", source, seg.model_type)]
+    semantic = SemanticSegmenter(seg, s.labeler.pad_multiple, clock, **run_options(s.labeler, seg.device))
+    return semantic, [ModelInfo("stuff", source, seg.model_type)]
 
 
 def build_grounded(s: Settings, names: dict[str, str] | None = None, random: bool = False) -> Labeler:
     """`grounded`: Grounding DINO + box-prompted SAM-HQ (or SAM); `names` replace the model ids in the
     description (the tiny presets' temp dirs)."""
     from .grounded import DetectParams, GroundedLabeler, load_box_sam, load_detector
+    from .precision import resolve_precision
     from .prompts import PromptTable
     from .timing import StageClock
 
@@ -71,10 +74,12 @@ def build_grounded(s: Settings, names: dict[str, str] | None = None, random: boo
         s.sam.sam_encoder_batch,
         g.hq_token_only,
         clock,
+        resolve_precision(lab.precision, detector.device),
     )
 
 
 def build_sam3(s: Settings, names: dict[str, str] | None = None, random: bool = False) -> Labeler:
+    from .precision import resolve_precision
     from .prompts import PromptTable
     from .sam3 import Sam3Labeler, Sam3Params, load_sam3
     from .timing import StageClock
@@ -93,7 +98,8 @@ def build_sam3(s: Settings, names: dict[str, str] | None = None, random: bool = 
         lab.preset, models, s.to_json(), prompt_source=prompts.describe, **(RANDOM if random else {})
     )
     params = Sam3Params(g.sam3_threshold, g.sam3_mask_threshold, g.max_detections)
-    return Sam3Labeler(model, prompts, params, s.sam.min_instance_area, describe, stuff, clock)
+    precision = resolve_precision(lab.precision, model.device)
+    return Sam3Labeler(model, prompts, params, s.sam.min_instance_area, describe, stuff, clock, precision)
 
 
 # Thresholds of the tiny presets: the random models score boxes ~0.75-0.9 and SAM 3 instances

@@ -57,6 +57,7 @@ def _sam(
 ) -> Labeler:
     from .composite import SemanticPlusInstances
     from .hf import SemanticSegmenter, load_segmenter
+    from .precision import run_options
     from .sam import build_instances, load_sam
     from .timing import StageClock
 
@@ -64,7 +65,7 @@ def _sam(
     sam_type, sam_ckpt = sam_type or s.sam.sam_model_type, sam_ckpt or s.sam.sam_checkpoint
     seg = load_segmenter(semantic_model, s.labeler.device, s.labeler.compile)
     clock = StageClock(seg.device)  # both models' stages, summed
-    run = _run_options(s, seg.device)
+    run = run_options(s.labeler, seg.device)
     model = load_sam(sam_type, sam_ckpt, s.labeler.device)
     instances = build_instances(model, s.sam, clock, run["gpu"], run["precision"], s.labeler.compile)
     describe = LabelerInfo(
@@ -80,18 +81,6 @@ def _sam(
     return SemanticPlusInstances(semantic, instances, describe, clock)
 
 
-def _run_options(s: Settings, device: str) -> dict:
-    """How the models run on `device`: post-processing's layout, forward precision, canvas buckets."""
-    from .base import gpu_shaped
-    from .precision import resolve_precision
-
-    return {
-        "gpu": gpu_shaped(s.labeler.code_path, device),
-        "precision": resolve_precision(s.labeler.precision, device),
-        "buckets": s.labeler.compile,
-    }
-
-
 # The model each panoptic preset loads when --panoptic-model is not given.
 PANOPTIC_MODELS = {
     "panoptic": "facebook/mask2former-swin-large-ade-panoptic",
@@ -102,6 +91,7 @@ PANOPTIC_MODELS = {
 def _panoptic(s: Settings, model: str | None = None, random: bool = False, name: str | None = None) -> Labeler:
     from .composite import OnePassPanoptic
     from .hf import PanopticLabeler, load_segmenter
+    from .precision import run_options
 
     model = model or s.labeler.panoptic_model or PANOPTIC_MODELS.get(s.labeler.preset, PANOPTIC_MODELS["panoptic"])
     seg = load_segmenter(model, s.labeler.device, s.labeler.compile)
@@ -113,7 +103,7 @@ def _panoptic(s: Settings, model: str | None = None, random: bool = False, name:
         p.overlap_mask_area_threshold,
         p.thing_ids,
         s.labeler.pad_multiple,
-        **_run_options(s, seg.device),
+        **run_options(s.labeler, seg.device),
     )
     describe = LabelerInfo(
         s.labeler.preset,

@@ -52,14 +52,17 @@ class Sam3Labeler(BatchLabeler):
         describe: LabelerInfo,
         stuff=None,
         clock: StageClock | None = None,
+        precision=None,
     ):
         import torch
 
+        from .precision import resolve_precision
         from .preprocess import HFPreprocessor
 
         self.sam3, self.prompts, self.params, self.min_area, self._describe = sam3, prompts, params, min_area, describe
         self.device = torch.device(sam3.device)
         self.clock = clock or StageClock(sam3.device)
+        self.precision = precision or resolve_precision("auto", self.device)  # of the forward passes
         # The processor resizes to a fixed square: that square is the canvas (no rounding up).
         self.prep = HFPreprocessor(sam3.processor.image_processor, sam3.model_type, pad_multiple=1)
         self.tokenizer = sam3.processor.tokenizer
@@ -83,7 +86,7 @@ class Sam3Labeler(BatchLabeler):
 
         contexts = contexts or [None] * len(images)
         prompts = [self.prompts.resolve(c) for c in contexts]
-        p, cuda = self.params, self.device.type == "cuda"
+        p = self.params
         with self.clock.stage("preprocess"):
             groups = self.prep(on_device)
         with self.clock.stage("postprocess"):
@@ -92,9 +95,8 @@ class Sam3Labeler(BatchLabeler):
         for g in groups:
             with self.clock.stage("preprocess"):
                 ids, attn = self._text([prompts[i] for i in g.index])
-            with self.clock.stage("forward"), torch.inference_mode():
-                with torch.autocast("cuda", torch.bfloat16, enabled=cuda):
-                    o = self.sam3.model(pixel_values=g.pixel_values, input_ids=ids, attention_mask=attn)
+            with self.clock.stage("forward"), torch.inference_mode(), self.precision.autocast():
+                o = self.sam3.model(pixel_values=g.pixel_values, input_ids=ids, attention_mask=attn)
             with self.clock.stage("postprocess"), torch.inference_mode():
                 scores = o.pred_logits.float().sigmoid()
                 if o.presence_logits is not None:

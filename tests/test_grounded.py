@@ -171,6 +171,30 @@ def test_a_batch_of_mixed_sizes_and_prompts_equals_one_image_at_a_time(loaded, w
     assert found >= 4  # at threshold 0 the random models find something almost everywhere
 
 
+@pytest.mark.parametrize("preset", ["tiny-random-grounded", "tiny-random-sam3"])
+def test_precision_reaches_the_forward_passes(preset):
+    """--precision bf16 runs the text-prompted presets' models in bf16 autocast, as it does every preset's."""
+    from labeler.config import LabelerConfig, Settings
+    from labeler.registry import build_labeler
+
+    lab = build_labeler(Settings(LabelerConfig(preset=preset, device="cpu", precision="bf16")))
+    models = [lab.detector.model, lab.box_sam.model] if preset.endswith("grounded") else [lab.sam3.model]
+    dtypes: list[set] = [set() for _ in models]  # per model: the dtypes its linear layers computed in
+    hooks = [
+        layer.register_forward_hook(lambda m, i, o, seen=seen: seen.add(o.dtype))
+        for model, seen in zip(models, dtypes, strict=True)
+        for layer in model.modules()
+        if isinstance(layer, torch.nn.Linear)
+    ]
+    try:
+        (out,) = lab.label([photos()[0]], ctx([TENCH]))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert not isinstance(out, Exception), out
+    assert dtypes == [{torch.bfloat16}] * len(models), dtypes
+
+
 def test_plain_sam_is_the_box_model_option(loaded, tiny):
     sam = load_box_sam(tiny["sam"], "cpu")
     assert type(sam.model).__name__ == "SamModel"
