@@ -184,10 +184,6 @@ def round_start(r: int, total_steps: int, rounds: int) -> int:
     return math.ceil(r * total_steps / rounds)
 
 
-def round_of(step: int, total_steps: int, rounds: int) -> int:
-    return step * rounds // total_steps
-
-
 def loss_in_crop(cache: torch.Tensor, crop: torch.Tensor, grid: int) -> torch.Tensor:
     """Per-patch losses scored on the whole image (cache [N, g, g], the image squashed to a square)
     -> the training crop's patches [N, grid*grid], by the crop geometry (data.CROP_FIELDS:

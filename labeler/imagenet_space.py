@@ -23,7 +23,7 @@ from shards.manifest import GROUNDED, LabelSpace
 from .label_spaces import ADE20K_150_PANOPTIC
 
 IMAGENET_CLASSES = 1000
-BACKGROUND = 1000
+BACKGROUND = IMAGENET_CLASSES  # the first id after ImageNet-1K's
 STUFF_FIRST = 1001
 # ADE20K-150 ids of its stuff classes, in id order, and their (Hugging Face id2label) names.
 ADE20K_STUFF = tuple((i, hf_name) for i, thing, _, hf_name in ADE20K_150_PANOPTIC if not thing)

@@ -108,12 +108,6 @@ def strip(samples: Sequence[tuple[str, Sequence[Image.Image]]], per_row: int = 2
     return buf.getvalue()
 
 
-def png_bytes(im: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, format="PNG", optimize=True)
-    return buf.getvalue()
-
-
 def disagreement(rgb: np.ndarray, differ: np.ndarray) -> np.ndarray:
     """[H, W, 3] RGB, darkened, with pixels where two label maps differ in red."""
     out = (rgb.astype(np.float32) * 0.35).astype(np.uint8)

@@ -36,8 +36,8 @@ STAGE_TIMES = ("read", "decode", "label_wait", "pack", "write")  # the shard tas
 TABLE_KIND = "c2f-samples-v1"  # the Parquet file's `c2f` schema metadata
 
 
-def _doc(text: str, **more: Any) -> Any:
-    return field(metadata={"doc": text, **more})
+def _doc(text: str) -> Any:
+    return field(metadata={"doc": text})
 
 
 @dataclass
@@ -60,11 +60,11 @@ class SampleRow:
     instances: int | None = _doc("instances in `inst.png`")
     coverage: float | None = _doc("share of pixels with a semantic class (not the ignore value)")
     score: float | None = _doc("mean of the instances' scores as the JSON stores them; null without instances")
-    read_ms: float | None = _doc("milliseconds reading the input", time=True)
-    decode_ms: float | None = _doc("milliseconds decoding (and re-encoding) it", time=True)
-    label_wait_ms: float | None = _doc("the shard task's wait for its batch's labels, shared out per image", time=True)
-    pack_ms: float | None = _doc("milliseconds encoding the maps and the JSON", time=True)
-    write_ms: float | None = _doc("milliseconds writing the members into the tar", time=True)
+    read_ms: float | None = _doc("milliseconds reading the input")
+    decode_ms: float | None = _doc("milliseconds decoding (and re-encoding) it")
+    label_wait_ms: float | None = _doc("the shard task's wait for its batch's labels, shared out per image")
+    pack_ms: float | None = _doc("milliseconds encoding the maps and the JSON")
+    write_ms: float | None = _doc("milliseconds writing the members into the tar")
 
 
 @functools.cache
@@ -81,7 +81,6 @@ def columns() -> tuple[tuple[str, type, bool], ...]:
 
 
 COLUMN_NAMES = tuple(f.name for f in dataclasses.fields(SampleRow))
-TIME_COLUMNS = tuple(f.name for f in dataclasses.fields(SampleRow) if f.metadata.get("time"))
 
 
 def schema():
