@@ -161,14 +161,14 @@ def check_job(s: Settings, has_classes: bool) -> None:
     --prompts file parses, the input has classes or the file gives prompts, and every model's config
     loads (a local directory, the cache, or one download) and is of the right kind. Each failure is
     one line and exit 2, in seconds rather than after the labeling actors started."""
+    preset, g = s.labeler.preset, s.grounded
+    if preset not in PROMPTED_PRESETS:
+        return  # before the imports: they bring torch, which a driver of any other preset never loads
     from .grounded import BOX_SAMS, DETECTORS
     from .hub import model_type
     from .prompts import PromptTable, check_prompted_input
     from .sam3 import SAM3_TYPES
 
-    preset, g = s.labeler.preset, s.grounded
-    if preset not in PROMPTED_PRESETS:
-        return
     check_prompted_input(PromptTable.load(g.prompts), has_classes)
     kinds = {"--grounding-model": DETECTORS, "--box-sam-model": BOX_SAMS, "--sam3-model": SAM3_TYPES}
     for attr, what in SOURCES.get(preset, ()):

@@ -167,6 +167,22 @@ def test_empty_preset_labels_in_the_shard_tasks_without_an_actor(sample_tree, tm
     assert all((m == 255).all() for m in sems) and all((m == 0).all() for m in insts)
 
 
+def test_the_driver_never_imports_torch(sample_tree, tmp_path):
+    """The driver plans, dispatches and writes the manifest; the models load in the actors. torch in
+    the driver is ~400 MB of RSS the whole job pays for nothing (the hostile e2e test's 3 GB bound)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from c2f.cli import main; rc = main(['label', *sys.argv[1:]]);"
+        "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)"
+    )
+    args = [str(sample_tree), str(tmp_path / "out"), "--preset", "empty"]
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "TQDM_DISABLE": "1"}
+    r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
 def test_unloadable_model_stops_the_job_with_exit_2(sample_tree, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # Ray workers inherit it
     code = label_main(
