@@ -24,6 +24,8 @@ demo: $(STAMP)
 	$(VENV)/bin/c2f report $(DEMO_OUT)
 	@echo
 	@echo "next: look at $(DEMO_OUT)/grid.png and open $(DEMO_OUT)/report/report.html in a browser;"
+	@echo "      every shard has its per-sample table: $(DEMO_OUT)/*.parquet (pandas, polars, duckdb read them as one);"
+	@echo "      select by SQL: c2f filter $(DEMO_OUT) --where \"key LIKE '%coffee%'\" --out coffee.json;"
 	@echo "      make pretrain-demo pretrains a micro C2FMAE on these shards and probes it;"
 	@echo "      docs/RUNNING.md labels with a trained model (--preset panoptic) on a GPU cluster."
 

@@ -14,6 +14,9 @@ postprocess  panoptic and semantic post-processing of one batch (16 images, 100 
 sam          automatic masks per image on the tiny SAM, same grid: SamAutomaticMaskGenerator vs ours
              (low-res filtering). Target >= 3x.
 drift        what filtering on the low-res logits changes against filtering at full resolution.
+layouts      (not in the default set) our post-processing in its CPU layout (bands in the cache,
+             compaction, per-cell semantic decisions) against its GPU layout (whole-image passes),
+             both on this CPU, same batch as postprocess: where the CPU layout pays.
 grid         16x16 against 32x32 prompts: masks per image, and how many of the 32x32 instances the
              16x16 grid recovers (IoU >= 0.8).
 drift, grid: meaningful with real weights and photos: --sam-checkpoint sam_vit_h_4b8939.pth
@@ -225,6 +228,45 @@ def bench_postprocess(rounds: int = 3) -> None:
         )
 
 
+def bench_layouts(rounds: int = 3) -> None:
+    from labeler.postprocess import RULES, PanopticParams, panoptic, semantic_from_logits, semantic_from_queries
+    from labeler.tiny import synthetic_query_logits, synthetic_semantic_logits
+
+    b, q, c = 16, 100, 150
+    targets = [(375, 500), (500, 375), (400, 500), (333, 500)] * 4
+    is_thing = torch.zeros(c, dtype=torch.bool)
+    is_thing[:100] = True
+    params = PanopticParams(0.8, 0.5, 0.8, 255)
+    print(
+        f"\npost-processing layouts on this CPU, batch {b}, {q} queries, {c} classes, {torch.get_num_threads()} threads"
+    )
+    print(f"{'task':<40} {'GPU layout s':>15} {'CPU layout s':>8} {'ratio':>7}")
+    m2f = synthetic_query_logits(b, q, c, (96, 96), seed=0)
+    eomt = synthetic_query_logits(b, q, c, (160, 160), seed=1)
+    regions = [(h * 640 / max(h, w) / 4, w * 640 / max(h, w) / 4) for h, w in targets]
+    logits = synthetic_semantic_logits(b, c, (160, 160), seed=3)
+
+    def pan(outs, family, region, step, gpu):
+        cls, masks = outs
+        return [
+            panoptic(cls[i], masks[i], region(i), t, RULES[family], params, is_thing, not gpu, step, gpu)
+            for i, t in enumerate(targets)
+        ]
+
+    cases = {
+        "panoptic, Mask2Former": lambda gpu: pan(m2f, "mask2former", lambda i: (96.0, 96.0), None, gpu),
+        "panoptic, EoMT": lambda gpu: pan(eomt, "eomt", lambda i: regions[i], (0.25, 0.25), gpu),
+        "semantic, Mask2Former": lambda gpu: [
+            semantic_from_queries(m2f[0][i], m2f[1][i], (96.0, 96.0), t, gpu=gpu) for i, t in enumerate(targets)
+        ],
+        "semantic, SegFormer": lambda gpu: [
+            semantic_from_logits(logits[i], (160.0, 160.0), t, gpu=gpu) for i, t in enumerate(targets)
+        ],
+    }
+    for name, fn in cases.items():
+        _ratio(name, lambda fn=fn: fn(True), lambda fn=fn: fn(False), rounds)
+
+
 def _tiny_sam():
     from labeler.sam import load_sam
     from labeler.tiny import save_sam_tiny
@@ -359,6 +401,8 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     parts = set(args.only.split(","))
+    if "layouts" in parts:
+        bench_layouts(args.rounds)
     if "shares" in parts:
         bench_shares(args.images)
     if "postprocess" in parts:

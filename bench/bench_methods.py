@@ -4,10 +4,11 @@
 
 Input: synthetic scenes (shards.synthetic.write_synthetic_dataset) whose image class (`.cls`) is
 the class of the largest object (disc, box or triangle), so a probe has something to find. A micro
-C2FMAE is pretrained with each `--method` (mae, c2fmae, smir online, smir in rounds, folk, srmae)
-through `c2f pretrain`, with the same seed (so the same data order and crops; initial weights
-differ where a method adds modules, which draw from the same generator), steps, batch and learning
-rate; then `c2f probe` (kNN and linear on frozen CLS features, 80/20 split by key hash) scores each
+C2FMAE is pretrained with each `--method` (mae, c2fmae with the centre and with the local instance
+target, smir online, smir in rounds, folk with two views and with one, srmae) through `c2f
+pretrain`, with the same seed (so the same data order and crops; initial weights differ where a
+method adds modules, which draw from the same generator), steps, batch and learning rate; then
+`c2f probe` (kNN and linear on frozen CLS features, 80/20 split by key hash) scores each
 checkpoint. The floor is the mae arm's initial encoder untrained: `--method mae` with a learning
 rate of 0 (AdamW with lr 0 changes nothing, weight decay included).
 
@@ -33,9 +34,11 @@ ARMS: dict[str, list[str]] = {
     "floor (untrained)": ["--method", "mae", "--blr", "0"],
     "mae": ["--method", "mae"],
     "c2fmae": ["--method", "c2fmae"],
+    "c2fmae (local target)": ["--method", "c2fmae", "--instance-target", "local"],
     "smir (online)": ["--method", "smir"],
     "smir (2 rounds)": ["--method", "smir", "--selective-rounds", "2"],
     "folk": ["--method", "folk"],
+    "folk (1 view com)": ["--method", "folk", "--folk-views", "1", "--folk-filters", "com"],
     "srmae": ["--method", "srmae"],
 }
 

@@ -44,7 +44,9 @@ def main():
             cfg = ReportConfig(str(d), out=str(Path(tmp) / "report"), workers=args.workers, progress=False)
             assert run_report(cfg) == 0
             best["report"] = min(best["report"], time.perf_counter() - t0)
-        n = sum(1 for _ in open(Path(tmp) / "report" / "samples.csv")) - 1
+        import pyarrow.parquet as pq
+
+        n = pq.read_metadata(Path(tmp) / "report" / "samples.parquet").num_rows
         mb = sum(p.stat().st_size for p in d.glob("*.tar")) / 1e6
         for name, secs in best.items():
             print(f"{name:<9} {n / secs:8.1f} samples/s  {mb / secs:7.1f} MB/s  ({secs:.1f}s, best of {args.repeats})")

@@ -17,7 +17,7 @@ from typing import Any
 
 from c2fmae.probe import ProbeConfig
 from c2fmae.train import TrainConfig
-from labeler.config import LabelerConfig, PanopticConfig, SamConfig
+from labeler.config import GroundedConfig, LabelerConfig, PanopticConfig, SamConfig
 from pipelines.distributor import PoolSettings
 from pipelines.label import LabelConfig
 from quality.config import CompareConfig, FilterConfig, ReportConfig
@@ -85,6 +85,7 @@ LABEL_GROUPS = {
     LabelerConfig: "labeler",
     SamConfig: "SAM (preset sam)",
     PanopticConfig: "panoptic (preset panoptic)",
+    GroundedConfig: "text-prompted (presets grounded, sam3)",
 }
 
 
@@ -107,12 +108,17 @@ def cmd_filter(cfg: FilterConfig) -> int:
 
 
 def cmd_label(
-    job: LabelConfig, pool: PoolSettings, labeler: LabelerConfig, sam: SamConfig, panoptic: PanopticConfig
+    job: LabelConfig,
+    pool: PoolSettings,
+    labeler: LabelerConfig,
+    sam: SamConfig,
+    panoptic: PanopticConfig,
+    grounded: GroundedConfig,
 ) -> int:
     from labeler.config import Settings
     from pipelines.label import run
 
-    return run(job, pool, Settings(labeler, sam, panoptic))
+    return run(job, pool, Settings(labeler, sam, panoptic, grounded))
 
 
 def cmd_pretrain(cfg: TrainConfig) -> int:
@@ -138,12 +144,16 @@ COMMANDS = {
     "validate": Command({ValidateConfig: None}, cmd_validate, "check shards against the format and the manifest"),
     "inspect": Command({InspectConfig: None}, cmd_inspect, "render a grid of samples with their masks, and stats"),
     "report": Command(
-        {ReportConfig: None}, cmd_report, "measure label quality over a whole output: report/ (HTML, JSON, CSV)"
+        {ReportConfig: None}, cmd_report, "measure label quality over a whole output: report/ (HTML, JSON, Parquet)"
     ),
     "compare": Command(
         {CompareConfig: None}, cmd_compare, "agreement of two outputs of one plan, per image and overall"
     ),
-    "filter": Command({FilterConfig: None}, cmd_filter, "select samples by the report's measures into a subset file"),
+    "filter": Command(
+        {FilterConfig: None},
+        cmd_filter,
+        "select samples by an SQL condition on the per-sample table into a subset file",
+    ),
     "label": Command(LABEL_GROUPS, cmd_label, "label an image collection into shards with Ray"),
     "pretrain": Command(
         {TrainConfig: None}, cmd_pretrain, "pretrain C2FMAE on shards (one process; torchrun -m c2f pretrain for DDP)"

@@ -84,7 +84,10 @@ def _why(e: Exception) -> str:
 
 
 def config_from(cls: type, saved: dict[str, Any], path: Path, what: str):
-    """Rebuild a config dataclass from a checkpoint, refusing fields this version does not know."""
+    """Rebuild a config dataclass from a checkpoint, refusing fields this version does not know.
+    A field the checkpoint predates takes the value its absence meant (`cls.ABSENT`), not today's
+    default: an older run resumes as it was configured."""
+    saved = {**getattr(cls, "ABSENT", {}), **saved}
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(saved) - names)
     if unknown:

@@ -1,6 +1,8 @@
 """Training batches from shards: compact samples in the workers, tensors for the model on the device.
 
-Workers (CPU) decode, crop and read labels at cell resolution, and send compact integer arrays:
+Workers (CPU) decode, crop and read labels at cell resolution, and send compact integer arrays,
+one row per view (`views` crops of each image, stacked view by view: all first views, then all
+second views; FOLK's two views, one elsewhere):
 
     image      [3, S, S] uint8      RandomResizedCrop (bicubic, antialiased, MAE's) + flip
     sem_cells  [S/c, S/c] uint8     class at each cell's centre pixel (c = cell size); int16 holding
@@ -10,11 +12,17 @@ Workers (CPU) decode, crop and read labels at cell resolution, and send compact 
     crop       [7] int32            top, left, height, width, flipped, image height, image width:
                                     the crop in the stored image's pixels (CROP_FIELDS)
     cls        int64                image-level class (-1 when the shards have none)
+    row        int64                the sample's row in SMIR's round scores (only in rounds)
     key        str                  the sample key (a list per batch)
 
-About 160 KB per 224 sample, against 680 KB of float images and int64 targets. On the device,
-`prepare` normalises the image, expands the instance targets (foreground, boundary, affinity
-right/down) and each patch's dominant class and instance (for guided masking), vectorised.
+About 160 KB per 224 sample, against 680 KB of float images and int64 targets. With
+`decode="gpu"` the workers do not decode the JPEG: they read its size from the frame header, draw
+the same crop boxes, and send the JPEG bytes (`jpeg`, one flat uint8 buffer per batch, with
+`jpeg_sizes`, `box` and `source`, plain Python lists); `decode_on_device` decodes them in one
+batched call on the training device and crops there. On the device, `prepare` normalises the
+image, builds the instance targets (`instance_target`: Panoptic-DeepLab's centre heatmap and
+offsets, or the local affinities) and each patch's dominant class and instance (for guided
+masking), vectorised.
 
 The stream (`TrainStream`) is deterministic and resumable: the micro-batch with global index g
 (counted from step 0) is always made by "virtual worker" g mod W of its rank from that epoch's
@@ -35,8 +43,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from shards.reader import decode_sample, expand_urls, interleave
+
+from .model import INSTANCE_TARGETS
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1) * 255
 STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1) * 255
@@ -108,15 +119,67 @@ def cell_labels(sem: np.ndarray, inst: np.ndarray, rows: np.ndarray, cols: np.nd
     sem_cells = sem[rows[c // 2 :: c]][:, cols[c // 2 :: c]]
     inst_crop = inst[rows][:, cols]  # nearest neighbour: ids are never blended
     g, s = len(rows) // c, len(rows)
-    blocks = inst_crop.reshape(g, c, g, c)
-    differs = blocks != blocks[:, :1, :, :1]  # each pixel against its cell's first pixel
-    edge = differs.reshape(g, c, s).any(axis=1).reshape(g, g, c).any(axis=2)  # contiguous reductions: 4x faster
+    # A cell holds two ids when one of its row segments does, or its rows' first pixels differ.
+    segments = inst_crop.reshape(s, g, c)
+    firsts = np.ascontiguousarray(segments[:, :, 0].reshape(g, c, g).transpose(0, 2, 1))  # [g, g, c]
+    edge = _differs(segments).reshape(g, c, g).any(axis=1) | _differs(firsts)
     return sem_cells, inst_crop[c // 2 :: c, c // 2 :: c], edge
+
+
+_WIDE = {2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+def _differs(seg: np.ndarray) -> np.ndarray:
+    """[..., c] -> [...] bool: some pixel of each segment differs from its first. A segment of 4
+    uint16 ids is one uint64: one comparison with the first id repeated, 2.7x faster than
+    comparing pixel by pixel and reducing."""
+    width = seg.shape[-1] * seg.itemsize
+    if width in _WIDE and seg.flags.c_contiguous:
+        wide = _WIDE[width]
+        repeat = wide(sum(1 << (8 * seg.itemsize * k) for k in range(seg.shape[-1])))
+        return seg.view(wide)[..., 0] != seg[..., 0].astype(wide) * repeat
+    return (seg != seg[..., :1]).any(-1)
+
+
+def decode_maps(raw: dict[str, Any], max_pixels: int | None = None) -> dict[str, Any]:
+    """`decode_sample(raw, as_tensors=False)` without decoding the JPEG (the `--decode gpu` workers):
+    the maps and class as there, the image's size from its frame header, the JPEG bytes as read."""
+    from shards import format as fmt
+    from shards.image import jpeg_size
+    from shards.png import check_pixels
+    from shards.reader import SampleError, _decode_mask
+
+    limit = fmt.MAX_PIXELS if max_pixels is None else max_pixels
+    try:
+        data = bytes(raw[fmt.JPG])
+        size = jpeg_size(data)
+        if size is None:
+            raise ValueError("not a JPEG with a frame header")
+        check_pixels(*size, limit, "JPEG")
+        cls = raw.get(fmt.CLS)
+        if cls is not None:
+            cls = cls.encode() if isinstance(cls, str) else bytes(cls)
+            if not (1 <= len(cls) <= 9 and cls.isdigit()):
+                raise ValueError(f".cls {cls[:20]!r} is not a class index")
+        return {
+            "__key__": raw.get("__key__"),
+            "jpeg": data,
+            "size": (size[1], size[0]),  # (height, width), as the decoded image's shape
+            "cls": int(cls) if cls is not None else -1,
+            "semantic": _decode_mask(raw[fmt.SEM], limit),
+            "instance": _decode_mask(raw[fmt.INST], limit),
+        }
+    except Exception as e:  # noqa: BLE001 - re-raised with the sample's address, as decode_sample does
+        where = f"{raw.get('__url__', '?')} key {raw.get('__key__', '?')}"
+        raise SampleError(f"{where}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
 
 
 @dataclass(frozen=True)
 class TrainTransform:
-    """Worker stage: decoded sample (uint8 RGB tensor, numpy maps) + its RNG -> compact sample."""
+    """Worker stage: decoded sample (uint8 RGB tensor, numpy maps) + its RNG -> one compact view.
+
+    A sample without `image` (`decode_maps`: `--decode gpu`) gets the same crop box and flip from
+    the same RNG draws, its `box` for the device to cut, and no pixels."""
 
     size: int = 224
     cell_size: int = 4
@@ -130,41 +193,69 @@ class TrainTransform:
         return cls(size, cell_size, scale=(1.0, 1.0), ratio=(1e-3, 1e3), flip=False)
 
     def __call__(self, s: dict[str, Any], rng: random.Random) -> dict[str, Any]:
-        import torchvision.transforms.v2.functional as F
-
-        img = s["image"]
-        height, width = img.shape[1:]
+        img = s.get("image")
+        height, width = img.shape[1:] if img is not None else s["size"]
         top, left, h, w = crop_box(height, width, self.scale, self.ratio, rng)
         flipped = self.flip and rng.random() < 0.5
-        out = F.resized_crop(
-            img, top, left, h, w, [self.size, self.size], interpolation=F.InterpolationMode.BICUBIC, antialias=True
-        )
+        out: dict[str, Any] = {}
+        if img is not None:
+            out["image"] = crop_image(img, (top, left, h, w, int(flipped)), self.size)
         # Source pixel of each output pixel's centre, for the maps (src = start + (dst + 0.5) * h / size).
         rows = top + np.minimum(((np.arange(self.size) + 0.5) * (h / self.size)).astype(np.int64), h - 1)
         cols = left + np.minimum(((np.arange(self.size) + 0.5) * (w / self.size)).astype(np.int64), w - 1)
         if flipped:
-            out, cols = out.flip(-1), cols[::-1]
+            cols = cols[::-1]
         sem, inst = np.asarray(s["semantic"]), np.asarray(s["instance"])
         if sem.shape != (height, width) or inst.shape != sem.shape:
             raise ValueError(f"{s.get('__key__')}: masks {sem.shape}/{inst.shape} differ from image")
         sem_cells, inst_cells, edge = cell_labels(sem, inst, rows, cols, self.cell_size)
-        return {
-            "image": out.contiguous(),
-            "sem_cells": _ids(sem_cells),
-            "inst_cells": _ids(inst_cells.astype(np.uint16)),
-            "inst_edge": torch.from_numpy(edge),
-            "crop": torch.tensor([top, left, h, w, int(flipped), height, width], dtype=torch.int32),
-            "cls": torch.tensor(s["cls"], dtype=torch.int64),
-            "key": s["__key__"],
-        }
+        out.update(
+            {
+                "sem_cells": _ids(sem_cells),
+                "inst_cells": _ids(inst_cells.astype(np.uint16)),
+                "inst_edge": torch.from_numpy(edge),
+                "crop": torch.tensor([top, left, h, w, int(flipped), height, width], dtype=torch.int32),
+                "cls": torch.tensor(s["cls"], dtype=torch.int64),
+                "key": s["__key__"],
+            }
+        )
+        if img is None:
+            out["box"] = (top, left, h, w, int(flipped))  # a Python tuple: the device's crop, read without a sync
+        return out
+
+
+def crop_image(img: torch.Tensor, box: tuple[int, int, int, int, int], size: int) -> torch.Tensor:
+    """uint8 [3, H, W] on any device -> the box (top, left, height, width, flipped) resized to
+    size x size, bicubic, antialiased (MAE's), flipped where the box says: the one crop of both
+    decode paths, so they give the same pixels from the same decoded image."""
+    import torchvision.transforms.v2.functional as TF
+
+    top, left, h, w, flipped = box
+    out = TF.resized_crop(
+        img, top, left, h, w, [size, size], interpolation=TF.InterpolationMode.BICUBIC, antialias=True
+    )
+    return (out.flip(-1) if flipped else out).contiguous()
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack the tensors; strings (keys) stay a list."""
+    """Stack the tensors; strings (keys) and tuples (boxes) stay a list."""
     return {
         k: torch.stack([s[k] for s in samples]) if isinstance(v, torch.Tensor) else [s[k] for s in samples]
         for k, v in samples[0].items()
     }
+
+
+def collate_views(samples: list[list[dict[str, Any]]], jpegs: list[bytes] | None = None) -> dict[str, Any]:
+    """Samples of `views` view dicts each -> one batch, view by view (all first views, then all
+    second views). With `jpegs` (`--decode gpu`): one flat uint8 buffer of the JPEGs, `jpeg_sizes`,
+    and per view its `source` (the index of its JPEG) and `box`."""
+    views = len(samples[0])
+    batch = collate([s[v] for v in range(views) for s in samples])
+    if jpegs is not None:
+        batch["jpeg"] = torch.frombuffer(bytearray(b"".join(jpegs)), dtype=torch.uint8)
+        batch["jpeg_sizes"] = [len(j) for j in jpegs]
+        batch["source"] = [i for _ in range(views) for i in range(len(samples))]
+    return batch
 
 
 # --- device side: vectorised torch ---------------------------------------------------------------
@@ -196,10 +287,11 @@ def patch_mode(cells: torch.Tensor, cells_per_patch: int) -> torch.Tensor:
     return v.gather(-1, best).squeeze(-1)
 
 
-def instance_targets(ids: torch.Tensor, edge: torch.Tensor) -> torch.Tensor:
-    """Instance id at each cell centre [N, Hc, Wc] + boundary cells -> [N, 4, Hc, Wc] float:
-    foreground, boundary, same-instance-as-right, same-instance-as-below. Only "same or different"
-    matters, so the targets do not depend on how instances are numbered."""
+def instance_targets(ids: torch.Tensor, edge: torch.Tensor, cells_per_patch: int = 4) -> torch.Tensor:
+    """The local target (`--instance-target local`). Instance id at each cell centre [N, Hc, Wc] +
+    boundary cells -> [N, 4, Hc, Wc] float: foreground, boundary, same-instance-as-right,
+    same-instance-as-below. Only "same or different" matters, so the targets do not depend on how
+    instances are numbered; but nothing in them links two cells more than one apart."""
     fg = ids > 0
     right = torch.zeros_like(fg)
     down = torch.zeros_like(fg)
@@ -208,34 +300,133 @@ def instance_targets(ids: torch.Tensor, edge: torch.Tensor) -> torch.Tensor:
     return torch.stack([fg, edge.bool(), right, down], dim=1).float()
 
 
+CENTRE_SIGMA = 2.0  # cells: the centre heatmap's Gaussian (8 px at 4-px cells, Panoptic-DeepLab's sigma)
+
+
+@functools.lru_cache(maxsize=8)
+def _gaussian_taps(sigma: float, device: torch.device) -> torch.Tensor:
+    r = math.ceil(3 * sigma)
+    x = torch.arange(-r, r + 1, dtype=torch.float32)
+    return torch.exp(-(x**2) / (2 * sigma**2)).to(device)  # peak 1: an impulse becomes a bump of height 1
+
+
+def instance_slots(ids: torch.Tensor) -> torch.Tensor:
+    """[N, C] ids -> [N, C] each cell's instance named by its first cell (row-major position): an
+    index in 0..C-1 that does not depend on how instances are numbered. No unique (no sync)."""
+    n, length = ids.shape
+    sorted_ids, order = ids.sort(dim=1, stable=True)  # a group's positions ascending: its first is its first cell
+    start = torch.ones_like(sorted_ids, dtype=torch.bool)
+    start[:, 1:] = sorted_ids[:, 1:] != sorted_ids[:, :-1]
+    at = torch.arange(length, device=ids.device).expand(n, -1)
+    first = order.gather(1, torch.where(start, at, 0).cummax(1).values)  # the first position of each group
+    return torch.empty_like(order).scatter_(1, order, first)
+
+
+def centre_targets(ids: torch.Tensor, edge: torch.Tensor, cells_per_patch: int, sigma: float = CENTRE_SIGMA):
+    """The object-level target (`--instance-target centre`, Panoptic-DeepLab's encoding).
+    Instance id at each cell centre [N, Hc, Wc] + boundary cells -> [N, 5, Hc, Wc] float:
+
+    0 foreground, 1 boundary (as the local target);
+    2 centre heatmap: a Gaussian (sigma cells, peak 1) at each instance's centre of mass (its cells
+      in this crop), splatted bilinearly at the sub-cell position, overlapping bumps summed and
+      clipped at 1;
+    3, 4 offset (y, x) from each foreground cell to its instance's centre, in patches (0 elsewhere).
+
+    Every cell of an object points at the same centre, however far apart: two cells are one
+    object when cell + offset agree. Centres are sums over each instance's cells, so renumbering
+    the instances changes nothing (bit for bit: each instance is indexed by its first cell)."""
+    n, hc, wc = ids.shape
+    length = hc * wc
+    flat = ids.reshape(n, length)
+    fg = flat > 0
+    slot = instance_slots(flat)
+    pos = torch.arange(length, device=ids.device)
+    ys, xs = (pos // wc).float().expand(n, -1), (pos % wc).float().expand(n, -1)
+    count = torch.zeros(n, length, device=ids.device).scatter_add_(1, slot, torch.ones_like(ys))
+    cy_slot = torch.zeros_like(count).scatter_add_(1, slot, ys) / count.clamp_min(1)
+    cx_slot = torch.zeros_like(count).scatter_add_(1, slot, xs) / count.clamp_min(1)
+    off_y = torch.where(fg, (cy_slot.gather(1, slot) - ys) / cells_per_patch, 0.0)
+    off_x = torch.where(fg, (cx_slot.gather(1, slot) - xs) / cells_per_patch, 0.0)
+    # The heatmap: a unit impulse at each instance's centre (slot s is an instance when its first
+    # cell, position s, is foreground), spread bilinearly over the 4 nearest cells, then blurred.
+    valid = ((count > 0) & fg).float()
+    y0, x0 = cy_slot.floor(), cx_slot.floor()
+    wy, wx = cy_slot - y0, cx_slot - x0
+    impulses = torch.zeros_like(count)
+    for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        weight = (wy if dy else 1 - wy) * (wx if dx else 1 - wx) * valid
+        at = (y0 + dy).clamp(max=hc - 1) * wc + (x0 + dx).clamp(max=wc - 1)
+        impulses.scatter_add_(1, at.long(), weight)
+    taps = _gaussian_taps(sigma, ids.device)
+    r = taps.numel() // 2
+    heat = F.conv2d(impulses.view(n, 1, hc, wc), taps.view(1, 1, -1, 1), padding=(r, 0))
+    heat = F.conv2d(heat, taps.view(1, 1, 1, -1), padding=(0, r)).clamp(max=1.0).view(n, length)
+    channels = [fg.float(), edge.reshape(n, length).float(), heat, off_y, off_x]
+    return torch.stack(channels, 1).view(n, 5, hc, wc)
+
+
+TARGET_MAKERS = {"centre": centre_targets, "local": instance_targets}
+assert set(TARGET_MAKERS) == set(INSTANCE_TARGETS)
+
+
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """Copy the tensors (asynchronously from pinned memory); keep the rest."""
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-def prepare(batch: dict[str, Any], cells_per_patch: int) -> dict[str, Any]:
-    """A compact batch on the device -> model inputs and masking labels:
-    image [N, 3, S, S] float normalised, sem_cells [N, Hc, Wc] long, inst_cells [N, 4, Hc, Wc] float,
-    sem_patch / inst_patch [N, L] long; crop, cls and key unchanged."""
-    sem, inst = as_ids(batch["sem_cells"]), as_ids(batch["inst_cells"])
+    """Copy the tensors (asynchronously from pinned memory); keep the rest. The JPEG buffer stays on
+    the host: the decoder reads it from there."""
     return {
+        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) and k != "jpeg" else v
+        for k, v in batch.items()
+    }
+
+
+def decode_on_device(batch: dict[str, Any], device: torch.device, size: int) -> dict[str, Any]:
+    """`--decode gpu`: the batch's JPEGs decoded in one batched call on `device` (nvJPEG on CUDA;
+    libjpeg-turbo with device="cpu") and each view cropped there by its box, with the workers' crop
+    code (`crop_image`): `image` [M, 3, size, size] uint8 on `device`. The boxes, sizes and sources
+    are Python lists, so nothing is read back from the device."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    batch = dict(batch)
+    parts = list(batch.pop("jpeg").split(batch.pop("jpeg_sizes")))
+    images = decode_jpeg(parts, mode=ImageReadMode.RGB, device=device)
+    boxes, source = batch.pop("box"), batch.pop("source")
+    batch["image"] = torch.stack([crop_image(images[i], box, size) for i, box in zip(source, boxes, strict=True)])
+    return batch
+
+
+def prepare(batch: dict[str, Any], cells_per_patch: int, instance_target: str = "centre") -> dict[str, Any]:
+    """A compact batch on the device -> model inputs and masking labels:
+    image [N, 3, S, S] float normalised, sem_cells [N, Hc, Wc] long, inst_cells [N, K, Hc, Wc] float
+    (`instance_target`'s K channels), sem_patch / inst_patch [N, L] long; crop, cls, key (and SMIR's
+    row) unchanged."""
+    sem, inst = as_ids(batch["sem_cells"]), as_ids(batch["inst_cells"])
+    out = {
         "image": normalize(batch["image"]),
         "sem_cells": sem,
-        "inst_cells": instance_targets(inst, batch["inst_edge"]),
+        "inst_cells": TARGET_MAKERS[instance_target](inst, batch["inst_edge"], cells_per_patch),
         "sem_patch": patch_mode(sem, cells_per_patch),
         "inst_patch": patch_mode(inst, cells_per_patch),
         "crop": batch["crop"],
         "cls": batch["cls"],
         "key": batch["key"],
     }
+    if "row" in batch:
+        out["row"] = batch["row"]
+    return out
 
 
-def device_batches(loader, device: torch.device, cells_per_patch: int) -> Iterator[dict[str, Any]]:
+def device_batches(
+    loader, device: torch.device, cells_per_patch: int, instance_target: str = "centre", size: int = 224
+) -> Iterator[dict[str, Any]]:
     for batch in loader:
-        yield prepare(to_device(batch, device), cells_per_patch)
+        batch = to_device(batch, device)
+        if "jpeg" in batch:
+            batch = decode_on_device(batch, device, size)
+        yield prepare(batch, cells_per_patch, instance_target)
 
 
 # --- the stream ------------------------------------------------------------------------------------
+
+DECODERS = ("cpu", "gpu")  # where the JPEGs are decoded: the DataLoader workers, or the training device
 
 
 @dataclass(frozen=True)
@@ -254,6 +445,10 @@ class StreamConfig:
     world: int = 1
     keys: frozenset[str] | None = None  # a subset (`c2f filter`): only these samples
     partition: tuple[int, int] | None = None  # (index, count): only that part of the data (SMIR's rounds)
+    views: int = 1  # crops of each sample (FOLK: 2), stacked view by view in the batch
+    decode: str = "cpu"  # cpu: workers decode and crop; gpu: workers send JPEG bytes and boxes (DECODERS)
+    rows: dict[str, int] | None = None  # SMIR's rounds: each scored key's row in the round's table
+    blank_row: int = 0  # ... and the row of a sample the round did not score
 
 
 class TrainStream(torch.utils.data.IterableDataset):
@@ -285,15 +480,26 @@ class TrainStream(torch.utils.data.IterableDataset):
                 next(raw)
             while g < (epoch + 1) * per_epoch:
                 samples = [self.sample(next(raw), epoch, virtual, index + j) for j in range(c.batch_size)]
-                yield collate(samples)
+                jpegs = [s[0].pop("jpeg") for s in samples] if c.decode == "gpu" else None
+                yield collate_views(samples, jpegs)
                 index += c.batch_size
                 g += workers
             raw.close()
 
-    def sample(self, raw: dict[str, Any], epoch: int, worker: int, index: int) -> dict[str, Any]:
+    def sample(self, raw: dict[str, Any], epoch: int, worker: int, index: int) -> list[dict[str, Any]]:
+        """One raw sample -> its `views` compact views (their crops drawn one after the other from
+        the sample's RNG: the first view is the one-view stream's sample)."""
         c = self.cfg
-        rng = random.Random(f"{c.seed}:{c.rank}:{worker}:{epoch}:{index}")  # the sample's crop and flip
-        return self.transform(decode_sample(raw, as_tensors=False), rng)
+        rng = random.Random(f"{c.seed}:{c.rank}:{worker}:{epoch}:{index}")  # the sample's crops and flips
+        decoded = decode_maps(raw) if c.decode == "gpu" else decode_sample(raw, as_tensors=False)
+        views = [self.transform(decoded, rng) for _ in range(c.views)]
+        if c.rows is not None:
+            row = torch.tensor(c.rows.get(decoded["__key__"], c.blank_row), dtype=torch.int64)
+            for v in views:
+                v["row"] = row
+        if c.decode == "gpu":
+            views[0]["jpeg"] = decoded["jpeg"]
+        return views
 
     def epoch_samples(self, epoch: int, worker: int, workers: int, needed: int):
         """Raw samples of one (epoch, rank, virtual worker): its shards, interleaved and shuffled
@@ -329,23 +535,46 @@ def partition_of(key: str, parts: int) -> int:
     return zlib.crc32(key.encode()) % parts
 
 
+class WholeImages(torch.utils.data.IterableDataset):
+    """One pass, in shard order, over the samples of `urls` (of one partition), each whole image
+    resized to a square, no augmentation: compact batches as the training stream makes them. Under
+    a DataLoader with W workers, worker w reads shards w, w + W, ... (SMIR's round scoring)."""
+
+    def __init__(self, urls, batch_size: int, img_size: int, cell_size: int, partition=None):
+        self.urls, self.batch_size, self.partition = list(urls), batch_size, partition
+        self.transform = TrainTransform.whole_image(img_size, cell_size)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = torch.utils.data.get_worker_info()
+        mine = self.urls[info.id :: info.num_workers] if info else self.urls
+        rng = random.Random(0)  # unused by the whole-image transform, required by its signature
+        batch: list[list[dict[str, Any]]] = []
+        for raw in interleave(iter(mine), 1, random.Random(0)):
+            if self.partition is not None and partition_of(raw["__key__"], self.partition[1]) != self.partition[0]:
+                continue
+            batch.append([self.transform(decode_sample(raw, as_tensors=False), rng)])
+            if len(batch) == self.batch_size:
+                yield collate_views(batch)
+                batch = []
+        if batch:
+            yield collate_views(batch)
+
+
 def whole_image_batches(
     urls: list[str], batch_size: int, img_size: int, cell_size: int, partition: tuple[int, int] | None = None
 ) -> Iterator[dict[str, Any]]:
-    """One pass, in shard order, over the samples of `urls` (of one partition), each whole image
-    resized to a square, no augmentation: compact batches as the training stream makes them."""
-    transform = TrainTransform.whole_image(img_size, cell_size)
-    rng = random.Random(0)  # unused by the whole-image transform, required by its signature
-    batch: list[dict[str, Any]] = []
-    for raw in interleave(iter(urls), 1, random.Random(0)):
-        if partition is not None and partition_of(raw["__key__"], partition[1]) != partition[0]:
-            continue
-        batch.append(transform(decode_sample(raw, as_tensors=False), rng))
-        if len(batch) == batch_size:
-            yield collate(batch)
-            batch = []
-    if batch:
-        yield collate(batch)
+    """WholeImages in this process (no workers)."""
+    return iter(WholeImages(urls, batch_size, img_size, cell_size, partition))
+
+
+def whole_image_loader(urls, batch_size: int, img_size: int, cell_size: int, partition, workers: int):
+    """WholeImages read by `workers` DataLoader processes (pinned batches on CUDA)."""
+    return torch.utils.data.DataLoader(
+        WholeImages(urls, batch_size, img_size, cell_size, partition),
+        batch_size=None,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+    )
 
 
 def shuffled(items: Iterator, size: int, rng: random.Random, initial: int = 100):

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .masking import NAMES, Masking
-from .methods import MethodSettings, StepInputs, step_inputs, teacher_momentum
+from .methods import MethodSettings, StepInputs, patch_losses, step_inputs, teacher_momentum
 
 
 @dataclass(frozen=True)
@@ -47,21 +47,24 @@ class Loop:
     grad_clip: float = 0.0  # max gradient norm (0: off)
     bf16: bool = True  # bf16 autocast on CUDA
     method: MethodSettings = MethodSettings()  # what the encoder sees besides the masks (methods.py)
+    compile: bool = False  # also compile SMIR's estimating passes (the model is compiled by its caller)
 
 
 @dataclass
 class StepOutput:
     """What one optimizer step produced, still on the device (reading it is the caller's sync).
-    `batch`, `mask` and `preds` are its last micro-batch's."""
+    `batch`, `mask`, `preds` and `inputs` are its last micro-batch's, kept only on the steps the
+    loop's `keep` selects (pictures): elsewhere None, so that nothing of a step outlives it on
+    the device (at batch 256 the semantic logits alone are ~240 MB)."""
 
     step: int
     lr: float
     losses: dict[str, torch.Tensor]  # every loss term (scalars), averaged over the micro-batches
     mix: torch.Tensor  # [4] images masked by each strategy (masking.NAMES order)
-    images: int  # images in the step (all micro-batches, this process)
-    batch: dict[str, Any]
-    mask: torch.Tensor  # [N, L], 1 = where the loss counted (removed, or degraded by SRMAE)
-    preds: dict[str, torch.Tensor]
+    images: int  # images in the step (all micro-batches, this process; a FOLK image counts once, not per view)
+    batch: dict[str, Any] | None
+    mask: torch.Tensor | None  # [N, L], 1 = where the loss counted (removed, or degraded by SRMAE)
+    preds: dict[str, torch.Tensor] | None
     model: torch.nn.Module  # the module that stepped (for after-step hooks: EMA teachers, probes)
     inputs: StepInputs | None = None  # its last micro-batch's method inputs (what the encoder saw, for pictures)
 
@@ -72,6 +75,15 @@ def lr_at(step: int, total: int, warmup: int, peak: float, floor: float) -> floa
         return peak * (step + 1) / warmup
     t = (step - warmup) / max(1, total - warmup)
     return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain model inside DDP and torch.compile wrappers, in either order."""
+    while True:
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if inner is None:
+            return model
+        model = inner
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -85,8 +97,9 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
 
 
 def make_optimizer(model: torch.nn.Module, weight_decay: float, lr: float) -> torch.optim.Optimizer:
-    """AdamW (MAE's betas), fused into one kernel where the parameters are on CUDA."""
-    fused = next(model.parameters()).device.type == "cuda"
+    """AdamW (MAE's betas), fused into one kernel per step (CUDA and CPU): the step count stays a
+    device tensor, so the step reads nothing back (the unfused CPU path reads it with .item())."""
+    fused = True
     return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.95), fused=fused)
 
 
@@ -97,26 +110,34 @@ def train_steps(
     steps: range,
     loop: Loop,
     after_step: Callable[[StepOutput], None] | None = None,
+    keep: Callable[[int], bool] | None = None,
 ) -> Iterator[StepOutput]:
     """Run the optimizer steps `steps`, each over `loop.accum_steps` prepared micro-batches (data.prepare),
-    and yield each step's output. Nothing here reads a device value: no host sync."""
+    and yield each step's output. Nothing here reads a device value: no host sync. `keep(step)`:
+    whether the step's output keeps its last batch, mask, predictions and inputs (default: every
+    step; the trainer keeps them on picture steps only). `after_step` sees them on every step."""
     device = next(model.parameters()).device
     ddp = hasattr(model, "no_sync")
-    plain = getattr(model, "module", model)  # under DDP
-    plain = getattr(plain, "_orig_mod", plain)  # under torch.compile
+    plain = unwrap(model)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and loop.bf16 else nullcontext()
+    scorer = torch.compile(patch_losses) if loop.compile else patch_losses
+    views = loop.method.views
     generator = torch.Generator(device)
     for step in steps:
         lr = loop.schedule.lr(step)
         for g in optimizer.param_groups:
             g["lr"] = lr
+        keeping = keep is None or keep(step) or after_step is not None
         sums: dict[str, torch.Tensor] = {}
         mix = torch.zeros(len(NAMES), dtype=torch.long, device=device)
+        images = 0
+        kept: tuple = (None, None, None, None)
         for micro in range(loop.accum_steps):
             batch = next(batches)
             generator.manual_seed(hash((loop.mask_seed, step, micro)) & (2**63 - 1))
             with amp:
-                inputs = step_inputs(loop.method, loop.masking, plain, batch, loop.schedule.progress(step), generator)
+                progress = loop.schedule.progress(step)
+                inputs = step_inputs(loop.method, loop.masking, plain, batch, progress, generator, scorer)
             mix += (inputs.picks.unsqueeze(1) == torch.arange(len(NAMES), device=device)).sum(0)  # bincount would sync
             reduce_grads = nullcontext() if not ddp or micro == loop.accum_steps - 1 else model.no_sync()
             with reduce_grads, amp:
@@ -126,16 +147,21 @@ def train_steps(
                 (losses["total"] / loop.accum_steps).backward()
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v.detach().float() / loop.accum_steps
+            images += batch["image"].shape[0] // views
+            if keeping and micro == loop.accum_steps - 1:
+                mask = inputs.mask if inputs.loss_on is None else inputs.loss_on
+                kept = (batch, mask, {k: v.detach() for k, v in preds.items()}, inputs)
+            del batch, inputs, losses, preds  # nothing of this micro-batch lives through the next forward
         if loop.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), loop.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if getattr(plain, "teacher", None) is not None:  # FOLK: every rank holds the same student, so the same teacher
             plain.teacher.update(plain, teacher_momentum(step, loop.schedule.total_steps, loop.method.folk_momentum))
-        images = batch["image"].shape[0] * loop.accum_steps
-        preds = {k: v.detach() for k, v in preds.items()}
-        mask = inputs.mask if inputs.loss_on is None else inputs.loss_on
-        out = StepOutput(step, lr, sums, mix, images, batch, mask, preds, model, inputs)
+        out = StepOutput(step, lr, sums, mix, images, kept[0], kept[1], kept[2], model, kept[3])
         if after_step is not None:
             after_step(out)
+            if keep is not None and not keep(step):
+                out = StepOutput(step, lr, sums, mix, images, None, None, None, model, None)
+        del kept
         yield out

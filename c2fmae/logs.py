@@ -44,13 +44,17 @@ class RunLog:
         self.images += out.images
         if (out.step + 1) % self.log_every == 0 or last or self.first:
             self.flush()
-        if self.rank == 0 and self.vis_every and (out.step % self.vis_every == 0 or last):
+        if self.pictures_at(out.step, last):
             from .methods import encoder_view
             from .visualize import save_reconstruction
 
             path = self.out / f"recon_{out.step:07d}.png"
             seen = encoder_view(out.batch["image"], out.inputs, model_cfg.lowres_factor) if out.inputs else None
             save_reconstruction(path, out.batch, out.mask, out.preds, model_cfg, seen=seen)
+
+    def pictures_at(self, step: int, last: bool) -> bool:
+        """Whether this process writes a picture of `step` (the steps whose outputs the loop keeps)."""
+        return self.rank == 0 and bool(self.vis_every) and (step % self.vis_every == 0 or last)
 
     def flush(self, console: bool = True) -> None:
         """Write the pending steps (a sync; under DDP a collective: every rank calls it at the same

@@ -3,8 +3,9 @@
     mae     random masking, pixel stage (He et al. 2021)
     c2fmae  the cascade under the semantic -> instance -> random curriculum
     smir    selective masking: remove the patches the model reconstructs worst (arXiv 2512.06981)
-    folk    frequency masking + self-distillation: remove Fourier components, an EMA teacher sees
-            the original (arXiv 2409.10362)
+    folk    frequency masking + self-distillation: remove Fourier components (the weakest, "Com",
+            or the strongest, "RCom") of two crops of each image; the student predicts an EMA
+            teacher's features of the other crop's original (arXiv 2409.10362)
     srmae   scale masking: selected patches reach the encoder downsampled, a super-resolution
             head restores them (SRMAE)
 
@@ -16,6 +17,7 @@ Choices the papers leave open are argued in docs/TRAINER.md (Methods).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .masking import Masking, MaskInputs, random_mask
-from .model import STAGES
+from .model import STAGES, rfft_pair_weights
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ METHODS: dict[str, MethodDefaults] = {
 
 
 PROBE_RATIO = 0.75  # SMIR: mask ratio of the passes that estimate patch losses (MAE's: a patch's loss as MAE sees it)
+FOLK_FILTERS = ("com", "rcom")  # remove the weakest components (a compressor's loss), or keep only them
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,13 @@ class MethodSettings:
     selective_rounds: int = 0  # SMIR iterative: rounds over as many data partitions (0: the online form)
     folk_thresholds: tuple[float, ...] = field(default=(0.005, 0.01, 0.05))  # FOLK: energy fractions removed
     folk_momentum: float = 0.996  # FOLK: the teacher's EMA momentum at step 0 (cosine to 1 at the end)
+    folk_filters: tuple[str, ...] = ("com", "rcom")  # FOLK: filters each view draws from (FOLK_FILTERS)
+    folk_views: int = 2  # FOLK: crops of each image; 2: each view's student predicts the teacher of the other
+
+    @property
+    def views(self) -> int:
+        """Crops of each image in a batch (stacked view by view)."""
+        return self.folk_views if self.name == "folk" else 1
 
 
 @dataclass
@@ -69,9 +79,18 @@ class StepInputs:
     view: torch.Tensor | None = None  # what the encoder sees instead of the image (FOLK)
     lowres: torch.Tensor | None = None  # [N, L] patches the encoder sees downsampled (SRMAE)
     loss_on: torch.Tensor | None = None  # [N, L] where the reconstruction losses count (default: mask)
+    views: int = 1  # crops of each image in the batch, stacked view by view (FOLK: 2)
+    removed: torch.Tensor | None = None  # [N, 1, H, W//2+1] Fourier components the view lost (FOLK)
 
     def model_kwargs(self) -> dict[str, Any]:
-        return {"keep": self.keep, "view": self.view, "lowres": self.lowres, "loss_on": self.loss_on}
+        return {
+            "keep": self.keep,
+            "view": self.view,
+            "lowres": self.lowres,
+            "loss_on": self.loss_on,
+            "views": self.views,
+            "removed": self.removed,
+        }
 
 
 def step_inputs(
@@ -81,20 +100,28 @@ def step_inputs(
     batch: dict[str, Any],
     progress: float,
     generator: torch.Generator,
+    scorer=None,
 ) -> StepInputs:
     """One micro-batch's masks (and views) for `method`. `model` is the plain module (no DDP):
-    SMIR's online form asks it for per-patch losses without gradients."""
+    SMIR's online form asks it for per-patch losses without gradients, through `scorer`
+    (`patch_losses`, or a compiled copy of it)."""
     n, length = batch["sem_patch"].shape
     dev = batch["image"].device
     if method.name == "folk":  # nothing removed: the whole filtered image in, the whole image's loss
         none = torch.full((n,), -1, dtype=torch.long, device=dev)
-        view = frequency_filter(batch["image"], method.folk_thresholds, generator)
+        view, removed = frequency_view(batch["image"], method.folk_thresholds, generator, method.folk_filters)
         return StepInputs(
-            torch.zeros(n, length, device=dev), length, none, view=view, loss_on=torch.ones(n, length, device=dev)
+            torch.zeros(n, length, device=dev),
+            length,
+            none,
+            view=view,
+            loss_on=torch.ones(n, length, device=dev),
+            views=method.views,
+            removed=removed,
         )
     patch_loss = batch.get("patch_loss")  # SMIR iterative: from the previous round's model
     if patch_loss is None and masking.needs_loss(progress) and not method.selective_rounds:
-        patch_loss = estimate_patch_loss(model, batch, method.selective_passes, PROBE_RATIO, generator)
+        patch_loss = estimate_patch_loss(model, batch, method.selective_passes, PROBE_RATIO, generator, scorer)
     mask, picks = masking(batch["sem_patch"], batch["inst_patch"], progress, generator, patch_loss)
     if method.name == "srmae":  # the chosen patches are degraded, not removed
         return StepInputs(torch.zeros_like(mask), length, picks, lowres=mask, loss_on=mask)
@@ -131,10 +158,14 @@ def patch_losses(model, imgs, mask, sem, inst, keep: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def estimate_patch_loss(model, batch, passes: int, ratio: float, generator: torch.Generator) -> torch.Tensor:
+def estimate_patch_loss(
+    model, batch, passes: int, ratio: float, generator: torch.Generator, scorer=None
+) -> torch.Tensor:
     """SMIR's estimate: each patch's reconstruction loss averaged over the passes that removed it
     (`passes` random masks at `ratio`); a patch no pass removed gets its image's mean. [N, L].
-    Cost: `passes` forward passes without gradients, about passes / 3 of a training step."""
+    Cost: `passes` forward passes without gradients, about passes / 3 of a training step.
+    `scorer`: `patch_losses` or a compiled copy of it (the same function)."""
+    scorer = scorer or patch_losses
     n, length = batch["sem_patch"].shape
     inputs = MaskInputs(length, n)
     keep = length - round(ratio * length)
@@ -142,7 +173,7 @@ def estimate_patch_loss(model, batch, passes: int, ratio: float, generator: torc
     count = torch.zeros_like(total)
     for _ in range(passes):
         m = random_mask(inputs, ratio, generator)
-        total += patch_losses(model, batch["image"], m, batch["sem_cells"], batch["inst_cells"], keep) * m
+        total += scorer(model, batch["image"], m, batch["sem_cells"], batch["inst_cells"], keep) * m
         count += m
     mean = total.sum(1, keepdim=True) / count.sum(1, keepdim=True).clamp_min(1)
     return torch.where(count > 0, total / count.clamp_min(1), mean)
@@ -153,16 +184,12 @@ def round_start(r: int, total_steps: int, rounds: int) -> int:
     return math.ceil(r * total_steps / rounds)
 
 
-def round_of(step: int, total_steps: int, rounds: int) -> int:
-    return step * rounds // total_steps
-
-
 def loss_in_crop(cache: torch.Tensor, crop: torch.Tensor, grid: int) -> torch.Tensor:
     """Per-patch losses scored on the whole image (cache [N, g, g], the image squashed to a square)
     -> the training crop's patches [N, grid*grid], by the crop geometry (data.CROP_FIELDS:
     top, left, height, width, flipped, image height, image width): each crop patch takes the
     loss of the scored cell under its centre."""
-    c = crop.to(cache.device).float()
+    c = crop.float()  # on the cache's device already: no copy
     top, left, h, w, flipped, height, width = c.unbind(1)
     centre = (torch.arange(grid, device=cache.device).float() + 0.5) / grid  # [grid], in crop units
     ys = top[:, None] + centre[None] * h[:, None]  # [N, grid] source rows
@@ -178,36 +205,67 @@ def loss_in_crop(cache: torch.Tensor, crop: torch.Tensor, grid: int) -> torch.Te
 # --- FOLK: the filtered view and the teacher's momentum --------------------------------------------
 
 
-def frequency_filter(images: torch.Tensor, thresholds: tuple[float, ...], generator: torch.Generator) -> torch.Tensor:
-    """FOLK's view of each image: remove the weakest Fourier components of its own spectrum that
-    together hold at most a fraction t of its energy (the DC term excluded and always kept), as a
-    compressor drops coefficients; t is drawn per image from `thresholds`. The three colour channels
-    share one selection. images [N, 3, H, W] -> [N, 3, H, W]; t = 0 returns the image unchanged."""
-    if max(thresholds) <= 0.0:
-        return images
+@functools.lru_cache(maxsize=16)
+def _device_table(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """A constant table on the device, made once per device (a host -> device copy per step would
+    make the host wait)."""
+    return torch.tensor(values, device=device)
+
+
+def frequency_view(
+    images: torch.Tensor,
+    thresholds: tuple[float, ...],
+    generator: torch.Generator,
+    filters: tuple[str, ...] = ("com",),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """FOLK's view of each image and the components it lost: (view [N, 3, H, W], removed
+    [N, 1, H, W//2+1] bool, over rfft2's columns).
+
+    "com" removes the weakest Fourier components of the image's own spectrum that together hold
+    at most a fraction t of its energy (the DC term excluded and always kept), as a compressor
+    drops coefficients; "rcom", its reverse, removes the others: the view keeps only those weakest
+    components (and the mean). t is drawn per image from `thresholds`, and, when `filters` lists
+    both, the filter too (from the same generator, after t: "com" alone draws exactly what it
+    always drew). The three colour channels share one selection; t = 0 with "com" alone returns
+    the image unchanged."""
     n, _, h, w = images.shape
+    dev = images.device
+    if max(thresholds) <= 0.0 and tuple(filters) == ("com",):
+        return images, torch.zeros(n, 1, h, w // 2 + 1, dtype=torch.bool, device=dev)
     spec = torch.fft.rfft2(images.float())  # [N, 3, H, W//2+1]: each column but the first and
     # (for even W) the last stands for a conjugate pair, whose energy counts twice
-    weight = torch.full((w // 2 + 1,), 2.0, device=images.device)
-    weight[0] = 1.0
-    if w % 2 == 0:
-        weight[-1] = 1.0
-    power = (spec.abs().pow(2).sum(1) * weight).flatten(1)  # [N, F]
+    power = (spec.abs().pow(2).sum(1) * rfft_pair_weights(w, dev)).flatten(1)  # [N, F]
     power[:, 0] = float("inf")  # DC: never removed
     ascending, order = power.sort(1)
     finite = ascending[:, :-1]
     share = finite.cumsum(1) / finite.sum(1, keepdim=True).clamp_min(1e-12)
-    t = torch.tensor(thresholds, device=images.device)
-    t = t[torch.randint(len(thresholds), (n,), generator=generator, device=generator.device).to(images.device)]
-    drop_sorted = torch.cat([share <= t[:, None], torch.zeros(n, 1, dtype=torch.bool, device=images.device)], 1)
+    table = _device_table(tuple(thresholds), dev)
+    t = table[torch.randint(len(thresholds), (n,), generator=generator, device=dev)]
+    drop_sorted = torch.cat([share <= t[:, None], torch.zeros(n, 1, dtype=torch.bool, device=dev)], 1)
     drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted).reshape(n, 1, h, w // 2 + 1)
     # The first column (and the last, at even W) holds conjugate pairs of its own (rows k and -k, of
     # equal energy): remove a pair only whole, so the removed part stays a real image.
-    mirror = (-torch.arange(h, device=images.device)) % h
+    mirror = (-torch.arange(h, device=dev)) % h
     for col in (0, w // 2) if w % 2 == 0 else (0,):
         drop[..., col] &= drop[..., mirror, col]
+    if "rcom" in filters:
+        reverse = ~drop  # every component com keeps, but the mean: pairs stay whole, as their complements
+        reverse[..., 0, 0] = False
+        if len(filters) == 1:
+            drop = reverse
+        else:
+            pick = torch.randint(len(filters), (n,), generator=generator, device=dev)
+            is_rcom = _device_table(tuple(float(f == "rcom") for f in filters), dev)[pick] > 0
+            drop = torch.where(is_rcom[:, None, None, None], reverse, drop)
     removed = torch.fft.irfft2(spec * drop, s=(h, w))
-    return (images.float() - removed).to(images.dtype)
+    return (images.float() - removed).to(images.dtype), drop
+
+
+def frequency_filter(
+    images: torch.Tensor, thresholds: tuple[float, ...], generator: torch.Generator, filters: tuple[str, ...] = ("com",)
+) -> torch.Tensor:
+    """FOLK's view of each image (`frequency_view` without the removed components)."""
+    return frequency_view(images, thresholds, generator, filters)[0]
 
 
 def teacher_momentum(step: int, total_steps: int, base: float) -> float:

@@ -3,7 +3,10 @@
 Modules and pure helpers only. Conventions:
     imgs:  [N, 3, H, W] float, normalised          mask: [N, L], 0 = keep, 1 = removed
     sem:   [N, H/c, W/c] long class ids (c = cell size: 4 px at patch 16), ignore value = `ignore_index`
-    inst:  [N, 4, H/c, W/c] float {0, 1}: foreground, boundary, same-instance-as-right, -as-below
+    inst:  [N, K, H/c, W/c] float, the instance target's K channels (INSTANCE_TARGETS): centre
+           (foreground, boundary, centre heatmap, offset y, offset x to the instance's centre, in
+           patches; Panoptic-DeepLab's encoding) or local (foreground, boundary, same-instance-as-
+           right, -as-below)
 L = (H/p)*(W/p) patches; each patch holds (p/c)^2 cells.
 
 With `stages=("pixel",)` and random masking the model is exactly MAE (He et al. 2021).
@@ -12,8 +15,10 @@ With `stages=("pixel",)` and random masking the model is exactly MAE (He et al. 
 from __future__ import annotations
 
 import copy
+import functools
+import itertools
 from dataclasses import asdict, dataclass
-from functools import partial
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -22,6 +27,12 @@ import torch.nn.functional as F
 
 STAGES = ("semantic", "instance", "pixel")  # the granularities, coarse to fine
 LINKS = ("add", "xattn")  # how a cascade stage sees the previous stage
+# The instance stage's target channels per cell (c2fmae/data.py builds them, docs/TRAINER.md argues them).
+INSTANCE_TARGETS: dict[str, tuple[str, ...]] = {
+    "centre": ("foreground", "boundary", "centre", "offset_y", "offset_x"),
+    "local": ("foreground", "boundary", "right", "down"),
+}
+OFFSET_WEIGHT = 0.01  # per pixel of offset error: Panoptic-DeepLab's L1 weight (our offsets are in patches)
 
 
 @dataclass
@@ -52,6 +63,11 @@ class ModelConfig:
     distill: bool = False  # FOLK: an EMA teacher encodes the original image; the student predicts its tokens
     distill_weight: float = 1.0  # FOLK: weight of the distillation term in the total loss
     projector_hidden: int = 0  # FOLK: hidden width of the student's projector (0: 4 x embed_dim)
+    instance_target: str = "centre"  # centre: heatmap + offsets to the instance's centre; local: affinities
+    freq_weight: float = 0.0  # FOLK: weight of the loss on the removed frequencies (0: off)
+
+    # What a checkpoint written before a field existed meant by leaving it out.
+    ABSENT: ClassVar[dict[str, Any]] = {"instance_target": "local", "freq_weight": 0.0}
 
     def __post_init__(self):
         problems = []
@@ -70,6 +86,8 @@ class ModelConfig:
             problems.append(f"lowres_factor {self.lowres_factor} must divide patch_size {self.patch_size}")
         if self.cascade_link not in LINKS:
             problems.append(f"cascade_link {self.cascade_link!r}: choose {' or '.join(LINKS)}")
+        if self.instance_target not in INSTANCE_TARGETS:
+            problems.append(f"instance_target {self.instance_target!r}: choose {' or '.join(INSTANCE_TARGETS)}")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -78,7 +96,7 @@ class ModelConfig:
 
     @classmethod
     def from_json(cls, d: dict) -> ModelConfig:
-        d = dict(d)
+        d = {**cls.ABSENT, **d}
         for k in ("stages", "loss_weights", "decoder_depths"):
             if k in d:
                 d[k] = tuple(d[k])
@@ -141,6 +159,24 @@ def mask_to_ids(mask: torch.Tensor, keep: int | None = None) -> tuple[torch.Tens
     return ids_shuffle[:, :keep], ids_restore
 
 
+def path_depths(cfg: ModelConfig) -> tuple[int, ...]:
+    """Decoder blocks on the longest path from the encoder to each stage's head: cascaded, a stage
+    sees every block before it (2 + 2 + 4 -> 2, 4, 8); parallel, its own. A fair parallel arm gives
+    each head the cascade's path depth (`--decoder-depths 2,4,8`)."""
+    return tuple(itertools.accumulate(cfg.decoder_depths)) if cfg.cascade else tuple(cfg.decoder_depths)
+
+
+@functools.lru_cache(maxsize=16)
+def rfft_pair_weights(width: int, device) -> torch.Tensor:
+    """[width // 2 + 1]: how many components of the full 2-D spectrum each rfft2 column stands for
+    (2: a conjugate pair; 1: the first column and, at even widths, the last). Made once per device."""
+    weight = [2.0] * (width // 2 + 1)
+    weight[0] = 1.0
+    if width % 2 == 0:
+        weight[-1] = 1.0
+    return torch.tensor(weight, device=device)
+
+
 def split_depth(total: int, stages: int) -> tuple[int, ...]:
     """Decoder blocks per stage for `total` blocks in all: a quarter (at least one) for each coarse
     stage, the rest for the last (pixel) stage: 8 over 3 stages -> (2, 2, 4), 4 -> (1, 1, 2).
@@ -160,7 +196,7 @@ def split_depth(total: int, stages: int) -> tuple[int, ...]:
 def _blocks(dim: int, depth: int, heads: int, mlp_ratio: float, eps: float) -> nn.ModuleList:
     from timm.models.vision_transformer import Block
 
-    norm = partial(nn.LayerNorm, eps=eps)
+    norm = functools.partial(nn.LayerNorm, eps=eps)
     return nn.ModuleList(Block(dim, heads, mlp_ratio, qkv_bias=True, norm_layer=norm) for _ in range(depth))
 
 
@@ -168,13 +204,13 @@ class MapEmbed(nn.Module):
     """Visible patches' semantic / instance maps -> tokens (the multi-modal input, MultiMAE-style).
 
     Semantic: per-patch class histogram over cells -> linear. Instance: per-patch instance target
-    channels (foreground, boundary, affinities) over cells -> linear."""
+    channels over cells -> linear."""
 
-    def __init__(self, num_classes: int, cells: int, dim: int):
+    def __init__(self, num_classes: int, cells: int, dim: int, channels: int):
         super().__init__()
         self.num_classes = num_classes
         self.sem = nn.Linear(num_classes + 1, dim)
-        self.inst = nn.Linear(cells * cells * 4, dim)
+        self.inst = nn.Linear(cells * cells * channels, dim)
         self.modality = nn.Parameter(torch.zeros(2, dim))
 
     def forward(self, sem: torch.Tensor, inst: torch.Tensor, cells: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -276,7 +312,8 @@ class C2FMAE(nn.Module):
         self.lowres_embed = nn.Conv2d(3, d, kernel_size=low, stride=low) if low else None
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.register_buffer("pos_embed", sincos_pos_embed(d, self.grid, True).unsqueeze(0), persistent=False)
-        self.map_embed = MapEmbed(cfg.num_classes, self.cells, d) if cfg.multimodal_input else None
+        self.inst_channels = len(INSTANCE_TARGETS[cfg.instance_target])
+        self.map_embed = MapEmbed(cfg.num_classes, self.cells, d, self.inst_channels) if cfg.multimodal_input else None
         self.blocks = _blocks(d, cfg.depth, cfg.num_heads, cfg.mlp_ratio, eps)
         self.norm = nn.LayerNorm(d, eps=eps)
 
@@ -284,7 +321,11 @@ class C2FMAE(nn.Module):
         self.decoder_embed = nn.Linear(d, dd)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dd))
         self.register_buffer("decoder_pos_embed", sincos_pos_embed(dd, self.grid, True).unsqueeze(0), persistent=False)
-        out_dims = {"semantic": self.cells**2 * cfg.num_classes, "instance": self.cells**2 * 4, "pixel": p * p * 3}
+        out_dims = {
+            "semantic": self.cells**2 * cfg.num_classes,
+            "instance": self.cells**2 * self.inst_channels,
+            "pixel": p * p * 3,
+        }
         self.stages = nn.ModuleDict(
             {
                 name: DecoderStage(
@@ -395,35 +436,90 @@ class C2FMAE(nn.Module):
             patch["semantic"] = ce / labelled.clamp_min(1)
             losses["semantic"] = (ce * m).sum() / (labelled * m).sum().clamp_min(1)
         if "instance" in preds:
-            bce = F.binary_cross_entropy_with_logits(preds["instance"], targets["instance"], reduction="none")
-            patch["instance"] = bce.mean(-1)
+            patch["instance"] = self.instance_loss(preds["instance"], targets["instance"])
             losses["instance"] = (patch["instance"] * m).sum() / removed
         weights = dict(zip(STAGES, self.cfg.loss_weights, strict=True))
         losses["total"] = sum(weights[k] * v for k, v in losses.items())
         return (losses, patch) if per_patch else losses
 
-    def distill_loss(self, latent, imgs):
-        """FOLK's self-distillation: the student's tokens, through the projector, regress the
-        teacher's tokens of the original image (mean squared error over tokens and channels)."""
+    def instance_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """[N, L, cells^2 * K] logits / targets -> [N, L] loss per patch, averaged over its cells and
+        channels. Local: binary cross-entropy of the four bits. Centre: binary cross-entropy of
+        foreground, boundary and the heatmap, less the targets' own entropy (the heatmap's targets
+        are soft: so every term is 0 for an exact prediction; the gradient is the cross-entropy's),
+        and on foreground cells the L1 error of the offsets at Panoptic-DeepLab's 0.01 per pixel."""
+        if self.cfg.instance_target == "local":
+            return F.binary_cross_entropy_with_logits(pred, target, reduction="none").mean(-1)
+        n, length, _ = pred.shape
+        p, t = pred.reshape(n, length, -1, 5), target.reshape(n, length, -1, 5)
+        soft = t[..., :3]
+        entropy = -(torch.xlogy(soft, soft) + torch.xlogy(1 - soft, 1 - soft))
+        bce = F.binary_cross_entropy_with_logits(p[..., :3], soft, reduction="none") - entropy
+        l1 = (p[..., 3:] - t[..., 3:]).abs() * t[..., :1] * (OFFSET_WEIGHT * self.cfg.patch_size)
+        return torch.cat([bce, l1], -1).mean((-1, -2))
+
+    def distill_loss(self, latent, imgs, views: int = 1):
+        """FOLK's self-distillation, mean squared error from the student's projector to the teacher's
+        normalised tokens. One view: every token of the filtered view regresses the teacher's token
+        of the same (original) crop. Two views (the batch holds all first views, then all second
+        views): each view's CLS token regresses the teacher's CLS of the other view's original (the
+        crops differ, so only the image-level token has a counterpart)."""
         assert self.teacher is not None and self.projector is not None
         target = self.teacher(imgs, self.pos_embed)
-        return F.mse_loss(self.projector(latent[:, : target.shape[1]]).float(), target.float())
+        if views == 1:
+            return F.mse_loss(self.projector(latent[:, : target.shape[1]]).float(), target.float())
+        other = target[:, 0].roll(target.shape[0] // views, 0)  # row i <- the other view of image i
+        return F.mse_loss(self.projector(latent[:, 0]).float(), other.float())
+
+    def frequency_loss(self, pred, imgs, removed):
+        """FOLK's loss on the removed frequencies: the reconstruction (each patch's prediction put
+        back at the target patch's mean and scale, as the pictures show it) against the image, in
+        the Fourier components the view removed (`removed` [N, 1, H, W//2+1]), relative to the
+        image's energy outside the mean: 0 for an exact reconstruction, the fraction of the energy
+        the view lost for one that restores none of it. (Relative to the removed energy alone, a
+        Com view that lost 0.5% would turn any small error into a huge loss.)"""
+        p = self.cfg.patch_size
+        if self.cfg.norm_pix_loss:
+            t = patchify(imgs, p)
+            pred = pred * (t.var(-1, keepdim=True) + 1e-6) ** 0.5 + t.mean(-1, keepdim=True)
+        weight = rfft_pair_weights(imgs.shape[-1], imgs.device)
+        error = torch.fft.rfft2((unpatchify(pred, p) - imgs).float()).abs().pow(2) * weight
+        energy = torch.fft.rfft2(imgs.float()).abs().pow(2) * weight
+        num = (error * removed).sum((1, 2, 3))
+        den = energy.sum((1, 2, 3)) - energy[..., 0, 0].sum(1)  # all but the mean (DC) of each channel
+        return (num / den.clamp_min(1e-6)).mean()
 
     def forward(
-        self, imgs, mask, sem=None, inst=None, keep: int | None = None, *, view=None, lowres=None, loss_on=None
+        self,
+        imgs,
+        mask,
+        sem=None,
+        inst=None,
+        keep: int | None = None,
+        *,
+        view=None,
+        lowres=None,
+        loss_on=None,
+        views: int = 1,
+        removed=None,
     ):
         """-> (losses {stage: scalar, "total": scalar}, predictions {stage: [N, L, out]}).
 
         imgs are the targets; the encoder sees `view` instead where given (FOLK: the image with
         Fourier components removed), minus the `mask`ed patches, with `lowres` patches downsampled
-        (SRMAE). Losses count where `loss_on` [N, L] is 1 (default: the masked patches).
+        (SRMAE). Losses count where `loss_on` [N, L] is 1 (default: the masked patches). FOLK:
+        `views` crops per image stacked in the batch (the distillation pairs them), `removed` the
+        components each view lost (the frequency loss, where `freq_weight` > 0).
         `keep`: patches kept per image, when the caller knows it (saves a device -> host sync)."""
         latent, ids_restore = self.forward_encoder(imgs if view is None else view, mask, sem, inst, keep, lowres)
         preds = self.forward_decoder(latent, ids_restore)
         losses = self.forward_loss(preds, self.targets(imgs, sem, inst), mask if loss_on is None else loss_on)
         if self.teacher is not None:
-            losses["distill"] = self.distill_loss(latent, imgs)
+            losses["distill"] = self.distill_loss(latent, imgs, views)
             losses["total"] = losses["total"] + self.cfg.distill_weight * losses["distill"]
+        if removed is not None and self.cfg.freq_weight > 0 and "pixel" in preds:
+            losses["freq"] = self.frequency_loss(preds["pixel"], imgs, removed)
+            losses["total"] = losses["total"] + self.cfg.freq_weight * losses["freq"]
         return losses, preds
 
     def features(self, imgs, pool: str = "mean"):
@@ -441,7 +537,7 @@ class C2FMAE(nn.Module):
         n, hc = imgs.shape[0], imgs.shape[-1] // self.cfg.cell_size
         return (
             torch.full((n, hc, hc), self.cfg.ignore_index, dtype=torch.long, device=imgs.device),
-            torch.zeros(n, 4, hc, hc, device=imgs.device),
+            torch.zeros(n, self.inst_channels, hc, hc, device=imgs.device),
         )
 
 

@@ -2,7 +2,13 @@
 rounds of equal steps, round r training on data partition r only. Round 0 masks at random; before
 round r >= 1 the model as round r-1 left it scores partition r (each patch's loss averaged over a
 few random maskings of the whole image), and round r masks each crop's highest-loss patches,
-looked up by sample key and mapped through the crop geometry.
+mapped through the crop geometry. The lookup costs the step nothing on the host: the round's
+scores are one table on the device, the DataLoader workers put each sample's `row` in it into the
+batch, and the step gathers the rows with `index_select`.
+
+Scoring runs at the GPU's pace: DataLoader workers decode the partition's images, the passes run
+under bf16 autocast on CUDA (compiled with `--compile`), each rank scores its share of the shards,
+and the scores stay on the device until one copy at the end.
 
 The scores of round r are saved as OUTPUT/smir_round{r}.pt the moment they exist, so a run that
 resumes inside a round masks with the same scores it would have used had it not stopped.
@@ -12,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,18 +48,22 @@ class Scores:
     """Per-patch losses of one round's partition, on the whole image's g x g patch grid."""
 
     keys: list[str]
-    loss: torch.Tensor  # [K, g, g] float16
+    loss: torch.Tensor  # [K, g, g] float16, on the host
 
-    def __post_init__(self):
-        self.row = {k: i for i, k in enumerate(self.keys)}
+    def rows(self) -> dict[str, int]:
+        """Each scored key's row in `table` (for the DataLoader workers)."""
+        return {k: i for i, k in enumerate(self.keys)}
 
-    def for_batch(self, keys: list[str], crop: torch.Tensor, grid: int, device) -> torch.Tensor:
-        """[N, grid*grid] losses of a batch's crops; a sample the round did not score gets equal
-        losses (and so a random mask: selective_mask's tie-break)."""
-        g = self.loss.shape[-1]
-        blank = torch.zeros(1, g, g, dtype=self.loss.dtype)
-        rows = torch.cat([self.loss[self.row[k]][None] if k in self.row else blank for k in keys])
-        return loss_in_crop(rows.to(device).float(), crop, grid)
+    @property
+    def blank_row(self) -> int:
+        """The row of a sample the round did not score: equal losses, so a random mask
+        (selective_mask's tie-break)."""
+        return len(self.keys)
+
+    def table(self, device) -> torch.Tensor:
+        """[K + 1, g, g] float16 on `device`: the scores, then the blank row (one copy per round)."""
+        blank = torch.zeros(1, *self.loss.shape[1:], dtype=self.loss.dtype)
+        return torch.cat([self.loss, blank]).to(device)
 
 
 def cache_path(out: Path, r: int) -> Path:
@@ -60,15 +71,23 @@ def cache_path(out: Path, r: int) -> Path:
 
 
 @torch.no_grad()
-def score_partition(model, batches: Iterator[dict[str, Any]], passes: int, ratio: float, generator) -> Scores:
-    """Score prepared whole-image batches (data.prepare) with `model`: -> Scores."""
+def score_partition(
+    model, batches: Iterator[dict[str, Any]], passes: int, ratio: float, generator, scorer=None, bf16: bool = True
+) -> Scores:
+    """Score prepared whole-image batches (data.prepare) with `model` (bf16 autocast on CUDA;
+    `scorer`: methods.patch_losses or a compiled copy): -> Scores. The losses stay on the device
+    until one copy to the host at the end."""
     keys, losses = [], []
     g = model.grid
+    device = next(model.parameters()).device
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and bf16 else nullcontext()
     for batch in batches:
-        loss = estimate_patch_loss(model, batch, passes, ratio, generator)
+        with amp:
+            loss = estimate_patch_loss(model, batch, passes, ratio, generator, scorer)
         keys += batch["key"]
-        losses.append(loss.reshape(-1, g, g).half().cpu())
-    return Scores(keys, torch.cat(losses) if losses else torch.zeros(0, g, g, dtype=torch.float16))
+        losses.append(loss.reshape(-1, g, g).half())
+    loss = torch.cat(losses).cpu() if losses else torch.zeros(0, g, g, dtype=torch.float16)
+    return Scores(keys, loss)
 
 
 def round_scores(out: Path, r: int, score, rank: int, world: int) -> Scores:
@@ -101,8 +120,9 @@ def round_scores(out: Path, r: int, score, rank: int, world: int) -> Scores:
         raise UsageError(f"{path}: unreadable SMIR scores ({type(e).__name__}); delete it to score again") from None
 
 
-def with_scores(batches: Iterator[dict[str, Any]], scores: Scores, grid: int) -> Iterator[dict[str, Any]]:
-    """Add each prepared batch's `patch_loss` [N, L] from the round's scores."""
+def with_scores(batches: Iterator[dict[str, Any]], table: torch.Tensor, grid: int) -> Iterator[dict[str, Any]]:
+    """Add each prepared batch's `patch_loss` [N, L]: its rows of the round's table (`Scores.table`,
+    by the `row` the workers put in the batch) mapped through the crops. On the device, no sync."""
     for batch in batches:
-        batch["patch_loss"] = scores.for_batch(batch["key"], batch["crop"], grid, batch["image"].device)
+        batch["patch_loss"] = loss_in_crop(table.index_select(0, batch.pop("row")).float(), batch["crop"], grid)
         yield batch

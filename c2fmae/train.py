@@ -13,7 +13,7 @@ import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 
 @dataclass
@@ -62,7 +62,7 @@ class TrainConfig:
         default="",
         metadata={
             "help": "blocks per stage, coarse to fine, e.g. 2,2,4 (empty: --decoder-depth split, a quarter "
-            "per coarse stage)"
+            "per coarse stage); 2,4,8 with --decoder parallel: every head as deep as its cascaded path"
         },
     )
     decoder_heads: int = field(default=0, metadata={"help": "decoder attention heads (0: the model's)"})
@@ -71,6 +71,14 @@ class TrainConfig:
         default=False, metadata={"help": "embed visible patches' masks as extra encoder tokens"}
     )
     loss_weights: str = field(default="1,1,1", metadata={"help": "weights of the semantic, instance, pixel losses"})
+    instance_target: str = field(
+        default="centre",
+        metadata={
+            "help": "the instance stage's target: centre (heatmap + each cell's offset to its instance's centre, "
+            "Panoptic-DeepLab's) or local (foreground, boundary, right/down affinities)",
+            "choices": ["centre", "local"],
+        },
+    )
     # schedule
     steps: int = field(default=0, metadata={"help": "optimizer steps in total (0: use --epochs)"})
     epochs: int = field(default=1, metadata={"help": "epochs of --steps-per-epoch steps, when --steps is 0"})
@@ -116,6 +124,22 @@ class TrainConfig:
         metadata={"help": "FOLK: fractions of each image's spectral energy removed (weakest components first)"},
     )
     folk_momentum: float = field(default=0.996, metadata={"help": "FOLK: teacher EMA momentum (cosine to 1)"})
+    folk_filters: str = field(
+        default="com,rcom",
+        metadata={
+            "help": "FOLK: filters each view draws from: com (remove the weakest components), rcom (keep only them)"
+        },
+    )
+    folk_views: int = field(
+        default=2,
+        metadata={
+            "help": "FOLK: crops per image (2: each view's student predicts the teacher of the other view; "
+            "1: of its own)"
+        },
+    )
+    folk_freq_weight: float = field(
+        default=0.0, metadata={"help": "FOLK: weight of a loss on the removed frequencies (0: off)"}
+    )
     distill_weight: float = field(default=1.0, metadata={"help": "FOLK: weight of the self-distillation loss"})
     projector_hidden: int = field(
         default=0, metadata={"help": "FOLK: hidden width of the student's projector (0: 4 x encoder width)"}
@@ -130,10 +154,20 @@ class TrainConfig:
     )
     shuffle_buffer: int = field(default=1000, metadata={"help": "samples in each worker's shuffle buffer"})
     interleave: int = field(default=4, metadata={"help": "shards each DataLoader worker reads at once"})
+    decode: str = field(
+        default="cpu",
+        metadata={
+            "help": "where JPEGs are decoded and cropped: cpu (the DataLoader workers) or gpu (batched nvJPEG on "
+            "the training device; the workers send the bytes)",
+            "choices": ["cpu", "gpu"],
+        },
+    )
     seed: int = field(default=0, metadata={"help": "seed for weights, data order, augmentation and masks"})
     # run
     bf16: bool = field(default=True, metadata={"help": "bf16 autocast on CUDA"})
-    compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    compile: bool = field(
+        default=False, metadata={"help": "torch.compile the DDP-wrapped model and SMIR's scoring passes"}
+    )
     log_every: int = field(
         default=10, metadata={"help": "print (and read the GPU's figures) every N steps; metrics.jsonl gets every step"}
     )
@@ -152,6 +186,15 @@ class TrainConfig:
         default=0,
         metadata={"help": "leave after this many steps in this process, with a checkpoint (0: run to the end)"},
     )
+
+    # What a checkpoint written before a field existed meant by leaving it out.
+    ABSENT: ClassVar[dict[str, Any]] = {
+        "instance_target": "local",
+        "folk_filters": "com",
+        "folk_views": 1,
+        "folk_freq_weight": 0.0,
+        "decode": "cpu",
+    }
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -187,6 +230,13 @@ def with_method(cfg: TrainConfig) -> TrainConfig:
         problems.append(f"--method srmae degrades patches: --lowres-factor must be 2 or more, got {cfg.lowres_factor}")
     if cfg.selective_passes < 1:
         problems.append("--selective-passes must be at least 1")
+    from .methods import FOLK_FILTERS
+
+    filters = [f.strip() for f in cfg.folk_filters.split(",")]
+    if not filters or any(f not in FOLK_FILTERS for f in filters) or len(set(filters)) < len(filters):
+        problems.append(f"--folk-filters: one or both of {','.join(FOLK_FILTERS)}, got {cfg.folk_filters!r}")
+    if cfg.folk_views not in (1, 2):
+        problems.append(f"--folk-views must be 1 or 2, got {cfg.folk_views}")
     if not 0 <= cfg.mask_ratio < 1:
         problems.append(f"--mask-ratio must be in [0, 1), got {cfg.mask_ratio}")
     try:
@@ -217,6 +267,8 @@ def model_config_for(cfg: TrainConfig, spec):
         "distill": cfg.method == "folk",
         "distill_weight": cfg.distill_weight,
         "projector_hidden": cfg.projector_hidden,
+        "instance_target": cfg.instance_target,
+        "freq_weight": cfg.folk_freq_weight if cfg.method == "folk" else 0.0,
     }
     for name in ("img_size", "patch_size", "cell_size", "decoder_dim", "decoder_heads"):
         if getattr(cfg, name):
@@ -260,6 +312,8 @@ def make_loop(cfg: TrainConfig, schedule, ignore_index: int, rank: int):
         selective_rounds=cfg.selective_rounds,
         folk_thresholds=_floats(cfg.folk_thresholds),
         folk_momentum=cfg.folk_momentum,
+        folk_filters=tuple(f.strip() for f in cfg.folk_filters.split(",")),
+        folk_views=cfg.folk_views,
     )
     return Loop(
         schedule,
@@ -269,6 +323,7 @@ def make_loop(cfg: TrainConfig, schedule, ignore_index: int, rank: int):
         grad_clip=cfg.grad_clip,
         bf16=cfg.bf16,
         method=method,
+        compile=cfg.compile,
     )
 
 
@@ -327,25 +382,29 @@ def run(cfg: TrainConfig) -> int:
         start, run_info = restore(ckpt, state, model, optimizer, run_info)
     loop = make_loop(cfg, schedule, model.cfg.ignore_index, env.rank)
     # `model` stays the plain module (state dicts, config, pictures); `train_model` is what steps.
-    train_model = torch.compile(model) if cfg.compile else model
-    if env.world > 1:
-        ids = [env.local] if env.device.type == "cuda" else None
-        train_model = torch.nn.parallel.DistributedDataParallel(train_model, device_ids=ids)
+    train_model = wrap_for_training(model, env, cfg.compile)
     end = min(schedule.total_steps, start + cfg.stop_after) if cfg.stop_after else schedule.total_steps
     curriculum = loop.masking.curriculum if cfg.masking == "curriculum" else None
     log = RunLog(out, env.rank, env.world, start, cfg.log_every, cfg.vis_every, curriculum)
     if env.rank == 0:
         print(banner(cfg, model, env, schedule, start, run_info["workers"]))
 
+    def picture_step(step: int) -> bool:  # the only steps whose batch and predictions outlive them
+        return log.pictures_at(step, step == end - 1)
+
     # One piece of steps, one data stream; SMIR's iterative form has a piece (and partition) per round.
     for first, stop, rnd in segments(start, end, schedule.total_steps, cfg.selective_rounds):
         partition = (rnd, cfg.selective_rounds) if rnd is not None else None
-        loader = make_loader(stream_config(cfg, schedule, model.cfg, env, first, partition), run_info["workers"])
-        batches = device_batches(loader, env.device, model.cells)
-        if rnd:  # rounds after the first mask by the previous round's model's scores
-            scores = round_scores(out, rnd, functools.partial(score_round, cfg, model, env, rnd), env.rank, env.world)
-            batches = with_scores(batches, scores, model.grid)
-        for step_out in train_steps(train_model, optimizer, batches, range(first, stop), loop):
+        scores = None
+        if rnd:  # rounds after the first mask by the previous round's model's scores (scored before the stream starts)
+            score = functools.partial(score_round, cfg, model, env, rnd, run_info["workers"])
+            scores = round_scores(out, rnd, score, env.rank, env.world)
+        stream = stream_config(cfg, schedule, model.cfg, env, first, partition, scores)
+        loader = make_loader(stream, run_info["workers"])
+        batches = device_batches(loader, env.device, model.cells, model.cfg.instance_target, model.cfg.img_size)
+        if scores is not None:
+            batches = with_scores(batches, scores.table(env.device), model.grid)
+        for step_out in train_steps(train_model, optimizer, batches, range(first, stop), loop, keep=picture_step):
             step, last = step_out.step, step_out.step == end - 1
             log.step(step_out, schedule.progress(step), model.cfg, last)
             if (step + 1) % cfg.ckpt_every == 0 or last or step + 1 == stop:
@@ -359,25 +418,46 @@ def run(cfg: TrainConfig) -> int:
     return 0
 
 
-def score_round(cfg: TrainConfig, model, env: Dist, rnd: int):
-    """SMIR: this rank's share of round `rnd`'s partition, scored by the model as it is now."""
+def wrap_for_training(model, env: Dist, compile: bool):
+    """The module the steps run: DDP around the model under torchrun, then torch.compile around
+    that. Compiled last, dynamo sees DDP's gradient buckets and splits the graph at them
+    (`torch._dynamo.config.optimize_ddp`), so each bucket's all-reduce starts while the backward
+    of the layers before it still runs; compiled first and wrapped after, DDP would see one opaque
+    graph and reduce only once its whole backward is done."""
     import torch
 
-    from .data import device_batches, expand_urls, whole_image_batches
-    from .methods import PROBE_RATIO
+    train_model = model
+    if env.world > 1:
+        ids = [env.local] if env.device.type == "cuda" else None
+        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return torch.compile(train_model) if compile else train_model
+
+
+def score_round(cfg: TrainConfig, model, env: Dist, rnd: int, workers: int):
+    """SMIR: this rank's share of round `rnd`'s partition (every world-th shard), scored by the model
+    as it is now: `workers` DataLoader processes decode, bf16 autocast on CUDA, the passes compiled
+    with --compile."""
+    import torch
+
+    from .data import device_batches, expand_urls, whole_image_batches, whole_image_loader
+    from .methods import PROBE_RATIO, patch_losses
     from .rounds import score_partition
 
     urls = expand_urls(cfg.shards)[env.rank :: env.world]
-    raw = whole_image_batches(
-        urls, cfg.batch_size, model.cfg.img_size, model.cfg.cell_size, (rnd, cfg.selective_rounds)
-    )
+    part, m = (rnd, cfg.selective_rounds), model.cfg
+    if workers > 0:
+        raw = whole_image_loader(urls, cfg.batch_size, m.img_size, m.cell_size, part, workers)
+    else:
+        raw = whole_image_batches(urls, cfg.batch_size, m.img_size, m.cell_size, part)
     generator = torch.Generator(env.device).manual_seed(cfg.seed * 1_000_003 + 7919 * rnd + env.rank)
-    batches = device_batches(raw, env.device, model.cells)
-    return score_partition(model, batches, cfg.selective_passes, PROBE_RATIO, generator)
+    batches = device_batches(raw, env.device, model.cells, m.instance_target, m.img_size)
+    scorer = torch.compile(patch_losses) if cfg.compile else patch_losses
+    return score_partition(model, batches, cfg.selective_passes, PROBE_RATIO, generator, scorer, cfg.bf16)
 
 
-def stream_config(cfg: TrainConfig, schedule, mcfg, env: Dist, start: int, partition=None):
-    """This rank's data stream, from step `start` on (micro-batches are counted from step 0)."""
+def stream_config(cfg: TrainConfig, schedule, mcfg, env: Dist, start: int, partition=None, scores=None):
+    """This rank's data stream, from step `start` on (micro-batches are counted from step 0); in
+    SMIR's rounds, `scores` gives each sample its row in the round's table."""
     from .data import StreamConfig, expand_urls
 
     urls, keys = expand_urls(cfg.shards), None
@@ -401,6 +481,10 @@ def stream_config(cfg: TrainConfig, schedule, mcfg, env: Dist, start: int, parti
         rank=env.rank,
         world=env.world,
         partition=partition,
+        views=cfg.folk_views if cfg.method == "folk" else 1,
+        decode=cfg.decode,
+        rows=scores.rows() if scores is not None else None,
+        blank_row=scores.blank_row if scores is not None else 0,
     )
 
 
@@ -414,17 +498,25 @@ def read_shards(source: str, read_spec):
 
 
 def banner(cfg: TrainConfig, model, env: Dist, s, start: int, workers: int) -> str:
+    from .model import path_depths
+
     m = model.cfg
     global_batch = cfg.batch_size * cfg.accum_steps * env.world
     decoder = f"{cfg.decoder} {'+'.join(map(str, m.decoder_depths))} x {m.decoder_dim} ({m.decoder_heads} heads)"
     if m.cascade and len(m.stages) > 1:
         decoder += f", link {m.cascade_link}"
+    decoder += f", blocks to each head {','.join(map(str, path_depths(m)))}"
+    if "instance" in m.stages:
+        decoder += f", instance target {m.instance_target}"
+    if cfg.method == "folk":
+        decoder += f"; FOLK {cfg.folk_views} view(s), filters {cfg.folk_filters}"
     return (
         f"c2fmae: {cfg.method} on {cfg.model}, "
         f"{sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6:.1f}M trained params, "
         f"decoder {decoder}, stages {','.join(m.stages)}; {env.world} process(es), global batch {global_batch}, "
         f"lr {s.peak_lr:.2e}, warmup {s.warmup_steps}, steps {start}->{s.total_steps} ({s.steps_per_epoch}/epoch), "
-        f"masking {cfg.masking} {cfg.mask_ratio:g}, device {env.device}, {workers} loader workers"
+        f"masking {cfg.masking} {cfg.mask_ratio:g}, device {env.device}, {workers} loader workers, "
+        f"JPEGs decoded on the {cfg.decode}"
     )
 
 

@@ -1,6 +1,6 @@
 """One PNG per logged step: input | what the encoder saw (masked; FOLK's filtered view; SRMAE's
 low-resolution patches) | pixel reconstruction | semantic target | semantic prediction |
-instance target (foreground + boundaries) | instance prediction."""
+instance target (foreground, boundaries, centres) | instance prediction."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from .data import MEAN, STD
-from .model import patchify, unpatchify
+from .model import INSTANCE_TARGETS, patchify, unpatchify
 
 TILE = 160
 
@@ -26,6 +26,13 @@ def _rgb(x: torch.Tensor) -> np.ndarray:
 
 def _tile(arr: np.ndarray) -> Image.Image:
     return Image.fromarray(arr).resize((TILE, TILE), Image.Resampling.NEAREST)
+
+
+def _instance_rgb(maps: np.ndarray, target: str) -> np.ndarray:
+    """Boundary red, foreground green; blue: the centre heatmap (centre target) or a tint of the
+    foreground (local target). maps: [K, Hc, Wc] in [0, 1]."""
+    blue = maps[2] if target == "centre" else maps[0] * 0.3
+    return (np.clip(np.stack([maps[1], maps[0], blue], -1), 0, 1) * 255).astype(np.uint8)
 
 
 @torch.no_grad()
@@ -55,11 +62,12 @@ def save_reconstruction(path: Path, batch, mask, preds, mcfg, seen=None) -> None
         logits = preds["semantic"][:1].float().cpu().reshape(1, -1, cells * cells, mcfg.num_classes).argmax(-1)
         tiles.append(("sem. pred", _tile(pal[unpatchify(logits.float(), cells, 1)[0, 0].long().numpy()])))
     inst_t = batch["inst_cells"][0].cpu().numpy()
-    tiles.append(("instances", _tile((np.stack([inst_t[1], inst_t[0], inst_t[0] * 0.3], -1) * 255).astype(np.uint8))))
+    tiles.append(("instances", _tile(_instance_rgb(inst_t, mcfg.instance_target))))
     if "instance" in preds:
-        pred = torch.sigmoid(preds["instance"][:1].float().cpu())  # [1, L, cells*cells*4]
-        maps = unpatchify(pred, cells, 4)[0].numpy()  # [4, Hc, Wc]
-        tiles.append(("inst. pred", _tile((np.stack([maps[1], maps[0], maps[0] * 0.3], -1) * 255).astype(np.uint8))))
+        k = len(INSTANCE_TARGETS[mcfg.instance_target])
+        pred = torch.sigmoid(preds["instance"][:1].float().cpu())  # [1, L, cells*cells*K]
+        maps = unpatchify(pred, cells, k)[0].numpy()  # [K, Hc, Wc]
+        tiles.append(("inst. pred", _tile(_instance_rgb(maps, mcfg.instance_target))))
     canvas = Image.new("RGB", (len(tiles) * (TILE + 4), TILE + 16), (24, 24, 24))
     draw = ImageDraw.Draw(canvas)
     for i, (name, t) in enumerate(tiles):

@@ -203,7 +203,7 @@ class ClassicalLabeler(LocalLabeler):
     def _run(self, images: list[np.ndarray]) -> list[Labels]:
         return [label_image(im, self.params) for im in images]
 
-    def label(self, images: list[np.ndarray]) -> list[Labels | Exception]:
+    def label(self, images: list[np.ndarray], contexts=None) -> list[Labels | Exception]:
         return label_each(self._run, images)
 
     def label_space(self) -> LabelSpace:

@@ -12,8 +12,9 @@ class LabelerConfig:
     preset: str = field(
         default="panoptic",
         metadata={
-            "help": "labeler preset: panoptic | eomt | sam | classical | tiny-random | tiny-random-panoptic | "
-            "tiny-random-eomt | empty (docs/LABELERS.md)"
+            "help": "labeler preset: panoptic | eomt | sam | grounded | sam3 | classical | tiny-random | "
+            "tiny-random-panoptic | tiny-random-eomt | tiny-random-grounded | tiny-random-sam3 | empty "
+            "(docs/LABELERS.md)"
         },
     )
     semantic_model: str = field(
@@ -28,7 +29,32 @@ class LabelerConfig:
         },
     )
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N, or auto (cuda when available)"})
-    compile: bool = field(default=False, metadata={"help": "torch.compile the models (GPU runs with many images)"})
+    code_path: str = field(
+        default="auto",
+        metadata={
+            "help": "how pre/post-processing is laid out: gpu = whole-tensor passes, no host syncs before the batch's "
+            "one download (what CUDA runs; selectable on a CPU, where its launches and syncs can be counted: "
+            "bench/bench_dispatch.py); cpu = cache-sized bands, host-side compaction, per-cell semantic decisions "
+            "(fast on CPUs); auto = gpu on CUDA, cpu elsewhere. Same maps either way",
+            "choices": ["auto", "gpu", "cpu"],
+        },
+    )
+    precision: str = field(
+        default="auto",
+        metadata={
+            "help": "forward-pass precision: bf16 or fp16 autocast, fp32, or tf32 (fp32 storage, TF32 matmuls and "
+            "convolutions on CUDA); auto = bf16 on CUDA (tensor cores: several times fp32's speed; bf16 against fp32 "
+            "maps: docs/LABELERS.md), fp32 on CPUs (bf16 is slower there without AMX)",
+            "choices": ["auto", "bf16", "fp16", "fp32", "tf32"],
+        },
+    )
+    compile: bool = field(
+        default=False,
+        metadata={
+            "help": "torch.compile the models, once per canvas bucket: canvases are padded to a few fixed shapes "
+            "(GPU runs with many images; docs/LABELERS.md)"
+        },
+    )
     pad_multiple: int = field(
         default=32,
         metadata={
@@ -37,7 +63,20 @@ class LabelerConfig:
         },
     )
     fixed_cost_seconds: float = field(
-        default=0.05, metadata={"help": "`fixed-cost` preset only: seconds spent per image"}
+        default=0.05,
+        metadata={"help": "`fixed-cost` preset only: seconds per image on a simulated device (the GIL released)"},
+    )
+    fixed_cost_host_seconds: float = field(
+        default=0.0,
+        metadata={"help": "`fixed-cost` preset only: seconds per image of host work holding the GIL (benchmarks)"},
+    )
+    fixed_cost_fault: str = field(
+        default="",
+        metadata={
+            "help": "`fixed-cost` preset only, fault injection: when this file exists, a labeling process removes it "
+            "and fails as a GPU does after an illegal memory access (sticky); a number N in it delays the fault "
+            "to that process's batch N+1"
+        },
     )
 
 
@@ -109,9 +148,56 @@ class PanopticConfig:
         default="auto",
         metadata={
             "help": "panoptic: class ids that are objects (instances), e.g. '0-79,90'; 'auto': the model config's "
-            "thing list, else the known split of its label space (ADE20K-150: 100 things), else every class"
+            "thing list, else the known split of its label space (ADE20K-150: 100 things; COCO panoptic: 80), "
+            "else every class"
         },
     )
+
+
+@dataclass
+class GroundedConfig:
+    """The text-prompted presets, `grounded` and `sam3` (docs/LABELERS.md). Defaults: Grounding DINO's
+    own inference thresholds (box 0.35, text 0.25), SAM's mask logit 0, SAM 3's score 0.5."""
+
+    prompts: str = field(
+        default="",
+        metadata={
+            "help": "grounded/sam3: a JSON file {key or class folder or '*': prompt} or a text file (one prompt for "
+            "all images); images without an entry are prompted with their ImageNet-1K class's lemmas"
+        },
+    )
+    grounding_model: str = field(
+        default="IDEA-Research/grounding-dino-base",
+        metadata={"help": "grounded: Grounding DINO or MM-Grounding-DINO, Hugging Face id or local directory"},
+    )
+    box_sam_model: str = field(
+        default="syscv-community/sam-hq-vit-huge",
+        metadata={"help": "grounded: the box-prompted mask model, SAM-HQ or SAM (e.g. facebook/sam-vit-huge)"},
+    )
+    sam3_model: str = field(default="facebook/sam3", metadata={"help": "sam3: the SAM 3 model, id or directory"})
+    stuff_model: str = field(
+        default="",
+        metadata={
+            "help": "grounded/sam3: an ADE20K-150 semantic model (e.g. nvidia/segformer-b5-finetuned-ade-640-640) "
+            "whose stuff classes fill the pixels outside the image's objects; empty: background there"
+        },
+    )
+    box_threshold: float = field(default=0.35, metadata={"help": "grounded: minimum box score (Grounding DINO)"})
+    text_threshold: float = field(
+        default=0.25, metadata={"help": "grounded: minimum score of the prompt phrase a box matched"}
+    )
+    box_nms: float = field(
+        default=0.8, metadata={"help": "grounded: box IoU above which a lower-scoring box of the prompt is dropped"}
+    )
+    max_detections: int = field(default=32, metadata={"help": "grounded/sam3: most instances kept per image"})
+    mask_logit_threshold: float = field(
+        default=0.0, metadata={"help": "grounded: SAM mask logit that counts as inside (SAM's own: 0)"}
+    )
+    hq_token_only: bool = field(
+        default=False, metadata={"help": "grounded with SAM-HQ: masks from the HQ token alone (HQ-SAM's option)"}
+    )
+    sam3_threshold: float = field(default=0.5, metadata={"help": "sam3: minimum instance score (query x presence)"})
+    sam3_mask_threshold: float = field(default=0.5, metadata={"help": "sam3: mask probability that counts as inside"})
 
 
 @dataclass
@@ -121,6 +207,7 @@ class Settings:
     labeler: LabelerConfig = field(default_factory=LabelerConfig)
     sam: SamConfig = field(default_factory=SamConfig)
     panoptic: PanopticConfig = field(default_factory=PanopticConfig)
+    grounded: GroundedConfig = field(default_factory=GroundedConfig)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

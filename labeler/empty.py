@@ -20,7 +20,7 @@ class EmptyLabeler(LocalLabeler):
     # instead of decoding it into an array (shards.image.prepare_image(pixels=False)).
     needs_pixels = False
 
-    def label(self, images: list[np.ndarray]) -> list[Labels]:
+    def label(self, images: list[np.ndarray], contexts=None) -> list[Labels]:
         # Constant maps as zero-stride views: no memory per pixel, and shards.png encodes each
         # (size, value) once instead of deflating every map.
         ignore, zero = np.uint8(fmt.semantic_ignore(0)), np.uint16(0)

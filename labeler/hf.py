@@ -10,17 +10,16 @@ one forward per canvas, and `postprocess` turns the outputs into maps and instan
 from __future__ import annotations
 
 import inspect
-import os
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from shards import format as fmt
-from shards.errors import first_line
 from shards.manifest import LabelSpace
 
 from .base import LabelerLoadError, resolve_device
+from .hub import from_pretrained
 from .timing import StageClock
 
 UNIVERSAL = {"mask2former", "oneformer", "maskformer", "eomt"}  # mask classification: semantic/instance/panoptic
@@ -39,13 +38,13 @@ class Segmenter:
         return {int(k): v for k, v in self.model.config.id2label.items()}
 
 
-def load_segmenter(source: str, device: str = "auto", compile: bool = False) -> Segmenter:
-    """A Hugging Face id or a local directory -> processor + model in eval mode on `device`.
+def load_segmenter(source: str, device: str = "auto", compile: bool = False, backend: str = "inductor") -> Segmenter:
+    """A Hugging Face id or a local directory -> processor + model in eval mode on `device`; `compile`:
+    torch.compile'd for fixed shapes (precision.compile_model; run it with canvas buckets).
 
-    Local directories load directly. Hub ids load from the local cache first; if absent, one
-    download is tried (with short timeouts) and a failure says how to pass a local path instead.
+    Loaded by labeler/hub.py's rule: local directories directly; hub ids from the local cache first,
+    else one download with short timeouts; a failure says how to pass a local path instead.
     """
-    import torch
     from transformers import (
         AutoConfig,
         AutoImageProcessor,
@@ -53,10 +52,6 @@ def load_segmenter(source: str, device: str = "auto", compile: bool = False) -> 
         AutoModelForUniversalSegmentation,
         AutoProcessor,
     )
-
-    local = os.path.isdir(source)
-    if not local and os.path.exists(source):
-        raise LabelerLoadError(f"{source!r} is a file; pass the model's directory (config.json + weights)")
 
     def _load(local_only: bool):
         config = AutoConfig.from_pretrained(source, local_files_only=local_only)
@@ -67,29 +62,13 @@ def load_segmenter(source: str, device: str = "auto", compile: bool = False) -> 
         processor = proc_cls.from_pretrained(source, local_files_only=local_only)
         return config, model, processor
 
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # one bar per weight file and per worker is noise in job logs
-    try:
-        try:
-            config, model, processor = _load(local_only=True)
-        except OSError:
-            if local or os.environ.get("HF_HUB_OFFLINE") == "1":
-                raise
-            os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
-            os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "30")
-            config, model, processor = _load(local_only=False)
-    except (OSError, ValueError, KeyError) as e:
-        raise LabelerLoadError(
-            f"cannot load segmentation model {source!r}: {first_line(e)}\n"
-            "  Pass a local directory (the output of `save_pretrained`, or a snapshot made with "
-            f"`huggingface-cli download {source} --local-dir DIR` on a machine with network access), "
-            "or pre-fill the Hugging Face cache (HF_HOME) on every worker."
-        ) from None
+    config, model, processor = from_pretrained(source, "segmentation model", _load)
     device = resolve_device(device)
     model = model.to(device).eval()
     if compile:
-        model = torch.compile(model)
+        from .precision import compile_model
+
+        model = compile_model(model, backend)
     return Segmenter(processor, model, config.model_type, source, device)
 
 
@@ -104,16 +83,22 @@ def parse_ids(spec: str) -> set[int]:
 
 class HFRunner:
     """Preprocessing and forward passes of one model, on its device: images -> (group, outputs) per
-    canvas. `task` conditions OneFormer's queries ("semantic" or "panoptic")."""
+    canvas. `task` conditions OneFormer's queries ("semantic" or "panoptic"); `precision` the forward
+    (default: `auto` for the device); `buckets` pads canvases to a few fixed shapes (for --compile)."""
 
-    def __init__(self, seg: Segmenter, task: str, pad_multiple: int, clock: StageClock):
+    def __init__(
+        self, seg: Segmenter, task: str, pad_multiple: int, clock: StageClock, precision=None, buckets: bool = False
+    ):
         import torch
 
+        from .precision import resolve_precision
         from .preprocess import HFPreprocessor
 
         self.seg, self.clock = seg, clock
         self.device = torch.device(seg.device)
-        self.prep = HFPreprocessor(seg.processor, seg.model_type, pad_multiple)
+        self.precision = precision or resolve_precision("auto", self.device)
+        self.prep = HFPreprocessor(seg.processor, seg.model_type, pad_multiple, buckets)
+        self.buckets = buckets
         forward = getattr(seg.model, "_orig_mod", seg.model).forward  # through torch.compile's wrapper
         self.takes_pixel_mask = "pixel_mask" in inspect.signature(forward).parameters
         self.task_inputs = None
@@ -128,16 +113,18 @@ class HFRunner:
         with self.clock.stage("preprocess"):
             groups = self.prep(images)
         results = []
-        cuda = self.device.type == "cuda"
         for g in groups:
             kwargs: dict[str, Any] = {"pixel_values": g.pixel_values}
             if self.takes_pixel_mask:
                 kwargs["pixel_mask"] = g.pixel_mask
             if self.task_inputs is not None:
                 kwargs["task_inputs"] = self.task_inputs.expand(len(g.index), -1)
-            with self.clock.stage("forward"), torch.inference_mode():
-                with torch.autocast("cuda", torch.bfloat16, enabled=cuda):
-                    results.append((g, self.seg.model(**kwargs)))
+            if self.buckets:  # compiled: one graph per canvas bucket for every group size > 1
+                from .precision import mark_batch_dynamic
+
+                mark_batch_dynamic(*kwargs.values())
+            with self.clock.stage("forward"), torch.inference_mode(), self.precision.autocast():
+                results.append((g, self.seg.model(**kwargs)))
         return results
 
 
@@ -148,12 +135,21 @@ def _is_mask_classification(outputs) -> bool:
 class SemanticSegmenter:
     """Per-pixel class ids at each image's own size, from any semantic or mask-classification model."""
 
-    def __init__(self, seg: Segmenter, pad_multiple: int = 32, clock: StageClock | None = None):
+    def __init__(
+        self,
+        seg: Segmenter,
+        pad_multiple: int = 32,
+        clock: StageClock | None = None,
+        gpu: bool | None = None,
+        precision=None,
+        buckets: bool = False,
+    ):
         import torch
 
         self.seg = seg
         self.clock = clock or StageClock(seg.device)
-        self.runner = HFRunner(seg, "semantic", pad_multiple, self.clock)
+        self.runner = HFRunner(seg, "semantic", pad_multiple, self.clock, precision, buckets)
+        self.gpu = self.runner.device.type == "cuda" if gpu is None else gpu  # post-processing's layout
         self.num_classes = len(seg.id2label)
         self.dtype = torch.uint8 if fmt.semantic_dtype(self.num_classes) == "uint8" else torch.uint16
 
@@ -171,11 +167,12 @@ class SemanticSegmenter:
                     if _is_mask_classification(o):
                         masks = o.masks_queries_logits[j]
                         hw = masks.shape[-2:]
-                        m = semantic_from_queries(o.class_queries_logits[j], masks, p.region(hw), p.size, p.step(hw))
+                        cls = o.class_queries_logits[j]
+                        m = semantic_from_queries(cls, masks, p.region(hw), p.size, p.step(hw), gpu=self.gpu)
                     else:
                         logits = o.logits[j]
                         hw = logits.shape[-2:]
-                        m = semantic_from_logits(logits, p.region(hw), p.size, p.step(hw))
+                        m = semantic_from_logits(logits, p.region(hw), p.size, p.step(hw), gpu=self.gpu)
                     out[i] = m.to(self.dtype)
         return out
 
@@ -183,7 +180,7 @@ class SemanticSegmenter:
         """Host arrays in and out (tests, tools); labelers use `run` inside one upload/download."""
         from .transfer import Download, upload
 
-        return Download(self.run(upload(images, self.runner.device))).result()
+        return Download(self.run(upload(images, self.runner.device, self.gpu)), self.gpu).result()
 
 
 class PanopticLabeler:
@@ -205,6 +202,9 @@ class PanopticLabeler:
         pad_multiple: int = 32,
         compact: bool | None = None,
         clock: StageClock | None = None,
+        gpu: bool | None = None,
+        precision=None,
+        buckets: bool = False,
     ):
         import torch
 
@@ -217,7 +217,8 @@ class PanopticLabeler:
             )
         self.seg = seg
         self.clock = clock or StageClock(seg.device)
-        self.runner = HFRunner(seg, "panoptic", pad_multiple, self.clock)
+        self.runner = HFRunner(seg, "panoptic", pad_multiple, self.clock, precision, buckets)
+        self.gpu = self.runner.device.type == "cuda" if gpu is None else gpu  # post-processing's layout
         self.num_classes = len(seg.id2label)
         self.sem_dtype = torch.uint8 if fmt.semantic_dtype(self.num_classes) == "uint8" else torch.uint16
         self.rule = RULES[seg.model_type]
@@ -228,7 +229,7 @@ class PanopticLabeler:
         self.is_thing = is_thing.to(self.runner.device)
         # Dropping filtered queries needs their count on the host: free on a CPU (where pixels are the
         # cost), a stall on a GPU (where masking them out costs little).
-        self.compact = self.runner.device.type == "cpu" if compact is None else compact
+        self.compact = not self.gpu if compact is None else compact
 
     def _things(self, spec: str) -> tuple[set[int], str]:
         """Thing ids and where they came from: the flag, the model's config, a known label space, or none."""
@@ -269,6 +270,7 @@ class PanopticLabeler:
                         self.is_thing,
                         self.compact,
                         p.step(hw),
+                        self.gpu,
                     )
                     out[i] = (sem.to(self.sem_dtype), inst.to(torch.uint16), records)
         return out

@@ -171,6 +171,30 @@ ADE20K_150_PANOPTIC = (
 )
 
 
+# COCO panoptic, in contiguous id order: the 80 thing classes (ids 0-79), then the 53 stuff classes.
+COCO_THINGS = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
+    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
+    "hair drier", "toothbrush",
+)  # fmt: skip
+COCO_STUFF = (
+    "banner", "blanket", "bridge", "cardboard", "counter", "curtain", "door-stuff", "floor-wood", "flower",
+    "fruit", "gravel", "house", "light", "mirror-stuff", "net", "pillow", "platform", "playingfield", "railroad",
+    "river", "road", "roof", "sand", "sea", "shelf", "snow", "stairs", "tent", "towel", "wall-brick",
+    "wall-stone", "wall-tile", "wall-wood", "water-other", "window-blind", "window-other", "tree-merged",
+    "fence-merged", "ceiling-merged", "sky-other-merged", "cabinet-merged", "table-merged", "floor-other-merged",
+    "pavement-merged", "mountain-merged", "grass-merged", "dirt-merged", "paper-merged", "food-other-merged",
+    "building-other-merged", "rock-merged", "wall-other-merged", "rug-merged",
+)  # fmt: skip
+COCO_133_PANOPTIC = tuple((i, int(i < len(COCO_THINGS)), name, name) for i, name in enumerate(COCO_THINGS + COCO_STUFF))
+
+
 @dataclass(frozen=True)
 class LabelSpace:
     name: str
@@ -192,11 +216,17 @@ KNOWN = (
         "Mask2Former register_ade20k_panoptic.py (ADE20K_150_CATEGORIES isthing); labeler/label_spaces.py",
         ADE20K_150_PANOPTIC,
     ),
+    LabelSpace(
+        "coco-133-panoptic",
+        "COCO panoptic API panoptic_coco_categories.json (isthing); labeler/label_spaces.py",
+        COCO_133_PANOPTIC,
+    ),
 )
 
 
 def _norm(name: str) -> str:
-    return " ".join(name.lower().replace("_", " ").split())
+    """Case, underscores and hyphens do not tell names apart ("door-stuff", "door_stuff", "Door stuff")."""
+    return " ".join(name.lower().replace("_", " ").replace("-", " ").split())
 
 
 def known_things(id2label: dict[int, str], min_agreement: float = 0.9) -> tuple[set[int], str] | None:

@@ -19,7 +19,7 @@ import torch
 
 from shards.pack import Instance
 
-from .postprocess import count_true, region_stats
+from .postprocess import arange_on, count_ids, count_true, region_stats
 
 # Columns of the records `paint_largest_first` returns, one row per input mask in painting order.
 PAINT_FIELDS = ("valid", "instance", "mask", "score", "area", "x0", "y0", "x1", "y1")
@@ -93,9 +93,9 @@ def paint_largest_first(
     areas = torch.cat([count_true(get_masks(s)) for s in chunks])
     order = painting_order(areas, scores)
     rank = torch.empty(n, dtype=torch.int64, device=device)
-    rank[order] = torch.arange(1, n + 1, device=device)
+    rank[order] = arange_on(n + 1, device)[1:]
 
-    visible = torch.bincount(_paint(get_masks, chunks, rank, size).flatten(), minlength=n + 1)[1:]  # by rank
+    visible = count_ids(_paint(get_masks, chunks, rank, size), n + 1)[1:]  # by rank
     kept = visible >= max(min_area, 1)  # by rank
     rank = torch.where(kept[rank - 1], rank, 0)  # dropped masks are not painted again
     painted = _paint(get_masks, chunks, rank, size)

@@ -9,10 +9,21 @@ its maps do not depend on the other images of its batch.
 
 Rules per model family (`PanopticRule`) mirror transformers' post-processors, which the equivalence
 tests check pixel by pixel; docs/LABELERS.md lists where they differ from the papers' code.
+
+Two layouts of the same computation (`gpu`; default: by device). GPU-shaped: whole-tensor passes over
+every query and pixel of an image at once (chunked only by memory), counts by `scatter_add` into
+tensors of known size, sampling grids built once per geometry: a few dozen kernel launches per image
+whatever its size, and nothing that reads device data back to the host. CPU-shaped: passes band by
+band of rows so each band stays in the cache, filtered queries dropped first, and the semantic maps
+decided cell by cell at the model's resolution (a host sync costs nothing on a CPU; pixels do). Both
+give the same maps (tested); the GPU layout runs on a CPU too, which is how its launches and syncs are
+counted without a GPU (shards/opcount.py, bench/bench_dispatch.py).
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -63,23 +74,81 @@ def resample(
     vh, vw = valid
     if (vh, vw) == (h, w):
         return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
-    sh, sw = step if step is not None else (1.0, 1.0)
-
-    def coords(n_out: int, extent: float, n_in: int, st: float) -> torch.Tensor:
-        src = (torch.arange(n_out, dtype=torch.float64, device=x.device) + 0.5) * (extent / n_out) - 0.5
-        src = src.clamp(0.0, extent - 0.5 * st - 0.5)
-        return ((2 * src + 1) / n_in - 1).to(torch.float32)  # grid_sample's normalised coordinates
-
-    gy, gx = coords(size[0], vh, h, sh), coords(size[1], vw, w, sw)
-    grid = torch.stack(torch.broadcast_tensors(gx[None, :], gy[:, None]), dim=-1)[None]  # [1, H, W, 2] (x, y)
+    grid = sampling_grid((h, w), (vh, vw), size, step if step is not None else (1.0, 1.0), x.device)
     out = F.grid_sample(x[None].float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
     return out[0].to(x.dtype)
+
+
+class _Cache:
+    """A small LRU of device tensors that depend only on geometry (sampling coordinates, index ranges):
+    built once per key instead of a dozen small ops (and launches) per image. Thread-safe."""
+
+    def __init__(self, entries: int = 256):
+        self.entries, self.items, self.lock = entries, OrderedDict(), threading.Lock()
+
+    def get(self, key, build):
+        with self.lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+                return self.items[key]
+        value = build()
+        with self.lock:
+            self.items[key] = value
+            while len(self.items) > self.entries:
+                self.items.popitem(last=False)
+        return value
+
+
+_CACHE = _Cache()
+
+
+def clear_geometry_cache() -> None:
+    """Forget the cached grids and ranges (benchmarks and tests that count a first sight of each size)."""
+    with _CACHE.lock:
+        _CACHE.items.clear()
+
+
+def sampling_grid(hw, valid, size, step, device) -> torch.Tensor:
+    """`resample`'s grid_sample coordinates [1, H, W, 2] (a broadcast view of per-axis coordinates, which
+    are cached per geometry and device)."""
+
+    def coords(n_out: int, extent: float, n_in: int, st: float) -> torch.Tensor:
+        def build():
+            src = (torch.arange(n_out, dtype=torch.float64, device=device) + 0.5) * (extent / n_out) - 0.5
+            src = src.clamp(0.0, extent - 0.5 * st - 0.5)
+            return ((2 * src + 1) / n_in - 1).to(torch.float32)  # grid_sample's normalised coordinates
+
+        return _CACHE.get(("coords", n_out, extent, n_in, st, str(device)), build)
+
+    gy, gx = coords(size[0], valid[0], hw[0], step[0]), coords(size[1], valid[1], hw[1], step[1])
+    return torch.stack(torch.broadcast_tensors(gx[None, :], gy[:, None]), dim=-1)[None]  # (x, y)
+
+
+def arange_on(n: int, device) -> torch.Tensor:
+    """torch.arange(n) on `device`, built once per (n, device)."""
+    return _CACHE.get(("arange", n, str(device)), lambda: torch.arange(n, device=device))
 
 
 def count_true(masks: torch.Tensor) -> torch.Tensor:
     """masks [N, H, W] bool -> [N] int64 counts. Summing the bytes as uint8 into int32 is 1.5x faster on
     CPUs than torch's bool reductions (sum, count_nonzero); the same on GPUs."""
     return masks.view(torch.uint8).sum((1, 2), dtype=torch.int32).long()
+
+
+def count_ids(ids: torch.Tensor, n: int, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """ids (any shape, int64 in [0, n)) -> [n] int64: how often each id occurs (or the sum of integer
+    `weights` per id). torch.bincount's result, but into a tensor of known size: on CUDA bincount
+    reads the ids' minimum and maximum back to the host first, a sync per call."""
+    ids = ids.reshape(-1)
+    if weights is None:
+        weights = torch.ones((), dtype=torch.int64, device=ids.device).expand(ids.shape[0])
+    return torch.zeros(n, dtype=torch.int64, device=ids.device).scatter_add_(0, ids, weights.reshape(-1).long())
+
+
+# Elements of a GPU-shaped [queries or classes, pixels] float32 intermediate (1 GiB): every query of an
+# image up to ~1.3 MP at 200 queries in one pass, so the number of launches does not grow with the
+# image; larger images are chunked (memory bounded).
+GPU_CHUNK = 1 << 28
 
 
 def _chunks(n: int, pixels: int, budget: int = 1 << 25):
@@ -96,11 +165,11 @@ def _bands(row_elements: int, rows: int, budget: int = 1 << 18) -> list[slice]:
     return [slice(i, min(i + step, rows)) for i in range(0, rows, step)]
 
 
-def _running_argmax(maps, n: int, pixels: int) -> torch.Tensor:
+def _running_argmax(maps, n: int, pixels: int, gpu: bool = False) -> torch.Tensor:
     """argmax over n channels of maps(chunk) [len(chunk), H, W] -> [H, W] int64, chunk by chunk with a
     running maximum; ties go to the first channel, as with one argmax over all of them."""
     best = winner = None
-    for s in _chunks(n, pixels):
+    for s in _chunks(n, pixels, GPU_CHUNK) if gpu else _chunks(n, pixels):
         v, a = maps(s).max(0)
         if best is None:
             best, winner = v, a
@@ -214,11 +283,13 @@ def semantic_from_logits(
     size: tuple[int, int],
     step: tuple[float, float] | None = None,
     dense: bool | None = None,
+    gpu: bool | None = None,
 ) -> torch.Tensor:
     """Per-pixel class scores (SegFormer, UperNet, BEiT...) logits [C, h, w] -> class ids [H, W] int64:
     argmax over classes of the logits resampled to the target size.
 
-    `dense` (default: on GPUs) resamples all C maps. Otherwise (CPUs), as few as needed: a bilinear
+    `dense` (default: GPU-shaped, `gpu`, whose default is by device) resamples all C maps, in one pass
+    up to GPU_CHUNK elements when GPU-shaped. Otherwise (CPUs), as few as needed: a bilinear
     sample is a convex combination of its cell's four corners, so a class that beats another at all
     four beats it at every sample in the cell. Where one class is the best at all four corners, it
     wins the cell; where the same two classes are the best two at all four, only those two are
@@ -228,10 +299,12 @@ def semantic_from_logits(
     takes over. "Best" means by more than float rounding, so that no excluded class can tie after
     interpolation."""
     logits = logits.float()
-    if dense is None:
-        dense = logits.device.type != "cpu"
+    gpu = logits.device.type != "cpu" if gpu is None else gpu
+    dense = gpu if dense is None else dense
     if dense or logits.shape[0] < 3:
-        return _running_argmax(lambda s: resample(logits[s], valid, size, step), logits.shape[0], size[0] * size[1])
+        return _running_argmax(
+            lambda s: resample(logits[s], valid, size, step), logits.shape[0], size[0] * size[1], gpu
+        )
     # The best three per source pixel (topk is 2x slower on CPUs than masking the best out twice).
     v1, c1 = logits.max(0)
     rest = logits.scatter(0, c1[None], -torch.inf)
@@ -264,12 +337,14 @@ def semantic_from_queries(
     size: tuple[int, int],
     step: tuple[float, float] | None = None,
     dense: bool | None = None,
+    gpu: bool | None = None,
 ) -> torch.Tensor:
     """Mask-classification models' semantic map: class_logits [Q, C+1], mask_logits [Q, h, w] ->
     class ids [H, W] int64: argmax over classes of sum_q p(class | q) * sigmoid(mask_q), with the mask
     logits resampled to the target size first (the Mask2Former authors' order).
 
-    `dense` (default: on GPUs) scores every class at every pixel. Otherwise (CPUs): within a source
+    `dense` (default: GPU-shaped, `gpu`, whose default is by device) scores every class at every pixel,
+    in one pass up to GPU_CHUNK elements when GPU-shaped. Otherwise (CPUs): within a source
     cell each resampled mask logit lies between the minimum and maximum of the cell's four corners
     and the sigmoid is increasing, so each class's score lies in [sum_q p sigmoid(min), sum_q p
     sigmoid(max)]. A class whose upper bound is below the best lower bound cannot win the cell (with
@@ -277,20 +352,20 @@ def semantic_from_queries(
     two are, only those two are scored per pixel; elsewhere all classes are."""
     cls = class_logits.float().softmax(-1)[:, :-1]  # [Q, C]
     masks = mask_logits.float()
-    if dense is None:
-        dense = masks.device.type != "cpu"
+    gpu = masks.device.type != "cpu" if gpu is None else gpu
+    dense = gpu if dense is None else dense
     if dense:
         pixels = size[0] * size[1]
 
         def class_scores(cs: slice) -> torch.Tensor:  # [len(cs), H, W], summed over query chunks
             total = None
-            for qs in _chunks(cls.shape[0], pixels):
+            for qs in _chunks(cls.shape[0], pixels, GPU_CHUNK) if gpu else _chunks(cls.shape[0], pixels):
                 prob = resample(masks[qs], valid, size, step).sigmoid_()
                 part = torch.einsum("qc,qhw->chw", cls[qs, cs], prob)
                 total = part if total is None else total + part
             return total
 
-        return _running_argmax(class_scores, cls.shape[1], pixels)
+        return _running_argmax(class_scores, cls.shape[1], pixels, gpu)
 
     def prob(m: torch.Tensor) -> torch.Tensor:
         # Scaled by 2^64 (exact; the argmax stays): mask logits below -87 give subnormal floats,
@@ -328,14 +403,14 @@ def region_stats(bins: torch.Tensor, n: int) -> torch.Tensor:
     x0 = W, x1 = -1 for an empty region). Reduces row by row, so memory is [H, n+1], not per pixel."""
     height, width = bins.shape
     device = bins.device
-    xs = torch.arange(width, device=device).expand(height, width)
-    x0 = torch.full((height, n + 1), width, dtype=torch.int64, device=device).scatter_reduce(1, bins, xs, "amin")
-    x1 = torch.full((height, n + 1), -1, dtype=torch.int64, device=device).scatter_reduce(1, bins, xs, "amax")
+    xs = arange_on(width, device).expand(height, width)
+    x0 = torch.full((height, n + 1), width, dtype=torch.int64, device=device).scatter_reduce_(1, bins, xs, "amin")
+    x1 = torch.full((height, n + 1), -1, dtype=torch.int64, device=device).scatter_reduce_(1, bins, xs, "amax")
     present = x1 >= 0  # [H, n+1]: the region has a pixel in this row
-    rows = torch.arange(height, device=device)[:, None]
+    rows = arange_on(height, device)[:, None]
     y0 = torch.where(present, rows, height).amin(0)
     y1 = torch.where(present, rows, -1).amax(0)
-    area = torch.bincount(bins.flatten(), minlength=n + 1)
+    area = count_ids(bins, n + 1)
     return torch.stack([area, x0.amin(0), y0, x1.amax(0), y1], dim=1)[:n]
 
 
@@ -349,6 +424,7 @@ def panoptic(
     is_thing: torch.Tensor,
     compact: bool,
     step: tuple[float, float] | None = None,
+    gpu: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One image's panoptic segments -> (semantic [H, W] int64, instance [H, W] int64, records [K, 9] float64).
 
@@ -360,10 +436,12 @@ def panoptic(
     `compact=True` drops filtered queries first (a host sync: free on a CPU, where pixels are the cost);
     `compact=False` keeps every query and masks the filtered ones out (no sync: for GPUs). Both give
     the same maps. Records: one row per kept query (all Q rows when not compact) with RECORD_FIELDS;
-    rows with valid == 0 are not segments; instance == 0 for stuff.
+    rows with valid == 0 are not segments; instance == 0 for stuff. `gpu` (default: by device): every
+    pass over all pixels at once (CPU-shaped: band by band of rows, in the cache).
     """
     num_classes = class_logits.shape[-1] - 1
     device = class_logits.device
+    gpu = device.type != "cpu" if gpu is None else gpu
     score, label = class_logits.float().softmax(-1).max(-1)  # [Q]
     keep = (label != num_classes) & (score > params.threshold)
     if compact:
@@ -377,42 +455,38 @@ def panoptic(
 
     # Score-weighted argmax over queries at the target size, chunk by chunk (memory bounded).
     best = winner = winner_prob = None
-    original = torch.empty(q, dtype=torch.int64, device=device)
+    original = []
     reuse = rule.weighted_area and not rule.intersect  # prob is not read after weighting: weigh in place
-    for s in _chunks(q, size[0] * size[1]):
+    dropped = None if compact else ~keep
+    pixels = size[0] * size[1]
+    for s in _chunks(q, pixels, GPU_CHUNK) if gpu else _chunks(q, pixels):
         m = mask_logits[s].float()
         x = resample(m.sigmoid(), valid, size, step) if rule.prob_space else resample(m, valid, size, step)
-        # The elementwise passes run band by band of rows, in place where the probabilities are not
-        # needed again: each band stays in the CPU's cache through all of them (1.5x on CPUs).
-        counts = torch.zeros(x.shape[0], dtype=torch.int64, device=device)
-        vs, as_, ps = [], [], []
-        for rows in _bands(x.shape[0] * size[1], size[0]):
-            prob = x[:, rows] if rule.prob_space else x[:, rows].sigmoid_()
-            weighted = prob.mul_(score[s, None, None]) if reuse else prob * score[s, None, None]
-            if not compact:  # filtered queries never win a pixel (kept ones weigh >= 0)
-                weighted.masked_fill_(~keep[s, None, None], -1.0)
-            counted = weighted if rule.weighted_area else prob
-            counts += count_true(counted >= params.mask_threshold)
-            v, a = weighted.max(0)  # ties: the first query, as transformers' argmax
-            vs.append(v)
-            as_.append(a)
-            if rule.intersect:
-                ps.append(prob.gather(0, a[None])[0])
-        original[s] = counts
-        v, a = torch.cat(vs), torch.cat(as_)
-        p = torch.cat(ps) if rule.intersect else None
+        # CPUs: the elementwise passes run band by band of rows, in place where the probabilities are not
+        # needed again: each band stays in the cache through all of them (1.5x). GPUs: one pass each.
+        bands = [slice(None)] if gpu else _bands(x.shape[0] * size[1], size[0])
+        parts = [
+            _weigh(x[:, rows], score[s], None if dropped is None else dropped[s], rule, params, reuse) for rows in bands
+        ]
+        if len(parts) == 1:
+            counts, v, a, p = parts[0]
+        else:
+            counts = torch.stack([c for c, _, _, _ in parts]).sum(0)
+            v, a = torch.cat([v for _, v, _, _ in parts]), torch.cat([a for _, _, a, _ in parts])
+            p = torch.cat([p for _, _, _, p in parts]) if rule.intersect else None
+        original.append(counts)
         if best is None:
             best, winner, winner_prob = v, a, p
         else:
             better = v > best
             best, winner = torch.where(better, v, best), torch.where(better, a + s.start, winner)
             winner_prob = torch.where(better, p, winner_prob) if rule.intersect else None
+    original = original[0] if len(original) == 1 else torch.cat(original)
 
-    flat = winner.flatten()
-    area = torch.bincount(flat, minlength=q)  # pixels each query wins
+    area = count_ids(winner, q)  # pixels each query wins
     if rule.intersect:
         inside = winner_prob >= params.mask_threshold  # a segment keeps its own confident pixels only
-        final = torch.bincount(flat, weights=inside.flatten().to(torch.float32), minlength=q)
+        final = count_ids(winner, q, inside)
     else:
         inside, final = None, area
     ratio = area.to(torch.float32) / original.to(torch.float32)  # the float32 ratio transformers tests
@@ -421,10 +495,27 @@ def panoptic(
     thing = segment & is_thing[label.clamp(max=num_classes - 1)]
     instance_of = torch.cumsum(thing.to(torch.int64), 0) * thing  # query -> instance id (0: none)
     claimed = segment[winner] if inside is None else segment[winner] & inside
-    sem = torch.where(claimed, label[winner], params.ignore)
-    inst = torch.where(claimed, instance_of[winner], 0)
-    stats = region_stats(torch.where(claimed, winner, q), q)  # area, box of each query's claimed pixels
+    region = torch.where(claimed, winner, q)  # each pixel's segment, q: none
+    # Per query (and q: no segment) its semantic class and instance id: two look-ups per pixel.
+    sem = torch.cat([label, label.new_full((1,), params.ignore)])[region]
+    inst = torch.cat([instance_of, instance_of.new_zeros(1)])[region]
+    stats = region_stats(region, q)  # area, box of each query's claimed pixels
     records = torch.cat(
         [torch.stack([segment, instance_of, label], dim=1).double(), score[:, None].double(), stats.double()], dim=1
     )
     return sem, inst, records
+
+
+def _weigh(x, score, dropped, rule: PanopticRule, params: PanopticParams, reuse: bool):
+    """One pass over mask logits (or probabilities) x [q, rows, W] of a chunk of queries -> (pixels each
+    query counts in its original area [q], best weighted probability [rows, W], its query, and with
+    EoMT's rule that query's own probability there)."""
+    prob = x if rule.prob_space else x.sigmoid_()
+    weighted = prob.mul_(score[:, None, None]) if reuse else prob * score[:, None, None]
+    if dropped is not None:  # filtered queries never win a pixel (kept ones weigh >= 0)
+        weighted.masked_fill_(dropped[:, None, None], -1.0)
+    counted = weighted if rule.weighted_area else prob
+    counts = count_true(counted >= params.mask_threshold)
+    v, a = weighted.max(0)  # ties: the first query, as transformers' argmax
+    p = prob.gather(0, a[None])[0] if rule.intersect else None
+    return counts, v, a, p

@@ -44,11 +44,22 @@ class Group:
     pixel_mask: torch.Tensor  # [n, ch, cw] int64, 1 on image pixels
 
 
+def bucket(side: int, multiple: int) -> int:
+    """The smallest rung >= side of the ladder multiple x 2^(k/4), each rung rounded up to `multiple`:
+    canvas sides for a compiled model (at multiple 32: ..., 512, 640, 736, 864, 1024, 1248, ...)."""
+    k = max(0, math.floor(4 * math.log2(max(side, 1) / multiple)) - 1)
+    while True:
+        rung = math.ceil(multiple * 2 ** (k / 4) / multiple) * multiple
+        if rung >= side:
+            return rung
+        k += 1
+
+
 class HFPreprocessor:
     """[H, W, 3] uint8 tensors on the device -> canvas groups, as `processor(images=[one image])` would
     prepare each of them."""
 
-    def __init__(self, processor, model_type: str, pad_multiple: int):
+    def __init__(self, processor, model_type: str, pad_multiple: int, buckets: bool = False):
         ip = getattr(processor, "image_processor", processor)  # OneFormer: processor + tokenizer
         for attr in ("resize", "rescale_and_normalize"):
             if not callable(getattr(ip, attr, None)):
@@ -65,6 +76,7 @@ class HFPreprocessor:
             )
         self.ip = ip
         self.pad_multiple = max(1, pad_multiple)
+        self.buckets = buckets
         # EoMT pads the resized uint8 image (black) before normalising; the others pad the normalised
         # image with zeros (the mean colour). Each mirrors its own processor.
         self.pad_first = model_type == "eomt"
@@ -89,6 +101,8 @@ class HFPreprocessor:
                 raise ValueError(f"resized image {h}x{w} exceeds the processor's pad size {ch}x{cw}")
             return ch, cw
         m = self.pad_multiple
+        if self.buckets:
+            return (bucket(h, m), bucket(w, m))
         return (math.ceil(h / m) * m, math.ceil(w / m) * m)
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:

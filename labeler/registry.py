@@ -9,8 +9,10 @@
 | `tiny-random` | tiny random SegFormer        | tiny random SAM (tests, demo, CI)     |
 | `tiny-random-panoptic` | tiny random Mask2Former, one pass                            |
 | `tiny-random-eomt`     | tiny random EoMT, one pass                                   |
-| `fixed-cost`  | brightness bands, no model   | 4x4 grid; `--fixed-cost-seconds` per image (benchmarks) |
+| `fixed-cost`  | brightness bands, no model   | 4x4 grid; device and host seconds per image (benchmarks, faults) |
 | `classical`   | 20 colour x texture classes  | Felzenszwalb-Huttenlocher regions of object size; weight-free |
+| `grounded`, `sam3`, `tiny-random-grounded`, `tiny-random-sam3`: each image's class as a text prompt     |
+|               | (labeler/presets_grounded.py): image class on its instances | Grounding DINO + SAM-HQ / SAM 3 |
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from shards.manifest import LabelerInfo, ModelInfo
 
 from .base import Labeler, LabelerLoadError
 from .config import LabelerConfig, Settings
+from .presets_grounded import PRESETS as GROUNDED_PRESETS
 
 
 def _empty(s: Settings) -> Labeler:
@@ -35,7 +38,7 @@ def _empty(s: Settings) -> Labeler:
 def _fixed_cost(s: Settings) -> Labeler:
     from .fixed_cost import FixedCostLabeler
 
-    return FixedCostLabeler(s.labeler.fixed_cost_seconds)
+    return FixedCostLabeler(s.labeler.fixed_cost_seconds, s.labeler.fixed_cost_host_seconds, s.labeler.fixed_cost_fault)
 
 
 def _classical(s: Settings) -> Labeler:
@@ -54,6 +57,7 @@ def _sam(
 ) -> Labeler:
     from .composite import SemanticPlusInstances
     from .hf import SemanticSegmenter, load_segmenter
+    from .precision import run_options
     from .sam import build_instances, load_sam
     from .timing import StageClock
 
@@ -61,7 +65,9 @@ def _sam(
     sam_type, sam_ckpt = sam_type or s.sam.sam_model_type, sam_ckpt or s.sam.sam_checkpoint
     seg = load_segmenter(semantic_model, s.labeler.device, s.labeler.compile)
     clock = StageClock(seg.device)  # both models' stages, summed
-    instances = build_instances(load_sam(sam_type, sam_ckpt, s.labeler.device), s.sam, clock)
+    run = run_options(s.labeler, seg.device)
+    model = load_sam(sam_type, sam_ckpt, s.labeler.device)
+    instances = build_instances(model, s.sam, clock, run["gpu"], run["precision"], s.labeler.compile)
     describe = LabelerInfo(
         s.labeler.preset,
         [
@@ -71,7 +77,8 @@ def _sam(
         s.to_json(),
         **(RANDOM if random else {}),
     )
-    return SemanticPlusInstances(SemanticSegmenter(seg, s.labeler.pad_multiple, clock), instances, describe, clock)
+    semantic = SemanticSegmenter(seg, s.labeler.pad_multiple, clock, **run)
+    return SemanticPlusInstances(semantic, instances, describe, clock)
 
 
 # The model each panoptic preset loads when --panoptic-model is not given.
@@ -84,12 +91,19 @@ PANOPTIC_MODELS = {
 def _panoptic(s: Settings, model: str | None = None, random: bool = False, name: str | None = None) -> Labeler:
     from .composite import OnePassPanoptic
     from .hf import PanopticLabeler, load_segmenter
+    from .precision import run_options
 
     model = model or s.labeler.panoptic_model or PANOPTIC_MODELS.get(s.labeler.preset, PANOPTIC_MODELS["panoptic"])
     seg = load_segmenter(model, s.labeler.device, s.labeler.compile)
     p = s.panoptic
     pan = PanopticLabeler(
-        seg, p.panoptic_threshold, p.mask_threshold, p.overlap_mask_area_threshold, p.thing_ids, s.labeler.pad_multiple
+        seg,
+        p.panoptic_threshold,
+        p.mask_threshold,
+        p.overlap_mask_area_threshold,
+        p.thing_ids,
+        s.labeler.pad_multiple,
+        **run_options(s.labeler, seg.device),
     )
     describe = LabelerInfo(
         s.labeler.preset,
@@ -161,6 +175,7 @@ PRESETS: dict[str, Callable[[Settings], Labeler]] = {
     "tiny-random-panoptic": _tiny_random_panoptic,
     "tiny-random-eomt": _tiny_random_eomt,
 }
+PRESETS.update(GROUNDED_PRESETS)  # grounded, sam3 and their tiny presets (labeler/presets_grounded.py)
 
 
 def build_labeler(settings: Settings | str) -> Labeler:

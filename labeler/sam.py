@@ -48,12 +48,15 @@ def load_sam(model_type: str, checkpoint: str, device: str = "auto"):
     return model.to(resolve_device(device)).eval()
 
 
-def build_instances(model, cfg: SamConfig, clock: StageClock | None = None):
-    """The generator `cfg.sam_generator` names."""
+def build_instances(
+    model, cfg: SamConfig, clock: StageClock | None = None, gpu: bool | None = None, precision=None, compile=False
+):
+    """The generator `cfg.sam_generator` names; `gpu`, `precision`, `compile`: the batched generator's
+    layout (default: by device), forward precision and compiled image encoder."""
     if cfg.sam_generator == "batched":
         from .sam_batched import BatchedSamInstances
 
-        return BatchedSamInstances(model, cfg, clock)
+        return BatchedSamInstances(model, cfg, clock, gpu, precision, compile)
     if cfg.sam_generator == "stock":
         return StockSamInstances(model, cfg, clock)
     raise LabelerLoadError(f"unknown --sam-generator {cfg.sam_generator!r}; choose batched or stock")

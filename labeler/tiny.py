@@ -136,7 +136,6 @@ def save_oneformer_tiny(directory: Path, seed: int = 0, num_labels: int = TINY_C
 
     import torch
     from transformers import (
-        CLIPTokenizer,
         OneFormerConfig,
         OneFormerForUniversalSegmentation,
         OneFormerImageProcessor,
@@ -145,13 +144,11 @@ def save_oneformer_tiny(directory: Path, seed: int = 0, num_labels: int = TINY_C
 
     from .hf import parse_ids
 
-    directory.mkdir(parents=True, exist_ok=True)
     letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     for tok in letters + [c + "</w>" for c in letters]:
         vocab[tok] = len(vocab)
-    (directory / "vocab.json").write_text(json.dumps(vocab))
-    (directory / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = clip_tokenizer(directory, vocab)
     things = parse_ids(TINY_THINGS)
     info = {str(i): {"name": f"random_{i}", "isthing": int(i in things)} for i in range(num_labels)}
     (directory / "class_info.json").write_text(json.dumps(info))
@@ -161,7 +158,6 @@ def save_oneformer_tiny(directory: Path, seed: int = 0, num_labels: int = TINY_C
         num_text=4,
         size={"shortest_edge": 64, "longest_edge": 128},
     )
-    tokenizer = CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"))
     processor = OneFormerProcessor(
         image_processor=image_processor, tokenizer=tokenizer, max_seq_length=16, task_seq_length=16
     )
@@ -242,9 +238,24 @@ def build_sam_tiny(seed: int | None = None):
     return model
 
 
-def save_hf(model, processor, directory: Path) -> Path:
+def clip_tokenizer(directory: Path, vocab: dict[str, int]):
+    """A CLIP tokenizer over `vocab` without merges (every token whole), its files written to `directory`
+    (CLIPTokenizer loads from files; the processor saved there later keeps them)."""
+    import json
+
+    from transformers import CLIPTokenizer
+
     directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory)
+    (directory / "vocab.json").write_text(json.dumps(vocab))
+    (directory / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"))
+
+
+def save_hf(model, processor, directory: Path) -> Path:
+    """`model` (None: a processor alone) and `processor` saved as a Hugging Face directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if model is not None:
+        model.save_pretrained(directory)
     processor.save_pretrained(directory)
     return directory
 

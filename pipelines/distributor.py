@@ -1,14 +1,16 @@
 """Distribute the plan over Ray: labeling actors hold the models, shard tasks do everything else.
 
     shard task (CPU, `cpus_per_shard`)            labeling actor pool (`actors` x `gpus_per_actor`)
-    read + decode batch k+1  ── images ──►  LabelActor.label(batch k)   (model loaded once per actor)
-    pack + write batch k     ◄── labels ──
+    read + decode batch k+1  ── images ──►  LabelActor.label(batch k)   (model loaded once per actor,
+    pack + write batch k     ◄── labels ──                               `actor_batches` in flight)
     temp tar → rename → stats JSON
 
-Shard tasks are assigned to actors round-robin. At most `2 x actors + CPUs` shards are in flight,
-so memory stays bounded whatever the dataset size. An actor whose process dies is restarted up to
-`actor_restarts` times and its in-flight calls are retried on the new process; a shard task that
-fails is resubmitted up to `max_retries` times, then reported. A labeler that cannot be built (a
+Each shard task goes to the least loaded live actor. At most `2 x actors + CPUs` shards are in
+flight, so memory stays bounded whatever the dataset size. The actors and the pool that keeps
+them alive are in `pipelines/pool.py`: a dead actor is restarted (or replaced) and its batches
+rerun, for as long as failures stay under `max_actor_failures_per_hour`. A shard task that fails
+is resubmitted up to `max_retries` times, then reported; one that failed because its actor was
+lost for good is resubmitted to another without using a retry. A labeler that cannot be built (a
 missing checkpoint, an unknown model id) stops the job at once: retrying cannot fix configuration.
 A preset without a model (`IN_TASK_PRESETS`: `empty`) has no actor pool: each shard task labels
 in its own process, and the actor flags do not apply.
@@ -26,6 +28,7 @@ from shards.errors import UsageError, first_line
 from shards.manifest import LabelerRecord, ShardStats, read_labeler_record, write_labeler_record
 from shards.store import Store
 
+from . import metrics
 from .plan import Plan
 from .resources import Request, Waiter, check_possible, cluster_view, shortfall
 from .worker import DecodeLimits, ShardJob
@@ -65,8 +68,19 @@ class PoolSettings:
             "read tasks are not starved by actors on small nodes"
         },
     )
-    actor_restarts: int = field(
-        default=3, metadata={"help": "times a dead labeling actor is restarted (its calls are retried)"}
+    actor_batches: int = field(
+        default=3,
+        metadata={
+            "help": "batches a labeling actor works on at once: while the device runs one, the next is received "
+            "and uploaded and the last finished on the host; 1: one at a time"
+        },
+    )
+    max_actor_failures_per_hour: float = field(
+        default=-1.0,
+        metadata={
+            "help": "labeling-actor deaths tolerated over any hour (each is restarted or replaced, its batches "
+            "retried); more ends the job with exit 1; -1: 10 + 2 per actor"
+        },
     )
     max_retries: int = field(
         default=3, metadata={"help": "times a failed shard is retried before the job reports it missing"}
@@ -74,54 +88,11 @@ class PoolSettings:
     wait_timeout: float | None = field(
         default=None,
         metadata={
-            "help": "seconds to wait for a busy cluster to free what the labeling pool needs, then exit 1 "
-            "(default: wait, printing what it waits for every minute)"
+            "help": "seconds to wait for a busy cluster to free what the labeling pool needs, or, once labeling, "
+            "for any labeling actor to be placed again, then exit 1 (default: wait, printing what it waits for "
+            "every minute)"
         },
     )
-
-
-def labeler_info(labeler) -> LabelerRecord:
-    return LabelerRecord(labeler.label_space(), labeler.describe())
-
-
-class LabelActor:
-    """Holds one labeler (its models on this actor's GPU, if any) and labels batches.
-
-    A labeler that cannot be built is kept as the actor's `error` and raised by `info()`: an
-    exception from a method crosses Ray as its own type (`RayTaskError.cause`), one from a
-    constructor only as text."""
-
-    def __init__(self, settings, threads: int):
-        import torch
-
-        from labeler.registry import build_labeler
-
-        torch.set_num_threads(max(1, threads))
-        self.labeler, self.error = None, None
-        try:
-            self.labeler = build_labeler(settings)
-        except LabelerLoadError as e:
-            self.error = e
-        except Exception as e:  # noqa: BLE001 - any build failure is a setup failure: retrying cannot fix it
-            self.error = LabelerLoadError(
-                f"cannot build the {settings.labeler.preset!r} labeler: {type(e).__name__}: {e}"
-            )
-
-    def info(self) -> LabelerRecord:
-        if self.error is not None:
-            raise self.error
-        return labeler_info(self.labeler)
-
-    def pid(self) -> int:
-        return os.getpid()
-
-    def label(self, images):
-        return self.labeler.label(images)
-
-    def timings(self) -> dict[str, float]:
-        """The labeler's own cumulative stage times (ms), when it keeps them."""
-        get = getattr(self.labeler, "timings", None)
-        return dict(get()) if callable(get) else {}
 
 
 class RemoteLabeler:
@@ -132,16 +103,16 @@ class RemoteLabeler:
     def __init__(self, actor):
         self.actor = actor
 
-    def submit(self, images):
-        return self.actor.label.remote(images)
+    def submit(self, images, contexts=None):
+        return self.actor.label.remote(images, contexts)
 
     def collect(self, ref):
         import ray
 
         return ray.get(ref)
 
-    def label(self, images):
-        return self.collect(self.submit(images))
+    def label(self, images, contexts=None):
+        return self.collect(self.submit(images, contexts))
 
 
 def _shard_task(job: ShardJob, actor, settings=None) -> ShardStats:
@@ -161,13 +132,19 @@ class RunResult:
     labeler_info: LabelerRecord | None = None  # None: no shard ran and the output has no labeler.json
     errors: list[str] = field(default_factory=list)
     images: int = 0  # inputs of the shards this run finished
+    shards: int = 0  # shards this run finished
     pool_gpus: float = 0.0  # GPUs held by the labeling pool
+    actor_failures: int = 0  # labeling-actor deaths this run survived
     finished: list[tuple[float, int, float]] = field(default_factory=list)  # (end time, inputs, seconds)
     timings: dict[str, float] = field(default_factory=dict)  # ms per stage, summed over those shards
-    labeler_timings: dict[str, float] = field(default_factory=dict)  # ms per stage inside the actors
+    # Inside the actors' current processes: ms per labeler stage, `busy` (ms with a batch in the
+    # actor, summed over actors), `in_actor` (ms of batches in the actor, summed over batches) and
+    # `labeled` (images); stages that overlap add up to more than `busy`.
+    labeler_timings: dict[str, float] = field(default_factory=dict)
 
     def add(self, stats: ShardStats) -> None:
         self.images += stats.planned
+        self.shards += 1
         self.finished.append((time.monotonic(), stats.planned, stats.seconds))
         for k, v in stats.timings.items():
             self.timings[k] = self.timings.get(k, 0.0) + v
@@ -188,11 +165,21 @@ class RunResult:
         if not self.images:
             return None
 
-        def per_image(timings: dict[str, float]) -> str:
-            return ", ".join(f"{k} {v / self.images:.1f}" for k, v in timings.items())
+        def per_image(timings: dict[str, float], n: float) -> str:
+            return ", ".join(f"{k} {v / n:.1f}" for k, v in timings.items())
 
-        line = f"time per image (ms): shard tasks: {per_image(self.timings)}"
-        return line + (f"; labelers: {per_image(self.labeler_timings)}" if self.labeler_timings else "")
+        line = f"time per image (ms): shard tasks: {per_image(self.timings, self.images)}"
+        stages = {k: v for k, v in self.labeler_timings.items() if k not in ("busy", "labeled", "in_actor")}
+        labeled = self.labeler_timings.get("labeled") or self.images
+        if stages:
+            line += f"; labelers: {per_image(stages, labeled)}"
+        if busy := self.labeler_timings.get("busy"):
+            line += (
+                f"; actors busy {busy / labeled:.1f} per image ({1000 * labeled / busy:.1f} images/s while busy)"
+                + (f", stages overlapped {sum(stages.values()) / busy:.2f}x" if stages else "")
+                + f", {self.labeler_timings.get('in_actor', 0.0) / busy:.1f} batches in flight"
+            )
+        return line
 
 
 def _reachable(address: str, timeout: float = 5.0) -> str | None:
@@ -260,55 +247,45 @@ def wait_for_resources(req: Request, timeout: float | None, static: bool) -> Non
         view = cluster_view()
 
 
-def start_actors(cfg: PoolSettings, settings) -> tuple[list, LabelerRecord]:
-    """Create the actor pool and wait until every actor has its labeler (or one failed to build it).
-    A preset of `IN_TASK_PRESETS` gets no actors: its labeler is built here only to describe it."""
-    import ray
+def start_pool(cfg: PoolSettings, settings, output: str = ""):
+    """Create the actor pool and wait until every actor has its labeler (or one failed to build it);
+    returns (pool, labeler record). A preset of `IN_TASK_PRESETS` gets no pool: its labeler is built
+    here only to describe it. `output` tags the actors' metrics."""
+
+    from .pool import ActorPool, labeler_info, new_actor
 
     if settings.labeler.preset in IN_TASK_PRESETS:
         from labeler.registry import build_labeler
 
         wait_for_resources(Request(0, 0.0, 0.0, cfg.cpus_per_shard), cfg.wait_timeout, static=cfg.address == "local")
-        return [], labeler_info(build_labeler(settings))
+        return None, labeler_info(build_labeler(settings))
     n, gpus = _pool_shape(cfg)
     req = Request(n, cfg.cpus_per_actor, gpus, cfg.cpus_per_shard)
     wait_for_resources(req, cfg.wait_timeout, static=cfg.address == "local")
-    cls = ray.remote(LabelActor).options(
-        num_cpus=cfg.cpus_per_actor, num_gpus=gpus, max_restarts=cfg.actor_restarts, max_task_retries=cfg.actor_restarts
+    # Unlimited restarts and retries: a dead actor comes back and reruns its batches; the pool
+    # bounds how often (failures per hour) instead of a count over the whole job.
+    options = {"num_cpus": cfg.cpus_per_actor, "num_gpus": gpus, "max_restarts": -1, "max_task_retries": -1}
+    threads = int(max(1, cfg.cpus_per_actor))
+    budget = cfg.max_actor_failures_per_hour
+    pool = ActorPool(
+        lambda name: new_actor(name, cfg.actor_batches, (settings, threads, output), **options),
+        n,
+        budget if budget >= 0 else 10 + 2 * n,
+        cfg.wait_timeout,
     )
-    actors = [cls.remote(settings, int(max(1, cfg.cpus_per_actor))) for _ in range(n)]
     try:
-        refs = [a.info.remote() for a in actors]
-        await_actors(refs)
-        infos = ray.get(refs)
-    except ray.exceptions.RayTaskError as e:
-        for a in actors:
-            ray.kill(a)
-        if isinstance(e.cause, LabelerLoadError):
-            raise e.cause from None
+        return pool, pool.start()
+    except BaseException:
+        pool.shutdown()
         raise
-    return actors, infos[0]
 
 
-def await_actors(refs: list) -> None:
-    """Wait until every actor answers (placed, its labeler built or failed), saying what it waits for
-    every `REPORT_EVERY` seconds. What was free at the check may have been taken by another job
-    since, and a large model takes a while to load: neither is a reason to give up, so
-    `--wait-timeout` is not applied here, but the wait is never silent."""
-    import ray
-
-    from .resources import REPORT_EVERY, cluster_view, describe
-
-    t0 = time.monotonic()
-    while True:
-        _, pending = ray.wait(refs, num_returns=len(refs), timeout=REPORT_EVERY)
-        if not pending:
-            return
-        print(
-            f"waiting ({time.monotonic() - t0:.0f}s) for {len(pending)} of {len(refs)} labeling actor(s) to start "
-            f"(placed by Ray as resources free up, then loading their models); "
-            f"cluster free now: {describe(cluster_view().free)}",
-            flush=True,
+def check_settings(cfg: PoolSettings) -> None:
+    if cfg.actor_batches < 1:
+        raise UsageError(f"--actor-batches must be >= 1, got {cfg.actor_batches}")
+    if cfg.max_actor_failures_per_hour < 0 and cfg.max_actor_failures_per_hour != -1:
+        raise UsageError(
+            f"--max-actor-failures-per-hour must be >= 0 (or -1: automatic), got {cfg.max_actor_failures_per_hour:g}"
         )
 
 
@@ -317,20 +294,25 @@ def run_shards(
 ) -> RunResult:
     import ray
 
+    check_settings(cfg)
     result = RunResult(labeler_info=read_labeler_record(out))
     if not todo:
         return result
     started = not ray.is_initialized()
     init_ray(cfg.address)
+    metrics.bind(out.root)
+    pool = None
     try:
-        actors, info = start_actors(cfg, settings)
+        pool, info = start_pool(cfg, settings, out.root)
         # The labeler that labels this run's shards describes the dataset (settings are pinned per
         # output directory, so this only differs from a stored labeler.json after --overwrite).
         result.labeler_info = info
-        result.pool_gpus = len(actors) * _pool_shape(cfg)[1]
+        result.pool_gpus = len(pool.slots) * _pool_shape(cfg)[1] if pool else 0.0
         write_labeler_record(out, info)
-        _run(plan, todo, out.root, cfg, actors, result, limits, settings)
+        _run(plan, todo, out.root, cfg, pool, result, limits, settings)
     finally:
+        if pool is not None and not started:
+            pool.shutdown()  # a Ray this job joined keeps running: free what the pool holds
         if started:
             ray.shutdown()  # the job owns the local cluster (or connection) it started
     return result
@@ -341,28 +323,29 @@ def _run(
     todo: list[int],
     out_dir: str,
     cfg: PoolSettings,
-    actors: list,
+    pool,
     result: RunResult,
     limits: DecodeLimits | None = None,
     settings=None,
 ) -> None:
-    """Run the shards of `todo`, labeled by `actors` round-robin, or with no actors by labelers
-    the shard tasks build from `settings`."""
+    """Run the shards of `todo`, each labeled by the least loaded actor of `pool`, or with no pool
+    by labelers the shard tasks build from `settings`."""
     import ray
     from tqdm import tqdm
 
     task = ray.remote(num_cpus=cfg.cpus_per_shard, max_retries=2)(_shard_task)
-    max_in_flight = 2 * len(actors) + int(ray.cluster_resources().get("CPU", 1))
+    actors = len(pool.slots) if pool else 0
+    max_in_flight = 2 * actors + int(ray.cluster_resources().get("CPU", 1))
     attempts = {i: 0 for i in todo}
     queue = list(todo)
-    running: dict[Any, int] = {}
+    running: dict[Any, tuple[int, Any]] = {}  # shard task -> (shard, its pool slot)
     bar = tqdm(total=sum(plan.shard_size(i) for i in todo), unit="img", desc="label", smoothing=0.05)
     try:
         while queue or running:
             while queue and len(running) < max_in_flight:
                 i = queue.pop(0)
                 attempts[i] += 1
-                actor = actors[i % len(actors)] if actors else None
+                slot = pool.pick() if pool else None
                 job = ShardJob(
                     i,
                     plan.shard_name(i),
@@ -372,25 +355,48 @@ def _run(
                     cfg.batch_size,
                     limits or DecodeLimits(),
                 )
-                ref = task.remote(job, actor, None if actors else settings)
-                running[ref] = i
-            ready, _ = ray.wait(list(running), num_returns=1)
-            i = running.pop(ready[0])
+                ref = task.remote(job, slot.actor if slot else None, None if slot else settings)
+                running[ref] = (i, slot)
+            watched = pool.refs() if pool else []
+            ready, _ = ray.wait([*running, *watched], num_returns=1, timeout=POLL_SECONDS if pool else None)
+            if pool:
+                for ref in ready:
+                    if pool.owns(ref):
+                        pool.handle(ref)
+                pool.check()
+            ready = [ref for ref in ready if ref in running]
+            if not ready:
+                continue
+            i, slot = running.pop(ready[0])
+            if slot is not None:
+                slot.shards -= 1
             try:
                 stats = ray.get(ready[0])
             except Exception as e:  # noqa: BLE001 - a failed unit of work is retried, then reported
                 cause = getattr(e, "cause", None) or e  # RayTaskError wraps the task's own exception
+                if isinstance(cause, LabelerLoadError) or getattr(cause, "stops_job", False):
+                    # A restarted actor cannot build its labeler, the output is full: no retry can help.
+                    raise cause from None
+                if isinstance(cause, ray.exceptions.RayActorError):
+                    attempts[i] -= 1  # its actor was lost for good (the pool replaces it): not the shard's failure
+                    queue.append(i)
+                    continue
                 msg = f"{plan.shard_name(i)} attempt {attempts[i]}: {type(cause).__name__}: {cause}"[:500]
                 result.errors.append(msg)
+                metrics.shard_failed(type(cause).__name__)
                 if attempts[i] <= cfg.max_retries:
                     queue.append(i)
                 continue
             bar.update(stats.planned)
             result.add(stats)
+            metrics.shard_done(stats)
     finally:
         bar.close()
-    for timings in ray.get([a.timings.remote() for a in actors]):
-        for k, v in timings.items():
-            if k.endswith("_ms"):  # cumulative ms per labeler stage (labeler.timing)
-                stage = k.removesuffix("_ms")
-                result.labeler_timings[stage] = result.labeler_timings.get(stage, 0.0) + v
+        if pool:
+            result.actor_failures = pool.failures
+    if pool:
+        for timings in pool.timings():
+            for k, v in timings.items():
+                if k.endswith("_ms") or k == "labeled":  # cumulative ms per labeler stage (labeler.timing)
+                    stage = k.removesuffix("_ms")
+                    result.labeler_timings[stage] = result.labeler_timings.get(stage, 0.0) + v

@@ -27,6 +27,7 @@ class Estimate:
     images_per_s: float  # steady-state rate of the whole pool
     gpus: float  # GPUs the pool holds
     bytes_per_sample: float  # mean shard bytes per labeled sample
+    found: tuple[int, int] | None = None  # text-prompted presets: sampled images whose prompt found / did not find
 
     @property
     def hours(self) -> float:
@@ -39,6 +40,11 @@ class Estimate:
             f"{self.images} images in {self.hours:.2f} h{gpu}; "
             f"{self.shards} shards, {self.images * self.bytes_per_sample / 1e9:.1f} GB "
             f"({self.bytes_per_sample / 1e3:.0f} KB per sample)"
+            + (
+                f"; the prompt found its object in {self.found[0]} of {sum(self.found)} sampled images"
+                if self.found
+                else ""
+            )
         )
 
 
@@ -58,6 +64,7 @@ def estimate(
         result = run_shards(sub, list(range(sub.num_shards)), Store(tmp), pool, settings, limits)
         done = read_done(tmp)
     samples = sum(s.samples for s in done.values()) or 1
+    grounded = [s.grounded for s in done.values() if s.grounded is not None]
     return Estimate(
         images=plan.num_inputs,
         shards=plan.num_shards,
@@ -65,4 +72,5 @@ def estimate(
         images_per_s=result.steady_rate(),
         gpus=result.pool_gpus,
         bytes_per_sample=sum(s.bytes for s in done.values()) / samples,
+        found=(sum(g.found for g in grounded), sum(g.not_found for g in grounded)) if grounded else None,
     )

@@ -13,12 +13,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from labeler.config import Settings
 from shards import format as fmt
 from shards.errors import DataError
 
 from .distributor import PoolSettings
+
+if TYPE_CHECKING:
+    from shards.lease import OutputLease
+    from shards.store import Store
 
 
 @dataclass
@@ -51,13 +56,35 @@ class LabelConfig:
     max_input_bytes: int = field(
         default=fmt.MAX_MEMBER_BYTES, metadata={"help": "refuse (quarantine) input files larger than this"}
     )
+    lease_timeout: float = field(
+        default=600.0,
+        metadata={
+            "help": "seconds without a heartbeat after which another job takes over OUTPUT's lease (the lease "
+            "keeps a second job from writing into OUTPUT, on any machine; docs/RUNNING.md)"
+        },
+    )
 
 
 def run(cfg: LabelConfig, pool: PoolSettings | None = None, settings: Settings | None = None) -> int:
-    """The whole job; returns the exit code. User errors raise `shards.errors.UsageError`."""
+    """The whole job; returns the exit code. User errors raise `shards.errors.UsageError`. The
+    output's lease, taken by the job, is released however it ends."""
+    try:
+        return _job(cfg, pool, settings)
+    except KeyboardInterrupt:
+        lost = [lease.lost for lease in _LEASES.values() if lease.lost]
+        if lost:  # the heartbeat found the lease taken over and interrupted the job
+            from shards.lease import LeaseLost
+
+            raise LeaseLost(lost[0]) from None
+        raise
+    finally:
+        release_output()
+
+
+def _job(cfg: LabelConfig, pool: PoolSettings | None = None, settings: Settings | None = None) -> int:
     from labeler.base import LabelerLoadError
+    from labeler.presets_grounded import check_job
     from labeler.registry import PRESETS
-    from shards import format as fmt
     from shards.manifest import DoneShards, iter_done, write_dataset_files
     from shards.store import Store
     from shards.validate import format_table, validate
@@ -74,7 +101,10 @@ def run(cfg: LabelConfig, pool: PoolSettings | None = None, settings: Settings |
     out = Store(cfg.output)
     if out.local and not cfg.estimate:
         prepare_output(Path(out.root))  # before listing 1.28M inputs or starting Ray
+    if not cfg.estimate:
+        hold_output(out, cfg.lease_timeout)  # one job per OUTPUT, on any machine; refused before listing
     plan = make_plan(cfg.input, cfg.samples_per_shard, cfg.prefix)
+    check_job(settings, has_classes=plan.imagenet)  # text-prompted presets: prompts and models, before Ray
     if cfg.estimate > 0:
         from .estimate import estimate
 
@@ -82,27 +112,31 @@ def run(cfg: LabelConfig, pool: PoolSettings | None = None, settings: Settings |
         return 0
     out.makedirs()
     if out.local:
-        lock_output(Path(out.root))  # held until this process exits, however it exits
         remove_stale_temp_files(Path(out.root))
     if note := check_or_write_plan(out, plan, cfg.overwrite):
         print(note)
-    check_or_write_settings(out, settings.to_json(), cfg.overwrite)
+    check_or_write_settings(out, settings.to_json(), cfg.overwrite, Settings().to_json())
     # The done shards, one stats file at a time: a shard whose inputs changed since it was made
     # is redone from its inputs as they are now; the others are kept as shard indices only.
-    done = DoneShards()
+    done, resumed, seen = DoneShards(), 0, set()  # resumed: inputs of the shards done before this run
     for stats in iter_done(out):
         if what := plan.changes(stats):
             more = f"; and {len(what) - 5} more" if len(what) > 5 else ""
             name = plan.shard_name(stats.index)
             print(f"changed since {name} was made, so it is redone: {'; '.join(what[:5])}{more}")
-        elif stats.index < plan.num_shards:
+        elif stats.index < plan.num_shards and stats.index not in seen:  # a copied stats file counts once
+            seen.add(stats.index)
             done.add(stats.index)
+            resumed += stats.planned
+    del seen
     plan.drop_inputs()  # from here on each shard's inputs are read from plan.inputs.jsonl
     todo = done.missing(plan.num_shards)
     print(f"plan: {plan.num_inputs} images -> {plan.num_shards} shards; {len(done)} already done, {len(todo)} to do")
     for line in plan.summary():
         print(line)
     result = run_shards(plan, todo, out, pool, settings, limits)
+    if out.local:
+        remove_stale_temp_files(Path(out.root))  # of shard tasks killed meanwhile (a job whose lease was taken)
 
     info = result.labeler_info or described_by_manifest(out)
     config = {**dataclasses.asdict(cfg), **dataclasses.asdict(pool)}
@@ -121,7 +155,9 @@ def run(cfg: LabelConfig, pool: PoolSettings | None = None, settings: Settings |
     tot = manifest.totals
     print(
         f"done: {tot.samples} images in {tot.shards} shards, {tot.quarantined} quarantined "
-        f"({out.url(fmt.QUARANTINE)}), {secs:.1f}s, {plan.num_inputs / secs:.1f} images/s"
+        f"({out.url(fmt.QUARANTINE)}); this run labeled {result.images} inputs ({result.shards} shards) "
+        f"in {secs:.1f}s, {result.images / secs:.1f} images/s; {resumed} were done before it (resumed)"
+        + (f"; {result.actor_failures} labeling-actor failure(s) survived" if result.actor_failures else "")
     )
     if summary := result.summary():
         print(summary)
@@ -192,29 +228,45 @@ def prepare_output(out: Path) -> None:
         raise PlanError(f"cannot write to output directory {out}: {e.strerror or e}") from None
 
 
-_LOCKS: dict[str, object] = {}  # output dir -> open lock file (closing it would release the lock)
+_LEASES: dict[str, OutputLease] = {}  # output -> the lease this process holds on it
 
 
-def lock_output(out: Path) -> None:
-    """One job per output directory: a second driver on the same directory stops at once."""
-    import fcntl
+def hold_output(out: Store, timeout: float) -> None:
+    """Take OUTPUT's lease (shards/lease.py): a second job on any machine stops at once with a
+    line naming the holder; a holder gone silent for `timeout` seconds (or whose process on this
+    machine is gone) is taken over. If another job takes it over later (this one was paused past
+    the timeout), the heartbeat interrupts this job, which stops with `LeaseLost`."""
+    import _thread
 
-    from .plan import PlanError
+    from shards.lease import OutputLease
 
-    old = _LOCKS.pop(str(out), None)  # this process ran a job here before (tests, notebooks)
-    if old:
-        old.close()
-    f = open(out / ".c2f-label.lock", "w")  # noqa: SIM115 - kept open for the job's lifetime
+    release_output()  # an earlier job of this process (tests, notebooks) that did not end through `run`
+    lease = OutputLease.acquire(
+        out, timeout, ray_job=ray_job_id(), say=lambda line: print(line, flush=True), on_lost=_thread.interrupt_main
+    )
+    _LEASES[str(out)] = lease
+
+
+def release_output() -> None:
+    while _LEASES:
+        _, lease = _LEASES.popitem()
+        lease.release()
+
+
+def ray_job_id() -> str:
+    """The Ray job submission id when this driver runs under `ray job submit` (Ray passes the job's
+    metadata to the driver in its environment), else ""."""
+    import json
+
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.close()
-        raise PlanError(f"another `c2f label` is writing to {out}") from None
-    _LOCKS[str(out)] = f
+        config = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+        return str(config.get("metadata", {}).get("job_submission_id") or "")
+    except (ValueError, AttributeError):
+        return ""
 
 
 def remove_stale_temp_files(out: Path) -> None:
-    """Temp files of a run that was killed (`format.temp_name`); safe under the output lock."""
+    """Temp files of a run that was killed (`format.temp_name`); safe under the output's lease."""
     from shards import format as fmt
 
     for p in out.iterdir():

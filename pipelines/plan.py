@@ -519,7 +519,7 @@ def check_or_write_plan(out: Store, plan: Plan, overwrite: bool) -> str | None:
             )
     elif overwrite and data is not None:
         for name in out.list():
-            if fmt.parse_shard_name(name) or name.endswith(fmt.STATS_SUFFIX):
+            if fmt.parse_shard_name(name) or fmt.parse_table_name(name) or name.endswith(fmt.STATS_SUFFIX):
                 out.remove(name)
     # The inputs first: a plan.json always has its complete listing beside it. The listing is
     # written with a new plan (sizes and times as listed then; what each shard read is in its
@@ -540,12 +540,19 @@ def changed_inputs(plan: Plan, done: Mapping[int, ShardStats]) -> dict[int, list
     return {i: what for i, stats in done.items() if (what := plan.changes(stats))}
 
 
-def check_or_write_settings(out: Store, settings: dict, overwrite: bool) -> None:
-    """One dataset, one labeler: a rerun with other labeler settings is refused."""
+def check_or_write_settings(out: Store, settings: dict, overwrite: bool, defaults: dict | None = None) -> None:
+    """One dataset, one labeler: a rerun with other labeler settings is refused. A settings group or a
+    setting that the stored file lacks (a newer version added it) counts as its `defaults`: what older
+    versions did."""
     try:
         have = out.read_json(fmt.LABELER_SETTINGS)
     except ValueError as e:
         raise PlanError(f"{out.url(fmt.LABELER_SETTINGS)} is unreadable ({e}); use --overwrite to replace it") from None
+    if isinstance(have, dict) and defaults:
+        have = {
+            **{g: v for g, v in defaults.items() if g in settings and g not in have},
+            **{g: {**defaults[g], **v} if isinstance(v, dict) and g in defaults else v for g, v in have.items()},
+        }
     if have is not None and not overwrite:
         if have != settings:
             diff = sorted(

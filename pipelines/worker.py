@@ -8,8 +8,12 @@ what is refused and why.
 
 Every input of the shard ends up either in the tar or in the stats' `quarantined` list with the
 stage and the reason: a failure on one image, at any stage, costs only that image. Only failures of
-the shard itself (the output disk, the labeler's process) fail the task, which is then retried.
-The stats JSON is the done-marker, written last.
+the shard itself (the output disk, the labeler's process) fail the task, which is then retried;
+a full disk or quota, on the output or the staging space, fails it with `OutputFull`
+(shards.writer: one line naming the file and the free space, nothing left under a shard's name),
+which stops the job instead (`stops_job`): retrying cannot free space.
+Beside the tar goes its per-sample table (`{shard}.parquet`, shards/samples.py: one row per input,
+packed or quarantined, with its facts and stage times); the stats JSON is the done-marker, written last.
 """
 
 from __future__ import annotations
@@ -22,12 +26,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from labeler.base import Labeler
+from labeler.base import ImageContext, Labeler
 from shards import format as fmt
 from shards.errors import first_line
 from shards.image import BadImage, PreparedImage, prepare_image
-from shards.manifest import Quarantined, ShardStats, write_stats
+from shards.manifest import GroundedCount, Quarantined, ShardStats, write_stats
 from shards.pack import Labels, pack_sample
+from shards.samples import InputRef, Packed, coverage, mean_score, shard_rows, table_bytes
 from shards.store import Store
 from shards.writer import ShardInfo, ShardWriter
 
@@ -103,15 +108,25 @@ def _read_remote(url: str, max_bytes: int) -> tuple[bytes, list[int]]:
 
 
 class StageTimer(dict):
-    """Milliseconds spent per stage of one shard: `with timer("decode"): …`."""
+    """Milliseconds spent per stage of one shard: `with timer("decode"): …`; with `keys` (a key or a
+    batch's keys, which share the time equally) also per input, in `per_key[key][stage]`."""
+
+    def __init__(self):
+        super().__init__()
+        self.per_key: dict[str, dict[str, float]] = {}
 
     @contextlib.contextmanager
-    def __call__(self, stage: str):
+    def __call__(self, stage: str, keys: str | list[str] | None = None):
         t0 = time.perf_counter()
         try:
             yield
         finally:
-            self[stage] = self.get(stage, 0.0) + 1000 * (time.perf_counter() - t0)
+            ms = 1000 * (time.perf_counter() - t0)
+            self[stage] = self.get(stage, 0.0) + ms
+            keys = [keys] if isinstance(keys, str) else keys or []
+            for k in keys:
+                t = self.per_key.setdefault(k, {})
+                t[stage] = t.get(stage, 0.0) + ms / len(keys)
 
 
 class Quarantine(list):
@@ -144,7 +159,7 @@ def decode_batches(
         for item in job.items[b : b + job.batch_size]:
             stamps[item.key] = [item.size, item.mtime_ns]
             try:
-                with timer("read"):
+                with timer("read", item.key):
                     data, stamps[item.key] = read_input(job.root, item.source, job.limits.max_input_bytes)
             except InputRefused as e:
                 quarantine.add(item, "read", str(e))
@@ -153,7 +168,7 @@ def decode_batches(
                 quarantine.add(item, "read", first_line(e, typed=True))
                 continue
             try:
-                with timer("decode"):
+                with timer("decode", item.key):
                     batch.append((item, prepare_image(data, job.limits.max_pixels, pixels)))
             except BadImage as e:
                 quarantine.add(item, "decode", str(e))
@@ -168,8 +183,12 @@ def write_labeled(
     results: list,
     quarantine: Quarantine,
     timer: StageTimer | None = None,
+    grounded: GroundedCount | None = None,
+    packed: dict[str, Packed] | None = None,
 ) -> None:
-    """pack + write one labeled batch; a label or pack failure quarantines that image only."""
+    """pack + write one labeled batch; a label or pack failure quarantines that image only.
+    `grounded` counts the written images that a text prompt labeled, found or not found; `packed`
+    receives what the shard's table records of each sample written."""
     timer = timer if timer is not None else StageTimer()
     for (item, im), labels in zip(batch, results, strict=True):
         if isinstance(labels, Exception):
@@ -179,12 +198,19 @@ def write_labeled(
             quarantine.add(item, "label", f"labeler returned {type(labels).__name__}, not Labels")
             continue
         try:
-            with timer("pack"):
+            with timer("pack", item.key):
                 members = pack_sample(item.key, im, labels, item.source, item.class_index, item.synset)
-            with timer("write"):
+            index = writer.samples
+            with timer("write", item.key):
                 writer.write(item.key, members)  # checks key and members before writing a byte
         except (ValueError, TypeError, OverflowError) as e:
             quarantine.add(item, "pack", first_line(e, typed=True))
+            continue
+        if grounded is not None and labels.prompt is not None:
+            grounded.add(bool(labels.instances))
+        if packed is not None:
+            cov, score = coverage(labels.semantic), mean_score(i.score for i in labels.instances)
+            packed[item.key] = Packed(index, im.width, im.height, len(labels.instances), cov, score)
 
 
 def process_shard(job: ShardJob, labeler: Labeler) -> ShardStats:
@@ -194,15 +220,20 @@ def process_shard(job: ShardJob, labeler: Labeler) -> ShardStats:
     t0 = time.perf_counter()
     quarantine, timer = Quarantine(job.shard), StageTimer()
     stamps: dict[str, list[int]] = {}
+    grounded = GroundedCount()
+    packed: dict[str, Packed] = {}
     store = Store(job.out_dir)
     staging = store.staging_dir()
     try:
-        info = _write_shard(job, labeler, Path(staging) / job.shard, quarantine, timer, stamps)
+        info = _write_shard(job, labeler, Path(staging) / job.shard, quarantine, timer, stamps, grounded, packed)
         if info.samples:
             with timer("publish"):
                 store.publish(Path(staging) / job.shard, job.shard)  # the tar first, then its done-marker
     finally:
         store.discard_staging(staging)
+    with timer("table"):  # the shard's table (written atomically) between the tar and the done-marker
+        table = table_bytes(_table_rows(job, quarantine, packed, timer, stamps))
+        store.write_bytes(fmt.table_name(job.shard), table)
     stats = ShardStats(
         index=job.index,
         shard=job.shard,
@@ -214,26 +245,47 @@ def process_shard(job: ShardJob, labeler: Labeler) -> ShardStats:
         seconds=round(time.perf_counter() - t0, 3),
         timings={k: round(v, 1) for k, v in timer.items()},
         inputs=stamps,
+        grounded=grounded if grounded.found + grounded.not_found else None,
+        table_bytes=len(table),
     )
     write_stats(store, stats)
     return stats
 
 
+def _table_rows(job: ShardJob, quarantine: Quarantine, packed: dict, timer: StageTimer, stamps: dict) -> list:
+    """The shard's table (shards.samples): every input of the job, packed or quarantined."""
+    inputs = [
+        InputRef(it.key, it.source, it.synset, it.class_index, stamps.get(it.key, [it.size])[0]) for it in job.items
+    ]
+    reasons = {q.key: (q.stage, q.reason) for q in quarantine}
+    return shard_rows(job.shard, inputs, packed, reasons, timer.per_key)
+
+
 def _write_shard(
-    job: ShardJob, labeler: Labeler, path: Path, quarantine: Quarantine, timer: StageTimer, stamps: dict
+    job: ShardJob,
+    labeler: Labeler,
+    path: Path,
+    quarantine: Quarantine,
+    timer: StageTimer,
+    stamps: dict,
+    grounded: GroundedCount | None = None,
+    packed: dict | None = None,
 ) -> ShardInfo:
     """read -> decode -> label -> pack -> write into a tar at `path` (atomically, by the writer).
-    `label_wait` is the time this task waited for labels beyond its own reading and decoding."""
+    `label_wait` is the time this task waited for labels beyond its own reading and decoding. Each
+    image goes to the labeler with its `ImageContext` (key and class), from which the text-prompted
+    presets make its prompt."""
     with ShardWriter(path) as writer:
 
         def finish(batch: list[tuple[Item, PreparedImage]], handle) -> None:
-            with timer("label_wait"):
+            with timer("label_wait", [it.key for it, _ in batch]):
                 results = labeler.collect(handle) if batch else []
-            write_labeled(writer, batch, results, quarantine, timer)
+            write_labeled(writer, batch, results, quarantine, timer, grounded, packed)
 
         pending = None
         for batch in decode_batches(job, quarantine, stamps, timer, labeler.needs_pixels):
-            handle = labeler.submit([im.labeler_input() for _, im in batch]) if batch else None
+            contexts = [ImageContext(it.key, it.class_index, it.synset) for it, _ in batch]
+            handle = labeler.submit([im.labeler_input() for _, im in batch], contexts) if batch else None
             if pending is not None:
                 finish(*pending)
             pending = (batch, handle)

@@ -5,14 +5,15 @@ project, and nothing below it imports it (tests/test_imports.py).
 
     output.py   an output directory: manifest, shards, semantic classes (which of them are "things")
     measures.py per-image measures and per-shard sums, one pass over a shard's bytes (worker side)
-    report.py   c2f report: the pass in a process pool -> report.json, samples.csv, report.html
+    report.py   c2f report: the pass in a process pool -> report.json, samples.parquet, report.html
     compare.py  c2f compare: two outputs of one plan, sample by sample -> agreement, matching
-    where.py    the --where condition language over samples.csv's columns -> a row mask
-    filter.py   c2f filter: a report + a condition -> a subset file (shards/subset.py), which
+    query.py    the --where condition: an SQL expression, run by DuckDB with no file access
+    filter.py   c2f filter: a per-sample table + a condition -> a subset file (shards/subset.py), which
                 shards.reader and `c2f pretrain --subset` read
     render.py   plots (matplotlib), overlay strips (shards.inspect's drawing) and the HTML page
-    table.py    samples.csv: columns of numbers and text, written and read back
+    table.py    the report's per-input table (the shards' tables + measures): Parquet, CSV
     config.py   the commands' settings (CLI flags)
 
-numpy, PIL and matplotlib only: no torch (the validator's rule), so a report runs anywhere.
+numpy, PIL, matplotlib, pyarrow, DuckDB and Jinja2 only: no torch (the validator's rule), so a
+report runs anywhere.
 """

@@ -14,6 +14,13 @@ third); matched fraction is the F1 of the matching (2 x matches / (instances in 
 IoU is over the matches, and PQ (Kirillov et al., CVPR 2019) combines them (sum of matched IoU /
 (matches + unmatched / 2)). The `hungarian` matching needs the whole run's confusion first, which
 costs a first pass over the semantic maps.
+
+When one output is text-grounded (its label space's kind is `grounded`: each image's own class on
+its objects) and the other is not, their class vocabularies have little in common, so the image's
+class is compared on its own pixels: per image, the IoU of the grounded output's class pixels with
+the other output's class that covers most of them (`class_iou`), and the share of them inside any
+instance of the other output (`class_in_instances`); per image class, which of the other output's
+classes its pixels get. Instance agreement needs no classes and is measured as always.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import numpy as np
 from shards import format as fmt
 from shards.errors import UsageError
 from shards.location import is_local, local_path
+from shards.manifest import load_json
 from shards.pack import decode_png
 from shards.tar import TarError
 from shards.writer import atomic_write_bytes, atomic_write_json
@@ -42,8 +50,23 @@ from .table import write_csv
 
 COMPARE_KIND = "c2f-compare-v1"
 MAX_CONFUSION = 1 << 24  # (classes of A + 1) x (classes of B + 1) cells held per image
-PER_IMAGE = ["pixel_accuracy", "miou", "instances_a", "instances_b", "matched", "instance_f1", "instance_iou", "pq"]
-WORST = {"pixel_accuracy": "lowest semantic pixel accuracy", "instance_f1": "lowest instance matched fraction"}
+PER_IMAGE = [
+    "pixel_accuracy",
+    "miou",
+    "instances_a",
+    "instances_b",
+    "matched",
+    "instance_f1",
+    "instance_iou",
+    "pq",
+    "class_iou",  # one output grounded: its image-class pixels vs the other's class covering most of them
+    "class_in_instances",  # one output grounded: share of its image-class pixels inside the other's instances
+]
+WORST = {
+    "pixel_accuracy": "lowest semantic pixel accuracy",
+    "instance_f1": "lowest instance matched fraction",
+    "class_iou": "lowest IoU of the image's class (one output grounded)",
+}
 TILE = 160
 
 
@@ -147,6 +170,44 @@ def instance_agreement(inst_a: np.ndarray, inst_b: np.ndarray, threshold: float)
     return n_a, n_b, int(hit.sum()), float(iou[hit].sum())
 
 
+@dataclass(frozen=True)
+class ClassSide:
+    """A comparison where one output is text-grounded: which (`a` or `b`), its classes, and the other's."""
+
+    side: str
+    grounded: SemanticClasses
+    other: SemanticClasses
+
+    @staticmethod
+    def of(sa: SemanticClasses, sb: SemanticClasses) -> ClassSide | None:
+        if sa.grounded == sb.grounded:
+            return None
+        return ClassSide("a", sa, sb) if sa.grounded else ClassSide("b", sb, sa)
+
+
+def class_agreement(
+    sem_g: np.ndarray, class_id: int | None, sem_o: np.ndarray, inst_o: np.ndarray, lut_o: np.ndarray
+) -> tuple[float, float, np.ndarray | None]:
+    """The image's class pixels in the grounded map `sem_g` against the other output's maps: (IoU with
+    the other's class that covers most of them, share inside one of its instances, the other's
+    compact classes on them [K_o + 1]); NaN and None when the image has no pixel of its class."""
+    if class_id is None:
+        return math.nan, math.nan, None
+    c = sem_g == class_id
+    n = int(c.sum())
+    if not n:
+        return math.nan, math.nan, None
+    k_o = int(lut_o.max())
+    o = lut_o.take(sem_o, mode="clip")
+    hist = np.bincount(o[c], minlength=k_o + 1)
+    iou = 0.0
+    if hist[:k_o].any():
+        best = int(hist[:k_o].argmax())
+        both = int(hist[best])
+        iou = both / (n + int((o == best).sum()) - both)
+    return iou, float((inst_o[c] > 0).mean()), hist
+
+
 def matching_scores(n_a: int, n_b: int, matched: int, iou_sum: float) -> tuple[float, float, float]:
     """(F1 of the matching, mean IoU of the matches, PQ) from the counts of one image or a whole run;
     NaN where a score is undefined (no instances at all; no match for the mean IoU)."""
@@ -169,6 +230,8 @@ class PairResult:
     only_a: int = 0
     only_b: int = 0
     problems: list[tuple[str | None, str]] = field(default_factory=list)
+    class_hist: dict[int, np.ndarray] = field(default_factory=dict)  # grounded image class -> other's classes
+    class_images: dict[int, int] = field(default_factory=dict)  # grounded image class -> images with its pixels
 
 
 def join_keys(a: Iterator, b: Iterator) -> Iterator[tuple[str, dict | None, dict | None]]:
@@ -188,9 +251,16 @@ def join_keys(a: Iterator, b: Iterator) -> Iterator[tuple[str, dict | None, dict
 
 
 def compare_shards(
-    url_a: str, url_b: str, lut_a: np.ndarray, lut_b: np.ndarray, matching: np.ndarray | None, threshold: float
+    url_a: str,
+    url_b: str,
+    lut_a: np.ndarray,
+    lut_b: np.ndarray,
+    matching: np.ndarray | None,
+    threshold: float,
+    classes: ClassSide | None = None,
 ) -> PairResult:
-    """One shard pair. Without `matching` only the confusion is summed (the hungarian first pass)."""
+    """One shard pair. Without `matching` only the confusion is summed (the hungarian first pass);
+    with `classes` (one output grounded) the image's class is compared on its pixels too."""
     name = url_a.rstrip("/").rsplit("/", 1)[-1]
     r = PairResult(name)
     ka1, kb1 = int(lut_a.max()) + 1, int(lut_b.max()) + 1
@@ -214,7 +284,21 @@ def compare_shards(
                 if matching is None:
                     continue
                 acc, miou, _, _ = semantic_scores(fold(conf, matching, kb1 - 1))
-                n_a, n_b, m, iou_sum = instance_agreement(decode_png(sa[fmt.INST]), decode_png(sb[fmt.INST]), threshold)
+                inst_a, inst_b = decode_png(sa[fmt.INST]), decode_png(sb[fmt.INST])
+                n_a, n_b, m, iou_sum = instance_agreement(inst_a, inst_b, threshold)
+                class_iou = class_in = math.nan
+                if classes is not None:
+                    g, o = (sa, sb) if classes.side == "a" else (sb, sa)
+                    meta = load_json(g[fmt.META], ".json")
+                    if not isinstance(meta, dict):
+                        raise ValueError(".json is not an object")
+                    cid = classes.grounded.image_class(meta)
+                    sem_g, sem_o, inst_o = (sem_a, sem_b, inst_b) if classes.side == "a" else (sem_b, sem_a, inst_a)
+                    lut_o = lut_b if classes.side == "a" else lut_a
+                    class_iou, class_in, hist = class_agreement(sem_g, cid, sem_o, inst_o, lut_o)
+                    if hist is not None:
+                        r.class_hist[cid] = r.class_hist.get(cid, 0) + hist
+                        r.class_images[cid] = r.class_images.get(cid, 0) + 1
             except (KeyError, ValueError, OSError) as e:
                 r.problems.append((key, f"not compared: {type(e).__name__}: {e}"))
                 continue
@@ -230,6 +314,8 @@ def compare_shards(
                 "instance_f1": f1,
                 "instance_iou": mean_iou,
                 "pq": pq,
+                "class_iou": class_iou,
+                "class_in_instances": class_in,
             }
             for c, v in row.items():
                 r.columns[c].append(v)
@@ -293,6 +379,7 @@ def summarize(
     parts: list[PairResult],
     raw: np.ndarray,
     threshold: float,
+    classes: ClassSide | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """compare.json's content and the per-image columns; `raw`: the run's [Ka + 1, Kb + 1] confusion."""
     kb = sb.num_classes
@@ -347,10 +434,45 @@ def summarize(
                 "pq": pq,
             },
             "per_image": {name: dist(name) for name in ("pixel_accuracy", "miou", "instance_f1", "instance_iou", "pq")},
+            "image_class": image_class_summary(parts, classes, dist) if classes is not None else None,
             "problems": [{"shard": p.shard, "key": k, "message": msg} for p in parts for k, msg in p.problems][:1000],
         },
         cols,
     )
+
+
+def image_class_summary(parts: list[PairResult], classes: ClassSide, dist) -> dict[str, Any]:
+    """One output grounded: how the other labels each image's class pixels, overall and per class."""
+    hist: dict[int, np.ndarray] = {}
+    images: dict[int, int] = {}
+    for p in parts:
+        for cid, h in p.class_hist.items():
+            hist[cid] = hist[cid] + h if cid in hist else h
+            images[cid] = images.get(cid, 0) + p.class_images[cid]
+    k_o = classes.other.num_classes
+    by_class = []
+    for cid in sorted(hist, key=lambda c: (-images[c], c))[:1000]:
+        h = hist[cid]
+        top = np.argsort(-h[:k_o], kind="stable")[:3]
+        by_class.append(
+            {
+                "id": cid,
+                "name": classes.grounded.name(cid),
+                "images": images[cid],
+                "unlabelled_share": float(h[k_o]) / max(int(h.sum()), 1),
+                "top": [
+                    {"id": int(c), "name": classes.other.name(int(c)), "share": float(h[c]) / h.sum()}
+                    for c in top
+                    if h[c] > 0
+                ],
+            }
+        )
+    return {
+        "grounded": classes.side,
+        "class_iou": dist("class_iou"),
+        "class_in_instances": dist("class_in_instances"),
+        "by_class": by_class,
+    }
 
 
 def worst_images(cols: dict[str, np.ndarray], n: int) -> dict[str, list[dict]]:
@@ -423,52 +545,43 @@ def draw_pairs(
 
 
 def page(s: dict[str, Any], pictures: dict[str, bytes]) -> str:
-    f = render.fmt_num
-    sem, ins = s["semantic"], s["instances"]
-    parts = [
-        f"<p>A = <b>{render.esc(s['a']['output'])}</b> (preset {render.esc(s['a']['preset'])}, {s['a']['classes']} "
-        f"classes), judged against B = <b>{render.esc(s['b']['output'])}</b> (preset {render.esc(s['b']['preset'])}, "
-        f"{s['b']['classes']} classes): {s['samples']} images in both"
-        + (f"; {s['only_in_a']} only in A, {s['only_in_b']} only in B" if s["only_in_a"] or s["only_in_b"] else "")
-        + ".</p>",
-        "<h2>Overall</h2>",
-        render.table(
-            ["measure", "value"],
-            [
-                [f"semantic pixel accuracy (matching: {sem['matching']})", f(sem["pixel_accuracy"])],
-                ["semantic mIoU", f(sem["miou"])],
-                [f"instances matched at IoU > {ins['iou_threshold']} (F1)", f(ins["matched_fraction"])],
-                ["matched share of A's / B's instances", f"{f(ins['matched_of_a'])} / {f(ins['matched_of_b'])}"],
-                ["mean IoU of matched instances", f(ins["mean_iou"])],
-                ["panoptic quality (class-agnostic)", f(ins["pq"])],
-                ["instances in A / B / matched", f"{ins['in_a']} / {ins['in_b']} / {ins['matched']}"],
-            ],
-        ),
-        "<h2>Per image</h2>",
-        render.img(pictures["per_image"], "per-image agreement"),
-    ]
-    for key in ("class_iou", "confusion"):
-        if key in pictures:
-            parts.append(render.img(pictures[key], key))
-    if sem["matching"] != "ids":
-        parts.append("<h3>Class matching (A &rarr; B)</h3>")
-        parts.append(render.table(["A", "B"], [[f"{x} {n}", f"{y} {m}"] for x, y, n, m in sem["pairs"]], left=2))
-    parts.append("<h2>Most-disagreeing images</h2>")
-    parts.append(
-        "<p class=muted>RGB | A semantic (in B's classes) | B semantic | pixels where they differ (red) | "
-        "A instances | B instances</p>"
+    """compare.html (quality/templates/compare.html)."""
+    return render.page(
+        "compare.html",
+        title=f"c2f compare: {s['a']['output']} vs {s['b']['output']}",
+        s=s,
+        pictures=pictures,
+        worst=WORST,
+        image_class=image_class_view(s["image_class"]),
     )
-    for name, why in WORST.items():
-        if f"worst_{name}" in pictures:
-            parts.append(f"<h3>{render.esc(why)}</h3>" + render.img(pictures[f"worst_{name}"], why))
-    if s["problems"]:
-        parts.append("<h2>Problems</h2>")
-        parts.append(
-            render.table(
-                ["shard", "key", "problem"], [[p["shard"], p["key"] or "", p["message"]] for p in s["problems"]], left=3
+
+
+def image_class_view(ic: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the page shows of a grounded output against another: the image's class on its own pixels."""
+    if ic is None:
+        return None
+    f = render.fmt_num
+    g, o = ("A", "B") if ic["grounded"] == "a" else ("B", "A")
+    return {
+        "g": g,
+        "o": o,
+        "measures": [
+            [name, f(ic[key].get("mean", math.nan)), f(ic[key].get("median", math.nan)), ic[key]["defined"]]
+            for key, name in (
+                ("class_iou", f"IoU with {o}'s best class"),
+                ("class_in_instances", f"share inside {o}'s instances"),
             )
-        )
-    return render.page(f"c2f compare: {s['a']['output']} vs {s['b']['output']}", "".join(parts))
+        ],
+        "rows": [
+            [
+                f"{c['id']} {c['name']}",
+                c["images"],
+                *[f"{t['id']} {t['name']} {100 * t['share']:.0f}%" for t in c["top"]],
+            ]
+            + [""] * (3 - len(c["top"]))
+            for c in ic["by_class"][:40]
+        ],
+    }
 
 
 def plots(
@@ -526,9 +639,10 @@ def run(cfg: CompareConfig) -> int:
         _, first = collect(jobs, cfg.workers, "match classes", cfg.progress)
         lut = match_hungarian(first, sa.num_classes, sb.num_classes)
     matching = Matching(rule, lut)
-    jobs = [(x, y, lut_a, lut_b, lut, cfg.iou) for x, y in pairs]
+    classes = ClassSide.of(sa, sb)  # one output grounded: its image classes compared on their pixels
+    jobs = [(x, y, lut_a, lut_b, lut, cfg.iou, classes) for x, y in pairs]
     parts, raw = collect(jobs, cfg.workers, "compare", cfg.progress)
-    summary, cols = summarize(a, b, sa, sb, matching, parts, raw, cfg.iou)
+    summary, cols = summarize(a, b, sa, sb, matching, parts, raw, cfg.iou, classes)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     pictures = plots(summary, cols, raw, sa, sb)
     worst = worst_images(cols, cfg.worst)
@@ -551,6 +665,12 @@ def run(cfg: CompareConfig) -> int:
         f"{f(sem['miou'])} (matching: {sem['matching']}); instances matched {f(ins['matched_fraction'])} "
         f"(IoU > {cfg.iou}), mean IoU {f(ins['mean_iou'])}, PQ {f(ins['pq'])}"
     )
+    if (ic := summary["image_class"]) is not None:
+        print(
+            f"image class ({'A' if ic['grounded'] == 'a' else 'B'} grounded): IoU with the other's best class "
+            f"{f(ic['class_iou'].get('mean', math.nan))}, inside its instances "
+            f"{f(ic['class_in_instances'].get('mean', math.nan))} ({ic['class_iou']['defined']} images)"
+        )
     if summary["problems"]:
         print(f"{len(summary['problems'])} problem(s), see the page; run `c2f validate` on both outputs")
     print(f"compare: {out_dir / 'compare.html'} (and compare.json, samples.csv)")

@@ -21,6 +21,7 @@ class ReportConfig:
             "space, else the categories of each image's instances (docs/QUALITY.md)"
         },
     )
+    csv: bool = field(default=False, metadata={"help": "also write samples.csv (the samples.parquet table as CSV)"})
     progress: bool = field(default=True, metadata={"help": "progress bar on stderr"})
 
 
@@ -46,13 +47,18 @@ class CompareConfig:
 
 @dataclass
 class FilterConfig:
-    output: str = field(metadata={"positional": True, "help": "a labeled output directory that has a report"})
+    output: str = field(metadata={"positional": True, "help": "a labeled output directory"})
     where: str = field(
         default="",
-        metadata={"help": "condition on the report's measures, e.g. 'coverage > 0.5 and instances >= 1'"},
+        metadata={
+            "help": "an SQL condition on the per-sample table (the report's measures if OUTPUT has a report, else "
+            "the shards' tables), e.g. \"cls = 'n01440764' AND instances > 3\" (docs/QUALITY.md)"
+        },
     )
     out: str = field(
         default="subset.json",
         metadata={"help": "subset file to write: .json (wids-compatible subset index) or .txt (one key per line)"},
     )
-    report: str = field(default="", metadata={"help": "the report directory (default: OUTPUT/report)"})
+    report: str = field(
+        default="", metadata={"help": "the report directory (default: OUTPUT/report, when there is one)"}
+    )

@@ -21,6 +21,7 @@ import numpy as np
 
 from shards import format as fmt
 from shards.pack import decode_png
+from shards.samples import TableError, read_url, url_beside
 from shards.tar import TarError
 
 from .output import SemanticClasses, iter_samples
@@ -44,12 +45,15 @@ MEASURES = [
     Measure("score", "mean instance score from the labeler (empty: no instances)", "low"),
     Measure("purity", "share of instance pixels in their instance's majority semantic class", "low"),
     Measure("thing_fraction", "share of instance pixels whose semantic class is a thing", "low"),
+    Measure("found", "text-prompted presets: 1 if the image's prompt found its object, else 0 (empty: others)", "low"),
 ]
 MEASURE_NAMES = [m.name for m in MEASURES]
-# Columns that identify a sample; `index` is its position in its shard (what wids addresses).
-ID_COLUMNS = ["key", "shard", "index", "cls", "width", "height"]
+# Columns that identify a sample; `index` is its position in its shard (what wids addresses);
+# `cls_index` is -1 for an image without a class.
+ID_COLUMNS = ["key", "shard", "index", "cls_index", "width", "height", "source"]
 COLUMNS = ID_COLUMNS + MEASURE_NAMES
-INT_COLUMNS = {"index", "cls", "width", "height", "classes", "instances"}
+INT_COLUMNS = {"index", "cls_index", "width", "height", "classes", "instances"}
+TEXT_COLUMNS = {"key", "shard", "source"}
 
 # Fixed bins for per-instance distributions, so shards add up without a second pass.
 AREA_EDGES = np.linspace(-5.0, 0.0, 26)  # log10 of an instance's area share: 1e-5 .. 1
@@ -69,6 +73,7 @@ class ShardMeasures:
     purity_hist: np.ndarray = field(default_factory=lambda: np.zeros(len(PURITY_EDGES) - 1, np.int64))
     out_of_range: int = 0  # pixels whose id is neither a class nor ignore (`c2f validate` flags them)
     problems: list[tuple[str | None, str]] = field(default_factory=list)  # (key, message)
+    rows: Any = None  # the shard's rows of the report's table (a pyarrow Table, quality.table.extend)
 
     @property
     def samples(self) -> int:
@@ -148,13 +153,15 @@ class Accumulator:
         else:
             thing_known = True
         scores = [float(i["score"]) for i in meta.get("instances", []) if isinstance(i.get("score"), (int, float))]
+        prompted = isinstance(meta.get("prompt"), str)
         row = {
             "key": key,
             "shard": r.shard,
             "index": index,
-            "cls": cls if isinstance(cls, int) else -1,
+            "cls_index": cls if isinstance(cls, int) else -1,
             "width": w,
             "height": h,
+            "source": str(meta.get("source", "")),
             "coverage": float(classes.sum()) / pixels,
             "classes": int((classes > 0).sum()),
             "entropy": entropy_bits(classes),
@@ -167,6 +174,7 @@ class Accumulator:
             "thing_fraction": (
                 float(joint[:, is_thing].sum()) / inst_pixels if inst_pixels and thing_known else math.nan
             ),
+            "found": float(len(ids) > 0) if prompted else math.nan,
         }
         for c in COLUMNS:
             r.columns[c].append(row[c])
@@ -179,8 +187,9 @@ def _bin(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return np.clip(np.floor((values - lo) * (n / (hi - lo)) + 1e-9), 0, n - 1).astype(np.int64)
 
 
-def measure_shard(url: str, space: SemanticClasses) -> ShardMeasures:
-    """Every sample of one shard. A sample that does not decode, or a shard that is not a tar, is
+def measure_shard(url: str, space: SemanticClasses, classes: list[str] | None = None) -> ShardMeasures:
+    """Every sample of one shard, and the shard's table extended with them (`rows`, quality.table).
+    A sample that does not decode, a shard that is not a tar or a table that cannot be read is
     recorded as a problem (the report lists them and points at `c2f validate`), never raised."""
     name = url.rstrip("/").rsplit("/", 1)[-1]
     acc = Accumulator(name, space)
@@ -196,6 +205,14 @@ def measure_shard(url: str, space: SemanticClasses) -> ShardMeasures:
     except OSError as e:
         problems.append((None, f"cannot read: {e}"))
     acc.result.columns = as_arrays(acc.result.columns)
+    try:
+        rows = read_url(url_beside(url))
+    except TableError as e:
+        problems.append((None, f"{fmt.table_name(name)}: {e}"))
+        rows = None
+    from .table import extend
+
+    acc.result.rows = extend(name, rows, acc.result.columns, classes or [])
     return acc.result
 
 
@@ -203,7 +220,7 @@ def as_arrays(columns: dict[str, list]) -> dict[str, np.ndarray]:
     """Column lists -> compact arrays (what crosses the process boundary and what the report keeps)."""
     out = {}
     for c, values in columns.items():
-        if c in ("key", "shard"):
+        if c in TEXT_COLUMNS:
             out[c] = np.array(values, dtype=str)
         elif c in INT_COLUMNS:
             out[c] = np.array(values, dtype=np.int64)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from shards.errors import UsageError
@@ -29,6 +29,23 @@ class SemanticClasses:
     ignore: int
     things: frozenset[int] | None
     things_rule: str
+    # grounded label spaces (text-prompted presets): synset -> the class id an image of that class
+    # carries on its objects; empty for other label spaces
+    class_of_synset: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def grounded(self) -> bool:
+        return bool(self.class_of_synset)
+
+    def image_class(self, meta: dict) -> int | None:
+        """Grounded spaces: the semantic id of this sample's own class (by its synset, else by its
+        instances' category, which a prompt class without a synset gives); None when unknown."""
+        syn = (meta.get("class") or {}).get("synset")
+        if isinstance(syn, str) and syn in self.class_of_synset:
+            return self.class_of_synset[syn]
+        cats = [i.get("category") for i in meta.get("instances", []) if isinstance(i, dict)]
+        cats = [c for c in cats if isinstance(c, int) and 0 <= c < self.num_classes]
+        return cats[0] if cats else None
 
     def name(self, cid: int) -> str:
         if cid == self.ignore:
@@ -70,7 +87,7 @@ def semantic_classes(manifest: Manifest, things: str = "auto") -> SemanticClasse
         ids, rule = space.thing_ids, "the manifest's instance label space"
     else:
         ids, rule = None, "each image's instance categories (the manifest names no thing classes)"
-    return SemanticClasses(space.semantic_names, space.num_classes, space.ignore, ids, rule)
+    return SemanticClasses(space.semantic_names, space.num_classes, space.ignore, ids, rule, space.class_of_synset())
 
 
 def open_output(path: str) -> Output:

@@ -1,5 +1,7 @@
 """Pictures and the page: matplotlib plots as PNG bytes, overlay strips drawn with shards.inspect's
-helpers, and one self-contained HTML file (every image embedded as a data URI).
+helpers, and one self-contained HTML file (every image embedded as a data URI) from a Jinja2
+template of `quality/templates/` (package data) with autoescaping on: every value a page shows (a
+folder name, a file name, a class name from a manifest) is escaped by the engine, none by hand.
 
 matplotlib is driven through `Figure` + the Agg canvas, never pyplot: no global state, no GUI
 backend, safe in any process.
@@ -8,7 +10,7 @@ backend, safe in any process.
 from __future__ import annotations
 
 import base64
-import html
+import functools
 import io
 from collections.abc import Sequence
 from typing import Any
@@ -106,12 +108,6 @@ def strip(samples: Sequence[tuple[str, Sequence[Image.Image]]], per_row: int = 2
     return buf.getvalue()
 
 
-def png_bytes(im: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, format="PNG", optimize=True)
-    return buf.getvalue()
-
-
 def disagreement(rgb: np.ndarray, differ: np.ndarray) -> np.ndarray:
     """[H, W, 3] RGB, darkened, with pixels where two label maps differ in red."""
     out = (rgb.astype(np.float32) * 0.35).astype(np.uint8)
@@ -120,18 +116,6 @@ def disagreement(rgb: np.ndarray, differ: np.ndarray) -> np.ndarray:
 
 
 # --- the page -------------------------------------------------------------------------------------
-
-CSS = """
-body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1100px;color:#222;padding:0 16px}
-h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd}h3{font-size:15px}
-table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}
-th{background:#f4f4f4}td.l,th.l{text-align:left}img{max-width:100%;display:block;margin:8px 0}
-.note{background:#fff6d6;border:1px solid #e8d58a;padding:6px 10px}.muted{color:#777}
-"""
-
-
-def esc(x: object) -> str:
-    return html.escape(str(x))
 
 
 def ext(data: bytes) -> str:
@@ -152,28 +136,36 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
-def img(data: bytes, alt: str) -> str:
-    """An embedded PNG or JPEG (told apart by their signatures)."""
+def data_uri(data: bytes) -> str:
+    """An embedded PNG or JPEG (told apart by their signatures) as a `data:` URI."""
     mime = "image/png" if ext(data) == "png" else "image/jpeg"
-    return f'<img alt="{esc(alt)}" src="data:{mime};base64,{base64.b64encode(data).decode()}">'
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[object]], left: int = 1) -> str:
-    """An HTML table; the first `left` columns are text (left-aligned)."""
+@functools.cache
+def _templates():
+    import jinja2
 
-    def cell(tag: str, i: int, v: object) -> str:
-        return f"<{tag}{' class=l' if i < left else ''}>{esc(v)}</{tag}>"
-
-    head = "".join(cell("th", i, h) for i, h in enumerate(headers))
-    body = "".join("<tr>" + "".join(cell("td", i, v) for i, v in enumerate(r)) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def page(title: str, body: str) -> str:
-    return (
-        f'<!doctype html><html><head><meta charset="utf-8"><title>{esc(title)}</title>'
-        f"<style>{CSS}</style></head><body><h1>{esc(title)}</h1>{body}</body></html>\n"
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("quality", "templates"),
+        autoescape=True,  # every template, whatever its name: values are text, never markup
+        undefined=jinja2.StrictUndefined,  # a name the page needs and was not given is an error, not ""
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
     )
+    env.filters.update(
+        num=fmt_num,
+        datauri=data_uri,
+        problem_row=lambda p: [p["shard"], p["key"] or "", p["message"]],
+        pair_row=lambda p: [f"{p[0]} {p[2]}", f"{p[1]} {p[3]}"],
+    )
+    return env
+
+
+def page(template: str, **context: Any) -> str:
+    """The HTML page of `quality/templates/{template}` with `context`."""
+    return _templates().get_template(template).render(**context)
 
 
 def fmt_num(v: float, digits: int = 3) -> str:

@@ -2,7 +2,8 @@
 
 report.json   the summary: every measure's distribution, label-space usage, instance purity,
               image class -> semantic classes, the worst images by each measure
-samples.csv   one row per image: its measures (what `c2f filter` selects on)
+samples.parquet  the shards' tables (one row per input) extended with each image's measures (what
+              `c2f filter` selects on); `--csv`: also as samples.csv
 report.html   the same for a person, self-contained (plots as embedded PNGs)
 img/*.png     the plots and overlay strips as files
 
@@ -38,9 +39,11 @@ from .measures import (
     measure_shard,
 )
 from .output import Output, SemanticClasses, map_shards, open_output, read_some, semantic_classes
-from .table import write_csv
+from .table import write_parquet, write_table_csv
 
 REPORT_KIND = "c2f-report-v1"
+SAMPLES = "samples.parquet"  # the per-input table: what `c2f filter` reads
+SAMPLES_CSV = "samples.csv"  # the same, with --csv
 TILE = 192  # overlay tiles in the worst-image strips
 
 
@@ -73,6 +76,7 @@ class Measured:
     purity_hist: np.ndarray
     out_of_range: int
     problems: list[dict[str, Any]]
+    table: Any = None  # the report's per-input table (pyarrow), in shard order
 
 
 class Merger:
@@ -80,6 +84,7 @@ class Merger:
 
     def __init__(self, n_shards: int, k: int):
         self.rows: list[dict[str, np.ndarray] | None] = [None] * n_shards
+        self.tables: list[Any] = [None] * n_shards
         self.m = Measured(
             columns={},
             class_pixels=np.zeros(k + 1, np.int64),
@@ -94,6 +99,7 @@ class Merger:
     def add(self, i: int, p: ShardMeasures) -> None:
         m = self.m
         self.rows[i] = p.columns
+        self.tables[i] = p.rows
         m.class_pixels += p.class_pixels
         m.class_images += p.class_images
         for cls, v in p.by_image_class.items():
@@ -109,6 +115,9 @@ class Merger:
     def result(self) -> Measured:
         parts = [r for r in self.rows if r is not None]
         self.m.columns = {c: np.concatenate([r[c] for r in parts]) for c in COLUMNS}
+        import pyarrow as pa
+
+        self.m.table = pa.concat_tables([t for t in self.tables if t is not None])
         return self.m
 
 
@@ -156,6 +165,8 @@ def pick_worst(columns: dict[str, np.ndarray], n: int) -> tuple[dict[str, list[d
         if v[ok].min() == v[ok].max():
             skipped[m.name] = f"every image has {render.fmt_num(float(v[ok][0]))}"
             continue
+        if set(np.unique(v[ok]).tolist()) <= {0.0, 1.0}:  # a yes/no measure: only the images that say no
+            ok = ok[v[ok] == (0.0 if m.worst == "low" else 1.0)]
         sign = 1 if m.worst == "low" else -1
         order = ok[np.lexsort((columns["key"][ok], sign * v[ok]))][:n]
         worst[m.name] = [
@@ -182,22 +193,30 @@ def summarize(output: Output, space: SemanticClasses, m: Measured, seconds: floa
     ]
     synsets = output.manifest.plan.classes
     image_classes = []
-    counts = np.bincount(cols["cls"][cols["cls"] >= 0]) if n else np.zeros(0, np.int64)
+    counts = np.bincount(cols["cls_index"][cols["cls_index"] >= 0]) if n else np.zeros(0, np.int64)
+    found = cols["found"]
     for cls in sorted(m.by_image_class):
         v = m.by_image_class[cls]
         lab = v[:k].sum()
         top = np.argsort(-v[:k], kind="stable")[:3]
-        image_classes.append(
-            {
-                "index": cls,
-                "synset": synsets[cls] if 0 <= cls < len(synsets) else None,
-                "images": int(counts[cls]) if cls < len(counts) else 0,
-                "unlabelled_share": float(v[k]) / max(int(v.sum()), 1),
-                "top": [
-                    {"id": int(c), "name": space.name(int(c)), "share": float(v[c]) / lab} for c in top if v[c] > 0
-                ],
-            }
-        )
+        synset = synsets[cls] if 0 <= cls < len(synsets) else None
+        entry = {
+            "index": cls,
+            "synset": synset,
+            "images": int(counts[cls]) if cls < len(counts) else 0,
+            "unlabelled_share": float(v[k]) / max(int(v.sum()), 1),
+            "top": [{"id": int(c), "name": space.name(int(c)), "share": float(v[c]) / lab} for c in top if v[c] > 0],
+        }
+        if synset in space.class_of_synset:  # grounded: the class's name in the label space
+            entry["name"] = space.name(space.class_of_synset[synset])
+        of_class = found[cols["cls_index"] == cls]
+        if np.isfinite(of_class).any():  # text-prompted: how often the class's prompt found its object
+            entry["found_share"] = float(np.nanmean(of_class))
+        image_classes.append(entry)
+    grounded = None
+    if np.isfinite(found).any():
+        hit = int(np.nansum(found))
+        grounded = {"found": hit, "not_found": int(np.isfinite(found).sum()) - hit}
     return {
         "kind": REPORT_KIND,
         "output": output.path,
@@ -226,6 +245,7 @@ def summarize(output: Output, space: SemanticClasses, m: Measured, seconds: floa
             "out_of_range_pixels": m.out_of_range,
         },
         "image_classes": image_classes,
+        "grounded": grounded,  # text-prompted presets: images whose prompt found / did not find its object
         "problems": m.problems[:1000],
         "problem_count": len(m.problems),
     }
@@ -307,8 +327,9 @@ def plots(summary: dict[str, Any]) -> dict[str, bytes]:
 
 
 def page(summary: dict[str, Any], lab: LabelerInfo, pictures: dict[str, bytes], skipped: dict[str, str]) -> str:
+    """report.html (quality/templates/report.html): the summary's numbers as the page shows them."""
     fmt_n = render.fmt_num
-    s, parts = summary, []
+    s = summary
     notes = []
     if lab.weight_free:
         notes.append(lab.note or "Weight-free labels: no learned model made them.")
@@ -316,105 +337,50 @@ def page(summary: dict[str, Any], lab: LabelerInfo, pictures: dict[str, bytes], 
         notes.append("These labels come from random models and carry no meaning: " + (lab.note or ""))
     if lab.empty_labels:
         notes.append("These shards carry empty labels (preset 'empty').")
-    parts.append(
-        f"<p><b>{render.esc(s['output'])}</b>: {s['samples']} images in {s['shards']} shards, labeler "
-        f"<b>{render.esc(lab.preset)}</b>; measured in {s['seconds']} s.</p>"
-    )
-    parts += [f'<p class="note">{render.esc(n)}</p>' for n in notes]
-    if s["problem_count"]:
-        parts.append(
-            f'<p class="note">{s["problem_count"]} sample(s) or shard(s) could not be measured: see Problems '
-            f"below, and run <code>c2f validate</code>.</p>"
-        )
-    parts.append("<h2>Per-image measures</h2>")
-    rows = [
-        [name, d["help"], *(fmt_n(d.get(q, math.nan)) for q in ("mean", "p05", "median", "p95")), d["undefined"]]
-        for name, d in s["measures"].items()
-    ]
-    parts.append(render.table(["measure", "what it is", "mean", "5%", "median", "95%", "undefined"], rows, left=2))
-    parts.append(render.img(pictures["measures"], "histograms of the per-image measures"))
-    parts.append(
-        f"<p class=muted>Thing classes (for thing_fraction): {render.esc(s['things']['rule'])}. "
-        "Undefined: the measure has no value for that image (no instances, no thing list).</p>"
-    )
-    parts.append("<h2>Instances</h2>")
-    parts.append(
-        f"<p>{s['instances']['total']} instances. Purity: the share of an instance's pixels in its majority "
-        "semantic class; low purity means the two maps disagree about what the instance is.</p>"
-    )
-    parts.append(render.img(pictures["instances"], "instance area and purity"))
     ls = s["label_space"]
-    parts.append("<h2>Label space usage</h2>")
-    parts.append(
-        f"<p>{len(ls['classes']) - len(ls['never_predicted'])} of {len(ls['classes'])} classes used; "
-        f"{100 * ls['unlabelled_pixel_share']:.2f}% of pixels unlabelled (ignore)"
-        + (f"; {ls['out_of_range_pixels']} pixels out of range" if ls["out_of_range_pixels"] else "")
-        + ".</p>"
-    )
-    for key in ("classes_top", "classes_bottom"):
-        if key in pictures:
-            parts.append(render.img(pictures[key], key))
     used = sorted((c for c in ls["classes"] if c["pixels"]), key=lambda c: (-c["pixels"], c["id"]))
     shown = used if len(used) <= 40 else used[:20] + used[-20:]
-    parts.append(
-        render.table(
-            ["class", "% of labelled pixels", "% of images"],
+    prompted = any("found_share" in c for c in s["image_classes"])
+    worst = []
+    for name, picks in s["worst"].items():
+        direction = next(m.worst for m in MEASURES if m.name == name)
+        worst.append(
+            {
+                "name": name,
+                "direction": "lowest" if direction == "low" else "highest",
+                "strip": pictures.get(f"worst_{name}"),
+                "rows": [[p["key"], p["shard"], fmt_n(p["value"])] for p in picks],
+            }
+        )
+    return render.page(
+        "report.html",
+        title=f"c2f report: {s['output']}",
+        s=s,
+        labeler=lab,
+        notes=notes,
+        pictures=pictures,
+        measure_rows=[
+            [name, d["help"], *(fmt_n(d.get(q, math.nan)) for q in ("mean", "p05", "median", "p95")), d["undefined"]]
+            for name, d in s["measures"].items()
+        ],
+        class_rows=[
+            [f"{c['id']} {c['name']}", f"{100 * c['pixel_share']:.2f}", f"{100 * c['image_share']:.1f}"] for c in shown
+        ],
+        classes_cut=shown != used,
+        never=[f"{c['id']} {c['name']}" for c in ls["classes"] if c["pixels"] == 0],
+        prompted=prompted,
+        image_class_rows=[
             [
-                [f"{c['id']} {c['name']}", f"{100 * c['pixel_share']:.2f}", f"{100 * c['image_share']:.1f}"]
-                for c in shown
-            ],
-        )
-        + (
-            "<p class=muted>The 20 most and the 20 least frequent classes; report.json lists all.</p>"
-            if shown != used
-            else ""
-        )
-    )
-    never = [f"{c['id']} {c['name']}" for c in ls["classes"] if c["pixels"] == 0]
-    if never:
-        parts.append(f"<p>Never predicted ({len(never)}): {render.esc(', '.join(never))}</p>")
-    if s["image_classes"]:
-        parts.append("<h2>Image classes &rarr; semantic classes</h2>")
-        parts.append(
-            "<p>For each image-level class (the input's folders, e.g. ImageNet synsets), its most frequent "
-            "semantic classes by share of labelled pixels: a sanity check (dog images should be "
-            "mostly animal classes, not sky).</p>"
-        )
-        rows = [
-            [
-                f"{c['index']} {c['synset'] or ''}".strip(),
+                f"{c['index']} {c['synset'] or ''} {c.get('name', '')}".strip(),
                 c["images"],
+                *([fmt_n(c.get("found_share", math.nan))] if prompted else []),
                 *[f"{t['name']} {100 * t['share']:.0f}%" for t in c["top"]] + [""] * (3 - len(c["top"])),
             ]
             for c in s["image_classes"]
-        ]
-        parts.append(render.table(["image class", "images", "1st", "2nd", "3rd"], rows, left=1))
-    parts.append("<h2>Worst images by measure</h2>")
-    for name, picks in s["worst"].items():
-        direction = next(m.worst for m in MEASURES if m.name == name)
-        parts.append(f"<h3>{render.esc(name)} ({'lowest' if direction == 'low' else 'highest'})</h3>")
-        strip = pictures.get(f"worst_{name}")
-        if strip:
-            parts.append(render.img(strip, f"worst by {name}"))
-        else:
-            parts.append(
-                render.table(["key", "shard", name], [[p["key"], p["shard"], fmt_n(p["value"])] for p in picks])
-            )
-    for name, why in skipped.items():
-        parts.append(f"<p class=muted>{render.esc(name)}: no worst images ({render.esc(why)}).</p>")
-    if s["problems"]:
-        parts.append("<h2>Problems</h2>")
-        parts.append(
-            render.table(
-                ["shard", "key", "problem"], [[p["shard"], p["key"] or "", p["message"]] for p in s["problems"]], left=3
-            )
-        )
-    example = f"c2f filter {s['output']} --where 'coverage > 0.5 and instances >= 1' --out subset.json"
-    parts.append(
-        "<p class=muted>Files: report.json (this summary), samples.csv (one row per image). Select images by "
-        f"these measures: <code>{render.esc(example)}</code>.</p>"
+        ],
+        worst=worst,
+        skipped=skipped,
     )
-    return render.page(f"c2f report: {s['output']}", "".join(parts))
 
 
 def run(cfg: ReportConfig) -> int:
@@ -425,7 +391,8 @@ def run(cfg: ReportConfig) -> int:
     output = open_output(cfg.output)
     space = semantic_classes(output.manifest, cfg.things)
     merger = Merger(len(output.shards), space.num_classes)
-    for i, part in map_shards(measure_shard, [(u, space) for u in output.shards], cfg.workers, "report", cfg.progress):
+    jobs = [(u, space, output.manifest.plan.classes) for u in output.shards]
+    for i, part in map_shards(measure_shard, jobs, cfg.workers, "report", cfg.progress):
         merger.add(i, part)
     measured = merger.result()
     seconds = time.perf_counter() - t0
@@ -439,7 +406,11 @@ def run(cfg: ReportConfig) -> int:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_pictures(out_dir / "img", pictures)
-    write_csv(out_dir / "samples.csv", measured.columns)
+    write_parquet(out_dir / SAMPLES, measured.table)
+    if cfg.csv:
+        write_table_csv(out_dir / SAMPLES_CSV, measured.table)
+    else:  # a CSV of an earlier run would no longer describe these shards
+        (out_dir / SAMPLES_CSV).unlink(missing_ok=True)
     atomic_write_json(out_dir / "report.json", render.json_safe(summary))
     atomic_write_bytes(out_dir / "report.html", page(summary, output.manifest.labeler, pictures, skipped).encode())
     n = summary["samples"]
@@ -447,6 +418,10 @@ def run(cfg: ReportConfig) -> int:
         f"report: {n} images in {summary['shards']} shards, measured in {seconds:.1f}s "
         f"({n / max(seconds, 1e-9):.0f} images/s); {time.perf_counter() - t0:.1f}s in all"
     )
+    if summary["grounded"]:
+        g = summary["grounded"]
+        total = g["found"] + g["not_found"]
+        print(f"  grounded: the prompt found its object in {g['found']} of {total} images, {g['not_found']} not found")
     for name in ("coverage", "instances", "purity"):
         d = summary["measures"][name]
         if d["defined"]:
@@ -454,7 +429,7 @@ def run(cfg: ReportConfig) -> int:
             print(f"  {name:<10} mean {q['mean']}, 5% {q['p05']}, median {q['median']}")
     if measured.problems:
         print(f"{len(measured.problems)} problem(s) (see the report; run `c2f validate {cfg.output}`)")
-    print(f"report: {out_dir / 'report.html'} (and report.json, samples.csv)")
+    print(f"report: {out_dir / 'report.html'} (and report.json, {SAMPLES}{', ' + SAMPLES_CSV if cfg.csv else ''})")
     return 1 if measured.problems else 0
 
 

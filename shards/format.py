@@ -26,10 +26,14 @@ FIXED_MTIME = 946684800  # 2000-01-01T00:00:00Z
 MANIFEST = "manifest.json"
 QUARANTINE = "quarantine.jsonl"
 STATS_SUFFIX = ".stats.json"
+TABLE_SUFFIX = ".parquet"  # the per-sample table beside each tar (shards.samples)
 PLAN = "plan.json"  # the plan header, written before the first shard
 PLAN_INPUTS = "plan.inputs.jsonl"  # the plan's inputs in plan order: shard i = lines [i*n, (i+1)*n)
 LABELER = "labeler.json"  # what the labeler of an output directory says of itself (shards.manifest.LabelerRecord)
 LABELER_SETTINGS = "labeler_settings.json"  # the labeler settings an output directory is pinned to
+# The output lease (shards/lease.py): who writes into this output now. Hidden: it is the job's, not
+# the dataset's, and it is removed when the job ends.
+LEASE = ".c2f-label.lease"
 
 # Size limits of the format: what every writer stays within and every reader refuses beyond, so a
 # file that claims more (a header declaring 60000x60000, a member declaring gigabytes) costs nothing.
@@ -40,6 +44,9 @@ MAX_PIXELS = 50_000_000
 MAX_MEMBER_BYTES = 64 << 20  # one tar member, and one input file (ImageNet's largest JPEG is ~15 MB)
 MAX_JSON_BYTES = 16 << 20  # one `.json` member, plan.json, a stats file: far above any real one
 MAX_MANIFEST_BYTES = 256 << 20  # manifest.json and plan.json (a 1.28M-shard manifest is ~200 MB)
+MAX_TABLE_BYTES = 64 << 20  # one shard's Parquet table (~60 bytes a row: 1000 rows are ~60 KB)
+MAX_TABLE_ROWS = 1_000_000  # rows of one shard's table: a shard of a million inputs is beyond any plan
+MAX_TABLE_UNPACKED_BYTES = 256 << 20  # the text of one table once decompressed (1000 real rows: ~100 KB)
 
 _SHARD_RE = re.compile(r"^(?P<prefix>.+)-(?P<index>\d{6})\.tar$")
 _KEY_BAD_CHARS = re.compile(r"[^A-Za-z0-9_\-]")
@@ -64,12 +71,27 @@ def stats_name(shard: str) -> str:
     return shard + STATS_SUFFIX
 
 
+def table_name(shard: str) -> str:
+    """`{prefix}-NNNNNN.parquet`, the per-sample table of shard `{prefix}-NNNNNN.tar` (shards.samples):
+    beside it, so `*.parquet` in an output directory is every shard's table and nothing else."""
+    return shard.removesuffix(".tar") + TABLE_SUFFIX
+
+
+def parse_table_name(name: str) -> str | None:
+    """The shard a table name belongs to (`c2f-000003.parquet` -> `c2f-000003.tar`), or None."""
+    if not name.endswith(TABLE_SUFFIX):
+        return None
+    shard = name.removesuffix(TABLE_SUFFIX) + ".tar"
+    return shard if parse_shard_name(shard) else None
+
+
 TEMP_MARK = ".tmp-"
 
 
-def temp_name(name: str, pid: int) -> str:
+def temp_name(name: str, pid: int | str) -> str:
     """`.{name}.tmp-{pid}`: where a file is written before it is renamed to `name` (hidden, so no
-    listing mistakes it for the real file; the pid keeps two writers apart)."""
+    listing mistakes it for the real file; the pid keeps two writers apart; where writers on several
+    machines may meet, as at the lease, `pid` carries a random suffix too)."""
     return f".{name}{TEMP_MARK}{pid}"
 
 

@@ -146,6 +146,15 @@ def draw_grid(
     return grid
 
 
+def _title(key: str, s: dict[str, bytes]) -> str:
+    """The line above a sample's tiles: its key, and the prompt it was labeled with, if any."""
+    try:
+        prompt = load_json(s[fmt.META], ".json").get("prompt")
+    except (KeyError, ValueError, AttributeError):
+        prompt = None
+    return f'{key}   prompt: "{prompt[:80]}"' if isinstance(prompt, str) else key
+
+
 def inspect(path: str, out: str, samples: int = 8, seed: int = 0) -> str:
     shards, manifest = _shards(Path(path))
     space = manifest.label_space if manifest else LabelSpace(semantic={})
@@ -155,6 +164,7 @@ def inspect(path: str, out: str, samples: int = 8, seed: int = 0) -> str:
     class_pixels: Counter[int] = Counter()
     inst_counts: list[int] = []
     reencoded = 0
+    prompted = found = 0  # text-prompted presets: samples with a prompt, and those where it found its object
     for shard in shards:
         n_bytes += shard.stat().st_size
         for key, s in _read(shard):
@@ -170,6 +180,9 @@ def inspect(path: str, out: str, samples: int = 8, seed: int = 0) -> str:
             class_pixels.update(dict(zip(ids.tolist(), counts.tolist(), strict=True)))
             inst_counts.append(len(meta.get("instances", [])))
             reencoded += bool(meta.get("reencoded"))
+            if isinstance(meta.get("prompt"), str):
+                prompted += 1
+                found += bool(meta.get("instances"))
             if seed == 0 and len(chosen) < samples:
                 chosen.append((key, s, shard.name))
             elif seed:
@@ -181,7 +194,8 @@ def inspect(path: str, out: str, samples: int = 8, seed: int = 0) -> str:
     rows = []
     for key, s, shard_name in chosen:
         try:
-            rows.append((key, sample_tiles(s, pal, ignore), np.unique(decode_png(s[fmt.SEM])).tolist()))
+            title = _title(key, s)
+            rows.append((title, sample_tiles(s, pal, ignore), np.unique(decode_png(s[fmt.SEM])).tolist()))
         except (KeyError, ValueError, BadImage) as e:
             raise InspectError(f"{shard_name} {key}: unreadable sample ({e}); run `c2f validate`") from None
     if not rows:
@@ -201,6 +215,8 @@ def inspect(path: str, out: str, samples: int = 8, seed: int = 0) -> str:
             for cid, n in top
         ),
     ]
+    if prompted:
+        lines.append(f"text prompts: found their object in {found} of {prompted} samples, {prompted - found} not found")
     if manifest and manifest.labeler.untrained:
         lines.append(f"note: preset {manifest.labeler.preset!r}: these labels are not from a trained model")
     lines.append(f"grid: {out} ({len(rows)} samples: RGB | semantic | instances)")

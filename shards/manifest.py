@@ -255,6 +255,31 @@ class ShardStats(Contract):
     # key -> [size, mtime_ns] of each planned input as the task read it: a rerun redoes the shard
     # when an input changed since (pipelines.plan.changed_inputs)
     inputs: dict[str, list[int]] = field(default_factory=dict)
+    # bytes of `{shard}.parquet` (shards.samples), written before this marker; None: a shard made
+    # before tables existed. A rerun redoes a shard whose table is missing or of another size.
+    table_bytes: int | None = None
+    grounded: GroundedCount | None = None  # text-prompted labelers: images whose prompt found / did not find
+
+    def to_json(self) -> dict[str, Any]:
+        d = super().to_json()
+        if self.grounded is None:  # absent for the labelers without prompts: their stats keep their bytes
+            del d["grounded"]
+        return d
+
+
+@dataclass
+class GroundedCount(Contract):
+    """Images of a shard labeled from a text prompt: `found` have at least one grounded instance;
+    `not_found` kept an empty instance map and a background semantic map (never an error)."""
+
+    found: int = 0
+    not_found: int = 0
+
+    def add(self, found: bool) -> None:
+        if found:
+            self.found += 1
+        else:
+            self.not_found += 1
 
 
 @dataclass
@@ -292,6 +317,7 @@ class Totals(Contract):
 
 
 CLASS_AGNOSTIC = "class-agnostic"  # LabelSpace.instance of labelers whose instances have no category (SAM)
+GROUNDED = "grounded"  # LabelSpace.kind of the text-prompted presets (docs/FORMAT.md, "Label spaces")
 
 
 @dataclass
@@ -299,14 +325,19 @@ class LabelSpace(OpenContract):
     """What the values of the label maps mean: the manifest's `label_space`, as the labeler's
     `label_space()` gives it. Ids are JSON object keys: decimal strings.
 
-    Other kinds of label space (a text-grounded labeler's: ids for ImageNet's classes and stuff
-    classes, each with its prompts and thresholds) add their facts as optional typed fields
-    (`prompts: dict[str, list[str]] | None = None`): absent from the files of labelers that have
-    none, attributes for every reader."""
+    Other kinds of label space add their facts as optional typed fields, absent from the files of
+    labelers that have none. The text-prompted presets (`kind == GROUNDED`) write one fixed space:
+    ImageNet-1K's classes at their standard indices, a background class, ADE20K's stuff classes, then
+    the classes of a `--prompts` file (docs/FORMAT.md); each class it can ground has its prompt."""
 
     semantic: dict[str, str]  # semantic map value -> class name; the ignore value (fmt.semantic_ignore) is not listed
     # instance category id -> name (the classes that have instances: "things"), or CLASS_AGNOSTIC
     instance: dict[str, str] | str = CLASS_AGNOSTIC
+    kind: str | None = None  # None: a model's own classes; GROUNDED: the text-prompted presets' space
+    background: int | None = None  # grounded: the id of pixels that no instance and no stuff class claims
+    synsets: dict[str, str] | None = None  # grounded: class id -> WordNet synset (the ImageNet-1K classes)
+    prompts: dict[str, str] | None = None  # grounded: class id -> the text prompt its images are labeled with
+    thresholds: dict[str, float] | None = None  # grounded: what admitted an instance (box, text, mask scores)
     extra: dict[str, Any] = extra_field()
 
     def __post_init__(self) -> None:
@@ -335,6 +366,14 @@ class LabelSpace(OpenContract):
         (class-agnostic instances)."""
         return frozenset(int(k) for k in self.instance) if isinstance(self.instance, dict) and self.instance else None
 
+    @property
+    def grounded(self) -> bool:
+        return self.kind == GROUNDED
+
+    def class_of_synset(self) -> dict[str, int]:
+        """Synset -> class id (grounded spaces: an image's own class in the semantic map); empty otherwise."""
+        return {syn: int(k) for k, syn in (self.synsets or {}).items()}
+
 
 @dataclass
 class ModelInfo(OpenContract):
@@ -361,6 +400,8 @@ class LabelerInfo(OpenContract):
     note: str | None = None  # one sentence for people (c2f label, inspect and report show it)
     seconds_per_image: float | None = None  # `fixed-cost`: the time it spends on each image
     scikit_image: str | None = None  # `classical`: the scikit-image version whose segmentation made the labels
+    # text-prompted presets: where each image's prompt came from (ImageNet lemmas, or a --prompts file and its sha256)
+    prompt_source: str | None = None
     extra: dict[str, Any] = extra_field()
 
     @property
@@ -397,6 +438,9 @@ class Manifest(Contract):
     totals: Totals
     config: dict[str, Any] = field(default_factory=dict)  # the job's settings
     format_version: int = fmt.FORMAT_VERSION
+    # every shard (listed and empty) has its `{shard}.parquet` table: `c2f validate` requires them
+    # (False: an output made before tables existed, or resumed from one; present tables are still checked)
+    sample_tables: bool = False
 
 
 @dataclass
@@ -406,6 +450,9 @@ class InstanceRecord(Contract):
     score: float
     area: int
     bbox: list[int]  # [x, y, w, h]
+    phrase: str | None = None  # text-prompted presets: the phrase of the prompt this instance matched
+    box_score: float | None = None  # grounded: the detector's box score
+    mask_score: float | None = None  # grounded: the mask model's predicted IoU for the box's mask
 
 
 @dataclass
@@ -427,10 +474,17 @@ class SampleMeta(Contract):
     reencoded: bool = False
     reencode_reason: str | None = None
     exif_orientation: int | None = None
+    prompt: str | None = None  # text-prompted presets: the prompt this image was labeled with (absent otherwise)
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["class"] = d.pop("class_")
+        if d["prompt"] is None:
+            del d["prompt"]
+        for inst in d["instances"]:
+            for k in ("phrase", "box_score", "mask_score"):
+                if inst[k] is None:
+                    del inst[k]
         return d
 
 
@@ -577,6 +631,8 @@ def iter_done(out: Store | str | os.PathLike) -> Iterator[ShardStats]:
             continue
         if stats.samples > 0 and files.get(stats.shard) != stats.bytes:
             continue
+        if stats.table_bytes is not None and files.get(fmt.table_name(stats.shard)) != stats.table_bytes:
+            continue
         yield stats
 
 
@@ -683,6 +739,7 @@ def write_dataset_files(
     shards: list[ShardEntry] = []
     empty: list[str] = []
     samples = nbytes = quarantined = 0
+    tables = None  # every shard has its samples table (None: no shards)
     with store.writer(fmt.QUARANTINE) as f:
         for q in unplanned:
             f.write(_quarantine_line(q))
@@ -693,6 +750,7 @@ def write_dataset_files(
             else:
                 empty.append(s.shard)
             samples, nbytes = samples + s.samples, nbytes + s.bytes
+            tables = (tables is not False) and s.table_bytes is not None
             for q in s.quarantined:
                 f.write(_quarantine_line(q))
             quarantined += len(s.quarantined)
@@ -704,6 +762,7 @@ def write_dataset_files(
         empty_shards=empty,
         totals=Totals(samples=samples, quarantined=quarantined, bytes=nbytes, shards=len(shards)),
         config=config or {},
+        sample_tables=bool(tables),
     )
     store.write_json(
         fmt.wids_index_name(plan.prefix),

@@ -24,15 +24,25 @@ class Instance:
     score: float
     area: int  # pixels in the (non-overlapping) instance map
     bbox: list[int]  # [x, y, w, h], COCO convention
+    phrase: str | None = None  # text-prompted presets: the phrase of the prompt it matched
+    box_score: float | None = None  # grounded: the detector's box score
+    mask_score: float | None = None  # grounded: the mask model's predicted IoU of its mask
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        d = {
             "id": self.id,
             "category": self.category,
             "score": round(float(self.score), 4),
             "area": self.area,
             "bbox": self.bbox,
         }
+        # Only the text-prompted presets set these: every other sample keeps its bytes.
+        if self.phrase is not None:
+            d["phrase"] = self.phrase
+        for k in ("box_score", "mask_score"):
+            if (v := getattr(self, k)) is not None:
+                d[k] = round(float(v), 4)
+        return d
 
 
 @dataclass
@@ -42,6 +52,7 @@ class Labels:
     semantic: np.ndarray  # [H, W] uint8 or uint16 class ids, ignore value per docs/FORMAT.md
     instance: np.ndarray  # [H, W] uint16, 0 = no instance, 1..N index `instances`
     instances: list[Instance] = field(default_factory=list)
+    prompt: str | None = None  # text-prompted presets: the prompt it was labeled with (found: `instances` not empty)
 
 
 def encode_png(arr: np.ndarray) -> bytes:
@@ -88,6 +99,8 @@ def pack_sample(
         "reencode_reason": image.reencode_reason,
         "exif_orientation": image.exif_orientation,
     }
+    if labels.prompt is not None:
+        meta["prompt"] = labels.prompt
     members = {
         fmt.JPG: image.jpg,
         fmt.SEM: encode_png(labels.semantic),

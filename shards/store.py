@@ -6,21 +6,33 @@ Every file the job writes goes through a `Store`, so the same exactly-once rules
 - a shard's tar is published before its stats JSON (the done-marker), so listing the markers is how
   a rerun resumes, on a bucket as on a disk.
 Shards are written to local staging space first (`staging_dir`) and published with `publish`.
+
+Conditional writes (`create`, `swap`) serve the output lease (shards/lease.py): exact where the
+store can do them (a filesystem: hard link, rename aside; S3: `If-None-Match: *` and `If-Match`
+on PUT), a read-compare-write elsewhere (`exact_conditional` says which).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from . import format as fmt
 from .location import is_local, local_path
-from .writer import atomic_write_bytes, atomic_writer
+from .writer import atomic_write_bytes, atomic_writer, no_space
+
+# Object stores whose PUT takes `If-None-Match: *` and `If-Match: <etag>` (AWS S3 since 2024, MinIO,
+# moto's server), through s3fs.
+_CONDITIONAL_PROTOCOLS = frozenset({"s3", "s3a"})
 
 
 class Store:
@@ -143,7 +155,14 @@ class Store:
     def staging_dir(self) -> str:
         """Where a shard task writes its tar before `publish`: the output directory itself when it
         is local (the writer's temp name + rename is the publish), else node-local temp space."""
-        return self.root if self.local else tempfile.mkdtemp(prefix="c2f-staging-")
+        if self.local:
+            return self.root
+        try:
+            return tempfile.mkdtemp(prefix="c2f-staging-")
+        except OSError as e:
+            if full := no_space(e, Path(tempfile.gettempdir()) / "c2f-staging-"):
+                raise full from e
+            raise
 
     def publish(self, staged: str | os.PathLike, name: str) -> None:
         """Move a finished local file to `name` in the store (upload, then drop the local copy)."""
@@ -158,3 +177,121 @@ class Store:
     def discard_staging(self, staging: str) -> None:
         if not self.local:
             shutil.rmtree(staging, ignore_errors=True)
+
+    # --- conditional writes (the output lease) ---------------------------------------------------
+
+    @property
+    def exact_conditional(self) -> bool:
+        """Whether `create` and `swap` are atomic here (a filesystem, S3); elsewhere they read,
+        compare and write, and a race between two writers can go unseen."""
+        if self.local:
+            return True
+        protocol = self._fs.protocol
+        return bool(({protocol} if isinstance(protocol, str) else set(protocol)) & _CONDITIONAL_PROTOCOLS)
+
+    def read_versioned(self, name: str) -> tuple[bytes, str] | None:
+        """The file's bytes and a version that changes whenever it is rewritten (on S3 its ETag,
+        elsewhere a hash of the bytes); None when it does not exist."""
+        if self.local or not self.exact_conditional:
+            data = self.read_bytes(name)
+            return None if data is None else (data, hashlib.sha256(data).hexdigest())
+        key = self._key(name)
+        for _ in range(5):  # the ETag before and after the read agree: the bytes are that version
+            try:
+                before = self._fs.info(key, refresh=True).get("ETag")
+                data = self._fs.cat_file(key)
+                after = self._fs.info(key, refresh=True).get("ETag")
+            except FileNotFoundError:
+                return None
+            if before == after and before:
+                return data, before
+        raise OSError(errno.EAGAIN, f"{self.url(name)} changed during every read")
+
+    def create(self, name: str, data: bytes) -> str | None:
+        """Write `name` only if it does not exist; the new version, or None when it existed."""
+        if self.local:
+            path = Path(self.root) / name
+            tmp = path.with_name(fmt.temp_name(name, f"{os.getpid()}-{secrets.token_hex(4)}"))
+            atomic_write_bytes(tmp, data)  # complete before it can be seen under `name`
+            try:
+                os.link(tmp, path)  # fails if `name` exists, on NFS as locally
+            except FileExistsError:
+                return None
+            except OSError as e:
+                if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                    raise
+                return self._create_exclusive(path, data)  # a filesystem without hard links
+            finally:
+                tmp.unlink(missing_ok=True)
+            return hashlib.sha256(data).hexdigest()
+        key = self._key(name)
+        if not self.exact_conditional:
+            if self._fs.exists(key):
+                return None
+            self._fs.pipe_file(key, data)
+            return hashlib.sha256(data).hexdigest()
+        try:
+            out = self._fs.pipe_file(key, data, IfNoneMatch="*")  # one PUT; 412 when the key exists
+        except FileExistsError:
+            return None
+        except OSError as e:
+            if e.errno == errno.EINVAL:  # 412 Precondition Failed, as older s3fs reports it
+                return None
+            raise
+        return self._version_after_put(name, data, out)
+
+    def _create_exclusive(self, path: Path, data: bytes) -> str | None:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return None
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return hashlib.sha256(data).hexdigest()
+
+    def swap(self, name: str, data: bytes, version: str) -> str | None:
+        """Replace `name` with `data` only if it is still at `version`; the new version, or None when
+        it changed or vanished meanwhile. Locally the old file is renamed aside and checked, so for
+        a moment `name` does not exist: a `create` then wins, and this swap returns None."""
+        if self.local:
+            path = Path(self.root) / name
+            aside = path.with_name(fmt.temp_name(name, f"{os.getpid()}-{secrets.token_hex(4)}-old"))
+            try:
+                os.rename(path, aside)  # only one of several swappers gets the file
+            except FileNotFoundError:
+                return None
+            try:
+                if hashlib.sha256(aside.read_bytes()).hexdigest() != version:
+                    with contextlib.suppress(FileExistsError):
+                        os.link(aside, path)  # not the file we judged: put it back (unless replaced)
+                    return None
+                return self.create(name, data)
+            finally:
+                aside.unlink(missing_ok=True)
+        if not self.exact_conditional:
+            current = self.read_versioned(name)
+            if current is None or current[1] != version:
+                return None
+            self.write_bytes(name, data)
+            return hashlib.sha256(data).hexdigest()
+        try:
+            out = self._fs.pipe_file(self._key(name), data, IfMatch=version)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            if e.errno == errno.EINVAL:  # 412 Precondition Failed: another version is there now
+                return None
+            raise
+        return self._version_after_put(name, data, out)
+
+    def _version_after_put(self, name: str, data: bytes, response: Any) -> str | None:
+        if not self.exact_conditional:
+            return hashlib.sha256(data).hexdigest()
+        etag = response.get("ETag") if isinstance(response, dict) else None
+        if etag:
+            return etag
+        with contextlib.suppress(FileNotFoundError):
+            return self._fs.info(self._key(name), refresh=True).get("ETag")
+        return None

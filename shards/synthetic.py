@@ -17,7 +17,8 @@ from . import format as fmt
 from .image import prepare_image
 from .manifest import LabelerInfo, LabelSpace, Manifest, PlanHeader, ShardStats, write_dataset_files, write_stats
 from .pack import Instance, Labels, pack_sample
-from .writer import ShardWriter
+from .samples import InputRef, Packed, coverage, mean_score, shard_rows, table_bytes
+from .writer import ShardWriter, atomic_write_bytes
 
 STUFF = ["sky", "grass", "road"]  # class ids 0..2: horizontal bands
 THINGS = ["disc", "box", "triangle"]  # class ids 3..5: objects
@@ -82,7 +83,7 @@ def write_synthetic_dataset(
     prefix: str = "syn",
     num_classes_label: int = 10,
 ) -> Manifest:
-    """A complete v1 dataset (shards, stats, manifest, wids index) of synthetic scenes.
+    """A complete v1 dataset (shards, their tables and stats, manifest, wids index) of synthetic scenes.
 
     Each scene also gets an image-level class (`.cls`): the class of its largest object, so that
     linear probes have something to find."""
@@ -95,15 +96,27 @@ def write_synthetic_dataset(
         shard = fmt.shard_name(prefix, index)
         n = min(samples_per_shard, num_samples - start)
         shard_sizes.append(n)
+        inputs, packed = [], {}
         with ShardWriter(out / shard) as w:
             for j in range(start, start + n):
                 rgb, sem, inst, instances = make_scene(rng, *size)
                 image = prepare_image(encode_jpeg(rgb))
                 cls = max(instances, key=lambda r: r.area).category if instances else 0
                 key = f"scene_{j:08d}"
+                inputs.append(InputRef(key, f"synthetic/{key}", str(cls), cls, len(image.jpg)))
+                packed[key] = Packed(
+                    w.samples,
+                    image.width,
+                    image.height,
+                    len(instances),
+                    coverage(sem),
+                    mean_score(i.score for i in instances),
+                )
                 w.write(key, pack_sample(key, image, Labels(sem, inst, instances), f"synthetic/{key}", cls, None))
         info = w.info
-        stats = ShardStats(index, shard, n, info.samples, info.bytes, info.sha256)
+        table = table_bytes(shard_rows(shard, inputs, packed, {}, {}))
+        atomic_write_bytes(out / fmt.table_name(shard), table)
+        stats = ShardStats(index, shard, n, info.samples, info.bytes, info.sha256, table_bytes=len(table))
         write_stats(out, stats)
         all_stats.append(stats)
     plan = PlanHeader(

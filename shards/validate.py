@@ -2,6 +2,8 @@
 
 Stages, each small and testable alone (webdataset's tariterators style):
     open_url -> tar_members -> group_samples (shards.tar) -> check_sample      (per shard, in a worker)
+    the shard's table (shards.samples) -> check_table: the same inputs as the tar, the plan and the
+        quarantine, and the same facts as each decoded sample                 (in the same worker)
     plan_targets (what each shard must hold) ... check_dataset (cross-shard, in the parent)
 
 The validator is total: every problem in what it reads, however malformed (a truncated tar, a
@@ -20,6 +22,7 @@ import dataclasses
 import functools
 import io
 import random
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
@@ -47,6 +50,7 @@ from .manifest import (
     read_plan_inputs,
 )
 from .pack import decode_png
+from .samples import PACKED, QUARANTINED, SampleRow, TableError, coverage, mean_score, read_url
 from .store import Store
 from .tar import (  # noqa: F401 - the tar problem codes are finding codes too
     BAD_KEY,
@@ -83,6 +87,9 @@ MANIFEST = "manifest"
 INCOMPLETE = "incomplete"
 NO_SHARDS = "no-shards"
 CHECK_FAILED = "check-failed"
+MISSING_TABLE = "missing-table"
+BAD_TABLE = "bad-table"
+UNLISTED_TABLE = "unlisted-table"
 
 # JPEGs are checked with libjpeg's 1/8 DCT scaling: every marker is parsed and every Huffman-coded
 # coefficient of every block is decoded (so truncated or corrupt entropy data fails exactly as in a
@@ -113,6 +120,9 @@ class Expect:
     classes: list[str] | None = None  # image-level classes (synsets): `.cls` indexes this list
     planned: dict[str, tuple[str, int | None]] | None = None  # key -> (source, class) of inputs due here
     max_pixels: int = fmt.MAX_PIXELS
+    table: str | None = None  # URL of the shard's table (shards.samples) to check; None: none to check
+    table_required: bool = False  # a missing table is a finding (the manifest's `sample_tables`)
+    quarantined: dict[str, str] | None = None  # key -> stage of this shard's lines of quarantine.jsonl
 
 
 @dataclass
@@ -162,9 +172,11 @@ def _parse_cls(raw: bytes) -> int | None:
     return int(raw) if 1 <= len(raw) <= 9 and raw.isdigit() else None
 
 
-def check_sample(shard: str, key: str, s: dict[str, bytes], expect: Expect, deep: bool) -> list[Finding]:
+def check_sample(
+    shard: str, key: str, s: dict[str, bytes], expect: Expect, deep: bool, row: SampleRow | None = None
+) -> list[Finding]:
     """Members present and `.cls` in range; with `deep`, everything decodes (bounded) and agrees
-    with everything else."""
+    with everything else, the sample's `row` of the shard's table included."""
     out: list[Finding] = []
     required = fmt.REQUIRED_MEMBERS + ((fmt.CLS,) if expect.has_classes else ())
     missing = [e for e in required if e not in s]
@@ -214,6 +226,8 @@ def check_sample(shard: str, key: str, s: dict[str, bytes], expect: Expect, deep
             out.append(Finding(shard, key, BAD_JSON, f".json says {meta.width}x{meta.height}, image is {w}x{h}"))
     if meta is None:
         return out
+    if row is not None:
+        out += _row_disagrees(shard, key, row, meta, size, maps.get(fmt.SEM), expect)
     if meta.key != key:
         out.append(Finding(shard, key, BAD_JSON, f".json names key {meta.key[:40]!r}"))
     if fmt.SEM in maps and expect.num_classes is not None:
@@ -255,6 +269,96 @@ def check_sample(shard: str, key: str, s: dict[str, bytes], expect: Expect, deep
                     f".json synset {meta.class_.synset[:20]!r} is not class {index} ({expect.classes[index]})",
                 )
             )
+    return out
+
+
+def _row_disagrees(shard: str, key: str, row: SampleRow, meta: SampleMeta, size, sem, expect: Expect) -> list[Finding]:
+    """Where a packed sample's row of the table differs from its JSON and maps (one finding)."""
+    wrong = []
+    facts = {
+        "source": (row.source, fmt.display(meta.source)),
+        "width": (row.width, meta.width if size is None else size[0]),
+        "height": (row.height, meta.height if size is None else size[1]),
+        "cls_index": (row.cls_index, meta.class_.index if meta.class_ is not None else None),
+        "instances": (row.instances, len(meta.instances)),
+    }
+    wrong += [f"{n} {a!r:.40} (the sample: {b!r:.40})" for n, (a, b) in facts.items() if a != b]
+    score = mean_score(i.score for i in meta.instances)
+    if (row.score is None) != (score is None) or (score is not None and abs(row.score - score) > 1e-9):
+        wrong.append(f"score {row.score!r} (the sample's instances: {score!r})")
+    if sem is not None and (row.coverage is None or abs(row.coverage - coverage(sem)) > 1e-9):
+        wrong.append(f"coverage {row.coverage!r} (.sem.png: {coverage(sem)!r})")
+    classes = expect.classes
+    if row.cls_index is not None and classes is not None and 0 <= row.cls_index < len(classes):
+        if row.cls != classes[row.cls_index]:
+            wrong.append(f"cls {row.cls!r:.40} (class {row.cls_index} is {classes[row.cls_index]!r:.40})")
+    if not wrong:
+        return []
+    return [Finding(shard, key, BAD_TABLE, f"{fmt.table_name(shard)} says {'; '.join(wrong[:3])}")]
+
+
+def check_table(shard: str, rows: list[SampleRow], tar_keys: list[str], expect: Expect) -> list[Finding]:
+    """The table against its tar (its packed rows are the tar's samples, in order, at their
+    positions), the quarantine (its quarantined rows are this shard's lines of quarantine.jsonl, with
+    their stage) and the plan (its rows are the shard's planned inputs, with their sources)."""
+    table = fmt.table_name(shard)
+    out: list[Finding] = []
+
+    def differ(what: str, extra: list[str], absent: list[str], here: str, there: str) -> None:
+        if extra:
+            out.append(Finding(shard, extra[0], BAD_TABLE, f"{table} {here} {len(extra)} key(s) {there} lacks"))
+        if absent:
+            out.append(Finding(shard, absent[0], BAD_TABLE, f"{table} lacks {len(absent)} key(s) of {what}"))
+
+    seen = Counter(r.key for r in rows)
+    dup = sorted(k for k, n in seen.items() if n > 1)
+    if dup:
+        out.append(Finding(shard, dup[0], BAD_TABLE, f"{table} lists {len(dup)} key(s) twice"))
+    other = [r.key for r in rows if r.shard != shard]
+    if other:
+        out.append(Finding(shard, other[0], BAD_TABLE, f"{table}: {len(other)} row(s) name another shard"))
+    packed = [r for r in rows if r.status == PACKED]
+    in_tar = set(tar_keys)
+    differ(
+        "the tar",
+        [r.key for r in packed if r.key not in in_tar],
+        sorted(in_tar - {r.key for r in packed}),
+        "packs",
+        "the tar",
+    )
+    if not out and [r.key for r in packed] != tar_keys:
+        out.append(Finding(shard, None, BAD_TABLE, f"{table} lists the tar's samples in another order"))
+    moved = [r.key for i, r in enumerate(packed) if i < len(tar_keys) and r.key == tar_keys[i] and r.index != i]
+    if moved:
+        out.append(
+            Finding(shard, moved[0], BAD_TABLE, f"{table}: {len(moved)} row(s) give another position in the tar")
+        )
+    if expect.quarantined is not None:
+        q = {r.key: r.stage for r in rows if r.status == QUARANTINED}
+        differ(
+            f"{fmt.QUARANTINE} for this shard",
+            sorted(set(q) - set(expect.quarantined)),
+            sorted(set(expect.quarantined) - set(q)),
+            "quarantines",
+            fmt.QUARANTINE,
+        )
+        stage = [k for k, st in q.items() if k in expect.quarantined and st != expect.quarantined[k]]
+        if stage:
+            out.append(Finding(shard, stage[0], BAD_TABLE, f"{table}: {len(stage)} quarantine stage(s) differ"))
+    if expect.planned is not None:
+        planned = {**expect.planned}
+        sources = {r.key: r.source for r in rows}
+        gone = set(expect.quarantined or ())
+        differ(
+            "the plan",
+            sorted(k for k in sources if k not in planned and k not in gone),
+            sorted(k for k in planned if k not in sources),
+            "lists",
+            fmt.PLAN_INPUTS,
+        )
+        wrong = sorted(k for k, src in sources.items() if k in planned and fmt.display(planned[k][0]) != src)
+        if wrong:
+            out.append(Finding(shard, wrong[0], BAD_TABLE, f"{table}: {len(wrong)} source(s) differ from the plan"))
     return out
 
 
@@ -301,9 +405,10 @@ def _check_shard(url: str, name: str, rep: ShardReport, expect: Expect, sample: 
     deep_keys = {k for k, _ in samples}
     if sample is not None and sample < len(samples):
         deep_keys = set(random.Random(f"{seed}:{name}").sample(sorted(deep_keys), sample))
+    rows = _shard_table(name, expect, rep.keys, rep.findings)
     for key, s in samples:
         try:
-            rep.findings.extend(check_sample(name, key, s, expect, key in deep_keys))
+            rep.findings.extend(check_sample(name, key, s, expect, key in deep_keys, rows.get(key)))
         except Exception as e:  # noqa: BLE001 - one sample the checks did not foresee costs only itself
             rep.findings.append(
                 Finding(name, key, CHECK_FAILED, f"cannot check this sample: {first_line(e, 200, typed=True)}")
@@ -325,6 +430,24 @@ def _check_shard(url: str, name: str, rep: ShardReport, expect: Expect, sample: 
         )
     if expect.samples is not None and rep.samples != expect.samples:
         rep.findings.append(Finding(name, None, COUNT, f"{rep.samples} samples, manifest says {expect.samples}"))
+
+
+def _shard_table(name: str, expect: Expect, tar_keys: list[str], findings: list[Finding]) -> dict[str, SampleRow]:
+    """Check the shard's table against what is known here (`check_table`); its packed rows by key,
+    for the per-sample comparison."""
+    if expect.table is None:
+        return {}
+    try:
+        rows = read_url(expect.table)
+    except TableError as e:
+        findings.append(Finding(name, None, BAD_TABLE, str(e)))
+        return {}
+    if rows is None:
+        if expect.table_required:
+            findings.append(Finding(name, None, MISSING_TABLE, f"no {fmt.table_name(name)} beside the tar"))
+        return {}
+    findings += check_table(name, rows, tar_keys, expect)
+    return {r.key: r for r in rows if r.status == PACKED}
 
 
 @dataclass
@@ -421,6 +544,12 @@ def plan_targets(path: str, max_pixels: int = fmt.MAX_PIXELS) -> Target:
     t.findings += [
         Finding(n, None, UNLISTED_SHARD, "tar is not listed in the manifest") for n in on_disk if n not in listed
     ]
+    tables = {fmt.parse_table_name(n) for n in list_names(path)} - {None}
+    owners = set(listed) | set(m.empty_shards)
+    t.findings += [
+        Finding(fmt.table_name(n), None, UNLISTED_TABLE, f"a table of {n}, which the manifest does not list")
+        for n in sorted(tables - owners)  # type: ignore[type-var]
+    ]
     classes = m.plan.classes
     for n, s in sorted(listed.items()):
         if n not in on_disk:
@@ -428,8 +557,21 @@ def plan_targets(path: str, max_pixels: int = fmt.MAX_PIXELS) -> Target:
             continue
         k = m.label_space.num_classes
         exp = Expect(s.samples, s.bytes, s.sha256, k, bool(classes), classes, None, max_pixels=max_pixels)
+        exp.table = join(path, fmt.table_name(n)) if (n in tables or m.sample_tables) else None
+        exp.table_required = m.sample_tables
+        exp.quarantined = {q.key: q.stage for q in per_shard.get(n, [])}
         t.shards.append((on_disk[n], exp))
     t.planned = planned
+    for n in m.empty_shards:  # no tar: the table alone holds the shard's (quarantined) inputs
+        if n in tables or m.sample_tables:
+            quarantined = {q.key: q.stage for q in per_shard.get(n, [])}
+            try:
+                exp = Expect(classes=classes, planned=planned.get(n), quarantined=quarantined)
+            except (OSError, ValueError) as e:  # plan.inputs.jsonl changed or vanished since it was checked
+                t.findings.append(Finding(fmt.PLAN_INPUTS, None, PLAN, f"unreadable {fmt.PLAN_INPUTS}: {e}"))
+                continue
+            exp.table, exp.table_required = join(path, fmt.table_name(n)), m.sample_tables
+            _shard_table(n, exp, [], t.findings)
     t.findings += _check_plan(m, per_shard)
     return t
 

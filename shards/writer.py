@@ -4,13 +4,18 @@ A shard is written to a temporary name beside its final one, fsynced and renamed
 at any instant leaves either no `.tar` or a complete one under the final name. Members carry a
 fixed mtime, uid/gid 0 and no user names, and samples must come in strictly increasing key order:
 the same input gives byte-identical shards and a shard can never hold a key twice.
+
+A full disk (or quota) is an error, not damage: the temp file is removed and `OutputFull` names
+the file and the free space where it was being written.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import tarfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -18,11 +23,53 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from . import format as fmt
+from .errors import UsageError
 from .tar import HashingWriter
+
+NO_SPACE = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+
+
+class OutputFull(UsageError):
+    """No space (ENOSPC) or no quota (EDQUOT) left where a shard or a dataset file was being
+    written. Retrying cannot help until someone frees space, so the job stops (`stops_job`):
+    finished shards are kept and a rerun goes on from them."""
+
+    stops_job = True
+
+
+def free_space(path: str | os.PathLike) -> str:
+    """`1.2 GiB free of 50.0 GiB` for the filesystem holding `path` (or its nearest existing parent)."""
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        usage = shutil.disk_usage(p)
+    except OSError:
+        return "free space unknown"
+    return f"{_bytes(usage.free)} free of {_bytes(usage.total)}"
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def no_space(e: BaseException, path: str | os.PathLike) -> OutputFull | None:
+    """`e` as an `OutputFull` naming `path` and the free space there, when it says the disk or the
+    quota is full; None for any other error."""
+    if not isinstance(e, OSError) or e.errno not in NO_SPACE:
+        return None
+    what = "no space left on device" if e.errno == errno.ENOSPC else "disk quota exceeded"
+    return OutputFull(
+        f"{what} writing {path} ({free_space(Path(path).parent)}); free space there and rerun: finished shards are kept"
+    )
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` via a temp file + fsync + rename."""
+    """Write `data` to `path` via a temp file + fsync + rename (`atomic_writer`)."""
     with atomic_writer(path) as f:
         f.write(data)
 
@@ -30,7 +77,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 @contextlib.contextmanager
 def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """A file written in pieces (a listing of millions of lines is never one string in memory)
-    that appears at `path` whole or not at all: a temp file, fsync, rename; removed on error."""
+    that appears at `path` whole or not at all: a temp file, fsync, rename; on any failure the temp
+    file is removed (a full disk is `OutputFull`)."""
     path = Path(path)
     tmp = path.with_name(fmt.temp_name(path.name, os.getpid()))
     try:
@@ -39,8 +87,11 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if full := no_space(e, path):
+            raise full from e
         raise
 
 
@@ -91,7 +142,12 @@ class ShardWriter:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self._tmp = self.path.with_name(fmt.temp_name(self.path.name, os.getpid()))
-        self._file = open(self._tmp, "wb")
+        try:
+            self._file = open(self._tmp, "wb")  # noqa: SIM115 - closed by close() or abort()
+        except OSError as e:
+            if full := no_space(e, self.path):
+                raise full from e
+            raise
         self._hashing = HashingWriter(self._file)
         self._last_key: str | None = None
         self.samples = 0
@@ -110,28 +166,44 @@ class ShardWriter:
             # What tarfile.addfile writes (header, data, zero padding to a block), in one write and
             # one hash update per sample instead of a copy through 16 KB reads per member.
             parts += [member_header(f"{key}.{ext}", len(data)), data, bytes(-len(data) % tarfile.BLOCKSIZE)]
-        self._hashing.write(b"".join(parts))
+        try:
+            self._hashing.write(b"".join(parts))
+        except OSError as e:
+            self._failed(e)
         self._last_key = key
         self.samples += 1
 
     def close(self) -> ShardInfo:
-        # The end of the archive as tarfile.close writes it: two zero blocks, then zeros up to a
-        # whole record.
-        end = self._hashing.size + 2 * tarfile.BLOCKSIZE
-        self._hashing.write(bytes(2 * tarfile.BLOCKSIZE + -end % tarfile.RECORDSIZE))
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        info = ShardInfo(self.path.name, self.samples, self._hashing.size, self._hashing.sha256.hexdigest())
-        if self.samples == 0:
-            self._tmp.unlink()
-            return ShardInfo(self.path.name, 0, 0, "")
-        os.replace(self._tmp, self.path)
+        try:
+            # The end of the archive as tarfile.close writes it: two zero blocks, then zeros up to a
+            # whole record.
+            end = self._hashing.size + 2 * tarfile.BLOCKSIZE
+            self._hashing.write(bytes(2 * tarfile.BLOCKSIZE + -end % tarfile.RECORDSIZE))
+            self._file.flush()
+            os.fsync(self._file.fileno())  # a full disk may only say so here (NFS, delayed allocation)
+            self._file.close()
+            info = ShardInfo(self.path.name, self.samples, self._hashing.size, self._hashing.sha256.hexdigest())
+            if self.samples == 0:
+                self._tmp.unlink()
+                return ShardInfo(self.path.name, 0, 0, "")
+            os.replace(self._tmp, self.path)
+        except OSError as e:
+            self._failed(e)
         return info
 
+    def _failed(self, e: OSError):
+        """A write of the tar failed: remove the temp file; a full disk becomes `OutputFull`."""
+        self.abort()
+        if full := no_space(e, self.path):
+            raise full from e
+        raise e
+
     def abort(self) -> None:
+        """Drop the temp file (idempotent). Closing may fail again on a full disk (buffered bytes
+        that cannot be flushed): the descriptor is closed all the same."""
         try:
-            self._file.close()
+            with contextlib.suppress(OSError):
+                self._file.close()
         finally:
             self._tmp.unlink(missing_ok=True)
 

@@ -82,6 +82,7 @@ class Cluster:
     address: str  # GCS address, for `--address`
     dashboard: str | None  # job server URL, for `ray job submit --address`
     temp: str  # the cluster's own temp dir
+    metrics: str = ""  # the head node's Prometheus endpoint (Ray's --metrics-export-port)
 
     def owns(self, proc) -> bool:
         """Whether a process belongs to this cluster (it or an ancestor names the temp dir)."""
@@ -107,7 +108,7 @@ def ray_cluster(num_cpus: int, num_gpus: int = 0, dashboard: bool = False, env: 
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", **(env or {})}
     temp = tempfile.mkdtemp(prefix="c2fray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    gcs, dash = free_port(), free_port()
+    gcs, dash, metrics = free_port(), free_port(), free_port()
     cmd = [
         str(bin_dir / "ray"),
         "start",
@@ -123,14 +124,16 @@ def ray_cluster(num_cpus: int, num_gpus: int = 0, dashboard: bool = False, env: 
         # `ray job submit` then answers "No available agent" for as long as it runs.
         f"--dashboard-agent-listen-port={free_port()}",
         f"--dashboard-agent-grpc-port={free_port()}",
-        f"--metrics-export-port={free_port()}",
+        f"--metrics-export-port={metrics}",
         f"--runtime-env-agent-port={free_port()}",
         "--disable-usage-stats",
     ]
     cmd += ["--dashboard-host=127.0.0.1", f"--dashboard-port={dash}"] if dashboard else ["--include-dashboard=false"]
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=180)
     try:
-        yield Cluster(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}" if dashboard else None, temp)
+        yield Cluster(
+            f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}" if dashboard else None, temp, f"http://127.0.0.1:{metrics}"
+        )
     finally:
         victims: set[psutil.Process] = set()
         for p in psutil.process_iter(["cmdline"]):

@@ -13,7 +13,7 @@ from conftest import free_port
 
 from c2f.cli import main as c2f
 from c2fmae.checkpoint import load_checkpoint
-from c2fmae.data import cell_labels, instance_targets, patch_mode
+from c2fmae.data import cell_labels, centre_targets, instance_targets, patch_mode
 from c2fmae.engine import lr_at
 from c2fmae.masking import (
     Curriculum,
@@ -152,6 +152,85 @@ def test_patch_mode_and_instance_targets_are_numbering_free():
     assert t[2, 0, 0] == 1 and t[2, 0, 1] == 0 and t[3, 0, 0] == 1 and t[3, 1, 0] == 0  # affinities
 
 
+def _renumbered(ids: torch.Tensor, seed: int) -> torch.Tensor:
+    """The same instances under other ids (a random injective map, background stays 0)."""
+    g = torch.Generator().manual_seed(seed)
+    new = torch.randperm(65535, generator=g)[: int(ids.max()) + 1] + 1
+    new[0] = 0
+    return new[ids]
+
+
+def test_centre_targets_do_not_depend_on_instance_numbering():
+    """Bit for bit: every instance is indexed by its first cell, not by its id."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.zeros(3, 56, 56, dtype=torch.long)
+    for n in range(3):
+        for k in range(1, 9):
+            y, x = torch.randint(0, 48, (2,), generator=g).tolist()
+            h, w = torch.randint(3, 20, (2,), generator=g).tolist()
+            ids[n, y : y + h, x : x + w] = 17 * k + n  # overlapping boxes: later ones cut earlier ones
+    edge = torch.rand(3, 56, 56, generator=g) > 0.9
+    t = centre_targets(ids, edge, 4)
+    assert t.shape == (3, 5, 56, 56)
+    for seed in range(3):
+        assert torch.equal(centre_targets(_renumbered(ids, seed), edge, 4), t)
+    fg = ids > 0
+    assert torch.equal(t[:, 0].bool(), fg) and torch.equal(t[:, 1].bool(), edge)
+    assert (t[:, 3:][~fg.unsqueeze(1).expand(-1, 2, -1, -1)] == 0).all()  # offsets only on objects
+    assert 0 <= float(t[:, 2].min()) and float(t[:, 2].max()) <= 1.0
+
+
+def test_centre_target_points_each_cell_at_its_objects_centre():
+    ids = torch.zeros(1, 16, 16, dtype=torch.long)
+    ids[0, 2:6, 3:9] = 5  # rows 2..5, cols 3..8: centre (3.5, 5.5) in cells
+    t = centre_targets(ids, torch.zeros(1, 16, 16, dtype=torch.bool), 4)
+    ys, xs = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    inside = ids[0] == 5
+    assert torch.allclose(ys[inside] + 4 * t[0, 3][inside], torch.full((24,), 3.5))  # offsets are in patches
+    assert torch.allclose(xs[inside] + 4 * t[0, 4][inside], torch.full((24,), 5.5))
+    heat = t[0, 2]
+    peak = heat.argmax()
+    assert divmod(int(peak), 16) in {(3, 5), (3, 6), (4, 5), (4, 6)}  # at the sub-cell centre
+    # A centre on a cell corner: the bilinear splat, blurred, peaks at 0.89 (1 on a cell centre).
+    assert float(heat.max()) > 0.88 and float(heat[12:, 12:].max()) < 1e-3  # a bump there, nothing far off
+
+
+def test_centre_target_separates_touching_objects_of_one_class_the_local_target_cannot():
+    """Two cars side by side, one class, touching along a cell line (no cell holds both, so no
+    boundary cell either): for every patch away from their border the local target is the same
+    as for one merged object; the centre target points each object's cells at its own centre,
+    so grouping cells by cell + offset recovers the two objects."""
+    two = torch.zeros(1, 32, 32, dtype=torch.long)
+    two[0, 8:24, 0:16] = 1
+    two[0, 8:24, 16:32] = 2
+    merged = (two > 0).long()
+    no_edge = torch.zeros(1, 32, 32, dtype=torch.bool)
+    cells = 4  # cells per patch: 8 x 8 patches
+
+    def per_patch(t):  # [1, K, 32, 32] -> [64 patches, K * 16]
+        k = t.shape[1]
+        return t[0].reshape(k, 8, cells, 8, cells).permute(1, 3, 0, 2, 4).reshape(64, -1)
+
+    away = torch.tensor([c not in (3, 4) for r in range(8) for c in range(8)])  # not the border columns
+    local_two, local_merged = per_patch(instance_targets(two, no_edge)), per_patch(instance_targets(merged, no_edge))
+    assert torch.equal(local_two[away], local_merged[away])  # locally, two cars are one
+    assert not torch.equal(local_two, local_merged)  # only the border patches differ
+
+    centre_two, centre_merged = centre_targets(two, no_edge, cells), centre_targets(merged, no_edge, cells)
+    assert not torch.equal(per_patch(centre_two)[away], per_patch(centre_merged)[away])
+    ys, xs = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+
+    def groups(t):  # cells grouped by the centre they point at
+        fg = t[0, 0] > 0
+        cy, cx = ys + cells * t[0, 3], xs + cells * t[0, 4]
+        return {(round(float(a), 3), round(float(b), 3)) for a, b in zip(cy[fg], cx[fg], strict=True)}
+
+    assert groups(centre_two) == {(15.5, 7.5), (15.5, 23.5)} and groups(centre_merged) == {(15.5, 15.5)}
+    heat = centre_two[0, 2]
+    assert float(heat[15:17, 7:9].min()) > 0.88 and float(heat[15:17, 23:25].min()) > 0.88  # two peaks
+    assert float(heat[15:17, 15:17].max()) < 0.1  # none between them
+
+
 # --- model --------------------------------------------------------------------------------------
 
 
@@ -179,7 +258,7 @@ def test_cascade_conditions_later_stages_and_parallel_does_not():
     assert casc.stages["semantic"].link is None and casc.stages["pixel"].link is not None
     assert all(s.link is None for s in par.stages.values())
     imgs, sem = torch.randn(2, 3, 224, 224), torch.randint(0, 4, (2, 56, 56))
-    inst = torch.rand(2, 4, 56, 56).round()
+    inst = torch.rand(2, 5, 56, 56)
     mask = random_mask(MaskInputs(196, 2), 0.75, torch.Generator().manual_seed(0))
     losses, _ = casc(imgs, mask, sem, inst)
     losses["pixel"].backward()  # the pixel loss reaches the semantic stage only through the cascade
@@ -261,6 +340,26 @@ def test_resume_continues_exactly(scenes, tmp_path):
     assert [r["step"] for r in mb] == list(range(8))
     for ra, rb in zip(ma, mb, strict=True):
         assert ra["loss_total"] == pytest.approx(rb["loss_total"], rel=1e-4) and ra["masking"] == rb["masking"]
+
+
+def test_decoding_on_the_device_trains_as_decoding_in_the_workers(scenes, tmp_path):
+    """`--decode gpu` on a CPU machine: JPEG bytes through a worker process, decoded and cropped in
+    the main process with the workers' crop code: the same pixels, so the same run, and it
+    resumes exactly."""
+    _, big = scenes
+    common = [str(big), "--steps", "4", "--steps-per-epoch", "3", "--batch-size", "4", "--warmup-steps", "2"]
+    common += ["--model", "c2fmae_vit_micro", "--img-size", "64", "--vis-every", "0", "--log-every", "1000"]
+    cpu, gpu = tmp_path / "cpu", tmp_path / "gpu"
+    assert c2f(["pretrain", *common, "--workers", "1", "--output", str(cpu)]) == 0
+    assert (
+        c2f(["pretrain", *common, "--workers", "1", "--decode", "gpu", "--output", str(gpu), "--stop-after", "2"]) == 0
+    )
+    assert c2f(["pretrain", str(big), "--output", str(gpu), "--resume"]) == 0
+    a, b = load_checkpoint(cpu / "checkpoint.pt"), load_checkpoint(gpu / "checkpoint.pt")
+    assert b["config"]["decode"] == "gpu" and b["step"] == 4
+    for k in a["model"]:
+        assert torch.allclose(a["model"][k], b["model"][k], atol=1e-6), k
+    assert [r["loss_total"] for r in _metrics(cpu)] == pytest.approx([r["loss_total"] for r in _metrics(gpu)], rel=1e-5)
 
 
 def test_resume_without_checkpoint_is_a_usage_error(scenes, tmp_path, capsys):

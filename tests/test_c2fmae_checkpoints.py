@@ -194,3 +194,38 @@ def test_resume_refuses_other_shards_that_change_the_schedule(trained, tmp_path,
     shutil.copy(good, out / "checkpoint.pt")
     got, err = _resume(bigger, out, capsys)
     assert got == 2 and "another schedule" in err and len(err.splitlines()) == 1, err
+
+
+OLD_MEANING = ["--instance-target", "local", "--folk-views", "1", "--folk-filters", "com", "--decode", "cpu"]
+
+
+@pytest.mark.parametrize("flags", [OLD_MEANING, ["--method", "folk", *OLD_MEANING]], ids=["c2fmae", "folk"])
+def test_a_checkpoint_older_than_a_field_resumes_as_it_was_configured(trained, tmp_path, flags):
+    """Checkpoints written before `instance_target`, FOLK's views and filters, `decode` and the
+    frequency loss existed hold none of them: their absence means what those runs did (the local
+    target, one view, com alone, CPU decoding), not today's defaults, and the resumed run equals
+    one resumed from the same checkpoint with the fields written out."""
+    from c2fmae.model import ModelConfig
+    from c2fmae.train import TrainConfig
+
+    shards, _ = trained
+    new, old = tmp_path / "new", tmp_path / "old"
+    common = [str(shards), "--steps", "4", "--batch-size", "4", *flags, *MICRO]
+    assert c2f(["pretrain", *common, "--output", str(new), "--stop-after", "2"]) == 0
+    shutil.copytree(new, old)
+    state = torch.load(old / "checkpoint.pt", weights_only=True)
+    for k in TrainConfig.ABSENT:
+        del state["config"][k]
+    for k in ModelConfig.ABSENT:
+        del state["model_config"][k]
+    (old / "checkpoint.pt").unlink()  # a hard link to the numbered one: write a file of its own
+    torch.save(state, old / "checkpoint.pt")
+    for out in (new, old):
+        assert c2f(["pretrain", str(shards), "--output", str(out), "--resume", "--workers", "0"]) == 0
+    a, b = load_checkpoint(new / "checkpoint.pt"), load_checkpoint(old / "checkpoint.pt")
+    assert a["step"] == b["step"] == 4 and a["model_config"] == b["model_config"]
+    assert {**a["config"], "output": ""} == {**b["config"], "output": ""}
+    assert b["model_config"]["instance_target"] == "local" and b["config"]["decode"] == "cpu"
+    assert (b["config"]["folk_views"], b["config"]["folk_filters"]) == (1, "com")
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k

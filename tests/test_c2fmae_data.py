@@ -14,8 +14,10 @@ from c2fmae.data import (
     TrainStream,
     TrainTransform,
     as_ids,
+    decode_on_device,
     make_loader,
     prepare,
+    to_device,
 )
 from pipelines.plan import make_plan
 from shards.image import prepare_image
@@ -139,11 +141,55 @@ def test_device_side_targets_agree_with_the_maps(scenes):
     """prepare() on the compact batch: normalised floats, semantic cells that match the stored map at
     the cell centres, instance channels with the boundary from the worker, patch modes."""
     batch = next(iter(TrainStream(_cfg(scenes, augment=False))))
-    b = prepare(batch, cells_per_patch=4)
-    assert b["image"].dtype == torch.float32 and abs(float(b["image"].mean())) < 3
-    assert b["inst_cells"].shape == (4, 4, 56, 56) and torch.equal(b["inst_cells"][:, 1].bool(), batch["inst_edge"])
-    assert torch.equal(b["inst_cells"][:, 0].bool(), as_ids(batch["inst_cells"]) > 0)
-    assert b["sem_patch"].shape == b["inst_patch"].shape == (4, 196) and b["sem_patch"].max() <= 5
+    for target, channels in (("centre", 5), ("local", 4)):
+        b = prepare(batch, cells_per_patch=4, instance_target=target)
+        assert b["image"].dtype == torch.float32 and abs(float(b["image"].mean())) < 3
+        inst = b["inst_cells"]
+        assert inst.shape == (4, channels, 56, 56) and torch.equal(inst[:, 1].bool(), batch["inst_edge"])
+        assert torch.equal(inst[:, 0].bool(), as_ids(batch["inst_cells"]) > 0)
+        assert b["sem_patch"].shape == b["inst_patch"].shape == (4, 196) and b["sem_patch"].max() <= 5
+    assert b["inst_cells"][:, 2:].sum() > 0  # the scenes have instances: affinities here, offsets above
+
+
+def test_decoding_on_the_device_gives_the_workers_crops(scenes):
+    """`--decode gpu` on a CPU machine (device="cpu"): the workers send the JPEG bytes, the same
+    boxes and the same maps; the device decodes in one batched call and crops with the same code,
+    so the images are the CPU path's, pixel for pixel, views included."""
+    for views in (1, 2):
+        cpu = next(iter(TrainStream(_cfg(scenes, views=views))))
+        gpu = next(iter(TrainStream(_cfg(scenes, views=views, decode="gpu"))))
+        assert "image" not in gpu and gpu["jpeg"].dtype == torch.uint8 and len(gpu["jpeg_sizes"]) == 4
+        assert gpu["source"] == [i for _ in range(views) for i in range(4)] and len(gpu["box"]) == 4 * views
+        for k in ("sem_cells", "inst_cells", "inst_edge", "crop", "cls"):
+            assert torch.equal(cpu[k], gpu[k]), k
+        assert cpu["key"] == gpu["key"]
+        decoded = decode_on_device(to_device(gpu, torch.device("cpu")), torch.device("cpu"), 224)
+        assert torch.equal(decoded["image"], cpu["image"])
+        a, b = prepare(cpu, 4), prepare(decoded, 4)
+        assert all(torch.equal(a[k], b[k]) for k in ("image", "sem_cells", "inst_cells", "sem_patch", "crop"))
+    nbytes = gpu["jpeg"].numel() / 4 + sum(
+        v.numel() * v.element_size() / 8 for k, v in gpu.items() if isinstance(v, torch.Tensor) and k != "jpeg"
+    )
+    assert nbytes < 150_000, nbytes  # the JPEG instead of 150 KB of pixels
+
+
+def test_two_views_are_two_crops_of_each_image(scenes):
+    """FOLK's views: all first views, then all second views; the first views are the one-view stream's."""
+    one = next(iter(TrainStream(_cfg(scenes))))
+    two = next(iter(TrainStream(_cfg(scenes, views=2))))
+    assert two["image"].shape == (8, 3, 224, 224) and two["key"] == one["key"] * 2
+    assert torch.equal(two["image"][:4], one["image"]) and torch.equal(two["crop"][:4], one["crop"])
+    assert not torch.equal(two["crop"][:4], two["crop"][4:])  # other boxes
+    assert torch.equal(two["crop"][:4, 5:], two["crop"][4:, 5:])  # of the same images
+
+
+def test_smir_rows_travel_with_the_batch(scenes):
+    """SMIR's rounds: each sample's row in the round's table, from the workers (no lookup on the host)."""
+    keys = sorted({k for b in (next(iter(TrainStream(_cfg(scenes)))),) for k in b["key"]})
+    rows = {k: i for i, k in enumerate(keys[:2])}
+    batch = next(iter(TrainStream(_cfg(scenes, rows=rows, blank_row=7))))
+    want = [rows.get(k, 7) for k in batch["key"]]
+    assert batch["row"].tolist() == want and prepare(batch, 4)["row"].tolist() == want
 
 
 def test_uint16_maps_travel_as_their_bits():

@@ -16,6 +16,7 @@ from c2fmae.masking import Masking, MaskInputs, random_mask, selective_mask
 from c2fmae.methods import (
     MethodSettings,
     frequency_filter,
+    frequency_view,
     loss_in_crop,
     step_inputs,
     teacher_momentum,
@@ -72,7 +73,8 @@ def test_identity_frequency_filter_and_no_distillation_is_a_full_image_autoencod
     model = C2FMAE(model_config("c2fmae_vit_micro", img_size=64, num_classes=4, stages=("pixel",))).eval()
     sem = torch.zeros(2, 16, dtype=torch.long)
     batch = {"image": imgs, "sem_patch": sem, "inst_patch": sem, "sem_cells": None, "inst_cells": None}
-    inputs = step_inputs(MethodSettings("folk", folk_thresholds=(0.0,)), Masking(), model, batch, 0.0, _gen(0))
+    method = MethodSettings("folk", folk_thresholds=(0.0,), folk_filters=("com",), folk_views=1)
+    inputs = step_inputs(method, Masking(), model, batch, 0.0, _gen(0))
     assert inputs.mask.sum() == 0 and inputs.keep == 16 and torch.equal(inputs.view, imgs)
     with torch.no_grad():
         losses, preds = model(imgs, inputs.mask, **inputs.model_kwargs())
@@ -99,6 +101,97 @@ def test_frequency_filter_removes_the_weakest_energy_and_keeps_the_mean():
         assert (removed <= t + 1e-4).all() and (removed > 0).all(), (t, removed)
     small, big = (frequency_filter(imgs, (t,), _gen(0)) for t in (0.01, 0.2))
     assert ((imgs - small) ** 2).sum() < ((imgs - big) ** 2).sum()
+
+
+def test_one_view_and_com_alone_is_the_one_view_folk():
+    """The reduction of FOLK as published to its one-view form: with `--folk-filters com
+    --folk-views 1` the view is the weakest-first filter drawing one threshold per image and
+    nothing else from the step's generator, and the distillation regresses every token of the
+    teacher's own crop, as before views and filters existed."""
+    torch.manual_seed(0)
+    imgs = torch.randn(4, 3, 64, 64).cumsum(-1) * 0.1
+    model = C2FMAE(model_config("c2fmae_vit_micro", img_size=64, num_classes=4, stages=("pixel",), distill=True))
+    model.eval()
+    sem = torch.zeros(4, 16, dtype=torch.long)
+    batch = {"image": imgs, "sem_patch": sem, "inst_patch": sem, "sem_cells": None, "inst_cells": None}
+    method = MethodSettings("folk", folk_filters=("com",), folk_views=1)
+    g = _gen(5)
+    inputs = step_inputs(method, Masking(), model, batch, 0.0, g)
+    after = torch.rand(3, generator=g)
+    ref = _gen(5)
+    t = torch.tensor(method.folk_thresholds)[torch.randint(3, (4,), generator=ref)]  # the one draw
+    assert torch.equal(torch.rand(3, generator=ref), after)
+    for i in range(4):
+        alone = frequency_filter(imgs[i : i + 1], (float(t[i]),), _gen(0))
+        assert torch.allclose(inputs.view[i : i + 1], alone, atol=1e-5)
+    assert inputs.views == 1 and inputs.removed.any()
+    with torch.no_grad():
+        losses, _ = model(imgs, inputs.mask, **inputs.model_kwargs())
+        latent = model.forward_encoder(inputs.view, inputs.mask, keep=16)[0]
+        target = model.teacher(imgs, model.pos_embed)  # the teacher's tokens of the same crop, all 17
+        expected = ((model.projector(latent) - target) ** 2).mean()
+    assert losses["distill"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_rcom_keeps_exactly_what_com_removes():
+    """The reverse filter: com's view plus rcom's view is the image plus its mean (the DC term,
+    which both keep), for the same threshold."""
+    torch.manual_seed(2)
+    imgs = torch.randn(3, 3, 32, 48).cumsum(-1).cumsum(-2) * 0.05
+    for t in (0.01, 0.2):
+        com, com_removed = frequency_view(imgs, (t,), _gen(0), ("com",))
+        rcom, rcom_removed = frequency_view(imgs, (t,), _gen(0), ("rcom",))
+        assert torch.allclose(com + rcom, imgs + imgs.mean((-1, -2), keepdim=True), atol=1e-4)
+        assert not (com_removed & rcom_removed).any() and (com_removed | rcom_removed).sum() == 3 * 32 * 25 - 3
+        # rcom's view holds at most the fraction t of the energy outside the mean
+        centred = imgs - imgs.mean((-1, -2), keepdim=True)
+        kept = ((rcom - imgs.mean((-1, -2), keepdim=True)) ** 2).sum((1, 2, 3)) / (centred**2).sum((1, 2, 3))
+        assert (kept <= t + 1e-4).all()
+
+
+def test_both_filters_are_drawn_per_image():
+    torch.manual_seed(3)
+    imgs = torch.randn(64, 3, 16, 16).cumsum(-1) * 0.1
+    view = frequency_filter(imgs, (0.05,), _gen(1), ("com", "rcom"))
+    centred = imgs - imgs.mean((-1, -2), keepdim=True)
+    removed = ((imgs - view) ** 2).sum((1, 2, 3)) / (centred**2).sum((1, 2, 3))
+    com, rcom = removed <= 0.05 + 1e-4, removed >= 0.95 - 1e-4
+    assert (com | rcom).all() and 16 < int(com.sum()) < 48
+
+
+def test_two_views_distill_each_view_to_the_teacher_of_the_other():
+    """The batch holds the first views of N images, then their second views: each view's CLS,
+    through the projector, regresses the teacher's CLS of the other view's original."""
+    torch.manual_seed(0)
+    model = C2FMAE(model_config("c2fmae_vit_micro", img_size=64, num_classes=4, stages=("pixel",), distill=True))
+    imgs = torch.randn(6, 3, 64, 64)  # 3 images x 2 views
+    latent = torch.randn(6, 17, 64)
+    with torch.no_grad():
+        loss = model.distill_loss(latent, imgs, views=2)
+        target = model.teacher(imgs, model.pos_embed)[:, 0]
+        other = torch.cat([target[3:], target[:3]])
+        expected = ((model.projector(latent[:, 0]) - other) ** 2).mean()
+        same_view = ((model.projector(latent[:, 0]) - target) ** 2).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5) and loss.item() != pytest.approx(same_view.item())
+
+
+def test_frequency_loss_counts_the_removed_components_only():
+    """0 for a reconstruction that is the image, and for one that misses only components the view
+    kept; for one that restores none of the removed ones, the energy fraction the view lost."""
+    torch.manual_seed(4)
+    model = C2FMAE(model_config("c2fmae_vit_micro", img_size=64, num_classes=4, stages=("pixel",), freq_weight=1.0))
+    imgs = torch.randn(2, 3, 64, 64).cumsum(-1).cumsum(-2) * 0.05
+    view, removed = frequency_view(imgs, (0.05,), _gen(0), ("com",))
+    t = patchify(imgs, 16)
+    normed = (t - t.mean(-1, keepdim=True)) / (t.var(-1, keepdim=True) + 1e-6) ** 0.5
+    assert model.frequency_loss(normed, imgs, removed).item() < 1e-6
+    v = patchify(view, 16)  # the view itself as the prediction: every removed component missing
+    as_view = (v - t.mean(-1, keepdim=True)) / (t.var(-1, keepdim=True) + 1e-6) ** 0.5
+    centred = imgs - imgs.mean((-1, -2), keepdim=True)
+    lost = (((imgs - view) ** 2).sum((1, 2, 3)) / (centred**2).sum((1, 2, 3))).mean()  # Parseval
+    assert model.frequency_loss(as_view, imgs, removed).item() == pytest.approx(lost.item(), rel=1e-3)
+    assert 0 < lost.item() <= 0.05 + 1e-4
+    assert model.frequency_loss(as_view, imgs, ~removed).item() < 1e-4  # what the view kept, it has
 
 
 def test_srmae_with_every_patch_at_full_resolution_is_mae_without_masking():
@@ -235,6 +328,23 @@ def test_each_method_runs_under_two_process_ddp(method, scenes, tmp_path):
         assert sorted(scores["keys"]) == sorted({k for k in _all_keys(big) if partition_of(k, 2) == 1})
 
 
+def test_smir_rounds_are_scored_by_loader_workers(scenes, tmp_path):
+    """Round scoring reads the partition with DataLoader workers (each its own shards): every key of
+    the partition is scored once, and a run resumed inside the round reads the saved scores."""
+    _, big = scenes
+    out = tmp_path / "w"
+    args = [str(big), "--output", str(out), "--steps", "4", "--batch-size", "4", *METHODS["smir-rounds"], *MICRO]
+    args[args.index("--workers") + 1] = "2"
+    assert c2f(["pretrain", *args, "--stop-after", "3"]) == 0
+    scores = torch.load(out / "smir_round001.pt", weights_only=True)
+    from c2fmae.data import partition_of
+
+    want = sorted(k for k in _all_keys(big) if partition_of(k, 2) == 1)
+    assert sorted(scores["keys"]) == want and scores["loss"].shape == (len(want), 4, 4)
+    assert c2f(["pretrain", str(big), "--output", str(out), "--resume"]) == 0
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 4 and set(_metrics(out)[-1]["masking"]) == {"selective"}
+
+
 def _all_keys(ds):
     import tarfile
 
@@ -254,6 +364,8 @@ def test_method_flag_errors_are_one_line(scenes, tmp_path, capsys):
         (["--method", "srmae", "--lowres-factor", "1"], "--lowres-factor must be 2"),
         (["--selective-rounds", "3"], "--masking selective"),
         (["--method", "folk", "--folk-thresholds", "0.1,x"], "--folk-thresholds"),
+        (["--method", "folk", "--folk-filters", "com,jpeg"], "--folk-filters: one or both of com,rcom"),
+        (["--method", "folk", "--folk-views", "3"], "--folk-views must be 1 or 2"),
         (["--curriculum-centers", "0,1"], "--curriculum-centers"),
     ]:
         assert c2f([*base, *extra]) == 2, extra

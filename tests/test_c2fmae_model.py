@@ -81,7 +81,7 @@ def test_cascade_links_carry_the_pixel_loss_to_the_semantic_stage(link):
     model = C2FMAE(model_config("c2fmae_vit_micro", num_classes=4, cascade_link=link))
     assert model.stages["semantic"].link is None and model.stages["pixel"].link is not None
     imgs, sem = torch.randn(2, 3, 224, 224), torch.randint(0, 4, (2, 56, 56))
-    inst = torch.rand(2, 4, 56, 56).round()
+    inst = torch.rand(2, 5, 56, 56)
     mask = random_mask(MaskInputs(196, 2), 0.75, torch.Generator().manual_seed(0))
     losses, preds = model(imgs, mask, sem, inst)
     assert preds["semantic"].shape == (2, 196, 16 * 4) and preds["pixel"].shape == (2, 196, 768)
@@ -110,7 +110,7 @@ def test_per_patch_losses_and_no_nan_without_labels():
     model = C2FMAE(model_config("c2fmae_vit_micro", num_classes=4))
     imgs = torch.randn(2, 3, 224, 224)
     sem = torch.full((2, 56, 56), 255)  # no labelled cell at all
-    inst = torch.zeros(2, 4, 56, 56)
+    inst = torch.zeros(2, 5, 56, 56)
     mask = random_mask(MaskInputs(196, 2), 0.75, torch.Generator().manual_seed(0))
     latent, ids = model.forward_encoder(imgs, mask, keep=49)
     preds = model.forward_decoder(latent, ids)
@@ -146,7 +146,7 @@ def test_after_step_hook_sees_each_step_with_keys_and_crops():
     batch = {
         "image": torch.randn(2, 3, 224, 224),
         "sem_cells": torch.randint(0, 4, (2, 56, 56)),
-        "inst_cells": torch.zeros(2, 4, 56, 56),
+        "inst_cells": torch.zeros(2, 5, 56, 56),
         "sem_patch": torch.zeros(2, 196, dtype=torch.long),
         "inst_patch": torch.zeros(2, 196, dtype=torch.long),
         "crop": torch.zeros(2, 7, dtype=torch.int32),
@@ -171,7 +171,7 @@ def test_steps_never_wait_for_the_gpu():
     batch = {
         "image": torch.randn(4, 3, 224, 224, device=dev),
         "sem_cells": sem,
-        "inst_cells": torch.rand(4, 4, 56, 56, device=dev).round(),
+        "inst_cells": torch.rand(4, 5, 56, 56, device=dev),
         "sem_patch": patch_mode(sem, 4),
         "inst_patch": patch_mode(sem, 4),
         "key": list("abcd"),
@@ -256,3 +256,55 @@ def test_keep_checkpoints(scenes, tmp_path):
     assert (out / "checkpoint.pt").samefile(out / "checkpoint-0000006.pt")  # a link, not a second copy
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == list(range(6))
+
+
+def test_compile_wraps_ddp_and_steps_as_eager(tmp_path, monkeypatch):
+    """`--compile` under torchrun: torch.compile around the DDP-wrapped model (so dynamo splits the
+    graph at DDP's gradient buckets and each bucket's all-reduce overlaps the backward), SMIR's
+    estimating passes compiled too; the engine finds the plain model inside, and a step gives
+    what the eager step gives. (Dynamo's `eager` backend: the wiring, without a C++ build.)"""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from c2fmae.data import patch_mode
+    from c2fmae.engine import unwrap
+    from c2fmae.methods import MethodSettings
+    from c2fmae.train import Dist, wrap_for_training
+
+    compiled = []
+    real = torch.compile
+
+    def spy(fn, **kw):
+        compiled.append(fn)
+        return real(fn, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", spy)
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        sem = torch.randint(0, 4, (4, 16, 16))
+        batch = {
+            "image": torch.randn(4, 3, 64, 64),
+            "sem_cells": sem,
+            "inst_cells": torch.rand(4, 5, 16, 16),
+            "sem_patch": patch_mode(sem, 4),
+            "inst_patch": patch_mode(sem, 4),
+        }
+        losses = {}
+        for compile in (False, True):
+            torch.manual_seed(1)
+            model = C2FMAE(model_config("c2fmae_vit_micro", img_size=64, num_classes=4))
+            wrapped = wrap_for_training(model, Dist(0, 2, 0, torch.device("cpu")), compile)
+            assert unwrap(wrapped) is model and hasattr(wrapped, "no_sync")
+            if compile:
+                assert isinstance(wrapped._orig_mod, DistributedDataParallel) and wrapped._orig_mod.module is model
+            loop = Loop(Schedule(2, 1, 1e-3), Masking("selective", 0.5), method=MethodSettings("smir"), compile=compile)
+            opt = make_optimizer(model, 0.05, 1e-3)
+            outs = list(train_steps(wrapped, opt, iter([batch] * 2), range(2), loop))
+            losses[compile] = torch.stack([o.losses["total"] for o in outs])
+        assert torch.allclose(losses[True], losses[False], rtol=1e-4)
+        names = [getattr(f, "__name__", type(f).__name__) for f in compiled]
+        assert names == ["DistributedDataParallel", "patch_losses"], names
+    finally:
+        dist.destroy_process_group()
+        torch._dynamo.reset()  # no eager-backend code left cached for a later compile

@@ -1,15 +1,93 @@
-"""`c2f filter`: the condition language (parsed, never eval'd), exact selection, and subset files
-that the reader, wids and `c2f pretrain --subset` read without any shard being rewritten."""
+"""`c2f filter`: SQL conditions evaluated by DuckDB with no access to files, exact selection over the
+report's table or the shards' own, and subset files that the reader, wids and `c2f pretrain --subset`
+read without any shard being rewritten."""
 
 import json
+import shutil
 
-import numpy as np
+import pyarrow as pa
 import pytest
 
 from c2f.cli import main
-from quality.table import read_csv
-from quality.where import ExprError, parse, select
+from quality.query import ConditionError, select
 from shards.subset import load_subset
+
+TABLE = pa.table(
+    {
+        "key": ["n07920052_coffee", "n01440764_1", "n01440764_2", "n01440764_3", "n01440764_4"],
+        "shard": ["s0", "s0", "s1", "s1", "s1"],
+        "index": [0, 1, 0, 1, None],
+        "status": ["packed", "packed", "packed", "packed", "quarantined"],
+        "cls": ["n07920052", "n01440764", "n01440764", "n01440764", "n01440764"],
+        "instances": [5, 4, 1, 7, None],
+        "coverage": [0.95, 0.5, None, 0.2, None],
+        "score": [0.9, None, 0.7, 0.3, None],
+    }
+)
+
+
+@pytest.mark.parametrize(
+    "where, keys",
+    [
+        ("cls = 'n01440764' AND instances > 3", ["n01440764_1", "n01440764_3"]),  # the quarantined one never
+        ("coverage BETWEEN 0.2 AND 0.9", ["n01440764_1", "n01440764_3"]),  # NULL is not between anything
+        ("key LIKE '%coffee%'", ["n07920052_coffee"]),
+        ("score IS NULL", ["n01440764_1"]),  # an undefined measure
+        ("coverage > 0.5 OR score < 0.5", ["n07920052_coffee", "n01440764_3"]),
+        ("NOT (coverage > 0.5)", ["n01440764_1", "n01440764_3"]),  # NOT NULL is NULL: not selected
+        ("shard = 's1' AND instances * 2 - 1 >= 3", ["n01440764_3"]),
+        (
+            "cls IN ('n07920052', 'n09999999') OR regexp_matches(key, '_[12]$')",
+            [
+                "n07920052_coffee",
+                "n01440764_1",
+                "n01440764_2",
+            ],
+        ),
+        ("instances / 0 > 1", ["n07920052_coffee", "n01440764_1", "n01440764_2", "n01440764_3"]),  # inf
+        (
+            "current_setting('enable_external_access') = false",
+            [
+                "n07920052_coffee",
+                "n01440764_1",
+                "n01440764_2",
+                "n01440764_3",
+            ],
+        ),  # the condition runs with no file access
+    ],
+)
+def test_sql_conditions(where, keys):
+    picked, total = select(where, TABLE)
+    assert picked.column("key").to_pylist() == keys and total == 4
+    assert picked.column_names == ["key", "shard", "index"]
+
+
+@pytest.mark.parametrize(
+    "where, message",
+    [
+        ("", "--where is empty"),
+        ("coverage >", "Parser Error"),
+        ("read_csv('/etc/passwd') IS NOT NULL", "is a table function"),
+        ("EXISTS (SELECT * FROM read_text('/etc/passwd'))", "a subquery is not allowed"),
+        ("key IN (SELECT key FROM samples)", "a subquery is not allowed"),
+        ("(SELECT count(*) FROM range(1000000000000)) > 0", "a subquery is not allowed"),
+        ("COPY (SELECT 1) TO '/tmp/c2f-owned.csv'", "Parser Error"),
+        ("1=1; DROP TABLE samples", "more than one statement"),
+        ("1=1); COPY samples TO '/tmp/c2f-owned.csv'; SELECT (1", "Parser Error"),
+        ("1=1) UNION SELECT key, shard, index FROM samples WHERE (1=1", "Parser Error"),
+        ("coverage, instances", "single expression"),
+        ("instances + 1", "must be a condition"),
+        ("NULL", "must be a condition"),
+        ("bogus > 1", 'Referenced column "bogus" not found'),
+        ("key > 1", "Cannot compare values of type VARCHAR"),
+        ("st_area(key) > 1", "spatial extension"),  # never installed nor loaded
+    ],
+)
+def test_refused_conditions_are_one_line_usage_errors(where, message, tmp_path):
+    with pytest.raises(ConditionError, match="--where") as e:
+        select(where, TABLE)
+    assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
+    assert not (tmp_path / "c2f-owned.csv").exists()
 
 
 @pytest.fixture
@@ -18,73 +96,21 @@ def reported(synthetic_ds):
     return synthetic_ds
 
 
-COLS = {
-    "coverage": np.array([0.2, 0.6, 0.9, np.nan]),
-    "instances": np.array([0.0, 1.0, 3.0, 2.0]),
-    "score": np.array([np.nan, 0.5, 0.9, 0.7]),
-    "key": np.array(["a", "b", "c", "d"]),
-    "shard": np.array(["s0", "s0", "s1", "s1"]),
-}
-
-
-@pytest.mark.parametrize(
-    "where, expected",
-    [
-        ("coverage > 0.5", [0, 1, 1, 0]),  # NaN compares false
-        ("coverage > 0.5 and instances >= 1", [0, 1, 1, 0]),
-        ("coverage < 0.5 or instances >= 2 and score > 0.8", [1, 0, 1, 0]),  # and binds tighter than or
-        ("(coverage < 0.5 or instances >= 2) and score > 0.8", [0, 0, 1, 0]),
-        ("not (score >= 0)", [1, 0, 0, 0]),  # the undefined ones
-        ("0.5 < coverage <= 0.9", [0, 1, 1, 0]),  # chained
-        ("instances * 2 - 1 >= 3", [0, 0, 1, 1]),
-        ("-score < -0.6", [0, 0, 1, 1]),
-        ("shard == 's1' and key != \"d\"", [0, 0, 1, 0]),
-        ("instances / 0 > 1", [0, 1, 1, 1]),  # inf; 0/0 is NaN
-        ("not not instances == 0", [1, 0, 0, 0]),
-        ("1e-1 < .7", [1, 1, 1, 1]),
-    ],
-)
-def test_condition_language(where, expected):
-    assert select(where, COLS).tolist() == [bool(x) for x in expected]
-
-
-@pytest.mark.parametrize(
-    "where, message",
-    [
-        ("", "empty"),
-        ("coverage >", "expected a number"),
-        ("(coverage > 1", "expected ')'"),
-        ("coverage > 1 instances", "expected 'and', 'or' or the end"),
-        ("coverage + 1", "must be a condition"),
-        ("coverage and instances > 1", "combine conditions"),
-        ("key > 'a'", "text compares only"),
-        ("key == 1", "compares text with a number"),
-        ("bogus > 1", "no measure 'bogus'"),
-        ("coverage > 0.5; import os", "unexpected ';'"),
-        ("__import__('os').system('touch /tmp/x')", "unexpected '.'"),
-        ("coverage.__class__", "unexpected '.'"),
-        ("[x for x in ()]", "unexpected '['"),
-    ],
-)
-def test_bad_conditions_are_one_line_usage_errors(where, message):
-    with pytest.raises(ExprError, match="--where") as e:
-        select(where, COLS)
-    assert message in str(e.value) and "\n" not in str(e.value)
-
-
-def test_the_parser_builds_no_code():
-    assert parse("a > 1 and not b") == ("and", ("cmp", [("name", "a"), ("num", 1.0)], [">"]), ("not", ("name", "b")))
+def _subset_keys(path):
+    d = json.loads(path.read_text())
+    return [k for keys in d["c2f_subset"]["keys"].values() for k in keys], d
 
 
 def test_filter_selects_exactly_the_matching_samples(reported, tmp_path, capsys):
-    where = "coverage > 0.5 and instances >= 4 and score < 0.8"
+    import pandas as pd
+
+    where = "coverage > 0.5 AND instances >= 4 AND score < 0.8 AND purity = 1"  # purity: a report measure
     out = tmp_path / "keep.json"
     assert main(["filter", str(reported), "--where", where, "--out", str(out)]) == 0
-    rows = read_csv(reported / "report" / "samples.csv")
+    rows = pd.read_parquet(reported / "report" / "samples.parquet")
     want = rows["key"][(rows["coverage"] > 0.5) & (rows["instances"] >= 4) & (rows["score"] < 0.8)].tolist()
     assert 0 < len(want) < 12  # a real selection
-    d = json.loads(out.read_text())
-    got = [k for keys in d["c2f_subset"]["keys"].values() for k in keys]
+    got, d = _subset_keys(out)
     assert got == want and d["c2f_subset"]["selected"] == len(want) and d["c2f_subset"]["where"] == where
     assert f"{len(want)} of 12 samples" in capsys.readouterr().out
     # A key list holds the same keys.
@@ -92,6 +118,31 @@ def test_filter_selects_exactly_the_matching_samples(reported, tmp_path, capsys)
     assert main(["filter", str(reported), "--where", where, "--out", str(txt)]) == 0
     assert txt.read_text().split() == want
     assert load_subset(txt).keys == load_subset(out).keys == frozenset(want)
+
+
+def test_without_a_report_the_shards_tables_answer(synthetic_ds, tmp_path, capsys):
+    import pandas as pd
+
+    rows = pd.concat(pd.read_parquet(p) for p in sorted(synthetic_ds.glob("*.parquet")))
+    for where, want in [
+        ("cls = '4' AND instances > 3", rows["key"][(rows["cls"] == "4") & (rows["instances"] > 3)]),
+        ("score BETWEEN 0.65 AND 0.8", rows["key"][(rows["score"] >= 0.65) & (rows["score"] <= 0.8)]),
+        ("key LIKE '%0000001_'", rows["key"][rows["key"].str.match(r"scene_0000001\d$")]),
+    ]:
+        out = tmp_path / "keep.json"
+        assert main(["filter", str(synthetic_ds), "--where", where, "--out", str(out)]) == 0
+        assert 0 < len(want) < 12 and _subset_keys(out)[0] == want.tolist(), where
+        assert "(the shards' tables)" in capsys.readouterr().out
+    assert main(["filter", str(synthetic_ds), "--where", "purity > 0.5", "--out", str(out)]) == 2
+    assert 'Referenced column "purity" not found' in capsys.readouterr().err  # a measure of the report only
+
+
+def test_a_refused_condition_is_one_line_and_exit_2(synthetic_ds, tmp_path, capsys):
+    for where in ["read_csv('/etc/passwd') IS NOT NULL", "1=1; COPY (SELECT 1) TO 'x.csv'"]:
+        assert main(["filter", str(synthetic_ds), "--where", where, "--out", str(tmp_path / "k.json")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --where: ") and err.count("\n") == 1, err
+    assert not (tmp_path / "k.json").exists()
 
 
 def test_reader_and_wids_read_exactly_the_subset(reported, tmp_path):
@@ -125,7 +176,7 @@ def test_pretrain_trains_on_a_subset(reported, tmp_path, capsys):
     args = ["--steps", "2", "--batch-size", "2", "--model", "c2fmae_vit_micro", "--workers", "0", "--vis-every", "0"]
     for name in ("keep.json", "keep.txt"):
         assert (
-            main(["filter", str(reported), "--where", "shard == 'syn-000001.tar'", "--out", str(tmp_path / name)]) == 0
+            main(["filter", str(reported), "--where", "shard = 'syn-000001.tar'", "--out", str(tmp_path / name)]) == 0
         )
     assert main(["pretrain", str(reported), "--output", str(run), "--subset", str(tmp_path / "keep.json"), *args]) == 0
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
@@ -138,9 +189,7 @@ def test_pretrain_trains_on_a_subset(reported, tmp_path, capsys):
     assert "selects no sample" in capsys.readouterr().err
 
 
-def test_stale_or_missing_report(synthetic_ds, tmp_path, capsys):
-    assert main(["filter", str(synthetic_ds), "--where", "coverage > 0", "--out", str(tmp_path / "k.json")]) == 2
-    assert "c2f report" in capsys.readouterr().err
+def test_stale_report_or_no_table_at_all(synthetic_ds, tmp_path, capsys):
     assert main(["report", str(synthetic_ds), "--no-progress", "--worst", "0"]) == 0
     m = json.loads((synthetic_ds / "manifest.json").read_text())
     m["shards"][0]["sha256"] = "0" * 64  # relabeled since
@@ -149,3 +198,9 @@ def test_stale_or_missing_report(synthetic_ds, tmp_path, capsys):
     assert "run `c2f report` again" in capsys.readouterr().err
     assert main(["filter", str(synthetic_ds), "--where", "coverage > 0", "--out", str(tmp_path / "k.csv")]) == 2
     assert "name it .json" in capsys.readouterr().err
+    # An output made before per-sample tables, without a report: nothing to filter on yet.
+    shutil.rmtree(synthetic_ds / "report")
+    for p in synthetic_ds.glob("*.parquet"):
+        p.unlink()
+    assert main(["filter", str(synthetic_ds), "--where", "coverage > 0", "--out", str(tmp_path / "k.json")]) == 2
+    assert "no per-sample tables" in capsys.readouterr().err

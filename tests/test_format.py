@@ -73,3 +73,34 @@ def test_every_generated_key_follows_the_rules():
 
 def test_display_makes_undecodable_names_printable():
     assert fmt.display("caf\udce9.JPEG") == "caf\\udce9.JPEG"
+
+
+def test_format_md_lists_every_table_column_as_the_contract_says():
+    """docs/FORMAT.md's table of the per-sample Parquet columns is the contract's, word for word."""
+    import dataclasses
+    from pathlib import Path
+
+    from shards.samples import SampleRow, columns, schema
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "FORMAT.md").read_text()
+    for (name, tp, nullable), f in zip(columns(), dataclasses.fields(SampleRow), strict=True):
+        kind = {str: "string", int: "int64", float: "double"}[tp] + ("" if nullable else ", never null")
+        assert f"| `{name}` | {kind} | {f.metadata['doc']} |" in doc, name
+    assert schema().names == [f.name for f in dataclasses.fields(SampleRow)]
+
+
+def test_table_names_sit_beside_their_shards():
+    assert fmt.table_name("c2f-000007.tar") == "c2f-000007.parquet"
+    assert fmt.parse_table_name("c2f-000007.parquet") == "c2f-000007.tar"
+    assert fmt.parse_table_name("samples.parquet") is None and fmt.parse_table_name("c2f-000007.tar") is None
+    assert fmt.parse_shard_name("c2f-000007.parquet") is None  # no shard listing ever sees a table
+
+
+def test_a_table_keeps_a_file_name_that_is_not_utf8():
+    """Parquet strings are UTF-8: a name with undecodable bytes (PEP 383) keeps them as escapes."""
+    from shards.samples import InputRef, read_rows, shard_rows, table_bytes
+
+    name = "n0/caf\udce9.JPEG"
+    rows = shard_rows("c2f-000000.tar", [InputRef("caf_", name, None, None, 5)], {}, {"caf_": ("read", name)}, {})
+    (row,) = read_rows(table_bytes(rows))
+    assert row.source == row.reason == fmt.display(name) == "n0/caf\\udce9.JPEG" and row.status == "quarantined"

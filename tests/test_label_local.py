@@ -100,6 +100,31 @@ def test_label_gauntlet_resume_and_plan_checks(gauntlet, tmp_path, capsys):
     assert metas["n09999999_png"]["reencode_reason"] == "format PNG"
     assert metas["n09999999_rgba"]["reencode_reason"] == "format PNG, mode RGBA"
 
+    # every shard's table, read as one: a row per input, packed at its place in the tar or quarantined
+    # with the quarantine's stage and reason, and the stages it went through timed
+    import duckdb
+
+    rows = duckdb.sql(
+        f"SELECT key, source, shard, index, status, stage, reason, width, cls, read_ms, decode_ms, write_ms "
+        f"FROM '{out}/*.parquet' ORDER BY key"
+    ).fetchall()
+    assert len(list(out.glob("*.parquet"))) == 5 and [r[0] for r in rows] == sorted(it.key for it in plan.items)
+    by_key = {r[0]: r for r in rows}
+    positions = {}
+    for shard in sorted(out.glob("*.tar")):
+        with tarfile.open(shard) as tf:
+            for i, k in enumerate(dict.fromkeys(ti.name.split(".", 1)[0] for ti in tf)):
+                positions[k] = (shard.name, i)
+    for it in plan.items:
+        key, source, shard, index, status, stage, reason, width, cls, read_ms, decode_ms, write_ms = by_key[it.key]
+        assert source == it.source and cls == it.synset and read_ms is not None
+        if it.key in keys:
+            assert (status, (shard, index)) == ("packed", positions[it.key]) and width == metas[it.key]["width"]
+            assert decode_ms is not None and write_ms is not None and stage is None
+        else:
+            q = next(q for q in quarantine if q["key"] == it.key)
+            assert (status, stage, reason, shard, index) == ("quarantined", q["stage"], q["reason"], q["shard"], None)
+
     # a rerun resumes: nothing to do, shards untouched
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")}
     assert label_main(args) == 0
@@ -112,6 +137,11 @@ def test_label_gauntlet_resume_and_plan_checks(gauntlet, tmp_path, capsys):
     lost.unlink()
     assert label_main(args) == 0
     assert "1 to do" in capsys.readouterr().out and lost.read_bytes() == data
+    # and so is a shard whose table was lost (its stats name the table's size)
+    table = out / lost.name.replace(".tar", ".parquet")
+    table.unlink()
+    assert label_main(args) == 0
+    assert "1 to do" in capsys.readouterr().out and table.exists() and lost.read_bytes() == data
 
     # another plan in the same output directory is refused with a clear message and exit 2
     assert label_main([*args[:2], "--samples-per-shard", "5", "--preset", "empty"]) == 2
@@ -135,6 +165,22 @@ def test_empty_preset_labels_in_the_shard_tasks_without_an_actor(sample_tree, tm
     insts = [decode_png(data) for name, data in members.items() if name.endswith(".inst.png")]
     assert len(sems) == len(insts) == 7
     assert all((m == 255).all() for m in sems) and all((m == 0).all() for m in insts)
+
+
+def test_the_driver_never_imports_torch(sample_tree, tmp_path):
+    """The driver plans, dispatches and writes the manifest; the models load in the actors. torch in
+    the driver is ~400 MB of RSS the whole job pays for nothing (the hostile e2e test's 3 GB bound)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from c2f.cli import main; rc = main(['label', *sys.argv[1:]]);"
+        "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)"
+    )
+    args = [str(sample_tree), str(tmp_path / "out"), "--preset", "empty"]
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "TQDM_DISABLE": "1"}
+    r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
 
 
 def test_unloadable_model_stops_the_job_with_exit_2(sample_tree, tmp_path, capsys, monkeypatch):

@@ -1,6 +1,7 @@
 """Things and stuff: presets know which classes are countable objects, and stuff never becomes an
 instance. Mask2Former and EoMT configs do not list their things; ADE20K-150's panoptic split (100
-things, 50 stuff) is written down in labeler/label_spaces.py and recognised by class names."""
+things, 50 stuff) and COCO panoptic's (80 things, 53 stuff) are written down in labeler/label_spaces.py
+and recognised by class names."""
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from skimage import data as skdata
 
 from labeler.config import LabelerConfig, PanopticConfig, Settings
 from labeler.hf import PanopticLabeler, load_segmenter
-from labeler.label_spaces import ADE20K_150_PANOPTIC, known_things
+from labeler.label_spaces import ADE20K_150_PANOPTIC, COCO_133_PANOPTIC, known_things
 from labeler.postprocess import RULES, PanopticParams, panoptic
 from labeler.registry import build_labeler
 from labeler.tiny import build_eomt_tiny, build_mask2former_tiny, save_hf, synthetic_query_logits
@@ -34,6 +35,36 @@ def test_label_space_recognised_by_names_only():
     assert known_things(dict(enumerate(HF_ADE_NAMES[:149]))) is None
     shuffled = dict(enumerate(HF_ADE_NAMES[1:] + HF_ADE_NAMES[:1]))  # same names, other ids
     assert known_things(shuffled) is None
+
+
+HF_COCO_NAMES = [row[3] for row in COCO_133_PANOPTIC]  # as transformers' COCO-panoptic checkpoints name them
+
+
+def test_coco_split_is_the_published_one():
+    assert [r[0] for r in COCO_133_PANOPTIC] == list(range(133))
+    things = {row[0] for row in COCO_133_PANOPTIC if row[1]}
+    assert things == set(range(80))  # the 80 detection classes first, then 53 stuff
+    names = {row[3]: bool(row[1]) for row in COCO_133_PANOPTIC}
+    assert names["person"] and names["toothbrush"] and names["dining table"]
+    assert not names["sky-other-merged"] and not names["road"] and not names["wall-other-merged"]
+    assert not names["banner"] and not names["rug-merged"]
+
+
+def test_coco_recognised_by_names_only():
+    assert known_things(dict(enumerate(HF_COCO_NAMES))) == (set(range(80)), "coco-133-panoptic")
+    underscored = {i: n.replace("-", "_").title() for i, n in enumerate(HF_COCO_NAMES)}  # other spellings
+    assert known_things(underscored)[1] == "coco-133-panoptic"
+    assert known_things(dict(enumerate(HF_COCO_NAMES[80:] + HF_COCO_NAMES[:80]))) is None  # stuff first
+    assert known_things({i: f"class_{i}" for i in range(133)}) is None
+
+
+def test_coco_checkpoint_gets_its_split_through_the_loader(tmp_path):
+    """A COCO-panoptic Mask2Former (tiny, 133 classes named as the hub's) without --thing-ids: 80 things,
+    not all 133 classes."""
+    path = save_hf(*build_mask2former_tiny(num_labels=133, names=HF_COCO_NAMES), tmp_path / "m2f-coco")
+    pan = PanopticLabeler(load_segmenter(str(path), device="cpu"), 0.05, 0.5, 0.3, "auto")
+    assert pan.things == set(range(80)) and "coco-133-panoptic" in pan.thing_source
+    assert pan.label_space().thing_ids == set(range(80))
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,7 @@ def test_keys_of_a_newer_version_are_kept_and_written_back():
     assert info.random_labels and info.models[0].type == "clip"
     assert info.extra == {"prompts_version": 2} and info.models[0].extra == {"revision": "abc"}
     assert info.to_json() == newer
-    space = {"semantic": {"0": "tench", "1": "sky"}, "instance": {"0": "tench"}, "prompts": {"0": ["a tench"]}}
+    space = {"semantic": {"0": "tench", "1": "sky"}, "instance": {"0": "tench"}, "captions": {"0": ["a tench"]}}
     assert LabelSpace.from_json(space).to_json() == space
     assert LabelSpace.from_json(space).thing_ids == frozenset({0})
 

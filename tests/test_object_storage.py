@@ -114,3 +114,5 @@ def test_label_to_s3_resumes_after_a_killed_driver(s3, tmp_path):
     assert len(keys) == len(set(keys)) == 24 and not set(keys) & set(quarantined)
     manifest = json.loads(fs.cat_file(f"{BUCKET}/run1/manifest.json"))
     assert manifest["totals"]["samples"] == 24 and manifest["totals"]["quarantined"] == 1
+    # every shard's table is in the bucket beside its tar, and (validated above) agrees with it
+    assert manifest["sample_tables"] and {n.replace(".tar", ".parquet") for n in names if n.endswith(".tar")} <= names

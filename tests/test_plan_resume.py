@@ -56,3 +56,29 @@ def test_edited_input_redoes_its_shard_and_a_new_input_is_named(tmp_path, capsys
     assert code == 2
     assert "differs in: listing_sha256; 1 input(s) added: n01440764/n01440764_9.JPEG)" in err
     assert "Traceback" not in err
+
+
+def test_settings_written_before_a_setting_existed_resume_and_other_settings_are_refused(tmp_path):
+    """A settings file from an older version lacks groups and settings added since: they count as their
+    defaults (what the older version did), so its output resumes; a setting that differs is refused."""
+    import pytest
+
+    from labeler.config import Settings
+    from pipelines.plan import PlanError, check_or_write_settings
+    from shards import format as fmt
+    from shards.store import Store
+
+    out = Store(tmp_path)
+    now, defaults = Settings().to_json(), Settings().to_json()
+    old = json.loads(json.dumps(now))
+    missing_group = sorted(old)[-1]
+    del old[missing_group]
+    del old["labeler"][sorted(old["labeler"])[0]]
+    out.write_json(fmt.LABELER_SETTINGS, old)
+    check_or_write_settings(out, now, overwrite=False, defaults=defaults)  # resumes
+    assert out.read_json(fmt.LABELER_SETTINGS) == old  # and keeps the file as it was
+
+    other = json.loads(json.dumps(now))
+    other["labeler"]["device"] = "cuda:7"
+    with pytest.raises(PlanError, match="labeler.device"):
+        check_or_write_settings(out, other, overwrite=False, defaults=defaults)

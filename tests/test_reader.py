@@ -24,6 +24,7 @@ def _raw_samples(shard):
 
 
 def test_reader_roundtrip_identical_arrays(synthetic_ds):
+    assert len(list(synthetic_ds.glob("*.parquet"))) == 3  # the shards' tables beside them change nothing
     raw = {}
     for i in range(3):
         raw.update(_raw_samples(synthetic_ds / f"syn-00000{i}.tar"))
@@ -123,6 +124,7 @@ def test_bad_sample_names_its_shard(tmp_path):
 
 
 def test_webdataset_reads(synthetic_ds):
+    assert len(list(synthetic_ds.glob("*.parquet"))) == 3  # the shards' tables beside them change nothing
     import webdataset as wds
 
     ds = wds.WebDataset(str(synthetic_ds / "syn-{000000..000002}.tar"), shardshuffle=False).decode(
@@ -133,6 +135,7 @@ def test_webdataset_reads(synthetic_ds):
 
 
 def test_wids_reads(synthetic_ds):
+    assert len(list(synthetic_ds.glob("*.parquet"))) == 3  # the shards' tables beside them change nothing
     import wids
 
     ds = wids.ShardListDataset(
@@ -146,6 +149,7 @@ def test_wids_reads(synthetic_ds):
 
 
 def test_ray_data_reads(synthetic_ds):
+    assert len(list(synthetic_ds.glob("*.parquet"))) == 3  # the shards' tables beside them change nothing
     import ray
 
     ray.init(

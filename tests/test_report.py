@@ -9,13 +9,19 @@ import numpy as np
 import pytest
 
 from c2f.cli import main
-from quality.table import read_csv
 from shards import format as fmt
 from shards.image import prepare_image
 from shards.manifest import LabelerInfo, LabelSpace, PlanHeader, ShardStats, write_dataset_files, write_stats
 from shards.pack import Instance, Labels, pack_sample
 from shards.synthetic import encode_jpeg, make_scene
 from shards.writer import ShardWriter
+
+
+def read_samples(report_dir):
+    """The report's per-input table (samples.parquet), by column; nulls as NaN in number columns."""
+    import pandas as pd
+
+    return pd.read_parquet(report_dir / "samples.parquet")
 
 
 def replay_scenes(n: int, seed: int = 0):
@@ -33,7 +39,7 @@ def test_measures_of_synthetic_scenes_equal_their_known_values(synthetic_ds, cap
     assert main(["report", str(synthetic_ds), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert f"report: {synthetic_ds / 'report' / 'report.html'}" in out
-    rows = read_csv(synthetic_ds / "report" / "samples.csv")
+    rows = read_samples(synthetic_ds / "report")
     scenes = replay_scenes(12)
     assert rows["key"].tolist() == [f"scene_{j:08d}" for j in range(12)]
     class_pixels = np.zeros(6, np.int64)
@@ -56,7 +62,7 @@ def test_measures_of_synthetic_scenes_equal_their_known_values(synthetic_ds, cap
             "width": 224,
             "height": 160,
             "index": j % 4,
-            "cls": max(records, key=lambda r: r.area).category,
+            "cls_index": max(records, key=lambda r: r.area).category,
         }
         for name, value in expect.items():
             assert rows[name][j] == pytest.approx(value, rel=1e-5, abs=1e-9), (j, name)
@@ -103,7 +109,7 @@ def test_measures_worked_out_by_hand(tmp_path, capsys):
     ds = tmp_path / "hm"
     write_handmade(ds, LabelSpace(names, {"1": "car"}))  # the manifest names the things
     assert main(["report", str(ds), "--no-progress", "--worst", "1"]) == 0
-    rows = read_csv(ds / "report" / "samples.csv")
+    rows = read_samples(ds / "report")
     a, b = ({k: v[i] for k, v in rows.items()} for i in (0, 1))
     assert a["coverage"] == pytest.approx(0.8)
     assert a["entropy"] == pytest.approx(1.0) and a["classes"] == 2  # 80 px road, 80 px car
@@ -125,9 +131,73 @@ def test_measures_worked_out_by_hand(tmp_path, capsys):
     assert report["image_classes"][0]["top"][0] == {"id": 2, "name": "sky", "share": pytest.approx(200 / 360)}
     # --things overrides the manifest; without a thing list, each image's instance categories stand in.
     assert main(["report", str(ds), "--no-progress", "--things", "0"]) == 0
-    assert read_csv(ds / "report" / "samples.csv")["thing_fraction"][0] == pytest.approx((16 + 12) / 52)
+    assert read_samples(ds / "report")["thing_fraction"][0] == pytest.approx((16 + 12) / 52)
     assert main(["report", str(ds), "--no-progress", "--things", "0-x"]) == 2
     capsys.readouterr()
+
+
+def test_the_table_extends_the_shard_tables(tmp_path):
+    """samples.parquet: every row of the shards' tables (a quarantined input too) with the measures of
+    its sample; without a table (an output made before them), a row per sample from its JSON."""
+    import pandas as pd
+
+    from shards.samples import InputRef, Packed, shard_rows, table_bytes
+
+    ds = tmp_path / "hm"
+    write_handmade(ds, LabelSpace({"0": "road", "1": "car", "2": "sky"}))
+    assert main(["report", str(ds), "--no-progress", "--worst", "0"]) == 0
+    old = read_samples(ds / "report")
+    assert old["key"].tolist() == ["a", "b"] and old["source"].tolist() == ["a.jpg", "b.jpg"]
+    assert old["cls"].tolist() == ["n0", "n0"] and old["status"].tolist() == ["packed"] * 2
+    assert old["read_ms"].isna().all() and not (ds / "report" / "samples.csv").exists()
+
+    inputs = [InputRef(k, f"{k}.jpg", "n0", 0, 100) for k in "abc"]
+    packed = {"a": Packed(0, 20, 10, 2, 0.8, 0.7), "b": Packed(1, 20, 10, 0, 1.0, None)}
+    times = {"a": {"read": 1.5, "decode": 2.0}, "c": {"read": 0.5}}
+    rows = shard_rows("hm-000000.tar", inputs, packed, {"c": ("decode", "decode failed: truncated")}, times)
+    (ds / "hm-000000.parquet").write_bytes(table_bytes(rows))
+    assert main(["report", str(ds), "--no-progress", "--worst", "0", "--csv"]) == 0
+    t = read_samples(ds / "report")
+    assert t["key"].tolist() == ["a", "b", "c"] and t["status"].tolist() == ["packed", "packed", "quarantined"]
+    assert t["read_ms"].tolist()[0] == 1.5 and t["stage"][2] == "decode" and t["reason"][2].startswith("decode")
+    assert t["purity"][0] == pytest.approx(28 / 52) and t["coverage"][0] == pytest.approx(0.8)
+    assert t[["coverage", "instances", "purity", "width", "index"]].iloc[2].isna().all()  # quarantined: no measures
+    assert json.loads((ds / "report" / "report.json").read_text())["samples"] == 2  # the measures are of samples
+    assert t["cls"].tolist() == ["n0"] * 3 and t["cls_index"].tolist() == [0] * 3
+    csv = pd.read_csv(ds / "report" / "samples.csv")
+    assert csv["key"].tolist() == ["a", "b", "c"] and csv["purity"][0] == pytest.approx(28 / 52)
+    assert list(csv.columns) == list(t.columns)
+
+
+def test_markup_in_names_is_escaped_in_report_and_compare(tmp_path):
+    """Names a page shows come from folders, files and manifests that anyone may write: an output
+    folder, a class folder (the synset), a class name and a file in a shard with markup in them
+    are text on both pages, never markup (the templates autoescape)."""
+    import html
+    import io
+    import tarfile
+
+    mark = '<img src=x onerror=alert("c2f")>'  # a name a folder or a file can have (no slash)
+    ds = tmp_path / f"out{mark}"
+    write_handmade(ds, LabelSpace({"0": "road<script>alert(1)</script>", "1": "car", "2": "sky"}, {"1": "car"}))
+    m = json.loads((ds / "manifest.json").read_text())
+    m["plan"]["classes"] = [f"n0{mark}"]  # a class folder
+    (ds / "manifest.json").write_text(json.dumps(m))
+    with tarfile.open(ds / fmt.shard_name("hm", 0), "a") as tf:  # a file of the shard named with markup
+        ti = tarfile.TarInfo(f"b.{mark}.txt")
+        ti.size = 1
+        tf.addfile(ti, io.BytesIO(b"x"))
+    assert main(["report", str(ds), "--no-progress", "--worst", "1"]) == 1  # the stray file is a problem
+    out = tmp_path / "c"
+    assert main(["compare", str(ds), str(ds), "--out", str(out), "--no-progress", "--matching", "hungarian"]) == 1
+    escaped = html.escape(mark).replace("&quot;", "&#34;")
+    report, compare = (ds / "report" / "report.html").read_text(), (out / "compare.html").read_text()
+    for text in (report, compare):
+        assert "<img src=x" not in text and "<script" not in text
+        assert text.count(f"out{escaped}") >= 2  # title and text: the output folder
+        assert f"b.{escaped}.txt" in text  # the file's name, in the problem it is
+        assert "road&lt;script&gt;alert(1)&lt;/script&gt;" in text  # the class name (the matching table in compare)
+    assert f"n0{escaped}" in report  # the class folder, in the image classes table
 
 
 def test_page_is_self_contained(synthetic_ds):
@@ -184,3 +254,55 @@ def test_output_behind_an_fsspec_url(synthetic_ds, tmp_path, capsys):
         assert json.loads((out / "report.json").read_text())["samples"] == 12
     finally:
         fs.rm("/report-ds", recursive=True)
+
+
+def test_an_installed_c2f_finds_its_page_templates(tmp_path):
+    """The templates ship as package data: a wheel built from this tree holds them, and the pages
+    render from an unpacked copy of it, away from the source tree."""
+    import shutil
+    import zipfile
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(repo / name, src / name)
+    for pkg in ("c2f", "labeler", "pipelines", "quality", "shards", "c2fmae"):
+        shutil.copytree(repo / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(src), "-w"]
+    r = subprocess.run([*cmd, str(tmp_path / "wheel")], cwd=src, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (wheel,) = (tmp_path / "wheel").glob("c2f-*.whl")
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    assert sorted(p.name for p in (site / "quality" / "templates").iterdir()) == sorted(
+        p.name for p in (repo / "quality" / "templates").iterdir()
+    )
+    code = (
+        f"import quality.render as r; assert r.__file__.startswith({str(site)!r}), r.__file__;"
+        "print(r.page('base.html', title='<t>'))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(site)}, capture_output=True, text=True
+    )
+    assert r.returncode == 0 and "<title>&lt;t&gt;</title>" in r.stdout, r.stderr
+
+
+def test_extend_keeps_the_tables_facts_and_adds_the_measures():
+    """quality.table.extend: the measures (and the sample's place) from the report's pass, the rest
+    of the row as the shard task wrote it (an image without a class stays without one)."""
+    from quality.measures import COLUMNS, as_arrays
+    from quality.table import REPORT_COLUMNS, extend
+    from shards.samples import InputRef, Packed, shard_rows
+
+    rows = shard_rows("s.tar", [InputRef("a", "x/a.png", None, None, 9)], {"a": Packed(0, 4, 2, 1, 0.5, 0.9)}, {}, {})
+    measured = {c: [] for c in COLUMNS}
+    values = {"key": "a", "shard": "s.tar", "index": 0, "cls_index": -1, "width": 4, "height": 2, "source": "x/a.png"}
+    for c in COLUMNS:
+        measured[c].append(values.get(c, 0.25 if c not in ("classes", "instances") else 1))
+    measured["score"][0] = math.nan
+    t = extend("s.tar", rows, as_arrays(measured), ["n0"]).to_pylist()[0]
+    assert list(t) == REPORT_COLUMNS
+    assert t["cls"] is None and t["cls_index"] is None and t["input_bytes"] == 9 and t["source"] == "x/a.png"
+    assert t["coverage"] == 0.25 and t["purity"] == 0.25 and t["score"] is None  # measured: NaN is null

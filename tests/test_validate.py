@@ -292,3 +292,94 @@ def test_remote_directory_through_fsspec(synthetic_ds, capsys):
         assert code == 1 and findings(report, "checksum")
     finally:
         fs.rm("/remote-ds", recursive=True)
+
+
+def edit_table(ds, shard, fn):
+    """Rewrite a shard's Parquet table through pyarrow after `fn(columns)` changed its columns."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = ds / shard.replace(".tar", ".parquet")
+    cols = pq.read_table(path).to_pydict()
+    fn(cols)
+    pq.write_table(pa.table(cols), path)
+
+
+@pytest.mark.parametrize(
+    "damage, key, message",
+    [
+        (lambda c: c["width"].__setitem__(1, 999), "scene_00000001", "says width 999 (the sample: 224)"),
+        (lambda c: c["coverage"].__setitem__(0, 0.5), KEY0, "says coverage 0.5 (.sem.png: 1.0)"),
+        (lambda c: c["instances"].__setitem__(2, 0), "scene_00000002", "says instances 0"),
+        (lambda c: c["cls"].__setitem__(0, "n01440764"), KEY0, "says cls 'n01440764'"),
+        (lambda c: c["index"].__setitem__(3, 0), "scene_00000003", "1 row(s) give another position in the tar"),
+        (lambda c: [v.pop(0) for v in c.values()], KEY0, "lacks 1 key(s) of the tar"),
+        (lambda c: c["key"].__setitem__(0, "scene_x"), "scene_x", "packs 1 key(s) the tar lacks"),
+        (lambda c: c["status"].__setitem__(0, "lost"), None, "status 'lost' is neither packed nor quarantined"),
+        (lambda c: c.pop("score"), None, "has no column 'score'"),
+        (lambda c: c.__setitem__("width", ["wide"] * 4), None, "column 'width' is string, not int64"),
+    ],
+)
+def test_a_table_that_disagrees_with_its_tar(synthetic_ds, capsys, damage, key, message):
+    edit_table(synthetic_ds, SHARD0, damage)
+    code, report = run_validate(capsys, synthetic_ds)
+    found = [(f["shard"], f["key"]) for f in findings(report, "bad-table") if message in f["message"]]
+    assert code == 1 and found == [(SHARD0, key)], report["findings"]
+    assert {x["code"] for x in report["findings"]} == {"bad-table"} and len(report["findings"]) <= 2
+
+
+def test_a_missing_unreadable_or_stray_table(synthetic_ds, capsys):
+    (synthetic_ds / "syn-000001.parquet").unlink()
+    (synthetic_ds / "syn-000002.parquet").write_bytes(b"PAR1 not really")
+    (synthetic_ds / "syn-000007.parquet").write_bytes((synthetic_ds / "syn-000000.parquet").read_bytes())
+    code, report = run_validate(capsys, synthetic_ds)
+    assert code == 1
+    assert [(f["shard"], f["code"]) for f in report["findings"]] == [
+        ("syn-000007.parquet", "unlisted-table"),
+        (SHARD1, "missing-table"),
+        ("syn-000002.tar", "bad-table"),
+    ]
+    assert "is not a Parquet file" in report["findings"][2]["message"]
+    # An output made before tables existed (its manifest does not promise them) has none to check.
+    m = json.loads((synthetic_ds / "manifest.json").read_text())
+    del m["sample_tables"]
+    (synthetic_ds / "manifest.json").write_text(json.dumps(m))
+    for p in synthetic_ds.glob("*.parquet"):
+        p.unlink()
+    assert run_validate(capsys, synthetic_ds)[0] == 0
+
+
+def test_tables_read_as_one_by_the_fields_tools(synthetic_ds):
+    """duckdb and pandas read `*.parquet` of an output as one table: every sample once, with its facts."""
+    import duckdb
+    import pandas as pd
+
+    con = duckdb.connect()
+    n, shards, packed = con.sql(
+        f"SELECT count(*), count(DISTINCT shard), count(*) FILTER (status = 'packed') FROM '{synthetic_ds}/*.parquet'"
+    ).fetchall()[0]
+    assert (n, shards, packed) == (12, 3, 12)
+    df = pd.concat(pd.read_parquet(p) for p in sorted(synthetic_ds.glob("*.parquet")))
+    assert df["key"].tolist() == [f"scene_{j:08d}" for j in range(12)] and (df["width"] == 224).all()
+    assert df["index"].tolist() == [0, 1, 2, 3] * 3 and df["coverage"].eq(1.0).all()
+
+
+def test_a_table_that_would_unpack_to_gigabytes_is_refused_unread(synthetic_ds, capsys):
+    """A few KB of Parquet can declare a million rows, or one text value repeated into gigabytes:
+    both are refused from what the file declares, before the text is expanded."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = synthetic_ds / SHARD0.replace(".tar", ".parquet")
+    cols = pq.read_table(path).to_pydict()
+    pq.write_table(pa.table({k: v * 300_000 for k, v in cols.items()}), path, compression="zstd")  # 1.2M rows
+    assert path.stat().st_size < 2_000_000
+    code, report = run_validate(capsys, synthetic_ds)
+    (f,) = findings(report, "bad-table")
+    assert code == 1 and "declares 1200000 rows, more than 1000000" in f["message"]
+    cols["source"] = ["x" * (100 << 20)] * 4  # 400 MB of text in a dictionary of one value
+    pq.write_table(pa.table(cols), path, compression="zstd")
+    assert path.stat().st_size < 1_000_000
+    code, report = run_validate(capsys, synthetic_ds)
+    (f,) = findings(report, "bad-table")
+    assert code == 1 and "bytes of text, more than 268435456" in f["message"]
