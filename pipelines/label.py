@@ -138,6 +138,7 @@ def _job(cfg: LabelConfig, pool: PoolSettings | None = None, settings: Settings 
     if out.local:
         remove_stale_temp_files(Path(out.root))  # of shard tasks killed meanwhile (a job whose lease was taken)
 
+    confirm_output()  # a job woken after another took OUTPUT over leaves the dataset files to it
     info = result.labeler_info or described_by_manifest(out)
     config = {**dataclasses.asdict(cfg), **dataclasses.asdict(pool)}
     done = DoneShards()
@@ -245,6 +246,16 @@ def hold_output(out: Store, timeout: float) -> None:
         out, timeout, ray_job=ray_job_id(), say=lambda line: print(line, flush=True), on_lost=_thread.interrupt_main
     )
     _LEASES[str(out)] = lease
+
+
+def confirm_output() -> None:
+    """`LeaseLost` unless this job still holds its outputs' leases (checked now, not at the last
+    heartbeat): what only the holder may write comes after this."""
+    from shards.lease import LeaseLost
+
+    for lease in _LEASES.values():
+        if lost := lease.confirm():
+            raise LeaseLost(lost)
 
 
 def release_output() -> None:

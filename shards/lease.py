@@ -144,6 +144,7 @@ class OutputLease:
         self.on_lost = on_lost
         self.lost: str | None = None  # why this job no longer holds the lease
         self.failures = 0  # heartbeats in a row that could not be written (a network blip, a full disk)
+        self._renewing = threading.Lock()  # the heartbeat thread and `confirm` never renew at once
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="c2f-lease-heartbeat", daemon=True)
 
@@ -237,8 +238,25 @@ class OutputLease:
                     self.on_lost()
                 return
 
+    def confirm(self) -> str | None:
+        """Renew now, whatever the heartbeat's schedule: why the lease is no longer this job's, or
+        None. A job asks before it writes what only the lease's holder may (the dataset files): a
+        job paused past the timeout and woken finds its lease gone here even when its heartbeat has
+        not run since."""
+        if self.lost is None:
+            try:
+                self.lost = self.renew()
+            finally:
+                if self.lost is not None:
+                    _HELD.discard(self.record.token)
+        return self.lost
+
     def renew(self) -> str | None:
         """Write a new heartbeat; why the lease is no longer this job's, or None."""
+        with self._renewing:
+            return self._renew()
+
+    def _renew(self) -> str | None:
         record = replace(self.record, heartbeat=time.time())
         data = _encode(record)
         current = self.store.read_versioned(fmt.LEASE)

@@ -179,6 +179,19 @@ def test_the_heartbeat_renews_the_lease_and_learns_when_another_job_took_it(stor
     assert _record(out).token == other.token
 
 
+def test_a_job_confirms_its_lease_before_writing_the_dataset_files(store):
+    """A job paused past the timeout and woken may finish its shards before its heartbeat runs
+    again: `confirm` (what `c2f label` asks before the dataset files) finds the takeover now."""
+    out, _ = store
+    lease = OutputLease.acquire(out, 600)  # a heartbeat every 30 s: none runs during this test
+    assert lease.confirm() is None and _record(out).token == lease.record.token
+    other = _stale_copy(out, age=0)  # as a job that took the lease over would write it
+    assert "taken over by host node-7, pid 4242" in (lease.confirm() or "")
+    assert lease.confirm() == lease.lost  # stays lost; the taker's lease is left alone
+    lease.release()
+    assert _record(out).token == other.token
+
+
 def test_of_jobs_taking_over_a_dead_lease_at_once_one_wins(store):
     out, env = store
     _stale_copy(out, age=100)
