@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import json
 import os
 import secrets
@@ -92,7 +93,8 @@ class Store:
         storage). FileNotFoundError when it does not exist."""
         if self.local:
             return open(Path(self.root) / name, "rb")  # noqa: SIM115 - the caller closes it
-        return self._fs.open(self._key(name), "rb")
+        # fsspec's file lacks part of io's API (`readline(limit)`, which bounds a line's memory).
+        return io.BufferedReader(self._fs.open(self._key(name), "rb"))  # type: ignore[arg-type]
 
     def read_range(self, name: str, start: int, end: int) -> bytes:
         """Bytes [start, end) of the file (one ranged read on object storage)."""
