@@ -353,8 +353,24 @@ def init_distributed() -> Dist:
 
 
 def run(cfg: TrainConfig) -> int:
-    import torch
+    import gc
+
     import torch.distributed as dist
+
+    try:
+        return _train(cfg)
+    finally:
+        if dist.is_initialized():
+            # The last references to DDP's gradient buckets (tensors with Python objects) can sit in
+            # reference cycles that only a collection frees; freed during interpreter shutdown
+            # instead, by a gloo thread, they abort the process ("terminate called without an
+            # active exception") after the run's work is done. Free them while Python is whole.
+            gc.collect()
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig) -> int:
+    import torch
 
     from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
     from .data import default_workers, device_batches, make_loader, read_spec
@@ -413,8 +429,6 @@ def run(cfg: TrainConfig) -> int:
                     state = checkpoint_state(model, optimizer, step + 1, cfg, run_info)
                     save_checkpoint(out, state, cfg.keep_checkpoints)
     log.close()
-    if env.world > 1:
-        dist.destroy_process_group()
     return 0
 
 
