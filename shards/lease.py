@@ -227,14 +227,13 @@ class OutputLease:
     def _beat(self) -> None:
         while not self._stop.wait(self.record.interval):
             try:
-                self.lost = self.renew()
+                found = self._check()
             except Exception:  # noqa: BLE001 - a network blip or a full disk: try again next time
                 self.failures += 1
                 continue
             self.failures = 0
             if self.lost is not None:
-                _HELD.discard(self.record.token)
-                if self.on_lost is not None:
+                if found and self.on_lost is not None:  # not when `confirm` found it: the job knows
                     self.on_lost()
                 return
 
@@ -243,20 +242,23 @@ class OutputLease:
         None. A job asks before it writes what only the lease's holder may (the dataset files): a
         job paused past the timeout and woken finds its lease gone here even when its heartbeat has
         not run since."""
-        if self.lost is None:
-            try:
-                self.lost = self.renew()
-            finally:
-                if self.lost is not None:
-                    _HELD.discard(self.record.token)
+        self._check()
         return self.lost
 
-    def renew(self) -> str | None:
-        """Write a new heartbeat; why the lease is no longer this job's, or None."""
+    def _check(self) -> bool:
+        """Renew unless the lease is known to be lost (the heartbeat thread and `confirm` one at a
+        time); True when this call is the one that found it lost."""
         with self._renewing:
-            return self._renew()
+            if self.lost is not None:
+                return False
+            self.lost = self._renew()
+            if self.lost is None:
+                return False
+            _HELD.discard(self.record.token)
+            return True
 
     def _renew(self) -> str | None:
+        """Write a new heartbeat; why the lease is no longer this job's, or None."""
         record = replace(self.record, heartbeat=time.time())
         data = _encode(record)
         current = self.store.read_versioned(fmt.LEASE)
