@@ -11,6 +11,7 @@ import dataclasses
 import os
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -85,7 +86,7 @@ def _job(cfg: LabelConfig, pool: PoolSettings | None = None, settings: Settings 
     from labeler.base import LabelerLoadError
     from labeler.presets_grounded import check_job
     from labeler.registry import PRESETS
-    from shards.manifest import DoneShards, iter_done, write_dataset_files
+    from shards.manifest import DoneShards, ShardStats, iter_done, write_dataset_files
     from shards.store import Store
     from shards.validate import format_table, validate
 
@@ -116,19 +117,20 @@ def _job(cfg: LabelConfig, pool: PoolSettings | None = None, settings: Settings 
     if note := check_or_write_plan(out, plan, cfg.overwrite):
         print(note)
     check_or_write_settings(out, settings.to_json(), cfg.overwrite, Settings().to_json())
+
     # The done shards, one stats file at a time: a shard whose inputs changed since it was made
     # is redone from its inputs as they are now; the others are kept as shard indices only.
-    done, resumed, seen = DoneShards(), 0, set()  # resumed: inputs of the shards done before this run
-    for stats in iter_done(out):
-        if what := plan.changes(stats):
-            more = f"; and {len(what) - 5} more" if len(what) > 5 else ""
-            name = plan.shard_name(stats.index)
-            print(f"changed since {name} was made, so it is redone: {'; '.join(what[:5])}{more}")
-        elif stats.index < plan.num_shards and stats.index not in seen:  # a copied stats file counts once
-            seen.add(stats.index)
-            done.add(stats.index)
-            resumed += stats.planned
-    del seen
+    def unchanged(stats: Iterable[ShardStats]) -> Iterator[ShardStats]:
+        for s in stats:
+            if what := plan.changes(s):
+                more = f"; and {len(what) - 5} more" if len(what) > 5 else ""
+                name = plan.shard_name(s.index)
+                print(f"changed since {name} was made, so it is redone: {'; '.join(what[:5])}{more}")
+            elif s.index < plan.num_shards:
+                yield s
+
+    done = DoneShards()  # `track` counts a copied stats file once
+    resumed = sum(s.planned for s in done.track(unchanged(iter_done(out))))  # inputs done before this run
     plan.drop_inputs()  # from here on each shard's inputs are read from plan.inputs.jsonl
     todo = done.missing(plan.num_shards)
     print(f"plan: {plan.num_inputs} images -> {plan.num_shards} shards; {len(done)} already done, {len(todo)} to do")

@@ -2,11 +2,13 @@
 many were already done (resumed), and its own rate."""
 
 import re
+import shutil
 
 import pytest
 
 from c2f.cli import main as c2f_main
 from pipelines.plan import make_plan
+from shards import format as fmt
 
 DONE = re.compile(
     r"done: (?P<total>\d+) images in (?P<shards>\d+) shards, 0 quarantined \(.*\); "
@@ -34,6 +36,9 @@ def test_a_resumed_run_reports_what_it_labeled_and_its_own_rate(sample_tree, tmp
     assert (int(m["run"]), int(m["run_shards"]), int(m["resumed"])) == (redone, 2, 7 - redone)
     assert float(m["rate"]) == pytest.approx(redone / float(m["secs"]), rel=0.05, abs=0.15)  # both rounded
 
+    # A stats file copied under another name (by hand, a sync tool) is its shard once more: counted once.
+    stats = out / fmt.stats_name(plan.shard_name(0))
+    shutil.copy(stats, stats.with_name("copy-" + stats.name))
     assert c2f_main(args) == 0  # nothing left to do: nothing labeled, everything resumed
     m = DONE.search(capsys.readouterr().out)
     assert (int(m["run"]), int(m["run_shards"]), int(m["resumed"]), float(m["rate"])) == (0, 0, 7, 0.0)
