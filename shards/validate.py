@@ -565,11 +565,7 @@ def plan_targets(path: str, max_pixels: int = fmt.MAX_PIXELS) -> Target:
     for n in m.empty_shards:  # no tar: the table alone holds the shard's (quarantined) inputs
         if n in tables or m.sample_tables:
             quarantined = {q.key: q.stage for q in per_shard.get(n, [])}
-            try:
-                exp = Expect(classes=classes, planned=planned.get(n), quarantined=quarantined)
-            except (OSError, ValueError) as e:  # plan.inputs.jsonl changed or vanished since it was checked
-                t.findings.append(Finding(fmt.PLAN_INPUTS, None, PLAN, f"unreadable {fmt.PLAN_INPUTS}: {e}"))
-                continue
+            exp = _with_plan(Expect(classes=classes, quarantined=quarantined), planned, n, t.findings)
             exp.table, exp.table_required = join(path, fmt.table_name(n)), m.sample_tables
             _shard_table(n, exp, [], t.findings)
     t.findings += _check_plan(m, per_shard)
@@ -800,12 +796,18 @@ def _jobs(targets: list[tuple[str, Expect, Any]], findings: list[Finding]) -> It
     """The shards to check with what they must hold, looked up as each is sent."""
     for url, exp, planned in targets:
         if planned is not None:
-            name = url.rstrip("/").rsplit("/", 1)[-1]
-            try:
-                exp = dataclasses.replace(exp, planned=planned.get(name))
-            except (OSError, ValueError) as e:  # plan.inputs.jsonl changed or vanished since it was checked
-                findings.append(Finding(fmt.PLAN_INPUTS, None, PLAN, f"unreadable {fmt.PLAN_INPUTS}: {e}"))
+            exp = _with_plan(exp, planned, url.rstrip("/").rsplit("/", 1)[-1], findings)
         yield url, exp
+
+
+def _with_plan(exp: Expect, planned: Any, name: str, findings: list[Finding]) -> Expect:
+    """`exp` with shard `name`'s planned inputs (`planned.get`); unchanged, and a finding, when
+    plan.inputs.jsonl changed or vanished since it was checked."""
+    try:
+        return dataclasses.replace(exp, planned=planned.get(name))
+    except (OSError, ValueError) as e:
+        findings.append(Finding(fmt.PLAN_INPUTS, None, PLAN, f"unreadable {fmt.PLAN_INPUTS}: {e}"))
+        return exp
 
 
 def _collect(running: dict[Any, str], received, when) -> None:
