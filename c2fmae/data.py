@@ -147,7 +147,7 @@ def decode_maps(raw: dict[str, Any], max_pixels: int | None = None) -> dict[str,
     from shards import format as fmt
     from shards.image import jpeg_size
     from shards.png import check_pixels
-    from shards.reader import SampleError, _decode_mask
+    from shards.reader import _decode_mask, class_index, sample_error
 
     limit = fmt.MAX_PIXELS if max_pixels is None else max_pixels
     try:
@@ -156,22 +156,16 @@ def decode_maps(raw: dict[str, Any], max_pixels: int | None = None) -> dict[str,
         if size is None:
             raise ValueError("not a JPEG with a frame header")
         check_pixels(*size, limit, "JPEG")
-        cls = raw.get(fmt.CLS)
-        if cls is not None:
-            cls = cls.encode() if isinstance(cls, str) else bytes(cls)
-            if not (1 <= len(cls) <= 9 and cls.isdigit()):
-                raise ValueError(f".cls {cls[:20]!r} is not a class index")
         return {
             "__key__": raw.get("__key__"),
             "jpeg": data,
             "size": (size[1], size[0]),  # (height, width), as the decoded image's shape
-            "cls": int(cls) if cls is not None else -1,
+            "cls": class_index(raw),
             "semantic": _decode_mask(raw[fmt.SEM], limit),
             "instance": _decode_mask(raw[fmt.INST], limit),
         }
     except Exception as e:  # noqa: BLE001 - re-raised with the sample's address, as decode_sample does
-        where = f"{raw.get('__url__', '?')} key {raw.get('__key__', '?')}"
-        raise SampleError(f"{where}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+        raise sample_error(raw, e) from e
 
 
 @dataclass(frozen=True)

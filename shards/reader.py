@@ -81,24 +81,35 @@ def decode_sample(
     try:
         meta = sample[fmt.META]
         meta = load_json(meta, ".json") if isinstance(meta, (bytes, bytearray)) else meta
-        cls = sample.get(fmt.CLS)
-        if cls is not None:
-            raw = cls.encode() if isinstance(cls, str) else bytes(cls)
-            if not (1 <= len(raw) <= 9 and raw.isdigit()):
-                raise ValueError(f".cls {raw[:20]!r} is not a class index")
         out = {
             "__key__": sample.get("__key__"),
             "image": _decode_rgb(sample[fmt.JPG], max_pixels),
-            "cls": int(cls) if cls is not None else -1,
+            "cls": class_index(sample),
             "meta": meta,
         }
         if masks:
             out["semantic"] = _decode_mask(sample[fmt.SEM], max_pixels)
             out["instance"] = _decode_mask(sample[fmt.INST], max_pixels)
     except Exception as e:  # noqa: BLE001 - re-raised with the sample's address
-        where = f"{sample.get('__url__', '?')} key {sample.get('__key__', '?')}"
-        raise SampleError(f"{where}: {first_line(e, typed=True)}") from e
+        raise sample_error(sample, e) from e
     return masks_to_tensors(out) if as_tensors else out
+
+
+def class_index(sample: dict[str, Any]) -> int:
+    """The sample's `.cls` as an int (-1 when it has none); ValueError when it is not an index."""
+    cls = sample.get(fmt.CLS)
+    if cls is None:
+        return -1
+    raw = cls.encode() if isinstance(cls, str) else bytes(cls)
+    if not (1 <= len(raw) <= 9 and raw.isdigit()):
+        raise ValueError(f".cls {raw[:20]!r} is not a class index")
+    return int(raw)
+
+
+def sample_error(sample: dict[str, Any], e: BaseException) -> SampleError:
+    """`e` as a SampleError naming the sample's shard and key, in one line."""
+    where = f"{sample.get('__url__', '?')} key {sample.get('__key__', '?')}"
+    return SampleError(f"{where}: {first_line(e, typed=True)}")
 
 
 def masks_to_tensors(sample: dict[str, Any]) -> dict[str, Any]:

@@ -230,3 +230,26 @@ def test_epochs_reshuffle_and_seeds_differ(scenes):
 def test_one_persistent_loader(scenes):
     loader = make_loader(_cfg(scenes), workers=1)
     assert loader.persistent_workers and loader.num_workers == 1
+
+
+def test_gpu_decode_workers_name_a_bad_sample_as_the_cpu_path_does(monkeypatch):
+    """`decode_maps` (the `--decode gpu` workers) refuses what `decode_sample` refuses, with the
+    sample's shard and key in one line, also for an error without a message."""
+    import shards.png
+    from c2fmae.data import decode_maps
+    from shards import format as fmt
+    from shards.reader import SampleError
+
+    jpeg = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(jpeg, "JPEG")
+    labels = Labels(np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint16))
+    sample = pack_sample("k0", prepare_image(jpeg.getvalue()), labels, "a/k0.JPEG", 3, "n0")
+    raw = {"__url__": "s/c2f-000000.tar", "__key__": "k0", **sample}
+    assert decode_maps(raw)["size"] == (8, 8)
+    for bad, why in ((b"x1", "is not a class index"), (b"", "is not a class index")):
+        for decode in (decode_maps, decode_sample):
+            with pytest.raises(SampleError, match=f"s/c2f-000000.tar key k0: ValueError: .cls .* {why}"):
+                decode({**raw, fmt.CLS: bad})
+    monkeypatch.setattr(shards.png, "check_pixels", lambda *a: (_ for _ in ()).throw(ValueError()))
+    with pytest.raises(SampleError, match=r"^s/c2f-000000.tar key k0: ValueError"):
+        decode_maps(raw)
