@@ -67,10 +67,9 @@ class Strings:
 
     def _take(self, rows: np.ndarray) -> list[str]:
         ends = np.frombuffer(self.ends, np.int64)
-        end = ends[rows]
-        start = np.where(rows > 0, ends[np.maximum(rows - 1, 0)], 0)
+        length = _lengths(ends, rows)
+        start = ends[rows] - length
         del ends  # the view would pin the buffer's size
-        length = end - start
         bounds = np.cumsum(length)
         gather = np.arange(int(bounds[-1]) if len(bounds) else 0, dtype=np.int64)
         gather += np.repeat(start - (bounds - length), length)
@@ -82,12 +81,6 @@ class Strings:
             text = blob.decode("ascii")
             return [text[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
         return [blob[a:b].decode(ENCODING, ERRORS) for a, b in zip(cuts, cuts[1:], strict=False)]
-
-    def nbytes(self) -> int:
-        return len(self.buf) + self.ends.itemsize * len(self.ends)
-
-    def lengths(self) -> np.ndarray:
-        return np.diff(np.frombuffer(self.ends, np.int64), prepend=0)
 
 
 def sort_strings(col: Strings, rows: np.ndarray) -> tuple[np.ndarray, tuple[int, int] | None]:

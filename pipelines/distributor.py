@@ -132,7 +132,6 @@ class RunResult:
     labeler_info: LabelerRecord | None = None  # None: no shard ran and the output has no labeler.json
     errors: list[str] = field(default_factory=list)
     images: int = 0  # inputs of the shards this run finished
-    shards: int = 0  # shards this run finished
     pool_gpus: float = 0.0  # GPUs held by the labeling pool
     actor_failures: int = 0  # labeling-actor deaths this run survived
     finished: list[tuple[float, int, float]] = field(default_factory=list)  # (end time, inputs, seconds)
@@ -142,9 +141,13 @@ class RunResult:
     # `labeled` (images); stages that overlap add up to more than `busy`.
     labeler_timings: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def shards(self) -> int:
+        """Shards this run finished."""
+        return len(self.finished)
+
     def add(self, stats: ShardStats) -> None:
         self.images += stats.planned
-        self.shards += 1
         self.finished.append((time.monotonic(), stats.planned, stats.seconds))
         for k, v in stats.timings.items():
             self.timings[k] = self.timings.get(k, 0.0) + v

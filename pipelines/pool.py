@@ -296,8 +296,7 @@ class ActorPool:
             await_actors(refs)
             infos = ray.get(refs)
             pids = ray.get([s.actor.ready.remote() for s in self.slots])
-        except ray.exceptions.RayTaskError as e:
-            self.shutdown()
+        except ray.exceptions.RayTaskError as e:  # the caller shuts the pool down (start_pool)
             if isinstance(e.cause, LabelerLoadError):
                 raise e.cause from None
             raise
