@@ -72,11 +72,10 @@ def run(cfg: LabelConfig, pool: PoolSettings | None = None, settings: Settings |
     try:
         return _job(cfg, pool, settings)
     except KeyboardInterrupt:
-        lost = [lease.lost for lease in _LEASES.values() if lease.lost]
-        if lost:  # the heartbeat found the lease taken over and interrupted the job
+        if _LEASE is not None and _LEASE.lost:  # the heartbeat found the lease taken over and interrupted the job
             from shards.lease import LeaseLost
 
-            raise LeaseLost(lost[0]) from None
+            raise LeaseLost(_LEASE.lost) from None
         raise
     finally:
         release_output()
@@ -231,7 +230,7 @@ def prepare_output(out: Path) -> None:
         raise PlanError(f"cannot write to output directory {out}: {e.strerror or e}") from None
 
 
-_LEASES: dict[str, OutputLease] = {}  # output -> the lease this process holds on it
+_LEASE: OutputLease | None = None  # the lease of the output this process's job writes
 
 
 def hold_output(out: Store, timeout: float) -> None:
@@ -243,26 +242,26 @@ def hold_output(out: Store, timeout: float) -> None:
 
     from shards.lease import OutputLease
 
+    global _LEASE
     release_output()  # an earlier job of this process (tests, notebooks) that did not end through `run`
-    lease = OutputLease.acquire(
+    _LEASE = OutputLease.acquire(
         out, timeout, ray_job=ray_job_id(), say=lambda line: print(line, flush=True), on_lost=_thread.interrupt_main
     )
-    _LEASES[str(out)] = lease
 
 
 def confirm_output() -> None:
-    """`LeaseLost` unless this job still holds its outputs' leases (checked now, not at the last
+    """`LeaseLost` unless this job still holds its output's lease (checked now, not at the last
     heartbeat): what only the holder may write comes after this."""
     from shards.lease import LeaseLost
 
-    for lease in _LEASES.values():
-        if lost := lease.confirm():
-            raise LeaseLost(lost)
+    if _LEASE is not None and (lost := _LEASE.confirm()):
+        raise LeaseLost(lost)
 
 
 def release_output() -> None:
-    while _LEASES:
-        _, lease = _LEASES.popitem()
+    global _LEASE
+    lease, _LEASE = _LEASE, None
+    if lease is not None:
         lease.release()
 
 

@@ -86,6 +86,7 @@ def run(cfg: FilterConfig) -> int:
     write_subset(
         out,
         cfg.output,
+        output.manifest.shards,
         picked.column("key").to_pylist(),
         shards,
         picked.column("index").to_pylist(),

@@ -476,17 +476,6 @@ class SampleMeta(Contract):
     exif_orientation: int | None = None
     prompt: str | None = None  # text-prompted presets: the prompt this image was labeled with (absent otherwise)
 
-    def to_json(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["class"] = d.pop("class_")
-        if d["prompt"] is None:
-            del d["prompt"]
-        for inst in d["instances"]:
-            for k in ("phrase", "box_score", "mask_score"):
-                if inst[k] is None:
-                    del inst[k]
-        return d
-
 
 @dataclass
 class PlanInput:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from . import format as fmt
+from .errors import first_line
 from .format import display
 from .location import read_bytes
 
@@ -228,7 +229,7 @@ def read_table(data: bytes, what: str = "table"):
         meta = pq.read_metadata(pa.BufferReader(data))
         have = meta.schema.to_arrow_schema()
     except Exception as e:  # noqa: BLE001 - pyarrow raises many types for a file that is not Parquet
-        raise TableError(f"{what} is not a Parquet file: {str(e).splitlines()[0][:200] if str(e) else e}") from None
+        raise TableError(f"{what} is not a Parquet file: {first_line(e, 200)}") from None
     # What the file declares is checked before anything is decompressed: a zstd page of one repeated
     # value is a few KB for a gigabyte.
     if meta.num_rows > fmt.MAX_TABLE_ROWS:
@@ -241,7 +242,7 @@ def read_table(data: bytes, what: str = "table"):
         # Text columns stay dictionary-encoded until their size is known (below).
         t = pq.read_table(pa.BufferReader(data), columns=list(want.names), read_dictionary=text)
     except Exception as e:  # noqa: BLE001
-        raise TableError(f"{what} does not read: {str(e).splitlines()[0][:200] if str(e) else e}") from None
+        raise TableError(f"{what} does not read: {first_line(e, 200)}") from None
     size = sum(_text_bytes(t.column(n)) for n in text)
     if size > fmt.MAX_TABLE_UNPACKED_BYTES:
         raise TableError(f"{what} holds {size} bytes of text, more than {fmt.MAX_TABLE_UNPACKED_BYTES}")

@@ -240,7 +240,7 @@ class Store:
             if e.errno == errno.EINVAL:  # 412 Precondition Failed, as older s3fs reports it
                 return None
             raise
-        return self._version_after_put(name, data, out)
+        return self._version_after_put(name, out)
 
     def _create_exclusive(self, path: Path, data: bytes) -> str | None:
         try:
@@ -286,11 +286,9 @@ class Store:
             if e.errno == errno.EINVAL:  # 412 Precondition Failed: another version is there now
                 return None
             raise
-        return self._version_after_put(name, data, out)
+        return self._version_after_put(name, out)
 
-    def _version_after_put(self, name: str, data: bytes, response: Any) -> str | None:
-        if not self.exact_conditional:
-            return hashlib.sha256(data).hexdigest()
+    def _version_after_put(self, name: str, response: Any) -> str | None:
         etag = response.get("ETag") if isinstance(response, dict) else None
         if etag:
             return etag

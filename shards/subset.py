@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
 from .location import is_local, local_path
-from .manifest import read_manifest
+from .manifest import ShardEntry
 from .writer import atomic_write_bytes, atomic_write_json
 
 SUBSET_KIND = "c2f-subset-v1"
@@ -78,18 +79,25 @@ def load_subset(path: str | os.PathLike) -> Subset:
 
 
 def write_subset(
-    out: Path, output: str, keys: list[str], shards: list[str], positions: list[int], info: dict[str, Any]
+    out: Path,
+    output: str,
+    listed: Iterable[ShardEntry],
+    keys: list[str],
+    shards: list[str],
+    positions: list[int],
+    info: dict[str, Any],
 ) -> None:
     """The subset file `out` (.txt: the keys; .json: the wids description above) of the samples
-    `keys[i]`, at position `positions[i]` of shard `shards[i]` of the output `output`; `info` (the
-    condition, the fingerprint, the counts) is copied into `c2f_subset`."""
+    `keys[i]`, at position `positions[i]` of shard `shards[i]` of the output `output`, whose
+    manifest lists the shards `listed`; `info` (the condition, the fingerprint, the counts) is
+    copied into `c2f_subset`."""
     if out.suffix == ".txt":
         atomic_write_bytes(out, "".join(f"{k}\n" for k in keys).encode())
         return
     if not is_local(output):
         raise UsageError("a .json subset of a URL output is not supported yet: use --out LIST.txt")
     root = Path(local_path(output))
-    entries = {s.name: s for s in read_manifest(root).shards}
+    entries = {s.name: s for s in listed}
     by_shard: dict[str, list[str]] = {}
     offsets: dict[str, int] = {}
     shardlist = []
