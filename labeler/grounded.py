@@ -31,7 +31,7 @@ from shards.pack import Instance, Labels
 
 from .base import ImageContext, LabelerLoadError, resolve_device
 from .composite import BatchLabeler
-from .hub import from_pretrained
+from .hub import from_pretrained, require_type
 from .imagenet_space import BACKGROUND, grounded_label_space, stuff_lut
 from .prompts import Prompt, PromptTable
 from .timing import StageClock
@@ -63,8 +63,7 @@ def _load(source: str, what: str, classes: dict[str, str], device: str, processo
     def load(local: bool):
         config = transformers.AutoConfig.from_pretrained(source, local_files_only=local)
         mt = config.model_type
-        if mt not in classes:
-            raise LabelerLoadError(f"{what} {source!r} is a {mt} model; expected {' or '.join(sorted(classes))}")
+        require_type(source, what, mt, classes)
         model = getattr(transformers, classes[mt]).from_pretrained(source, local_files_only=local)
         processor = getattr(transformers, processor_cls).from_pretrained(source, local_files_only=local)
         return mt, model, processor

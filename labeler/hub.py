@@ -73,3 +73,10 @@ def model_type(source: str, what: str) -> str:
 
     config = from_pretrained(source, what, lambda local: AutoConfig.from_pretrained(source, local_files_only=local))
     return config.model_type
+
+
+def require_type(source: str, what: str, model_type: str, expected) -> None:
+    """LabelerLoadError unless `model_type` (of the model at `source`, given as `what`) is one of
+    `expected`."""
+    if model_type not in expected:
+        raise LabelerLoadError(f"{what} {source!r} is a {model_type} model; expected {' or '.join(sorted(expected))}")

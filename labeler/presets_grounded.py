@@ -13,16 +13,14 @@ or with --stuff-model ADE20K's stuff classes, elsewhere.
 from __future__ import annotations
 
 import dataclasses
-import tempfile
-from pathlib import Path
 
 from shards.manifest import LabelerInfo, ModelInfo
 
-from .base import Labeler, LabelerLoadError
+from .base import Labeler
 from .config import Settings
+from .tiny import RANDOM, tiny_dir
 
 PROMPTED_PRESETS = frozenset({"grounded", "sam3", "tiny-random-grounded", "tiny-random-sam3"})
-RANDOM = {"random_labels": True, "note": "tiny randomly initialised models: the labels carry no meaning"}
 
 
 def _stuff(s: Settings, source: str, clock):
@@ -115,7 +113,7 @@ def _tiny(s: Settings, which: str) -> Labeler:
     the rest together, and its stuff would carry no meaning either)."""
     from .tiny_grounded import save_grounded_tiny
 
-    root = Path(tempfile.mkdtemp(prefix="c2f-tiny-"))  # each worker process its own copy: no races
+    root = tiny_dir()
     g = s.grounded
     if which == "grounded":
         models = save_grounded_tiny(root, seed=0, names=("grounding-dino", "sam-hq"))
@@ -165,7 +163,7 @@ def check_job(s: Settings, has_classes: bool) -> None:
     if preset not in PROMPTED_PRESETS:
         return  # before the imports: they bring torch, which a driver of any other preset never loads
     from .grounded import BOX_SAMS, DETECTORS
-    from .hub import model_type
+    from .hub import model_type, require_type
     from .prompts import PromptTable, check_prompted_input
     from .sam3 import SAM3_TYPES
 
@@ -173,7 +171,6 @@ def check_job(s: Settings, has_classes: bool) -> None:
     kinds = {"--grounding-model": DETECTORS, "--box-sam-model": BOX_SAMS, "--sam3-model": SAM3_TYPES}
     for attr, what in SOURCES.get(preset, ()):
         source = getattr(g, attr)
-        if (mt := model_type(source, what)) not in kinds[what]:
-            raise LabelerLoadError(f"{what} {source!r} is a {mt} model; expected {' or '.join(sorted(kinds[what]))}")
+        require_type(source, what, model_type(source, what), kinds[what])
     if g.stuff_model:
         model_type(g.stuff_model, "--stuff-model")

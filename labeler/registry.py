@@ -18,15 +18,14 @@
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 
 from shards.manifest import LabelerInfo, ModelInfo
 
 from .base import Labeler, LabelerLoadError
 from .config import LabelerConfig, Settings
 from .presets_grounded import PRESETS as GROUNDED_PRESETS
+from .tiny import RANDOM, tiny_dir
 
 
 def _empty(s: Settings) -> Labeler:
@@ -114,19 +113,10 @@ def _panoptic(s: Settings, model: str | None = None, random: bool = False, name:
     return OnePassPanoptic(pan, describe)
 
 
-# What the tiny random presets add to their description.
-RANDOM = {"random_labels": True, "note": "tiny randomly initialised models: the labels carry no meaning"}
-
-
-def _tiny_dir() -> Path:
-    # Each worker process writes its own copy: no races between Ray workers on one node.
-    return Path(tempfile.mkdtemp(prefix="c2f-tiny-"))
-
-
 def _tiny_random(s: Settings) -> Labeler:
     from .tiny import build_segformer_tiny, save_hf, save_sam_tiny
 
-    d = _tiny_dir()
+    d = tiny_dir()
     seg_dir = save_hf(*build_segformer_tiny(seed=0), d / "segformer")
     ckpt = save_sam_tiny(d / "sam_vit_tiny.pth", seed=0)
     # Random SAM masks are whole-image blobs: keep every prompt's masks (no IoU, stability or box-NMS
@@ -146,7 +136,7 @@ def _tiny_one_pass(s: Settings, name: str) -> Labeler:
     from . import tiny
 
     builder = {"mask2former": tiny.build_mask2former_tiny, "eomt": tiny.build_eomt_tiny}[name]
-    model = tiny.save_hf(*builder(seed=0), _tiny_dir() / name)
+    model = tiny.save_hf(*builder(seed=0), tiny_dir() / name)
     s = dataclasses.replace(
         s,
         panoptic=dataclasses.replace(

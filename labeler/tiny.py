@@ -7,8 +7,19 @@ through the production loaders. Their labels are random; every manifest built wi
 
 from __future__ import annotations
 
+import tempfile
 from functools import partial
 from pathlib import Path
+
+# What the tiny random presets add to their description.
+RANDOM = {"random_labels": True, "note": "tiny randomly initialised models: the labels carry no meaning"}
+
+
+def tiny_dir() -> Path:
+    """A fresh temp dir for a tiny preset's models: each worker process writes its own copy, so
+    Ray workers on one node never race."""
+    return Path(tempfile.mkdtemp(prefix="c2f-tiny-"))
+
 
 TINY_CLASSES = 12
 TINY_THINGS = "6-11"  # the tiny panoptic model's "thing" classes; 0-5 are "stuff"
