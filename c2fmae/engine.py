@@ -6,6 +6,7 @@ checkpoints) is the caller's business (c2fmae/train.py), so the loop holds nothi
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -127,7 +128,9 @@ def train_steps(
         lr = loop.schedule.lr(step)
         for g in optimizer.param_groups:
             g["lr"] = lr
-        keeping = keep is None or keep(step) or after_step is not None
+        wanted = keep is None or keep(step)  # the step's output keeps its batch, mask, predictions, inputs
+        keeping = wanted or after_step is not None
+        progress = loop.schedule.progress(step)
         sums: dict[str, torch.Tensor] = {}
         mix = torch.zeros(len(NAMES), dtype=torch.long, device=device)
         images = 0
@@ -136,7 +139,6 @@ def train_steps(
             batch = next(batches)
             generator.manual_seed(hash((loop.mask_seed, step, micro)) & (2**63 - 1))
             with amp:
-                progress = loop.schedule.progress(step)
                 inputs = step_inputs(loop.method, loop.masking, plain, batch, progress, generator, scorer)
             mix += (inputs.picks.unsqueeze(1) == torch.arange(len(NAMES), device=device)).sum(0)  # bincount would sync
             reduce_grads = nullcontext() if not ddp or micro == loop.accum_steps - 1 else model.no_sync()
@@ -161,7 +163,7 @@ def train_steps(
         out = StepOutput(step, lr, sums, mix, images, kept[0], kept[1], kept[2], model, kept[3])
         if after_step is not None:
             after_step(out)
-            if keep is not None and not keep(step):
-                out = StepOutput(step, lr, sums, mix, images, None, None, None, model, None)
+            if not wanted:
+                out = dataclasses.replace(out, batch=None, mask=None, preds=None, inputs=None)
         del kept
         yield out

@@ -96,7 +96,7 @@ class ModelConfig:
 
     @classmethod
     def from_json(cls, d: dict) -> ModelConfig:
-        d = {**cls.ABSENT, **d}
+        d = dict(d)  # fields a checkpoint predates: checkpoint.config_from adds ABSENT's values
         for k in ("stages", "loss_weights", "decoder_depths"):
             if k in d:
                 d[k] = tuple(d[k])

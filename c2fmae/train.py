@@ -204,6 +204,10 @@ def _floats(s: str) -> tuple[float, ...]:
     return tuple(float(x) for x in s.split(","))
 
 
+def _names(s: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in s.split(","))
+
+
 def with_method(cfg: TrainConfig) -> TrainConfig:
     """The config with the method's defaults filled in where flags were left empty, checked; what
     the checkpoint saves, so a run's settings never depend on defaults that may change."""
@@ -232,8 +236,8 @@ def with_method(cfg: TrainConfig) -> TrainConfig:
         problems.append("--selective-passes must be at least 1")
     from .methods import FOLK_FILTERS
 
-    filters = [f.strip() for f in cfg.folk_filters.split(",")]
-    if not filters or any(f not in FOLK_FILTERS for f in filters) or len(set(filters)) < len(filters):
+    filters = _names(cfg.folk_filters)
+    if any(f not in FOLK_FILTERS for f in filters) or len(set(filters)) < len(filters):
         problems.append(f"--folk-filters: one or both of {','.join(FOLK_FILTERS)}, got {cfg.folk_filters!r}")
     if cfg.folk_views not in (1, 2):
         problems.append(f"--folk-views must be 1 or 2, got {cfg.folk_views}")
@@ -294,10 +298,24 @@ def make_schedule(cfg: TrainConfig, num_samples: int, world: int):
     return Schedule(total, max(warmup, 0), cfg.blr * global_batch / 256, cfg.min_lr, spe)
 
 
+def method_settings(cfg: TrainConfig):
+    """The method's settings, as the training step and the data stream read them."""
+    from .methods import MethodSettings
+
+    return MethodSettings(
+        cfg.method,
+        selective_passes=cfg.selective_passes,
+        selective_rounds=cfg.selective_rounds,
+        folk_thresholds=_floats(cfg.folk_thresholds),
+        folk_momentum=cfg.folk_momentum,
+        folk_filters=_names(cfg.folk_filters),
+        folk_views=cfg.folk_views,
+    )
+
+
 def make_loop(cfg: TrainConfig, schedule, ignore_index: int, rank: int):
     from .engine import Loop
     from .masking import Curriculum, Masking
-    from .methods import MethodSettings
 
     try:
         curriculum = Curriculum(_floats(cfg.curriculum_centers), cfg.curriculum_width)
@@ -306,15 +324,7 @@ def make_loop(cfg: TrainConfig, schedule, ignore_index: int, rank: int):
 
         raise UsageError(f"--curriculum-centers: {e}") from None
     masking = Masking(cfg.masking, cfg.mask_ratio, curriculum)
-    method = MethodSettings(
-        cfg.method,
-        selective_passes=cfg.selective_passes,
-        selective_rounds=cfg.selective_rounds,
-        folk_thresholds=_floats(cfg.folk_thresholds),
-        folk_momentum=cfg.folk_momentum,
-        folk_filters=tuple(f.strip() for f in cfg.folk_filters.split(",")),
-        folk_views=cfg.folk_views,
-    )
+    method = method_settings(cfg)
     return Loop(
         schedule,
         masking=dataclasses.replace(masking, ignore_index=ignore_index),
@@ -495,7 +505,7 @@ def stream_config(cfg: TrainConfig, schedule, mcfg, env: Dist, start: int, parti
         rank=env.rank,
         world=env.world,
         partition=partition,
-        views=cfg.folk_views if cfg.method == "folk" else 1,
+        views=method_settings(cfg).views,
         decode=cfg.decode,
         rows=scores.rows() if scores is not None else None,
         blank_row=scores.blank_row if scores is not None else 0,
