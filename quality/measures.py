@@ -32,6 +32,7 @@ class Measure:
     name: str
     help: str
     worst: str | None  # "low" | "high": which end of the range is worth a look; None: neither
+    binary: bool = False  # a yes/no measure (1/0): the worst images are only those at the bad end
 
 
 MEASURES = [
@@ -45,7 +46,12 @@ MEASURES = [
     Measure("score", "mean instance score from the labeler (empty: no instances)", "low"),
     Measure("purity", "share of instance pixels in their instance's majority semantic class", "low"),
     Measure("thing_fraction", "share of instance pixels whose semantic class is a thing", "low"),
-    Measure("found", "text-prompted presets: 1 if the image's prompt found its object, else 0 (empty: others)", "low"),
+    Measure(
+        "found",
+        "text-prompted presets: 1 if the image's prompt found its object, else 0 (empty: others)",
+        "low",
+        binary=True,
+    ),
 ]
 MEASURE_NAMES = [m.name for m in MEASURES]
 # Columns that identify a sample; `index` is its position in its shard (what wids addresses);

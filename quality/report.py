@@ -165,7 +165,7 @@ def pick_worst(columns: dict[str, np.ndarray], n: int) -> tuple[dict[str, list[d
         if v[ok].min() == v[ok].max():
             skipped[m.name] = f"every image has {render.fmt_num(float(v[ok][0]))}"
             continue
-        if set(np.unique(v[ok]).tolist()) <= {0.0, 1.0}:  # a yes/no measure: only the images that say no
+        if m.binary:  # only the images that say no
             ok = ok[v[ok] == (0.0 if m.worst == "low" else 1.0)]
         sign = 1 if m.worst == "low" else -1
         order = ok[np.lexsort((columns["key"][ok], sign * v[ok]))][:n]
