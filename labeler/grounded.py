@@ -35,6 +35,7 @@ from .hub import from_pretrained, require_type
 from .imagenet_space import BACKGROUND, grounded_label_space, stuff_lut
 from .prompts import Prompt, PromptTable
 from .timing import StageClock
+from .transfer import to_device
 
 DETECTORS = {
     "grounding-dino": "GroundingDinoForObjectDetection",
@@ -88,17 +89,6 @@ def load_box_sam(source: str, device: str = "auto", compile_: bool = False) -> H
 
 def _unwrap(model):
     return getattr(model, "_orig_mod", model)  # through torch.compile's wrapper
-
-
-def to_device(values, device, dtype=None):
-    """A small host table (a list or a tensor) on the device. On CUDA it goes through pinned memory
-    without blocking: a copy from pageable memory would make the host wait for the device."""
-    import torch
-
-    t = values if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=dtype)
-    if device.type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
 
 
 class ClassMaps:

@@ -20,10 +20,11 @@ from shards.pack import Labels
 
 from .base import ImageContext
 from .composite import BatchLabeler
-from .grounded import ClassMaps, HFModel, _load, instances_from_records, paint, to_device
+from .grounded import ClassMaps, HFModel, _load, instances_from_records, paint
 from .imagenet_space import grounded_label_space
 from .prompts import Prompt, PromptTable
 from .timing import StageClock
+from .transfer import to_device
 
 TEXT_LENGTH = 32  # Sam3Processor pads and truncates the text to this many tokens
 SAM3_TYPES = {"sam3": "Sam3Model", "sam3_video": "Sam3Model"}  # config model_type -> the class that loads it

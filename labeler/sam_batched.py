@@ -271,9 +271,9 @@ class BatchedSamInstances:
         regions = [(round(rh * s / self.size), round(rw * s / self.size)) for rh, rw in resized]
         with self.clock.stage("postprocess"):
             # Per-image tables, uploaded once per batch (no host-built tensor per chunk).
-            table = to_device(regions, torch.int64, self.device)
+            table = to_device(regions, self.device, torch.int64)
             ratios = [(h / r, w / c) for (h, w), (r, c) in zip(sizes, regions, strict=True)]
-            scale = to_device(ratios, torch.float64, self.device)
+            scale = to_device(ratios, self.device, torch.float64)
             image_all = arange_on(b, self.device)[:, None].expand(b, g).reshape(-1)
             coords_all = prompts.reshape(b * g, 2)
         with self.clock.stage("forward"), torch.inference_mode(), self._autocast():

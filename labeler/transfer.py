@@ -50,11 +50,11 @@ def upload(images: list[np.ndarray], device: torch.device, one_copy: bool | None
     return out
 
 
-def to_device(values, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Host numbers (a list, or nested lists) -> a tensor on `device` without making the host wait:
-    on CUDA staged in pinned memory and copied non-blocking (`torch.tensor(values, device=...)` copies
-    from pageable memory and synchronises)."""
-    host = torch.tensor(values, dtype=dtype)
+def to_device(values, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Host numbers (a list, nested lists, or a CPU tensor) -> a tensor on `device` without making
+    the host wait: on CUDA staged in pinned memory and copied non-blocking (`torch.tensor(values,
+    device=...)` copies from pageable memory and synchronises)."""
+    host = values if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=dtype)
     if device.type == "cuda":
         host = host.pin_memory()
     return host.to(device, non_blocking=True)
