@@ -10,7 +10,7 @@ Listing trusts nothing in the tree (docs/RUNNING.md, "What is refused"):
 - file names that are not valid UTF-8 are kept (Python's PEP 383 escapes: `os.fsencode(source)`
   gives the bytes back);
 - size and mtime of every input are recorded, so a rerun redoes the shards whose inputs changed
-  and names them (pipelines/plan.py `changed_inputs`); a shard task checks them again when it
+  and names them (pipelines/plan.py `Plan.changes`); a shard task checks them again when it
   reads the input (`file_kind`, `remote_mtime_ns`).
 """
 

@@ -177,14 +177,13 @@ class Plan:
     def _item(self, row: int) -> Item:
         t = self._inputs_held()
         ci = int(t.classes[row])
-        return Item(
-            t.keys[row],
-            t.sources[row],
-            None if ci < 0 else ci,
-            self.classes[ci] if ci >= 0 else None,
-            int(t.sizes[row]),
-            int(t.mtimes[row]),
-        )
+        ci_or_none = None if ci < 0 else ci
+        return self._make_item(t.keys[row], t.sources[row], ci_or_none, int(t.sizes[row]), int(t.mtimes[row]))
+
+    def _make_item(self, key: str, source: str, class_index: int | None, size: int, mtime_ns: int) -> Item:
+        """An input as a shard task gets it: with its class's synset."""
+        synset = self.classes[class_index] if class_index is not None else None
+        return Item(key, source, class_index, synset, size, mtime_ns)
 
     @functools.cached_property
     def _order(self) -> np.ndarray:
@@ -214,19 +213,13 @@ class Plan:
         """Shard `index`'s items, in increasing key order (the ShardWriter requires it): from
         `plan.inputs.jsonl` once the plan is bound to it, else from the listing."""
         if self._file is None:
-            return [
-                Item(key, source, ci, synset, size, mtime)
-                for key, source, ci, size, mtime in self._rows_of(index)
-                for synset in [self.classes[ci] if ci is not None else None]
-            ]
+            return [self._make_item(*row) for row in self._rows_of(index)]
         first = index * self.samples_per_shard
         items = []
         for k, row in enumerate(self._file.rows(index)):
             size, mtime = self._restamped.get(first + k, (row.size, row.mtime_ns))
-            synset = self.classes[row.class_index] if row.class_index is not None else None
-            items.append(Item(row.key, row.source, row.class_index, synset, size, mtime))
-        if len(items) != self.shard_size(index):
-            want = self.shard_size(index)
+            items.append(self._make_item(row.key, row.source, row.class_index, size, mtime))
+        if len(items) != (want := self.shard_size(index)):
             raise ValueError(f"{fmt.PLAN_INPUTS}: shard {index} holds {len(items)} inputs, the plan {want}")
         return items
 

@@ -253,7 +253,7 @@ class ShardStats(Contract):
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)  # milliseconds spent per stage (read, decode, …)
     # key -> [size, mtime_ns] of each planned input as the task read it: a rerun redoes the shard
-    # when an input changed since (pipelines.plan.changed_inputs)
+    # when an input changed since (pipelines.plan.Plan.changes)
     inputs: dict[str, list[int]] = field(default_factory=dict)
     # bytes of `{shard}.parquet` (shards.samples), written before this marker; None: a shard made
     # before tables existed. A rerun redoes a shard whose table is missing or of another size.
