@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .masking import NAMES, Masking
-from .methods import MethodSettings, StepInputs, patch_losses, step_inputs, teacher_momentum
+from .methods import MethodSettings, StepInputs, bf16_autocast, loss_scorer, step_inputs, teacher_momentum
 
 
 @dataclass(frozen=True)
@@ -120,8 +120,8 @@ def train_steps(
     device = next(model.parameters()).device
     ddp = hasattr(model, "no_sync")
     plain = unwrap(model)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and loop.bf16 else nullcontext()
-    scorer = torch.compile(patch_losses) if loop.compile else patch_losses
+    amp = bf16_autocast(device, loop.bf16)
+    scorer = loss_scorer(loop.compile)
     views = loop.method.views
     generator = torch.Generator(device)
     for step in steps:

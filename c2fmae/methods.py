@@ -17,6 +17,7 @@ Choices the papers leave open are argued in docs/TRAINER.md (Methods).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from dataclasses import dataclass, field
@@ -146,6 +147,16 @@ def encoder_view(images: torch.Tensor, inputs: StepInputs, lowres_factor: int) -
 
 
 # --- SMIR: per-patch losses ---------------------------------------------------------------------
+
+
+def bf16_autocast(device: torch.device, bf16: bool = True):
+    """bf16 autocast on CUDA (`--bf16`); a no-op context elsewhere."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and bf16 else contextlib.nullcontext()
+
+
+def loss_scorer(compile: bool):
+    """`patch_losses`, compiled with --compile: what SMIR scores patches with, in the step and in rounds."""
+    return torch.compile(patch_losses) if compile else patch_losses
 
 
 def patch_losses(model, imgs, mask, sem, inst, keep: int) -> torch.Tensor:

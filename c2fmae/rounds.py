@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import torch
 
 from shards import format as fmt
 
-from .methods import estimate_patch_loss, loss_in_crop, round_start
+from .methods import bf16_autocast, estimate_patch_loss, loss_in_crop, round_start
 
 
 def segments(start: int, end: int, total: int, rounds: int) -> list[tuple[int, int, int | None]]:
@@ -80,7 +79,7 @@ def score_partition(
     keys, losses = [], []
     g = model.grid
     device = next(model.parameters()).device
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and bf16 else nullcontext()
+    amp = bf16_autocast(device, bf16)
     for batch in batches:
         with amp:
             loss = estimate_patch_loss(model, batch, passes, ratio, generator, scorer)

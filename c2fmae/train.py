@@ -464,7 +464,7 @@ def score_round(cfg: TrainConfig, model, env: Dist, rnd: int, workers: int):
     import torch
 
     from .data import device_batches, expand_urls, whole_image_batches, whole_image_loader
-    from .methods import PROBE_RATIO, patch_losses
+    from .methods import PROBE_RATIO, loss_scorer
     from .rounds import score_partition
 
     urls = expand_urls(cfg.shards)[env.rank :: env.world]
@@ -475,7 +475,7 @@ def score_round(cfg: TrainConfig, model, env: Dist, rnd: int, workers: int):
         raw = whole_image_batches(urls, cfg.batch_size, m.img_size, m.cell_size, part)
     generator = torch.Generator(env.device).manual_seed(cfg.seed * 1_000_003 + 7919 * rnd + env.rank)
     batches = device_batches(raw, env.device, model.cells, m.instance_target, m.img_size)
-    scorer = torch.compile(patch_losses) if cfg.compile else patch_losses
+    scorer = loss_scorer(cfg.compile)
     return score_partition(model, batches, cfg.selective_passes, PROBE_RATIO, generator, scorer, cfg.bf16)
 
 
