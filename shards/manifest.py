@@ -143,10 +143,12 @@ class _Field(typing.NamedTuple):
     check: Callable[[Any, str], Any]
     required: bool
     unset: Any  # the default when it is None or False (an optional field, a flag), else _SET
+    omit: bool  # left out of the JSON while unset (every field of an OpenContract; `metadata["omit_unset"]`)
 
 
 _SET = object()
 _EXTRA = "extra"  # metadata key of an OpenContract's field for the keys it does not name
+OMIT_UNSET = {"omit_unset": True}  # a Contract field's metadata: absent from the JSON while unset
 
 
 @functools.cache
@@ -159,6 +161,7 @@ def _fields(cls: type) -> list[_Field]:
             _checker(hints[f.name]),
             f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,  # type: ignore[misc]
             f.default if f.default is None or f.default is False else _SET,
+            issubclass(cls, OpenContract) or f.metadata.get("omit_unset", False),
         )
         for f in dataclasses.fields(cls)
         if not f.metadata.get(_EXTRA)
@@ -199,7 +202,12 @@ class Contract:
     """`to_json` / `from_json` for the dataclasses below."""
 
     def to_json(self) -> dict[str, Any]:
-        return {f.key: _plain(getattr(self, f.name)) for f in _fields(type(self))}
+        d = {}
+        for f in _fields(type(self)):
+            v = getattr(self, f.name)
+            if not (f.omit and v is f.unset):
+                d[f.key] = _plain(v)
+        return d
 
     @classmethod
     def from_json(cls: type[T], d: Any) -> T:
@@ -215,12 +223,7 @@ class OpenContract(Contract):
     extra: dict[str, Any]
 
     def to_json(self) -> dict[str, Any]:
-        d = dict(self.extra)
-        for f in _fields(type(self)):
-            v = getattr(self, f.name)
-            if f.unset is _SET or v is not f.unset:
-                d[f.key] = _plain(v)
-        return d
+        return {**self.extra, **super().to_json()}
 
 
 def extra_field() -> Any:
@@ -258,13 +261,9 @@ class ShardStats(Contract):
     # bytes of `{shard}.parquet` (shards.samples), written before this marker; None: a shard made
     # before tables existed. A rerun redoes a shard whose table is missing or of another size.
     table_bytes: int | None = None
-    grounded: GroundedCount | None = None  # text-prompted labelers: images whose prompt found / did not find
-
-    def to_json(self) -> dict[str, Any]:
-        d = super().to_json()
-        if self.grounded is None:  # absent for the labelers without prompts: their stats keep their bytes
-            del d["grounded"]
-        return d
+    # text-prompted labelers: images whose prompt found / did not find; absent for the labelers
+    # without prompts, so their stats keep their bytes
+    grounded: GroundedCount | None = field(default=None, metadata=OMIT_UNSET)
 
 
 @dataclass
