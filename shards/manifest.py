@@ -556,13 +556,17 @@ class PlanInputsFile:
         return parse_plan_inputs(data.splitlines())
 
 
-def scan_plan_inputs(out: Store | str | os.PathLike, per_shard: int) -> Iterator[tuple[int, list[bytes]]]:
+def scan_plan_inputs(
+    out: Store | str | os.PathLike, per_shard: int, max_bytes: int | None = None
+) -> Iterator[tuple[int, list[bytes]]]:
     """`plan.inputs.jsonl` read from start to end, `per_shard` lines at a time: (byte offset of
     the piece, its raw lines, for `parse_plan_inputs`), then a last (file size, []).
-    FileNotFoundError when there is none."""
+    FileNotFoundError when there is none; ValueError past `max_bytes` (no line read is longer)."""
     offset, lines, start = 0, [], 0
     with as_store(out).reader(fmt.PLAN_INPUTS) as f:
-        for line in f:
+        while line := f.readline(-1 if max_bytes is None else max_bytes + 1 - offset):
+            if max_bytes is not None and offset + len(line) > max_bytes:
+                raise ValueError(f"{fmt.PLAN_INPUTS} exceeds {max_bytes} bytes")
             if not lines:
                 start = offset
             offset += len(line)

@@ -48,6 +48,7 @@ from .manifest import (
     parse_plan_inputs,
     read_manifest,
     read_plan_inputs,
+    scan_plan_inputs,
 )
 from .pack import decode_png
 from .samples import PACKED, QUARANTINED, SampleRow, TableError, coverage, mean_score, read_url
@@ -665,26 +666,16 @@ def _planned_keys(path: str, m: Manifest, per_shard: dict[str, list[Quarantined]
 
 def _index_plan_inputs(path: str, plan: PlanHeader, cap: int) -> list[int] | None:
     """Where each shard's lines begin in plan.inputs.jsonl, checking every line on the way (one
-    shard's lines in memory at a time); None when the file is not exactly as `c2f label` writes it
-    (a line that does not parse, a blank or unterminated line, a CR, more than `cap` bytes, another
-    count of inputs)."""
-    n = plan.samples_per_shard
-    starts, lines, offset, count = [], [], 0, 0
-    with Store(path).reader(fmt.PLAN_INPUTS) as f:
-        while line := f.readline(cap + 1 - offset):
-            if not line.endswith(b"\n") or b"\r" in line or not line.strip():
-                return None
-            if not lines:
-                starts.append(offset)
-            offset += len(line)
-            lines.append(line)
-            if len(lines) == n:
-                parse_plan_inputs(lines, count + 1)
-                count += n
-                lines = []
-            if offset > cap:
-                return None
-    if lines:
+    shard's lines in memory at a time); None (or ValueError) when the file is not exactly as
+    `c2f label` writes it (a line that does not parse, a blank or unterminated line, a CR, more than
+    `cap` bytes, another count of inputs)."""
+    starts, count = [], 0
+    for offset, lines in scan_plan_inputs(path, plan.samples_per_shard, max_bytes=cap):
+        if not lines:  # the end: `offset` is the file's size
+            break
+        if any(not line.endswith(b"\n") or b"\r" in line or not line.strip() for line in lines):
+            return None
+        starts.append(offset)
         parse_plan_inputs(lines, count + 1)
         count += len(lines)
     if count != plan.num_inputs or len(starts) != plan.num_shards:
